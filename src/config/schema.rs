@@ -1,0 +1,294 @@
+//! The TOML schema as written by operators: serde structs with `deny_unknown_fields`, so that
+//! a misspelt key is an error, never silently ignored. Values that carry their own check
+//! (durations, addresses, weights) fail at their own position; cross-field checks happen in
+//! `validate`, using the spans kept here.
+//!
+//! Every key's default and unit is documented here and in `config/fulcrum.toml`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::types::{Addr, Count, Dur, Weight};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    /// The admin listener (`/metrics`, `/healthz`, `/status`, runtime API).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// The access log (off unless this table is present with `enabled = true`).
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+    /// Listeners (`[[listener]]`).
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    /// Pools (`[[pool]]`).
+    #[serde(default)]
+    pub pool: Vec<RawPool>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Tokio worker threads; default: the CPUs this process may run on (affinity-aware).
+    pub worker_threads: Option<Spanned<i64>>,
+    /// How long SIGTERM waits for in-flight requests and tunnels; default 30s.
+    pub shutdown_grace: Option<Spanned<Dur>>,
+    /// How long a listener removed by a reload lets its connections finish; default 30s.
+    pub drain_timeout: Option<Spanned<Dur>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address of the admin listener; default "127.0.0.1:9901".
+    pub bind: Option<Spanned<Addr>>,
+    /// Set to false to run without an admin listener; default true.
+    pub enabled: Option<bool>,
+    /// File holding the bearer token for state-changing admin calls.
+    pub token_file: Option<Spanned<String>>,
+    /// Allow state-changing calls without a token when bound to loopback; default false.
+    pub allow_unauthenticated_loopback: Option<bool>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// Write one line per request (L7) or connection (L4); default false.
+    pub enabled: Option<bool>,
+    /// "stderr" (default) or a file path.
+    pub path: Option<String>,
+    /// "combined" (default) or "json".
+    pub format: Option<Spanned<String>>,
+    /// Lines buffered before new ones are dropped (and counted); default 4096.
+    pub buffer: Option<Spanned<i64>>,
+}
+
+/// `protocol = ...` of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    /// L7: HTTP/1.1 and h2c.
+    Http,
+    /// L4: a byte relay.
+    Tcp,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name, used in metrics and logs.
+    pub name: Spanned<String>,
+    /// Address to listen on, "IP:PORT".
+    pub bind: Spanned<Addr>,
+    /// "http" or "tcp".
+    pub protocol: RawProtocol,
+    /// The pool that serves this listener.
+    pub pool: Spanned<String>,
+    /// Most client connections open at once; further ones wait in the kernel backlog. Default 10000.
+    pub max_connections: Option<Spanned<i64>>,
+    /// http only: which forwarding headers to add: "x-forwarded" (default), "rfc7239", "both", "none".
+    pub forwarded: Option<Spanned<String>>,
+    /// tcp only: send a PROXY protocol header to the backend: "v1" or "v2".
+    pub send_proxy: Option<Spanned<String>>,
+    /// Client-side timeouts.
+    #[serde(default)]
+    pub timeouts: RawListenerTimeouts,
+    /// Reserved for TLS termination (not supported yet: refused).
+    pub tls: Option<Spanned<toml::Value>>,
+    /// Reserved for per-client rate limiting (not supported yet: refused).
+    pub rate_limit: Option<Spanned<toml::Value>>,
+}
+
+/// `[listener.timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTimeouts {
+    /// http: time for a client to send a complete request head; default 10s.
+    pub header_read: Option<Spanned<Dur>>,
+    /// http: how long an idle keep-alive client connection is kept; default 60s.
+    pub keepalive_idle: Option<Spanned<Dur>>,
+    /// tcp and upgraded (WebSocket) connections: close after this long with no bytes either way; default 10m.
+    pub tunnel_idle: Option<Spanned<Dur>>,
+}
+
+/// `algorithm = ...` of a pool.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAlgorithm {
+    /// Strict rotation.
+    RoundRobin,
+    /// Smooth weighted round-robin.
+    WeightedRoundRobin,
+    /// Fewest in-flight relative to weight.
+    LeastConn,
+    /// By client IP.
+    IpHash,
+    /// Hash ring with bounded loads.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+    /// Power of two choices.
+    P2c,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Balancing algorithm; default "round_robin".
+    pub algorithm: Option<RawAlgorithm>,
+    /// The servers.
+    pub servers: Spanned<Vec<RawServer>>,
+    /// consistent_hash: "client_ip" (default), "header:NAME", "cookie:NAME", "path", "uri".
+    pub hash_key: Option<Spanned<String>>,
+    /// consistent_hash: ring points per unit of weight; default 100.
+    pub virtual_nodes: Option<Spanned<i64>>,
+    /// consistent_hash: cap each server at this factor × the average load (> 1.0); default none.
+    pub hash_balance_factor: Option<Spanned<f64>>,
+    /// Sticky sessions by cookie: `sticky = { cookie = "NAME" }`.
+    pub sticky: Option<RawSticky>,
+    /// Retries on another server for requests that failed before any response; default 2.
+    pub retries: Option<Spanned<i64>>,
+    /// Retries may add at most this share of requests (over 10 s); default 0.2.
+    pub retry_budget: Option<Spanned<f64>>,
+    /// Upstream HTTP version: "http1" (default) or "h2" (prior knowledge).
+    pub upstream_protocol: Option<Spanned<String>>,
+    /// Ramp a recovered or added server's weight from ~10% to full over this long; default off.
+    pub slow_start: Option<Spanned<Dur>>,
+    /// Default per-server limit of in-flight requests (L7) or connections (L4); default none.
+    pub max_conns: Option<Spanned<i64>>,
+    /// Requests waiting for a server slot, at most; default 1024.
+    pub max_queue: Option<Spanned<i64>>,
+    /// How long a request may wait for a server slot before a 503; default 5s.
+    pub queue_timeout: Option<Spanned<Dur>>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: RawPoolTimeouts,
+    /// Active health checking.
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Passive failure detection.
+    #[serde(default)]
+    pub passive: RawPassive,
+}
+
+/// One entry of `servers = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address "IP:PORT".
+    pub addr: Spanned<Addr>,
+    /// Name in metrics, logs and the admin API; default: the address.
+    pub name: Option<Spanned<String>>,
+    /// Weight 1..=256; default 1.
+    #[serde(default)]
+    pub weight: Weight,
+    /// Only used when no primary server is eligible; default false.
+    #[serde(default)]
+    pub backup: bool,
+    /// Per-server limit overriding the pool's `max_conns`.
+    pub max_conns: Option<Spanned<i64>>,
+}
+
+/// `sticky = { cookie = "NAME" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    /// Cookie name.
+    pub cookie: Spanned<String>,
+}
+
+/// `[pool.timeouts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTimeouts {
+    /// TCP connect to a server; default 3s.
+    pub connect: Option<Spanned<Dur>>,
+    /// From request sent to response head received; default 60s.
+    pub response_header: Option<Spanned<Dur>>,
+    /// Idle pooled upstream connections are closed after this long; default 90s.
+    pub upstream_idle: Option<Spanned<Dur>>,
+}
+
+/// `[pool.health]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// "tcp" (default), "http", "heartbeat" or "none".
+    pub kind: Option<Spanned<String>>,
+    /// Between probes while a server is stable; default 2s.
+    pub interval: Option<Spanned<Dur>>,
+    /// Between probes while a server is changing state; default: interval / 4 (at least 100ms).
+    pub fast_interval: Option<Spanned<Dur>>,
+    /// Between probes while a server is down; default: interval.
+    pub down_interval: Option<Spanned<Dur>>,
+    /// Probe timeout; default 1s.
+    pub timeout: Option<Spanned<Dur>>,
+    /// Consecutive successes to mark a server up; default 2.
+    pub rise: Option<Count>,
+    /// Consecutive failures to mark a server down; default 3.
+    pub fall: Option<Count>,
+    /// "down" (default: no traffic before a first successful probe) or "up".
+    pub initial_state: Option<Spanned<String>>,
+    /// http: request path; default "/".
+    pub path: Option<Spanned<String>>,
+    /// http: method; default "GET".
+    pub method: Option<Spanned<String>>,
+    /// http: Host header; default the server address.
+    pub host: Option<Spanned<String>>,
+    /// http: accepted statuses, "200-399" (default) or a list `[200, 204]` or "200,204".
+    pub expect_status: Option<Spanned<toml::Value>>,
+    /// http: a substring the response body must contain.
+    pub expect_body: Option<Spanned<String>>,
+    /// heartbeat: bytes to send each interval (escapes \r \n \t \\ are understood).
+    pub send: Option<Spanned<String>>,
+    /// heartbeat: bytes the reply must start with (same escapes).
+    pub expect: Option<Spanned<String>>,
+    /// Flap damping.
+    pub flap_damping: Option<RawFlapDamping>,
+}
+
+/// `[pool.health.flap_damping]`: BGP-style route-flap damping of servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlapDamping {
+    /// Default true when the table is present.
+    pub enabled: Option<bool>,
+    /// Penalty added per up→down transition; default 1000.
+    pub penalty: Option<Spanned<f64>>,
+    /// A server above this penalty is held out; default 2000.
+    pub suppress: Option<Spanned<f64>>,
+    /// A held-out server returns once its penalty decays below this; default 750.
+    pub reuse: Option<Spanned<f64>>,
+    /// The penalty halves every this long; default 30s.
+    pub half_life: Option<Spanned<Dur>>,
+}
+
+/// `[pool.passive]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Consecutive failures that eject a server; default 5.
+    pub consecutive_failures: Option<Count>,
+    /// What counts as a failure: any of "connect", "reset", "timeout", "5xx"; default the first three.
+    pub count: Option<Spanned<Vec<Spanned<String>>>>,
+    /// First ejection time; it doubles with each repeated ejection; default 10s.
+    pub base_ejection: Option<Spanned<Dur>>,
+    /// Cap on the ejection time; default 5m.
+    pub max_ejection: Option<Spanned<Dur>>,
+    /// At most this percentage of a pool's servers ejected at once; default 50.
+    pub max_ejected_percent: Option<Spanned<i64>>,
+}

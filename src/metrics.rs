@@ -1,0 +1,307 @@
+//! Metric families, their names and label sets, in one place.
+//!
+//! Each fulcrum instance owns a [`Metrics`] with its own Prometheus registry (tests run many
+//! instances in one process). Hot-path users hold pre-resolved child handles (resolved once
+//! when a listener or server is built), so a request never hashes label values. Gauges that
+//! mirror live state (in-flight, health, availability) are read from the backend registry at
+//! scrape time instead of being updated per request; see `admin`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric family fulcrum exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted per listener.
+    pub listener_connections: IntCounterVec,
+    /// Connections open per listener.
+    pub listener_active: IntGaugeVec,
+    /// Responses per listener by status class.
+    pub listener_requests: IntCounterVec,
+    /// Request duration per listener.
+    pub listener_duration: HistogramVec,
+    /// Requests the proxy answered itself, per listener and reason.
+    pub proxy_errors: IntCounterVec,
+    /// Requests (L7) or connections (L4) sent to each server.
+    pub backend_requests: IntCounterVec,
+    /// Failures per server by kind.
+    pub backend_errors: IntCounterVec,
+    /// Response-head latency per server.
+    pub backend_response: HistogramVec,
+    /// Why each server was chosen.
+    pub selections: IntCounterVec,
+    /// Retries per pool.
+    pub retries: IntCounterVec,
+    /// Retries refused by the budget, per pool.
+    pub retries_budget_exhausted: IntCounterVec,
+    /// Health probes per server by result.
+    pub health_checks: IntCounterVec,
+    /// Probe duration per server.
+    pub health_check_duration: HistogramVec,
+    /// Server state transitions.
+    pub transitions: IntCounterVec,
+    /// Passive ejections.
+    pub ejections: IntCounterVec,
+    /// Flap-damping suppressions.
+    pub flap_suppressions: IntCounterVec,
+    /// Active-vs-passive disagreement episodes.
+    pub disagreements: IntCounterVec,
+    /// Requests rejected because every slot and the queue were full or the wait timed out.
+    pub queue_rejections: IntCounterVec,
+    /// Config reloads by result.
+    pub reloads: IntCounterVec,
+    /// Whether the last reload succeeded.
+    pub last_reload_ok: IntGauge,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("metric definition is valid");
+    r.register(Box::new(h.clone()))
+        .expect("metric names are unique");
+    h
+}
+
+impl Metrics {
+    /// A fresh set of families in a fresh registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let listener_active = IntGaugeVec::new(
+            Opts::new(
+                "fulcrum_listener_connections_active",
+                "Client connections open now.",
+            ),
+            &["listener"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(listener_active.clone()))
+            .expect("metric names are unique");
+        let last_reload_ok = IntGauge::new(
+            "fulcrum_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), else 0.",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(last_reload_ok.clone()))
+            .expect("metric names are unique");
+        last_reload_ok.set(1);
+        let build = IntGaugeVec::new(
+            Opts::new("fulcrum_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(build.clone()))
+            .expect("metric names are unique");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let access_log_dropped = IntCounter::new(
+            "fulcrum_access_log_dropped_total",
+            "Access-log lines dropped because the writer could not keep up.",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(access_log_dropped.clone()))
+            .expect("metric names are unique");
+
+        Metrics {
+            listener_connections: counter(
+                &r,
+                "fulcrum_listener_connections_total",
+                "Client connections accepted.",
+                &["listener"],
+            ),
+            listener_active,
+            listener_requests: counter(
+                &r,
+                "fulcrum_listener_requests_total",
+                "Responses sent to clients, by status class.",
+                &["listener", "class"],
+            ),
+            listener_duration: histogram(
+                &r,
+                "fulcrum_listener_request_duration_seconds",
+                "Time from request head received to response head sent.",
+                &["listener"],
+            ),
+            proxy_errors: counter(
+                &r,
+                "fulcrum_proxy_errors_total",
+                "Requests answered by the proxy itself, by reason.",
+                &["listener", "reason"],
+            ),
+            backend_requests: counter(
+                &r,
+                "fulcrum_server_requests_total",
+                "Requests (L7) or connections (L4) sent to a server.",
+                &["pool", "server"],
+            ),
+            backend_errors: counter(
+                &r,
+                "fulcrum_server_errors_total",
+                "Failures talking to a server, by kind.",
+                &["pool", "server", "kind"],
+            ),
+            backend_response: histogram(
+                &r,
+                "fulcrum_server_response_seconds",
+                "Time from request sent to response head received, per server.",
+                &["pool", "server"],
+            ),
+            selections: counter(
+                &r,
+                "fulcrum_selections_total",
+                "Why each server was chosen.",
+                &["pool", "server", "reason"],
+            ),
+            retries: counter(
+                &r,
+                "fulcrum_retries_total",
+                "Requests retried on another server.",
+                &["pool"],
+            ),
+            retries_budget_exhausted: counter(
+                &r,
+                "fulcrum_retries_budget_exhausted_total",
+                "Retries not attempted because the retry budget was spent.",
+                &["pool"],
+            ),
+            health_checks: counter(
+                &r,
+                "fulcrum_health_checks_total",
+                "Active health probes, by result.",
+                &["pool", "server", "result"],
+            ),
+            health_check_duration: histogram(
+                &r,
+                "fulcrum_health_check_duration_seconds",
+                "Duration of active health probes.",
+                &["pool", "server"],
+            ),
+            transitions: counter(
+                &r,
+                "fulcrum_server_state_transitions_total",
+                "Server state changes, by new state.",
+                &["pool", "server", "to"],
+            ),
+            ejections: counter(
+                &r,
+                "fulcrum_server_ejections_total",
+                "Passive ejections of a server.",
+                &["pool", "server"],
+            ),
+            flap_suppressions: counter(
+                &r,
+                "fulcrum_server_flap_suppressions_total",
+                "Times flap damping held a server out.",
+                &["pool", "server"],
+            ),
+            disagreements: counter(
+                &r,
+                "fulcrum_server_check_disagreements_total",
+                "Episodes where active checks and real traffic disagreed about a server.",
+                &["pool", "server", "kind"],
+            ),
+            queue_rejections: counter(
+                &r,
+                "fulcrum_queue_rejections_total",
+                "Requests refused because no server slot became free in time.",
+                &["pool"],
+            ),
+            reloads: counter(
+                &r,
+                "fulcrum_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            last_reload_ok,
+            access_log_dropped,
+            registry: r,
+        }
+    }
+
+    /// The registry, to register scrape-time collectors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = enc.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The status class label of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Pre-resolved handles for one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// Accepted connections.
+    pub connections: IntCounter,
+    /// Open connections.
+    pub active: IntGauge,
+    /// Responses by class: index 0 = 1xx ... 4 = 5xx.
+    pub by_class: [IntCounter; 5],
+    /// Request duration.
+    pub duration: Histogram,
+}
+
+impl ListenerMetrics {
+    /// Resolves the handles of listener `name`.
+    pub fn new(m: &Metrics, name: &str) -> Self {
+        let class = |c: &str| m.listener_requests.with_label_values(&[name, c]);
+        ListenerMetrics {
+            connections: m.listener_connections.with_label_values(&[name]),
+            active: m.listener_active.with_label_values(&[name]),
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: m.listener_duration.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts one response.
+    #[inline]
+    pub fn count_status(&self, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        self.by_class[i].inc();
+    }
+}

@@ -1,0 +1,133 @@
+//! L4: relay a client connection's bytes to a server of the pool and back.
+//!
+//! The server is chosen per connection; a connect failure moves on to another server (at
+//! most `retries` more), so a dead server costs the client a little latency, not an error.
+//! An optional PROXY protocol header tells the server who the client is.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::proxy_protocol;
+use super::tunnel::{self, RelayEnd};
+use crate::backend::{FailureKind, LoadGuard, Selection};
+use crate::balance::{BackendIdx, PickKey};
+use crate::config::ListenerSettings;
+use crate::health::passive::{self, Outcome};
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::pool::Pool;
+
+use super::headers::canonical_ip;
+
+/// Everything a connection on one tcp listener needs, swapped whole on reload.
+pub struct TcpRoute {
+    /// The listener's settings.
+    pub listener: ListenerSettings,
+    /// Its pool.
+    pub pool: Arc<Pool>,
+    /// Listener metrics.
+    pub metrics: ListenerMetrics,
+    no_server: IntCounter,
+    connect_failed: IntCounter,
+    retries: IntCounter,
+}
+
+impl TcpRoute {
+    /// Builds the route of `listener` over `pool`.
+    pub fn new(listener: ListenerSettings, pool: Arc<Pool>, metrics: &Metrics) -> Self {
+        let name = &*listener.name;
+        TcpRoute {
+            no_server: metrics.proxy_errors.with_label_values(&[name, "no_server"]),
+            connect_failed: metrics.proxy_errors.with_label_values(&[name, "connect"]),
+            retries: metrics.retries.with_label_values(&[pool.name()]),
+            metrics: ListenerMetrics::new(metrics, name),
+            listener,
+            pool,
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+pub async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    route: Arc<TcpRoute>,
+    hard_stop: CancellationToken,
+) {
+    let pool = &route.pool;
+    let key = if pool.settings.algorithm.needs_key() {
+        PickKey {
+            client_ip: Some(canonical_ip(peer.ip())),
+            key_hash: None,
+            pool_load: pool.inflight.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    } else {
+        PickKey::default()
+    };
+    let Some((mut server, mut why)) = pool.pick(&key) else {
+        route.no_server.inc();
+        tracing::debug!(listener = %route.listener.name, client = %peer, "no server available; closing");
+        return;
+    };
+    pool.budget.note_request();
+    let mut tried = [BackendIdx(u32::MAX); 11];
+    let mut attempts = 0;
+    let connect_timeout = pool.settings.timeouts.connect;
+    loop {
+        tried[attempts] = server.idx;
+        attempts += 1;
+        server.state.metrics.selected(why);
+        server.state.metrics.requests.inc();
+        let load = LoadGuard::new(server.state.clone());
+        let connected =
+            tokio::time::timeout(connect_timeout, TcpStream::connect(server.settings.addr)).await;
+        match connected {
+            Ok(Ok(mut upstream)) => {
+                passive::observe(pool, server, Outcome::Success);
+                let _pool_load = pool.enter();
+                let _ = upstream.set_nodelay(true);
+                let _ = client.set_nodelay(true);
+                if let Some(v) = route.listener.send_proxy {
+                    let local = client.local_addr().unwrap_or(route.listener.bind);
+                    let hdr = proxy_protocol::header(v, peer, local);
+                    if let Err(e) = upstream.write_all(&hdr).await {
+                        tracing::debug!(error = %e, "writing PROXY header failed");
+                        return;
+                    }
+                }
+                let idle = route.listener.timeouts.tunnel_idle;
+                match tunnel::relay(&mut client, &mut upstream, idle, &hard_stop).await {
+                    Ok((up, down)) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
+                    Err(RelayEnd::Idle) => {
+                        tracing::debug!(client = %peer, "tcp relay idle; closed")
+                    }
+                    Err(e) => tracing::debug!(client = %peer, error = ?e, "tcp relay ended"),
+                }
+                drop(load);
+                return;
+            }
+            _ => {
+                drop(load);
+                server.state.metrics.error(FailureKind::Connect);
+                passive::observe(pool, server, Outcome::Failure(FailureKind::Connect));
+            }
+        }
+        if attempts > pool.settings.retries as usize || !pool.budget.try_retry() {
+            break;
+        }
+        match pool.pick_other(&key, &tried[..attempts]) {
+            Some(next) => {
+                route.retries.inc();
+                server = next;
+                why = Selection::Retry;
+            }
+            None => break,
+        }
+    }
+    route.connect_failed.inc();
+    tracing::debug!(listener = %route.listener.name, client = %peer, "no server could be reached; closing");
+}

@@ -1,0 +1,212 @@
+//! Connections to servers for the L7 proxy: one small pool of idle HTTP/1.1 connections per
+//! server (a lock-free queue), or one shared h2 connection per server.
+//!
+//! Connecting is a separate step from sending, so a connect failure never consumes the
+//! request: the caller can try another server with the same request. A pooled connection
+//! that turns out to be closed hands the request back (`try_send_request`) and the caller
+//! sends it on a fresh one.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::body::ReqBody;
+use crate::backend::now_ms;
+use crate::config::{PoolTimeouts, UpstreamProtocol};
+
+/// Idle HTTP/1.1 connections kept per server, at most.
+const IDLE_PER_SERVER: usize = 256;
+
+/// How a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Refused, unreachable, reset during the handshake.
+    Io(io::Error),
+    /// No answer within the connect timeout.
+    Timeout,
+}
+
+struct Idle {
+    tx: http1::SendRequest<ReqBody>,
+    since_ms: u64,
+}
+
+/// The connections to one server.
+pub struct ServerUpstream {
+    addr: SocketAddr,
+    protocol: UpstreamProtocol,
+    timeouts: PoolTimeouts,
+    idle: ArrayQueue<Idle>,
+    h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
+}
+
+enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+/// A connection taken for one request; give it back with [`Lease::release`].
+pub struct Lease {
+    sender: Sender,
+    home: Arc<ServerUpstream>,
+    reused: bool,
+}
+
+impl ServerUpstream {
+    /// A pool of connections to `addr`.
+    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, timeouts: PoolTimeouts) -> Arc<Self> {
+        Arc::new(ServerUpstream {
+            addr,
+            protocol,
+            timeouts,
+            idle: ArrayQueue::new(IDLE_PER_SERVER),
+            h2: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A connection ready to send: an idle one if any, else a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let now = now_ms();
+                let max_idle = self.timeouts.upstream_idle.as_millis() as u64;
+                while let Some(mut idle) = self.idle.pop() {
+                    if idle.tx.is_closed() || now.saturating_sub(idle.since_ms) > max_idle {
+                        continue;
+                    }
+                    // A connection released at end of body may still be finishing that
+                    // response for a moment; ready() waits for that or reports it closed.
+                    if idle.tx.ready().await.is_ok() {
+                        return Ok(Lease {
+                            sender: Sender::H1(idle.tx),
+                            home: self.clone(),
+                            reused: true,
+                        });
+                    }
+                }
+                self.connect().await
+            }
+            UpstreamProtocol::H2 => {
+                if let Some(tx) = self.h2.load_full() {
+                    if !tx.is_closed() {
+                        let mut tx = (*tx).clone();
+                        if tx.ready().await.is_ok() {
+                            return Ok(Lease {
+                                sender: Sender::H2(tx),
+                                home: self.clone(),
+                                reused: true,
+                            });
+                        }
+                    }
+                }
+                self.connect().await
+            }
+        }
+    }
+
+    /// A new connection, never a pooled one.
+    pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+        let stream = match tokio::time::timeout(
+            self.timeouts.connect,
+            TcpStream::connect(self.addr),
+        )
+        .await
+        {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        let hs = async {
+            match self.protocol {
+                UpstreamProtocol::Http1 => {
+                    let (tx, conn) = http1::Builder::new()
+                        .handshake(io)
+                        .await
+                        .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.with_upgrades().await {
+                            tracing::trace!(error = %e, "upstream connection ended");
+                        }
+                    });
+                    Ok(Sender::H1(tx))
+                }
+                UpstreamProtocol::H2 => {
+                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(20))
+                        .handshake(io)
+                        .await
+                        .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::trace!(error = %e, "upstream h2 connection ended");
+                        }
+                    });
+                    self.h2.store(Some(Arc::new(tx.clone())));
+                    Ok(Sender::H2(tx))
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeouts.connect, hs).await {
+            Err(_) => Err(ConnectError::Timeout),
+            Ok(r) => r.map(|sender| Lease {
+                sender,
+                home: self.clone(),
+                reused: false,
+            }),
+        }
+    }
+
+    /// Closes idle connections (after a reload removed the server, say).
+    pub fn clear_idle(&self) {
+        while self.idle.pop().is_some() {}
+        self.h2.store(None);
+    }
+}
+
+impl Lease {
+    /// Whether this connection had carried requests before.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends a request; if it could not be written at all, the error hands it back.
+    pub async fn send(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        match &mut self.sender {
+            Sender::H1(tx) => tx.try_send_request(req).await,
+            Sender::H2(tx) => tx.try_send_request(req).await,
+        }
+    }
+
+    /// Gives the connection back for reuse, if it can carry another request.
+    pub fn release(self) {
+        if let Sender::H1(tx) = self.sender {
+            if !tx.is_closed() {
+                // A full queue drops the connection, which closes it: the cap on idle ones.
+                let _ = self.home.idle.push(Idle {
+                    tx,
+                    since_ms: now_ms(),
+                });
+            }
+        }
+    }
+}

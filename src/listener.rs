@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerSettings, Protocol};
 use crate::proxy::http::{ConnCtx, HttpRoute};
 use crate::proxy::tcp::TcpRoute;
+use crate::proxy::tunnel::{idle_for, Active};
 
 /// A listener's swappable route.
 #[derive(Clone)]
@@ -203,7 +205,10 @@ impl Acceptor {
                     active.dec();
                 }
                 Route::Http(r) => {
-                    let m = r.load().metrics.clone();
+                    let (m, idle) = {
+                        let cur = r.load();
+                        (cur.metrics.clone(), cur.listener.timeouts.keepalive_idle)
+                    };
                     m.connections.inc();
                     m.active.inc();
                     let cx = Arc::new(ConnCtx {
@@ -213,11 +218,20 @@ impl Acceptor {
                         hard_stop: hard_stop.clone(),
                     });
                     let svc = service_fn(move |req| crate::proxy::http::serve(req, cx.clone()));
-                    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    // Activity is counted at the socket, so a connection streaming a long body
+                    // is never "idle"; an idle one is closed gracefully (in-flight requests,
+                    // if any, still finish).
+                    let ticks = Arc::new(AtomicU64::new(0));
+                    let io = Active {
+                        io: stream,
+                        ticks: ticks.clone(),
+                    };
+                    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), svc);
                     tokio::pin!(conn);
                     let res = tokio::select! {
                         r = conn.as_mut() => Some(r),
                         _ = drain.cancelled() => None,
+                        _ = idle_for(&ticks, idle) => None,
                     };
                     let res = match res {
                         Some(r) => r,

@@ -2,7 +2,20 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::{BodyExt, Full, StreamBody};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn sha(b: &[u8]) -> Vec<u8> {
+    Sha256::digest(b).to_vec()
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 256) as u8).collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_300_gets_evenly() {
@@ -25,4 +38,286 @@ async fn round_robin_spreads_300_gets_evenly() {
         [100, 100, 100],
         "round robin over 300 requests: {counts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_arrive_intact() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let c = client();
+    for size in [0usize, 1024, 8 << 20] {
+        let body = pattern(size);
+        let req = http::Request::post(p.url("web", "/echo"))
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let r = send(&c, req).await.unwrap();
+        assert_eq!(r.status, 200, "echo of {size} bytes");
+        assert_eq!(r.body.len(), size, "echoed length for {size} bytes");
+        assert_eq!(sha(&r.body), sha(&body), "checksum of {size} bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_arrives_intact() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    // A streamed body of unknown length goes out with Transfer-Encoding: chunked.
+    let chunks: Vec<Bytes> = (0..64).map(|i| Bytes::from(pattern(10_000 + i))).collect();
+    let all: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+    let stream = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(c))),
+    );
+    let body = StreamBody::new(stream);
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(p.url("web", "/echo"))
+        .body(body)
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), all.len(), "chunked upload length");
+    assert_eq!(sha(&got), sha(&all), "chunked upload checksum");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_response_streams_intact() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let n = 16 << 20;
+    let r = get(&client(), &p.url("web", &format!("/bytes/{n}"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), n, "16 MiB response length");
+    let expect: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    assert_eq!(sha(&r.body), sha(&expect), "16 MiB response checksum");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_echoes_both_ways() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "connection open while reading the 101"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101"),
+        "switching protocols: {head}"
+    );
+    assert!(
+        head.contains("upgrade: websocket"),
+        "upgrade header passed back: {head}"
+    );
+    for msg in [&b"hello"[..], &[0u8, 1, 2, 255][..], &pattern(100_000)[..]] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg, "echo through the upgraded tunnel");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_prior_knowledge_client_reaches_http1_origin() {
+    let o = fleet(2).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0], &o[1]]), "", NO_HEALTH)).await;
+    let c = h2_client();
+    let counts = spread(&c, &p.url("web", "/"), 10).await;
+    assert_eq!(counts.values().sum::<usize>(), 10);
+    assert_eq!(
+        counts.len(),
+        2,
+        "both origins served h2 clients: {counts:?}"
+    );
+    let r = get(&c, &p.url("web", "/headers")).await;
+    let seen = r.text();
+    assert!(
+        seen.contains(&format!("host: {}", p.addr("web"))),
+        "Host from :authority: {seen}"
+    );
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_hop_by_hop_removal() {
+    let o = fleet(1).await;
+    let cfg = http_config(&servers(&[&o[0]]), "", NO_HEALTH)
+        .replace("pool = \"app\"\n", "pool = \"app\"\nforwarded = \"both\"\n");
+    let p = Proxy::start(&cfg).await;
+    let req = http::Request::get(p.url("web", "/headers"))
+        .header("x-forwarded-for", "10.9.8.7")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("host", "shop.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = send(&client(), req).await.unwrap().text();
+    assert!(
+        seen.contains("x-forwarded-for: 10.9.8.7, 127.0.0.1"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-host: shop.test"), "{seen}");
+    assert!(
+        seen.contains("forwarded: for=127.0.0.1;proto=http;host=\"shop.test\""),
+        "{seen}"
+    );
+    assert!(seen.contains("host: shop.test"), "Host preserved: {seen}");
+    assert!(
+        !seen.contains("x-private"),
+        "header named in Connection removed: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_gives_502() {
+    // A port that was bound and released: nothing listens there now.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = http_config(
+        &format!("{{ addr = \"{dead}\" }}"),
+        "retries = 1",
+        NO_HEALTH,
+    );
+    let p = Proxy::start(&cfg).await;
+    let r = get(&client(), &p.url("web", "/")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let m = reqwest_metrics(&p).await;
+    assert!(
+        m.contains("fulcrum_proxy_errors_total{listener=\"web\",reason=\"connect\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_servers_down_gives_503_with_retry_after() {
+    let o = fleet(2).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0], &o[1]]), "", FAST_TCP_HEALTH)).await;
+    let c = client();
+    assert_eq!(get(&c, &p.url("web", "/")).await.status, 200);
+    o[0].kill();
+    o[1].kill();
+    let url = p.url("web", "/");
+    wait_until(
+        "both servers marked down",
+        std::time::Duration::from_secs(10),
+        || async { p.f.pool("app").unwrap().eligible().primary.is_empty() },
+    )
+    .await;
+    let r = get(&c, &url).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_gives_504() {
+    let o = fleet(1).await;
+    let cfg = http_config(
+        &servers(&[&o[0]]),
+        "[pool.timeouts]\nresponse_header = \"300ms\"",
+        NO_HEALTH,
+    );
+    let p = Proxy::start(&cfg).await;
+    let r = get(&client(), &p.url("web", "/sleep/3000")).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    let fast = get(&client(), &p.url("web", "/sleep/1")).await;
+    assert_eq!(
+        fast.status, 200,
+        "a fast request on the same pool still works"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_gets_400_not_a_panic() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 400"),
+        "conflicting Content-Length rejected: {head}"
+    );
+    // The proxy is still serving.
+    assert_eq!(get(&client(), &p.url("web", "/")).await.status, 200);
+}
+
+async fn reqwest_metrics(p: &Proxy) -> String {
+    get(&client(), &format!("http://{}/metrics", p.admin().await))
+        .await
+        .text()
+}
+
+/// Reads until EOF or `limit`; returns whether the peer closed.
+async fn closed_within(s: &mut TcpStream, limit: std::time::Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connection_is_closed() {
+    let o = fleet(1).await;
+    let cfg = http_config(&servers(&[&o[0]]), "", NO_HEALTH).replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.timeouts]\nkeepalive_idle = \"300ms\"\nheader_read = \"60s\"\n",
+    );
+    let p = Proxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_within(&mut s, std::time::Duration::from_secs(10)).await,
+        "idle keep-alive connection closed by the proxy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_head_is_cut_off() {
+    let o = fleet(1).await;
+    let cfg = http_config(&servers(&[&o[0]]), "", NO_HEALTH).replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.timeouts]\nheader_read = \"300ms\"\n",
+    );
+    let p = Proxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut s, std::time::Duration::from_secs(10)).await,
+        "incomplete head closed after header_read"
+    );
+    assert_eq!(o[0].hits(), 0, "nothing reached the origin");
 }

@@ -217,7 +217,8 @@ pub struct RawPoolTimeouts {
     pub connect: Option<Spanned<Dur>>,
     /// From request sent to response head received; default 60s.
     pub response_header: Option<Spanned<Dur>>,
-    /// Idle pooled upstream connections are closed after this long; default 90s.
+    /// Idle pooled upstream connections are closed after this long; default 4s (below common
+    /// server keep-alive timeouts, so a request never races the server closing it).
     pub upstream_idle: Option<Spanned<Dur>>,
 }
 

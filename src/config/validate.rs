@@ -487,7 +487,7 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
                 "response_header",
                 Duration::from_secs(60),
             )?,
-            upstream_idle: cx.dur(&t.upstream_idle, "upstream_idle", Duration::from_secs(90))?,
+            upstream_idle: cx.dur(&t.upstream_idle, "upstream_idle", Duration::from_secs(4))?,
         },
         health: health(cx, &p.health)?,
         passive: passive(cx, &p.passive)?,

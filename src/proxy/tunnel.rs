@@ -49,17 +49,7 @@ where
         ticks: &ticks,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUF, BUF);
-    let watchdog = async {
-        let mut seen = 0;
-        loop {
-            tokio::time::sleep(idle).await;
-            let now = ticks.load(Ordering::Relaxed);
-            if now == seen {
-                return;
-            }
-            seen = now;
-        }
-    };
+    let watchdog = idle_for(&ticks, idle);
     tokio::select! {
         r = copy => r.map_err(RelayEnd::Io),
         _ = watchdog => Err(RelayEnd::Idle),
@@ -67,19 +57,37 @@ where
     }
 }
 
-/// Counts reads and writes so the watchdog can tell an idle tunnel from a busy one.
-struct Active<'a, T: ?Sized> {
-    io: &'a mut T,
-    ticks: &'a AtomicU64,
+/// Counts reads and writes so a watchdog can tell an idle connection from a busy one.
+/// `C` is whatever holds the counter: a borrow inside one task, an `Arc` across tasks.
+pub struct Active<T, C> {
+    /// The connection.
+    pub io: T,
+    /// Bumped on every completed read or write.
+    pub ticks: C,
 }
 
-impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, T> {
+/// Waits until `ticks` has not moved for a whole `idle` period.
+pub async fn idle_for(ticks: &AtomicU64, idle: Duration) {
+    let mut seen = u64::MAX;
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = ticks.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+impl<T: AsyncRead + Unpin, C: std::ops::Deref<Target = AtomicU64> + Unpin> AsyncRead
+    for Active<T, C>
+{
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut *self.io).poll_read(cx, buf);
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if r.is_ready() {
             self.ticks.fetch_add(1, Ordering::Relaxed);
         }
@@ -87,13 +95,15 @@ impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Active<'_, T> {
+impl<T: AsyncWrite + Unpin, C: std::ops::Deref<Target = AtomicU64> + Unpin> AsyncWrite
+    for Active<T, C>
+{
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut *self.io).poll_write(cx, buf);
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if r.is_ready() {
             self.ticks.fetch_add(1, Ordering::Relaxed);
         }
@@ -101,10 +111,10 @@ impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Active<'_, T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

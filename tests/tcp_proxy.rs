@@ -1,0 +1,216 @@
+//! L4 relaying through a running fulcrum: byte-exact echo, half-close, PROXY headers.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// An echo server: writes back what it reads, and closes its side after the client's EOF.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that reads a PROXY header (v1 or v2), reports what it parsed, then echoes.
+async fn proxy_protocol_server() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let l = TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 12];
+                s.read_exact(&mut first[..5]).await.unwrap();
+                let parsed = if &first[..5] == b"PROXY" {
+                    let mut line = b"PROXY".to_vec();
+                    let mut b = [0u8; 1];
+                    while !line.ends_with(b"\r\n") {
+                        s.read_exact(&mut b).await.unwrap();
+                        line.push(b[0]);
+                    }
+                    String::from_utf8(line).unwrap().trim_end().to_string()
+                } else {
+                    s.read_exact(&mut first[5..]).await.unwrap();
+                    assert_eq!(
+                        first,
+                        [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+                    );
+                    let mut hdr = [0u8; 4];
+                    s.read_exact(&mut hdr).await.unwrap();
+                    let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+                    let mut rest = vec![0u8; len];
+                    s.read_exact(&mut rest).await.unwrap();
+                    assert_eq!(hdr[0], 0x21, "v2 PROXY command");
+                    assert_eq!(hdr[1], 0x11, "TCP over IPv4");
+                    let ip = |b: &[u8]| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]);
+                    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                    format!(
+                        "V2 {} {} {} {}",
+                        ip(&rest[0..4]),
+                        ip(&rest[4..8]),
+                        port(&rest[8..10]),
+                        port(&rest[10..12])
+                    )
+                };
+                tx.send(parsed).unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn tcp_config(server: SocketAddr, listener_extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+enabled = false
+
+[[listener]]
+name = "relay"
+bind = "127.0.0.1:0"
+protocol = "tcp"
+pool = "p"
+{listener_extra}
+
+[[pool]]
+name = "p"
+servers = [ {{ addr = "{server}" }} ]
+
+[pool.health]
+kind = "none"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_one_mebibyte_each_way_byte_exact_with_half_close() {
+    let echo = echo_server().await;
+    let p = Proxy::start(&tcp_config(echo, "")).await;
+    let s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        // Half-close: we are done sending but still want the echo.
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    let _w = writer.await.unwrap();
+    assert_eq!(got.len(), data.len(), "echoed length after half-close");
+    assert!(got == data, "echo is byte-exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_half_close_reaches_client_while_client_keeps_sending() {
+    // The server sends a greeting and closes its write side at once, then keeps reading.
+    let l = TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"bye-from-server").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        tx.send(rest).unwrap();
+    });
+    let p = Proxy::start(&tcp_config(addr, "")).await;
+    let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"bye-from-server", "server's data then EOF");
+    s.write_all(b"client-still-talking").await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        b"client-still-talking",
+        "client's bytes after server EOF"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_header_arrives() {
+    let (addr, mut seen) = proxy_protocol_server().await;
+    let p = Proxy::start(&tcp_config(addr, "send_proxy = \"v1\"")).await;
+    let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    let line = seen.recv().await.unwrap();
+    let dst = p.addr("relay");
+    assert_eq!(
+        line,
+        format!(
+            "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}",
+            me.port(),
+            dst.port()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_header_arrives() {
+    let (addr, mut seen) = proxy_protocol_server().await;
+    let p = Proxy::start(&tcp_config(addr, "send_proxy = \"v2\"")).await;
+    let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"pong").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong");
+    let line = seen.recv().await.unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "V2 127.0.0.1 127.0.0.1 {} {}",
+            me.port(),
+            p.addr("relay").port()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_moves_to_the_next_server() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let echo = echo_server().await;
+    let cfg = tcp_config(echo, "").replace(
+        &format!("servers = [ {{ addr = \"{echo}\" }} ]"),
+        &format!("servers = [ {{ addr = \"{dead}\" }}, {{ addr = \"{echo}\" }} ]\nretries = 2"),
+    );
+    let p = Proxy::start(&cfg).await;
+    // Round robin sends every other connection to the dead server first; each must still work.
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+        s.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], i, "connection {i} relayed despite a dead server");
+    }
+}

@@ -72,11 +72,13 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
 }
 
 fn runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    // available_parallelism honours the CPU affinity mask and cgroup quota.
+    // available_parallelism honours the CPU affinity mask and cgroup quota, so a proxy pinned
+    // to one core runs one worker.
     let workers = cfg
         .runtime
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tracing::info!(workers, "starting runtime");
     if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -321,3 +321,23 @@ async fn slow_request_head_is_cut_off() {
     );
     assert_eq!(o[0].hits(), 0, "nothing reached the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstream_pool_option() {
+    let o = fleet(2).await;
+    let p = Proxy::start(&http_config(
+        &servers(&[&o[0], &o[1]]),
+        "upstream_protocol = \"h2\"",
+        NO_HEALTH,
+    ))
+    .await;
+    let c = client();
+    let counts = spread(&c, &p.url("web", "/"), 20).await;
+    assert_eq!(counts.len(), 2, "both h2 origins used: {counts:?}");
+    let body = pattern(300_000);
+    let req = http::Request::post(p.url("web", "/echo"))
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let r = send(&c, req).await.unwrap();
+    assert_eq!(sha(&r.body), sha(&body), "body through an h2 upstream");
+}

@@ -14,6 +14,7 @@ use crate::backend::{now_ms, BackendState, Registry, Selection};
 use crate::balance::{hash_bytes, BackendIdx, Member, PickKey, Tier};
 use crate::config::{PoolSettings, ServerSettings};
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 
 /// One server of a pool.
 pub struct Server {
@@ -54,6 +55,8 @@ pub struct Pool {
     pub inflight: AtomicU32,
     /// Limits retries to a share of requests.
     pub budget: RetryBudget,
+    /// Requests waiting for a server slot (servers with `max_conns`).
+    pub queue: Queue,
     eligible: ArcSwap<Eligible>,
     /// Serialises publishers only; never taken on the request path.
     publish_lock: Mutex<()>,
@@ -128,6 +131,7 @@ impl Pool {
             servers,
             inflight: AtomicU32::new(0),
             budget: RetryBudget::new(settings.retry_budget),
+            queue: Queue::new(&settings, metrics),
             publish_lock: Mutex::new(()),
             slot: OnceLock::new(),
             settings,

@@ -127,6 +127,14 @@ pub struct BackendMetrics {
     /// Response-head latency.
     pub response: Histogram,
     selections: [IntCounter; 5],
+    /// Passive ejections.
+    pub ejections: IntCounter,
+    /// Times flap damping held the server out.
+    pub flap_suppressions: IntCounter,
+    /// Disagreement episodes: checks pass while traffic fails.
+    pub disagree_traffic_failing: IntCounter,
+    /// Disagreement episodes: checks fail while traffic succeeds.
+    pub disagree_check_failing: IntCounter,
 }
 
 impl BackendMetrics {
@@ -140,7 +148,28 @@ impl BackendMetrics {
             response: m.backend_response.with_label_values(&[pool, server]),
             selections: Selection::ALL
                 .map(|s| m.selections.with_label_values(&[pool, server, s.as_str()])),
+            ejections: m.ejections.with_label_values(&[pool, server]),
+            flap_suppressions: m.flap_suppressions.with_label_values(&[pool, server]),
+            disagree_traffic_failing: m.disagreements.with_label_values(&[
+                pool,
+                server,
+                DISAGREE_TRAFFIC_FAILING,
+            ]),
+            disagree_check_failing: m.disagreements.with_label_values(&[
+                pool,
+                server,
+                DISAGREE_CHECK_FAILING,
+            ]),
         }
+    }
+
+    /// Failures so far of the kinds `counts` accepts (read by the health checker, not per request).
+    pub fn errors_total(&self, counts: impl Fn(FailureKind) -> bool) -> u64 {
+        FailureKind::ALL
+            .iter()
+            .filter(|k| counts(**k))
+            .map(|k| self.errors[*k as usize].get())
+            .sum()
     }
 
     /// Counts a failure.
@@ -155,6 +184,11 @@ impl BackendMetrics {
         self.selections[why as usize].inc();
     }
 }
+
+/// `kind` label of a disagreement where active checks pass while real traffic fails.
+pub const DISAGREE_TRAFFIC_FAILING: &str = "traffic_failing";
+/// `kind` label of a disagreement where active checks fail while real traffic succeeds.
+pub const DISAGREE_CHECK_FAILING: &str = "check_failing";
 
 /// Up/down bookkeeping of one server since it was first configured.
 #[derive(Clone, Debug, Default)]
@@ -287,7 +321,9 @@ impl BackendState {
             weight_override: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             suppressed: AtomicBool::new(false),
-            ramp_start: AtomicU64::new(0),
+            // A server that starts up is "added" now: slow start (when the pool has it)
+            // ramps it from this moment. One that starts down ramps from its first success.
+            ramp_start: AtomicU64::new(if initial_up { now } else { 0 }),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             last_check_ok: AtomicBool::new(initial_up),
@@ -350,6 +386,14 @@ impl BackendState {
         self.ejected_until.store(t, Ordering::Release);
     }
 
+    /// Moves an ejection deadline `until` to `now` unless it changed meanwhile; returns
+    /// whether it did. The past deadline is kept: it tells when the last ejection ended.
+    pub fn end_ejection_early(&self, until: u64, now: u64) -> bool {
+        self.ejected_until
+            .compare_exchange(until, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Whether flap damping holds it out.
     pub fn suppressed(&self) -> bool {
         self.suppressed.load(Ordering::Acquire)
@@ -410,8 +454,12 @@ impl BackendState {
 }
 
 /// An RAII hold on one unit of a server's load gauge (an in-flight request or a connection).
+///
+/// For a server with `max_conns`, the same gauge is its slot count: [`LoadGuard::try_limited`]
+/// takes a unit only below the limit, and dropping it wakes a request queued for a slot.
 pub struct LoadGuard {
     state: Arc<BackendState>,
+    waiters: Option<Arc<Waiters>>,
 }
 
 impl LoadGuard {
@@ -419,7 +467,39 @@ impl LoadGuard {
     #[inline]
     pub fn new(state: Arc<BackendState>) -> Self {
         state.load.fetch_add(1, Ordering::Relaxed);
-        LoadGuard { state }
+        LoadGuard {
+            state,
+            waiters: None,
+        }
+    }
+
+    /// Takes one unit if fewer than `max` are taken; its release wakes one of `waiters`.
+    #[inline]
+    pub fn try_limited(
+        state: &Arc<BackendState>,
+        max: u32,
+        waiters: &Arc<Waiters>,
+    ) -> Option<Self> {
+        // SeqCst pairs with the waiter's SeqCst increment of its queue count (Dekker style):
+        // either the waiter sees this free slot, or this release sees the waiter.
+        let mut cur = state.load.load(Ordering::SeqCst);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match state
+                .load
+                .compare_exchange_weak(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    return Some(LoadGuard {
+                        state: state.clone(),
+                        waiters: Some(waiters.clone()),
+                    })
+                }
+                Err(v) => cur = v,
+            }
+        }
     }
 
     /// The server.
@@ -430,7 +510,35 @@ impl LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.state.load.fetch_sub(1, Ordering::Relaxed);
+        match &self.waiters {
+            None => {
+                self.state.load.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(w) => {
+                self.state.load.fetch_sub(1, Ordering::SeqCst);
+                w.slot_freed();
+            }
+        }
+    }
+}
+
+/// Requests waiting for a server slot in one pool (see `crate::queue`): a count, so that a
+/// release with nobody waiting costs one load, and a `Notify` to wake one waiter.
+#[derive(Default)]
+pub struct Waiters {
+    /// Requests waiting now.
+    pub(crate) waiting: std::sync::atomic::AtomicUsize,
+    /// Woken once per freed slot while someone waits.
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl Waiters {
+    /// A slot of some server of the pool was just freed.
+    #[inline]
+    fn slot_freed(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
+        }
     }
 }
 
@@ -504,6 +612,11 @@ fn forget_series(m: &Metrics, s: &BackendState) {
     }
     for r in Selection::ALL {
         let _ = m.selections.remove_label_values(&[p, n, r.as_str()]);
+    }
+    let _ = m.ejections.remove_label_values(&[p, n]);
+    let _ = m.flap_suppressions.remove_label_values(&[p, n]);
+    for k in [DISAGREE_TRAFFIC_FAILING, DISAGREE_CHECK_FAILING] {
+        let _ = m.disagreements.remove_label_values(&[p, n, k]);
     }
 }
 

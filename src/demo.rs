@@ -4,11 +4,13 @@
 //! An [`Origin`] is a small HTTP/1.1 + h2c server on loopback that says its own name and
 //! offers a few test routes (echo, sized bodies, sleeps, status codes, header dumps,
 //! upgrades). It can be killed (every connection dropped at once, like a crashed process)
-//! and restarted on the same address.
+//! and restarted on the same address. For health-check tests its `/healthz` answer can be
+//! switched (status, body, or a repeating pass/fail pattern), its other routes can be made to
+//! fail, and it counts connections and in-flight requests.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +27,28 @@ use tokio_util::sync::CancellationToken;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// What `/healthz` answers.
+#[derive(Clone, Debug)]
+enum HealthReply {
+    /// This status and body.
+    Fixed(StatusCode, String),
+    /// 200 "ok" or 503 "failing", following a repeating pattern, one entry per probe.
+    Pattern(Vec<bool>, usize),
+}
+
+/// State shared by an origin's connections, surviving kill and restart.
+struct Shared {
+    name: Arc<str>,
+    hits: Arc<AtomicU64>,
+    connections: AtomicU64,
+    inflight: AtomicU64,
+    peak_inflight: AtomicU64,
+    /// 0, or the status every route but `/healthz` answers.
+    failing: AtomicU16,
+    /// A `std` mutex: a test origin, locked briefly per `/healthz` request, never across an await.
+    health: Mutex<HealthReply>,
+}
+
 /// A running origin server.
 pub struct Origin {
     /// Its name (in every response body and the `X-Origin` header).
@@ -33,6 +57,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// Requests served since start.
     pub hits: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     stop: Mutex<CancellationToken>,
 }
 
@@ -43,12 +68,22 @@ impl Origin {
         let addr = listener.local_addr()?;
         let name: Arc<str> = Arc::from(name);
         let hits = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            hits: hits.clone(),
+            connections: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            peak_inflight: AtomicU64::new(0),
+            failing: AtomicU16::new(0),
+            health: Mutex::new(HealthReply::Fixed(StatusCode::OK, "ok\n".into())),
+        });
         let stop = CancellationToken::new();
-        serve(listener, name.clone(), hits.clone(), stop.clone());
+        serve(listener, shared.clone(), stop.clone());
         Ok(Origin {
             name,
             addr,
             hits,
+            shared,
             stop: Mutex::new(stop),
         })
     }
@@ -62,7 +97,7 @@ impl Origin {
     pub async fn restart(&self) -> std::io::Result<()> {
         let listener = bind(self.addr)?;
         let stop = CancellationToken::new();
-        serve(listener, self.name.clone(), self.hits.clone(), stop.clone());
+        serve(listener, self.shared.clone(), stop.clone());
         *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = stop;
         Ok(())
     }
@@ -70,6 +105,46 @@ impl Origin {
     /// Requests served so far.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests being served now.
+    pub fn inflight(&self) -> u64 {
+        self.shared.inflight.load(Ordering::Relaxed)
+    }
+
+    /// The most requests ever served at once.
+    pub fn peak_inflight(&self) -> u64 {
+        self.shared.peak_inflight.load(Ordering::Relaxed)
+    }
+
+    /// Makes `/healthz` answer `status` with `body` (default: 200 "ok\n").
+    pub fn set_health(&self, status: u16, body: &str) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *self.shared.health.lock().unwrap_or_else(|e| e.into_inner()) =
+            HealthReply::Fixed(status, body.to_string());
+    }
+
+    /// Makes `/healthz` follow `pattern` (true: 200, false: 503), one entry per request,
+    /// repeating.
+    pub fn set_health_pattern(&self, pattern: &[bool]) {
+        let reply = if pattern.is_empty() {
+            HealthReply::Fixed(StatusCode::OK, "ok\n".into())
+        } else {
+            HealthReply::Pattern(pattern.to_vec(), 0)
+        };
+        *self.shared.health.lock().unwrap_or_else(|e| e.into_inner()) = reply;
+    }
+
+    /// Makes every route but `/healthz` answer `status` (None: serve normally again).
+    pub fn set_failing(&self, status: Option<u16>) {
+        self.shared
+            .failing
+            .store(status.unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -84,7 +159,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock)
 }
 
-fn serve(listener: TcpListener, name: Arc<str>, hits: Arc<AtomicU64>, stop: CancellationToken) {
+fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -94,12 +169,12 @@ fn serve(listener: TcpListener, name: Arc<str>, hits: Arc<AtomicU64>, stop: Canc
                     Err(_) => continue,
                 },
             };
-            let name = name.clone();
-            let hits = hits.clone();
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let shared = shared.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
-                let svc = service_fn(move |req| route(req, name.clone(), hits.clone()));
+                let svc = service_fn(move |req| route(req, shared.clone()));
                 let builder = auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::select! {
@@ -109,6 +184,39 @@ fn serve(listener: TcpListener, name: Arc<str>, hits: Arc<AtomicU64>, stop: Canc
             });
         }
     });
+}
+
+/// Counts a request in flight for as long as it is served.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(s: Arc<Shared>) -> Self {
+        let now = s.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.peak_inflight.fetch_max(now, Ordering::SeqCst);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn health_reply(s: &Shared) -> Response<Body> {
+    let mut h = s.health.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut *h {
+        HealthReply::Fixed(status, body) => reply(*status, &s.name, body.clone()),
+        HealthReply::Pattern(p, i) => {
+            let ok = p[*i % p.len()];
+            *i += 1;
+            if ok {
+                reply(StatusCode::OK, &s.name, "ok\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, &s.name, "failing\n")
+            }
+        }
+    }
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -126,12 +234,21 @@ fn reply(status: StatusCode, name: &str, body: impl Into<Bytes>) -> Response<Bod
 
 async fn route(
     mut req: Request<Incoming>,
-    name: Arc<str>,
-    hits: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
-    hits.fetch_add(1, Ordering::Relaxed);
+    shared.hits.fetch_add(1, Ordering::Relaxed);
+    let _inflight = InFlight::new(shared.clone());
+    let name = &shared.name;
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if segs.as_slice() == ["healthz"] {
+        return Ok(health_reply(&shared));
+    }
+    let failing = shared.failing.load(Ordering::Relaxed);
+    if failing != 0 {
+        let status = StatusCode::from_u16(failing).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(reply(status, name, format!("{name} is failing\n")));
+    }
     if req.headers().contains_key(header::UPGRADE) {
         let proto = req.headers()[header::UPGRADE].clone();
         let on = hyper::upgrade::on(&mut req);
@@ -146,31 +263,30 @@ async fn route(
                 }
             }
         });
-        let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, &name, Bytes::new());
+        let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, name, Bytes::new());
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         r.headers_mut().insert(header::UPGRADE, proto);
         return Ok(r);
     }
     let r = match segs.as_slice() {
-        ["healthz"] => reply(StatusCode::OK, &name, "ok\n"),
         ["echo"] => {
             let mut r = Response::new(req.into_body().boxed());
             r.headers_mut().insert(
                 "x-origin",
-                HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("origin")),
+                HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("origin")),
             );
             r
         }
         ["bytes", n] => {
             let n: usize = n.parse().unwrap_or(0).min(256 << 20);
             let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-            reply(StatusCode::OK, &name, body)
+            reply(StatusCode::OK, name, body)
         }
         ["sleep", ms] => {
             let ms: u64 = ms.parse().unwrap_or(0).min(600_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            reply(StatusCode::OK, &name, format!("{name} slept {ms} ms\n"))
+            reply(StatusCode::OK, name, format!("{name} slept {ms} ms\n"))
         }
         ["status", code] => {
             let code = code
@@ -178,7 +294,7 @@ async fn route(
                 .ok()
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
-            reply(code, &name, format!("{name} says {code}\n"))
+            reply(code, name, format!("{name} says {code}\n"))
         }
         ["headers"] => {
             let mut s = String::new();
@@ -188,9 +304,9 @@ async fn route(
                 s.push_str(v.to_str().unwrap_or("?"));
                 s.push('\n');
             }
-            reply(StatusCode::OK, &name, s)
+            reply(StatusCode::OK, name, s)
         }
-        _ => reply(StatusCode::OK, &name, format!("hello from {name}\n")),
+        _ => reply(StatusCode::OK, name, format!("hello from {name}\n")),
     };
     Ok(r)
 }

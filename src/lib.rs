@@ -6,7 +6,8 @@
 //! - The proxy asks its [`pool::Pool`] for a server; the pool asks the pure [`balance`] core,
 //!   which only ever sees the eligible servers of the current table.
 //! - [`backend`] holds each server's live state in atomics that survive reloads; [`health`]
-//!   (active probes, passive detection) changes it and republishes the pool's table.
+//!   (active probes, passive detection) changes it and republishes the pool's table;
+//!   [`queue`] admits each request to a server slot (`max_conns`) or queues it, bounded.
 //! - [`config`] parses and validates TOML; [`runtime`] builds and swaps everything on start
 //!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics and status.
 
@@ -21,6 +22,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod queue;
 pub mod runtime;
 
 use std::fmt::Write as _;

@@ -12,8 +12,9 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{now_ms, BackendState, Registry, Selection};
 use crate::balance::{hash_bytes, BackendIdx, Member, PickKey, Tier};
-use crate::config::{PoolSettings, ServerSettings};
+use crate::config::{HealthKind, PoolSettings, ServerSettings};
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 
 /// One server of a pool.
 pub struct Server {
@@ -54,6 +55,8 @@ pub struct Pool {
     pub inflight: AtomicU32,
     /// Limits retries to a share of requests.
     pub budget: RetryBudget,
+    /// Requests waiting for a server slot (servers with `max_conns`).
+    pub queue: Queue,
     eligible: ArcSwap<Eligible>,
     /// Serialises publishers only; never taken on the request path.
     publish_lock: Mutex<()>,
@@ -98,6 +101,9 @@ impl PoolSlot {
 impl Pool {
     /// Builds the pool, taking (or creating) each server's state from the registry.
     pub fn new(settings: Arc<PoolSettings>, registry: &Registry, metrics: &Metrics) -> Pool {
+        // Without active checks there is no first check to wait for: servers start up.
+        let initial_up =
+            settings.health.initial_up || matches!(settings.health.kind, HealthKind::None);
         let servers: Vec<Server> = settings
             .servers
             .iter()
@@ -108,12 +114,7 @@ impl Pool {
                 Server {
                     idx: BackendIdx(i as u32),
                     settings: s.clone(),
-                    state: registry.get_or_create(
-                        &settings.name,
-                        s,
-                        metrics,
-                        settings.health.initial_up,
-                    ),
+                    state: registry.get_or_create(&settings.name, s, metrics, initial_up),
                     cookie_id: format!("{cookie_hash:016x}"),
                     id_hash,
                 }
@@ -128,6 +129,7 @@ impl Pool {
             servers,
             inflight: AtomicU32::new(0),
             budget: RetryBudget::new(settings.retry_budget),
+            queue: Queue::new(&settings, metrics),
             publish_lock: Mutex::new(()),
             slot: OnceLock::new(),
             settings,

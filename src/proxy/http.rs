@@ -32,6 +32,7 @@ use crate::config::{HashKey, ListenerSettings, UpstreamProtocol};
 use crate::health::passive::{self, Outcome};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::pool::{Pool, Server};
+use crate::queue;
 
 /// Everything a request on one listener needs, swapped whole on reload.
 pub struct HttpRoute {
@@ -260,10 +261,12 @@ async fn forward(
     let mut attempts = 0usize;
     pool.budget.note_request();
     loop {
+        // A slot on this server (or, if it is full, another one), else a bounded wait: 503.
+        let load;
+        (server, load) = queue::admit(pool, server, &tried[..attempts]).await?;
         tried[attempts] = server.idx;
         attempts += 1;
         server.state.metrics.selected(why);
-        let load = LoadGuard::new(server.state.clone());
         let pool_load = pool.enter();
         server.state.metrics.requests.inc();
         let up = &route.upstreams[server.idx.get()];

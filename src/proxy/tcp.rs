@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::proxy_protocol;
 use super::tunnel::{self, RelayEnd};
-use crate::backend::{FailureKind, LoadGuard, Selection};
+use crate::backend::{FailureKind, Selection};
 use crate::balance::{BackendIdx, PickKey};
 use crate::config::ListenerSettings;
 use crate::health::passive::{self, Outcome};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::pool::Pool;
+use crate::queue;
 
 use super::headers::canonical_ip;
 
@@ -33,6 +34,7 @@ pub struct TcpRoute {
     pub metrics: ListenerMetrics,
     no_server: IntCounter,
     connect_failed: IntCounter,
+    overloaded: IntCounter,
     retries: IntCounter,
 }
 
@@ -43,6 +45,9 @@ impl TcpRoute {
         TcpRoute {
             no_server: metrics.proxy_errors.with_label_values(&[name, "no_server"]),
             connect_failed: metrics.proxy_errors.with_label_values(&[name, "connect"]),
+            overloaded: metrics
+                .proxy_errors
+                .with_label_values(&[name, "overloaded"]),
             retries: metrics.retries.with_label_values(&[pool.name()]),
             metrics: ListenerMetrics::new(metrics, name),
             listener,
@@ -78,11 +83,22 @@ pub async fn serve(
     let mut attempts = 0;
     let connect_timeout = pool.settings.timeouts.connect;
     loop {
+        // A slot on this server (or, if it is full, another one), else a bounded wait.
+        let load = match queue::admit(pool, server, &tried[..attempts]).await {
+            Ok((s, guard)) => {
+                server = s;
+                guard
+            }
+            Err(e) => {
+                route.overloaded.inc();
+                tracing::debug!(listener = %route.listener.name, client = %peer, error = %e, "no server slot; closing");
+                return;
+            }
+        };
         tried[attempts] = server.idx;
         attempts += 1;
         server.state.metrics.selected(why);
         server.state.metrics.requests.inc();
-        let load = LoadGuard::new(server.state.clone());
         let connected =
             tokio::time::timeout(connect_timeout, TcpStream::connect(server.settings.addr)).await;
         match connected {

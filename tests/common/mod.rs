@@ -323,3 +323,270 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+// ---- health and failover helpers -------------------------------------------------------
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+impl Proxy {
+    /// The current generation of pool "app".
+    pub fn app(&self) -> Arc<fulcrum::pool::Pool> {
+        self.f.pool("app").expect("pool app exists")
+    }
+
+    /// The live state of server `name` of pool "app".
+    pub fn server(&self, name: &str) -> Arc<fulcrum::backend::BackendState> {
+        let pool = self.app();
+        let s = pool
+            .servers
+            .iter()
+            .find(|s| &*s.settings.name == name)
+            .unwrap_or_else(|| panic!("server {name} in pool app"));
+        s.state.clone()
+    }
+
+    /// Whether server `name` is in pool "app"'s current eligible table.
+    pub fn eligible(&self, name: &str) -> bool {
+        let pool = self.app();
+        let s = pool
+            .servers
+            .iter()
+            .find(|s| &*s.settings.name == name)
+            .unwrap_or_else(|| panic!("server {name} in pool app"));
+        pool.eligible().contains(s.idx)
+    }
+
+    /// The value of metric `family` whose labels include all of `labels` (0 if absent).
+    pub fn metric_value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.f.metrics().render();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (head, value) = match line.rsplit_once(' ') {
+                Some(p) => p,
+                None => continue,
+            };
+            let (name, lbls) = match head.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            if name != family {
+                continue;
+            }
+            if labels
+                .iter()
+                .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+            {
+                return value.parse().unwrap_or(0.0);
+            }
+        }
+        0.0
+    }
+
+    /// `fulcrum_health_checks_total` of server `name` with `result` ("success"/"failure").
+    pub fn checks(&self, name: &str, result: &str) -> u64 {
+        self.metric_value(
+            "fulcrum_health_checks_total",
+            &[("server", name), ("result", result)],
+        ) as u64
+    }
+
+    /// `fulcrum_server_state_transitions_total` of server `name` to `to` ("up"/"down").
+    pub fn transitions(&self, name: &str, to: &str) -> u64 {
+        self.metric_value(
+            "fulcrum_server_state_transitions_total",
+            &[("server", name), ("to", to)],
+        ) as u64
+    }
+}
+
+/// A config line `servers = [...]` entry with extra keys, e.g. `backup = true`.
+pub fn server_with(o: &Origin, extra: &str) -> String {
+    format!(
+        "{{ addr = \"{}\", name = \"{}\", {extra} }}",
+        o.addr, o.name
+    )
+}
+
+/// A small TCP server for heartbeat checks: answers each "PING\r\n" with "+PONG\r\n", and
+/// closes a connection after `replies_per_conn` answers (0: never).
+pub struct PingServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+    pub pings: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PingServer {
+    pub async fn start(replies_per_conn: u64) -> PingServer {
+        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let pings = Arc::new(AtomicU64::new(0));
+        let (c, p) = (connections.clone(), pings.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let p = p.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 256];
+                    let mut replies = 0;
+                    loop {
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                            let line: Vec<u8> = buf.drain(..end + 2).collect();
+                            if line.as_slice() != b"PING\r\n" {
+                                let _ = s.write_all(b"-ERR unknown\r\n").await;
+                                continue;
+                            }
+                            p.fetch_add(1, Ordering::Relaxed);
+                            if s.write_all(b"+PONG\r\n").await.is_err() {
+                                return;
+                            }
+                            replies += 1;
+                            if replies_per_conn > 0 && replies >= replies_per_conn {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        PingServer {
+            addr,
+            connections,
+            pings,
+            task,
+        }
+    }
+}
+
+impl Drop for PingServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP server that accepts connections, reads what comes, and never answers.
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    pub async fn start() -> SilentServer {
+        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SilentServer { addr, task }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP server that reads each request whole (head and Content-Length body) and then
+/// resets the connection without answering: the request reached it, no response came back.
+pub struct ResetServer {
+    pub addr: SocketAddr,
+    /// Requests received.
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResetServer {
+    pub async fn start() -> ResetServer {
+        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    h.fetch_add(1, Ordering::Relaxed);
+                    // SO_LINGER 0: close with a RST, like a crashed server.
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    drop(s);
+                });
+            }
+        });
+        ResetServer { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ResetServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends `n` GETs to `url`, one at a time, returning how many came back 200.
+pub async fn gets_ok(c: &HttpClient, url: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        if get(c, url).await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}

@@ -94,7 +94,7 @@ mod tests {
             Location { line: 2, column: 1 }
         );
         assert_eq!(
-            Location::of_offset(text, 16),
+            Location::of_offset(text, 15),
             Location { line: 3, column: 3 }
         );
     }

@@ -11,6 +11,7 @@
 //! - [`config`] parses and validates TOML; [`runtime`] builds and swaps everything on start
 //!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics and status.
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balance;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod preview;
 pub mod proxy;
 pub mod queue;
 pub mod runtime;

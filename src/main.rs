@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use fulcrum::admin::client;
 use fulcrum::config::{self, Config, ConfigError};
 use fulcrum::runtime::Fulcrum;
 
@@ -39,11 +40,31 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Validate a config file and print a summary.
+    /// Validate a config file and print a summary; with --against, preview what reloading
+    /// to it would change.
     Check {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// The config in force: a file, or a running fulcrum's admin address
+        /// (http://127.0.0.1:9901). Prints listeners and servers added, removed and
+        /// reweighted, each server's share of traffic before and after, and for hashing
+        /// pools the share of keys that would move.
+        #[arg(long, value_name = "RUNNING_CONFIG|http://ADMIN")]
+        against: Option<String>,
+    },
+    /// Ask a running fulcrum's admin listener whether it is healthy (exit 0) or not (exit 1);
+    /// for container health checks, without curl.
+    Probe {
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Path to request.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run the proxy in front of three built-in origins on loopback.
     Demo {
@@ -96,15 +117,91 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
+/// its admin API, against a running fulcrum (whose own file may already hold the new text).
+fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
+    let new = match config::load(new_path) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    println!("{}: configuration is valid", new.source.display());
+    let live = against.starts_with("http://") || against.parse::<std::net::SocketAddr>().is_ok();
+    if !live {
+        return match config::load(std::path::Path::new(against)) {
+            Ok(old) => {
+                print!("{}", fulcrum::preview::preview(&old, &new));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        };
+    }
+    let text = match std::fs::read(new_path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", new_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let path_header = new_path.display().to_string();
+    let answer = client::request(
+        against,
+        "POST",
+        "/preview",
+        &[("X-Config-Path", &path_header)],
+        &text,
+        std::time::Duration::from_secs(30),
+    );
+    match answer {
+        Ok(a) if a.status == 200 => {
+            print!("{}", a.body);
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!(
+                "fulcrum check: {against} answered {}: {}",
+                a.status,
+                a.body.trim()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fulcrum check: cannot reach the admin API at {against}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match config::load(&config) {
+        Command::Check {
+            config,
+            against: None,
+        } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", fulcrum::summary(&cfg));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
+        },
+        Command::Check {
+            config,
+            against: Some(against),
+        } => check_against(&config, &against),
+        Command::Probe {
+            admin,
+            path,
+            timeout,
+        } => match client::request(&admin, "GET", &path, &[], b"", timeout) {
+            Ok(a) if (200..300).contains(&a.status) => ExitCode::SUCCESS,
+            Ok(a) => {
+                eprintln!("fulcrum probe: {admin}{path} answered {}", a.status);
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("fulcrum probe: {admin}{path}: {e}");
+                ExitCode::FAILURE
+            }
         },
         Command::Run { config } => {
             let cfg = match config::load(&config) {

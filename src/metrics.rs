@@ -6,8 +6,10 @@
 //! mirror live state (in-flight, health, availability) are read from the backend registry at
 //! scrape time instead of being updated per request; see `admin`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Whether the last reload succeeded.
     pub last_reload_ok: IntGauge,
+    /// When the config in force was applied (start or last successful reload), Unix seconds.
+    pub last_reload_success_time: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
 }
@@ -103,6 +107,22 @@ impl Metrics {
         r.register(Box::new(last_reload_ok.clone()))
             .expect("metric names are unique");
         last_reload_ok.set(1);
+        let last_reload_success_time = Gauge::new(
+            "fulcrum_config_last_reload_success_timestamp_seconds",
+            "When the configuration in force was applied (start or last successful reload).",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(last_reload_success_time.clone()))
+            .expect("metric names are unique");
+        last_reload_success_time.set(unix_now());
+        let start_time = Gauge::new(
+            "fulcrum_start_time_seconds",
+            "When this fulcrum process started, in Unix seconds.",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(start_time.clone()))
+            .expect("metric names are unique");
+        start_time.set(unix_now());
         let build = IntGaugeVec::new(
             Opts::new("fulcrum_build_info", "Build information; always 1."),
             &["version"],
@@ -230,6 +250,7 @@ impl Metrics {
                 &["result"],
             ),
             last_reload_ok,
+            last_reload_success_time,
             access_log_dropped,
             registry: r,
         }
@@ -254,6 +275,13 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The status class label of an HTTP status.

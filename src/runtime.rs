@@ -1,9 +1,12 @@
 //! The supervisor: turns a validated [`Config`] into running listeners, pools and health
-//! tasks; applies reloads atomically (everything new is built and bound off to the side,
-//! then swapped in); and stops everything in two phases at shutdown.
+//! tasks; applies reloads atomically (everything that can fail — binding sockets, reading
+//! the admin token, opening the access log — is done first, off to the side, and a failure
+//! there changes nothing); and stops everything in two phases at shutdown.
 //!
 //! Reloads and admin changes are serialised by one async mutex; the request path never
-//! touches it.
+//! touches it. Server state lives in the backend registry, outside anything rebuilt here,
+//! so a server that stays keeps its health, counters, connections, availability record and
+//! runtime overrides across reloads.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,10 +16,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminServer};
-use crate::backend::Registry;
-use crate::config::{self, Config, ConfigError, HealthSettings, PoolSettings, Protocol};
+use crate::access_log::{AccessLog, AccessLogError};
+use crate::admin::{self, AdminServer, Auth, AuthError};
+use crate::backend::{AdminState, Registry};
+use crate::config::Protocol;
+use crate::config::{self, Config, ConfigError, HealthSettings, ListenerSettings, PoolSettings};
 use crate::health::checker;
 use crate::listener::{self, Listener, Route};
 use crate::metrics::Metrics;
@@ -41,6 +47,15 @@ pub enum RuntimeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The admin token file could not be used.
+    #[error(transparent)]
+    AdminToken(#[from] AuthError),
+    /// The access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+    /// Shutdown has begun; nothing more is applied.
+    #[error("shutting down; the configuration is no longer applied")]
+    ShuttingDown,
 }
 
 /// A pool generation and its upstream connections.
@@ -55,11 +70,28 @@ struct HealthTask {
     cancel: CancellationToken,
 }
 
+/// Everything running, owned by the supervisor.
+#[derive(Default)]
 struct Live {
     listeners: HashMap<Arc<str>, Listener>,
+    /// A duplicate of each listener's socket, so that a listener restarted on the same
+    /// address (its protocol changed, say) takes over the bound socket: binding the address
+    /// a second time would fail, and closing it first would refuse connections meanwhile.
+    sockets: HashMap<Arc<str>, std::net::TcpListener>,
     pools: HashMap<Arc<str>, PoolEntry>,
     health: HashMap<(Arc<str>, SocketAddr), HealthTask>,
     admin: Option<AdminServer>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+/// What a reload needs that can fail, prepared before anything running is touched.
+struct Prepared {
+    /// Listeners that get a new accept loop, with the socket it takes (new or handed over)
+    /// and a duplicate to keep.
+    sockets: HashMap<Arc<str>, (std::net::TcpListener, std::net::TcpListener)>,
+    admin_socket: Option<std::net::TcpListener>,
+    auth: Auth,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// Shared by the supervisor and the admin API.
@@ -74,7 +106,11 @@ pub struct Shared {
     pub pools: ArcSwap<HashMap<Arc<str>, Arc<PoolSlot>>>,
     /// Listener addresses by name.
     pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
+    /// Who may change state through the admin API.
+    pub admin_auth: ArcSwap<Auth>,
     live: Mutex<Option<Live>>,
+    /// Listeners removed by reloads, finishing their connections.
+    retiring: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +118,16 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct Fulcrum {
     shared: Arc<Shared>,
+}
+
+/// Whether a running listener can keep its accept loop under new settings: only its route
+/// (pool, headers, keep-alive and tunnel timeouts) may change; the rest is fixed when the
+/// accept loop starts.
+fn same_accept_loop(a: &ListenerSettings, b: &ListenerSettings) -> bool {
+    a.bind == b.bind
+        && a.protocol == b.protocol
+        && a.max_connections == b.max_connections
+        && a.timeouts.header_read == b.timeouts.header_read
 }
 
 impl Fulcrum {
@@ -96,13 +142,20 @@ impl Fulcrum {
             config: ArcSwap::from_pointee(config.clone()),
             pools: ArcSwap::from_pointee(HashMap::new()),
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
+            admin_auth: ArcSwap::from_pointee(Auth::default()),
             live: Mutex::new(None),
+            retiring: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
         admin::register_collectors(&shared);
         let f = Fulcrum { shared };
         f.apply(config).await?;
         Ok(f)
+    }
+
+    /// The handle of a running fulcrum, for the admin API.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Fulcrum {
+        Fulcrum { shared }
     }
 
     /// Shared state, for the admin API.
@@ -142,7 +195,9 @@ impl Fulcrum {
         self.shared.shutdown.clone()
     }
 
-    /// Re-reads the config file in force and applies it. On error nothing changes.
+    /// Re-reads the config file in force and applies it. On error nothing changes: the
+    /// error (`file:line:col: message` for an invalid file) is logged and counted, and the
+    /// previous config keeps serving.
     pub async fn reload(&self) -> Result<(), RuntimeError> {
         crate::daemon::notify_reloading();
         let path = self.shared.config.load().source.clone();
@@ -155,6 +210,7 @@ impl Fulcrum {
             Ok(()) => {
                 m.reloads.with_label_values(&["success"]).inc();
                 m.last_reload_ok.set(1);
+                m.last_reload_success_time.set(crate::metrics::unix_now());
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
             Err(e) => {
@@ -173,79 +229,22 @@ impl Fulcrum {
     /// Applies a validated config: the first start, or a reload.
     pub async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
         let mut guard = self.shared.live.lock().await;
+        if self.shared.shutdown.is_cancelled() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        // 1. Everything that can fail, before touching what runs.
+        let mut prepared = self.prepare(&cfg, guard.as_ref())?;
+        let mut old = guard.take().unwrap_or_default();
         let shared = &self.shared;
         let metrics = &shared.metrics;
-        let old = guard.take();
-        let (mut old_listeners, mut old_pools, mut old_health, mut old_admin) = match old {
-            Some(l) => (l.listeners, l.pools, l.health, l.admin),
-            None => Default::default(),
-        };
-        let restore = |g: &mut Option<Live>, listeners, pools, health, admin| {
-            *g = Some(Live {
-                listeners,
-                pools,
-                health,
-                admin,
-            });
-        };
-
-        // 1. Bind what is new, before touching anything. A failure drops the new sockets.
-        let mut fresh: HashMap<Arc<str>, std::net::TcpListener> = HashMap::new();
-        for l in &cfg.listeners {
-            let keep = old_listeners.get(&l.name).is_some_and(|o| {
-                o.settings.bind == l.bind
-                    && o.settings.protocol == l.protocol
-                    && o.settings.max_connections == l.max_connections
-            });
-            if keep {
-                continue;
-            }
-            // A listener moving to a socket another kept listener holds is a conflict the
-            // kernel reports; a socket released by this reload is freed only after the swap.
-            match listener::bind(l.bind) {
-                Ok(s) => {
-                    fresh.insert(l.name.clone(), s);
-                }
-                Err(source) => {
-                    restore(&mut guard, old_listeners, old_pools, old_health, old_admin);
-                    return Err(RuntimeError::Bind {
-                        what: format!("listener {:?}", &*l.name),
-                        addr: l.bind,
-                        source,
-                    });
-                }
-            }
-        }
-        let admin_rebind = match (&cfg.admin, &old_admin) {
-            (Some(a), Some(o)) => a.bind != o.settings.bind,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let mut fresh_admin = None;
-        if admin_rebind {
-            let a = cfg
-                .admin
-                .as_ref()
-                .expect("admin_rebind implies admin settings");
-            match listener::bind(a.bind) {
-                Ok(s) => fresh_admin = Some(s),
-                Err(source) => {
-                    restore(&mut guard, old_listeners, old_pools, old_health, old_admin);
-                    return Err(RuntimeError::Bind {
-                        what: "the admin listener".into(),
-                        addr: a.bind,
-                        source,
-                    });
-                }
-            }
-        }
 
         // 2. Pools: keep unchanged ones whole; rebuild changed ones around the same states.
         let mut pools: HashMap<Arc<str>, PoolEntry> = HashMap::new();
         for ps in &cfg.pools {
-            let entry = match old_pools.remove(&ps.name) {
+            let entry = match old.pools.remove(&ps.name) {
                 Some(e) if e.slot.load().settings == *ps => e,
                 Some(e) => {
+                    tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
                     let (pool, upstreams) = build_pool(ps, shared);
                     e.slot.store(pool);
                     PoolEntry {
@@ -272,7 +271,7 @@ impl Fulcrum {
             let pool = entry.slot.load();
             for s in &pool.servers {
                 let key = (ps.name.clone(), s.settings.addr);
-                match old_health.remove(&key) {
+                match old.health.remove(&key) {
                     Some(t) if t.settings == ps.health => {
                         health.insert(key, t);
                     }
@@ -307,11 +306,11 @@ impl Fulcrum {
                 }
             }
         }
-        for (_, t) in old_health.drain() {
+        for (_, t) in old.health.drain() {
             t.cancel.cancel();
         }
-        // On first start, give new servers' first probes a moment so traffic does not meet
-        // an empty pool; bounded by the probe timeout (plus a little for scheduling).
+        // Give new servers' first probes a moment so traffic does not meet an empty pool;
+        // bounded by the probe timeout (plus a little for scheduling).
         if !first_round.is_empty() {
             let wait = first_round
                 .iter()
@@ -327,45 +326,49 @@ impl Fulcrum {
             }
         }
 
-        // 4. Listeners: swap routes of kept ones, start new ones, stop removed ones.
+        // 4. Listeners: swap routes of kept ones, start new ones, retire removed ones.
+        let access = prepared.access_log.clone();
         let mut listeners = HashMap::new();
+        let mut sockets = HashMap::new();
         let mut addrs = HashMap::new();
         for l in &cfg.listeners {
             let entry = &pools[&l.pool];
             let pool = entry.slot.load();
-            let kept = if fresh.contains_key(&l.name) {
-                None
-            } else {
-                old_listeners.remove(&l.name)
+            let http_route = || {
+                HttpRoute::new(l.clone(), pool.clone(), entry.upstreams.clone(), metrics)
+                    .with_access_log(access.clone())
             };
-            let listener = match kept {
-                Some(existing) => {
+            let tcp_route =
+                || TcpRoute::new(l.clone(), pool.clone(), metrics).with_access_log(access.clone());
+            let listener = match prepared.sockets.remove(&l.name) {
+                None => {
+                    let existing = old
+                        .listeners
+                        .remove(&l.name)
+                        .expect("a listener without a new socket is kept");
                     match &existing.route {
-                        Route::Http(r) => r.store(Arc::new(HttpRoute::new(
-                            l.clone(),
-                            pool,
-                            entry.upstreams.clone(),
-                            metrics,
-                        ))),
-                        Route::Tcp(r) => r.store(Arc::new(TcpRoute::new(l.clone(), pool, metrics))),
+                        Route::Http(r) => r.store(Arc::new(http_route())),
+                        Route::Tcp(r) => r.store(Arc::new(tcp_route())),
+                    }
+                    if let Some(dup) = old.sockets.remove(&l.name) {
+                        sockets.insert(l.name.clone(), dup);
                     }
                     existing
                 }
-                None => {
+                Some((sock, dup)) => {
                     let route = match l.protocol {
-                        Protocol::Http => Route::Http(Arc::new(ArcSwap::from_pointee(
-                            HttpRoute::new(l.clone(), pool, entry.upstreams.clone(), metrics),
-                        ))),
-                        Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(
-                            TcpRoute::new(l.clone(), pool, metrics),
-                        ))),
+                        Protocol::Http => {
+                            Route::Http(Arc::new(ArcSwap::from_pointee(http_route())))
+                        }
+                        Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(tcp_route()))),
                     };
-                    let sock = fresh
-                        .remove(&l.name)
-                        .expect("new listeners were bound in step 1");
                     match Listener::start(l.clone(), sock, route) {
-                        Ok(li) => li,
+                        Ok(li) => {
+                            sockets.insert(l.name.clone(), dup);
+                            li
+                        }
                         Err(source) => {
+                            // from_std on a socket bound moments ago: not expected to fail.
                             tracing::error!(listener = %l.name, error = %source, "cannot start listener");
                             continue;
                         }
@@ -376,17 +379,21 @@ impl Fulcrum {
             listeners.insert(l.name.clone(), listener);
         }
         let drain = cfg.runtime.drain_timeout;
-        for (name, l) in old_listeners.drain() {
-            tracing::info!(listener = %name, "listener removed; draining its connections");
-            tokio::spawn(async move {
-                l.stop(drain).await;
+        for (name, l) in old.listeners.drain() {
+            tracing::info!(listener = %name, drain_timeout = ?drain, "listener removed or restarted; its open connections drain");
+            shared.retiring.spawn(async move {
+                if !l.stop(drain).await {
+                    tracing::warn!(listener = %name, "drain timeout over; closed the remaining connections");
+                }
             });
         }
+        // The duplicates of sockets no listener keeps close here; kept ones moved above.
+        drop(std::mem::take(&mut old.sockets));
 
         // 5. Admin listener.
-        let admin = match (&cfg.admin, fresh_admin) {
+        let admin = match (&cfg.admin, prepared.admin_socket.take()) {
             (Some(a), Some(sock)) => {
-                if let Some(o) = old_admin.take() {
+                if let Some(o) = old.admin.take() {
                     o.stop();
                 }
                 match AdminServer::start(a.clone(), sock, shared.clone()) {
@@ -397,12 +404,12 @@ impl Fulcrum {
                     }
                 }
             }
-            (Some(a), None) => old_admin.map(|mut o| {
+            (Some(a), None) => old.admin.take().map(|mut o| {
                 o.settings = a.clone();
                 o
             }),
             (None, _) => {
-                if let Some(o) = old_admin.take() {
+                if let Some(o) = old.admin.take() {
                     o.stop();
                 }
                 None
@@ -419,7 +426,8 @@ impl Fulcrum {
         }
         shared.pools.store(Arc::new(slots));
         shared.listener_addrs.store(Arc::new(addrs));
-        for (_, e) in old_pools.drain() {
+        shared.admin_auth.store(Arc::new(prepared.auth));
+        for (_, e) in old.pools.drain() {
             for u in e.upstreams.iter() {
                 u.clear_idle();
             }
@@ -430,14 +438,89 @@ impl Fulcrum {
             .flat_map(|p| p.servers.iter().map(|s| (p.name.clone(), s.addr)))
             .collect();
         shared.registry.retain(&keep, metrics);
+        log_kept_overrides(&pools);
         shared.config.store(Arc::new(cfg));
         *guard = Some(Live {
             listeners,
+            sockets,
             pools,
             health,
             admin,
+            access_log: prepared.access_log,
         });
         Ok(())
+    }
+
+    /// Step 1 of `apply`: binds new sockets (or takes over the bound socket of a listener
+    /// restarted on the same address), reads the admin token and opens the access log.
+    /// Reads `live` only; any failure leaves everything as it was.
+    fn prepare(&self, cfg: &Config, live: Option<&Live>) -> Result<Prepared, RuntimeError> {
+        let mut sockets = HashMap::new();
+        for l in &cfg.listeners {
+            let old = live.and_then(|lv| lv.listeners.get(&l.name));
+            if old.is_some_and(|o| same_accept_loop(&o.settings, l)) {
+                continue;
+            }
+            // The same address as a running listener of this name, or of a listener this
+            // reload removes (a rename): take its socket over instead of binding again.
+            let handover = live.and_then(|lv| {
+                let by_name = old
+                    .filter(|o| o.settings.bind == l.bind)
+                    .and(lv.sockets.get(&l.name));
+                let by_bind = || {
+                    lv.listeners
+                        .iter()
+                        .filter(|(n, o)| {
+                            o.settings.bind == l.bind
+                                && l.bind.port() != 0
+                                && !cfg.listeners.iter().any(|c| c.name == **n)
+                        })
+                        .find_map(|(n, _)| lv.sockets.get(n))
+                };
+                by_name.or_else(by_bind)
+            });
+            let bind_err = |source| RuntimeError::Bind {
+                what: format!("listener {:?}", &*l.name),
+                addr: l.bind,
+                source,
+            };
+            let sock = match handover {
+                Some(s) => s.try_clone().map_err(bind_err)?,
+                None => listener::bind(l.bind).map_err(bind_err)?,
+            };
+            let dup = sock.try_clone().map_err(bind_err)?;
+            sockets.insert(l.name.clone(), (sock, dup));
+        }
+        let old_admin = live.and_then(|lv| lv.admin.as_ref());
+        let admin_socket = match (&cfg.admin, old_admin) {
+            (Some(a), Some(o)) if a.bind == o.settings.bind => None,
+            (Some(a), _) => Some(listener::bind(a.bind).map_err(|source| RuntimeError::Bind {
+                what: "the admin listener".into(),
+                addr: a.bind,
+                source,
+            })?),
+            (None, _) => None,
+        };
+        let auth = Auth::load(cfg.admin.as_ref())?;
+        let old_log = live.and_then(|lv| lv.access_log.as_ref());
+        let access_log = match (&cfg.access_log, old_log) {
+            (None, _) => None,
+            (Some(s), Some(o)) if o.settings == *s => {
+                // Same settings: keep the writer, reopen the file (after log rotation).
+                o.reopen();
+                Some(o.clone())
+            }
+            (Some(s), _) => Some(AccessLog::open(
+                s,
+                self.shared.metrics.access_log_dropped.clone(),
+            )?),
+        };
+        Ok(Prepared {
+            sockets,
+            admin_socket,
+            auth,
+            access_log,
+        })
     }
 
     /// Stops accepting, lets in-flight work finish for up to `grace`, then closes the rest.
@@ -452,8 +535,13 @@ impl Fulcrum {
             t.cancel.cancel();
         }
         let stops = live.listeners.values().map(|l| l.stop(grace));
-        let clean = futures_util::future::join_all(stops).await;
-        if clean.iter().all(|c| *c) {
+        let retiring = &self.shared.retiring;
+        retiring.close();
+        let (clean, retired) = tokio::join!(
+            futures_util::future::join_all(stops),
+            tokio::time::timeout(grace, retiring.wait())
+        );
+        if clean.iter().all(|c| *c) && retired.is_ok() {
             tracing::info!("all connections finished; stopped");
         } else {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closed remaining connections");
@@ -463,6 +551,19 @@ impl Fulcrum {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.load_full()
+    }
+}
+
+/// Runtime overrides live in the servers' states, which a reload keeps for servers that
+/// stay; say so, so that an operator reading the log knows why a server is still drained.
+fn log_kept_overrides(pools: &HashMap<Arc<str>, PoolEntry>) {
+    for e in pools.values() {
+        for s in &e.slot.load().servers {
+            let st = &s.state;
+            if st.admin_state() != AdminState::Enabled || st.weight_override().is_some() {
+                tracing::info!(pool = %st.pool, server = %st.name, admin_state = st.admin_state().as_str(), weight_override = ?st.weight_override(), "runtime override in force (POST /servers/POOL/SERVER/reset clears it)");
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use super::headers::{add_forwarded, canonical_ip, cookie, strip_hop_by_hop, want
 use super::tunnel;
 use super::upstream::{ConnectError, Lease, ServerUpstream};
 use super::ProxyError;
+use crate::access_log::{AccessLog, RequestHead, Upstream};
 use crate::backend::{FailureKind, LoadGuard, Selection};
 use crate::balance::{hash_bytes, BackendIdx, PickKey};
 use crate::config::{HashKey, ListenerSettings, UpstreamProtocol};
@@ -48,6 +49,8 @@ pub struct HttpRoute {
     retries: IntCounter,
     budget_exhausted: IntCounter,
     sticky_set_cookie: Option<Vec<HeaderValue>>,
+    /// Where request lines go, when the access log is on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl HttpRoute {
@@ -83,7 +86,14 @@ impl HttpRoute {
             listener,
             pool,
             upstreams,
+            access_log: None,
         }
+    }
+
+    /// Turns request logging on (`Some`) or off.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 
@@ -106,6 +116,10 @@ pub async fn serve(
 ) -> Result<Response<RespBody>, Infallible> {
     let route = cx.route.load_full();
     let started = Instant::now();
+    let head = route
+        .access_log
+        .as_ref()
+        .map(|_| RequestHead::capture(&req));
     let resp = match forward(req, &route, &cx).await {
         Ok(r) => r,
         Err(e) => {
@@ -119,6 +133,17 @@ pub async fn serve(
         .metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
+    if let (Some(log), Some(head)) = (&route.access_log, head) {
+        let pool = &route.pool.settings.name;
+        log.response(
+            &route.listener.name,
+            pool,
+            cx.client,
+            head,
+            &resp,
+            started.elapsed(),
+        );
+    }
     Ok(resp)
 }
 
@@ -433,6 +458,10 @@ fn respond(
     cx: &ConnCtx,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<RespBody> {
+    if route.access_log.is_some() {
+        resp.extensions_mut()
+            .insert(Upstream(server.state.name.clone()));
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {
             return tunnel_upgrade(resp, client_up, load, pool_load, route, cx);

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proxy_protocol;
 use super::tunnel::{self, RelayEnd};
+use crate::access_log::{AccessLog, Entry, TcpEntry};
 use crate::backend::{FailureKind, Selection};
 use crate::balance::{BackendIdx, PickKey};
 use crate::config::ListenerSettings;
@@ -36,6 +38,8 @@ pub struct TcpRoute {
     connect_failed: IntCounter,
     overloaded: IntCounter,
     retries: IntCounter,
+    /// Where connection lines go, when the access log is on.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl TcpRoute {
@@ -52,6 +56,37 @@ impl TcpRoute {
             metrics: ListenerMetrics::new(metrics, name),
             listener,
             pool,
+            access_log: None,
+        }
+    }
+
+    /// Turns connection logging on (`Some`) or off.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Logs one finished connection, when the access log is on.
+    fn log(
+        &self,
+        client: SocketAddr,
+        server: Option<&Arc<str>>,
+        (bytes_in, bytes_out): (u64, u64),
+        started: Instant,
+        outcome: &'static str,
+    ) {
+        if let Some(log) = &self.access_log {
+            log.log(Entry::Tcp(Box::new(TcpEntry {
+                at: SystemTime::now(),
+                listener: self.listener.name.clone(),
+                client,
+                pool: self.pool.settings.name.clone(),
+                server: server.cloned(),
+                bytes_in,
+                bytes_out,
+                duration: started.elapsed(),
+                outcome,
+            })));
         }
     }
 }
@@ -63,6 +98,7 @@ pub async fn serve(
     route: Arc<TcpRoute>,
     hard_stop: CancellationToken,
 ) {
+    let started = Instant::now();
     let pool = &route.pool;
     let key = if pool.settings.algorithm.needs_key() {
         PickKey {
@@ -76,6 +112,7 @@ pub async fn serve(
     let Some((mut server, mut why)) = pool.pick(&key) else {
         route.no_server.inc();
         tracing::debug!(listener = %route.listener.name, client = %peer, "no server available; closing");
+        route.log(peer, None, (0, 0), started, "no_server");
         return;
     };
     pool.budget.note_request();
@@ -92,6 +129,7 @@ pub async fn serve(
             Err(e) => {
                 route.overloaded.inc();
                 tracing::debug!(listener = %route.listener.name, client = %peer, error = %e, "no server slot; closing");
+                route.log(peer, None, (0, 0), started, "overloaded");
                 return;
             }
         };
@@ -112,11 +150,20 @@ pub async fn serve(
                     let hdr = proxy_protocol::header(v, peer, local);
                     if let Err(e) = upstream.write_all(&hdr).await {
                         tracing::debug!(error = %e, "writing PROXY header failed");
+                        route.log(peer, Some(&server.state.name), (0, 0), started, "error");
                         return;
                     }
                 }
                 let idle = route.listener.timeouts.tunnel_idle;
-                match tunnel::relay(&mut client, &mut upstream, idle, &hard_stop).await {
+                let relayed = tunnel::relay(&mut client, &mut upstream, idle, &hard_stop).await;
+                let (moved, outcome) = match &relayed {
+                    Ok(m) => (*m, "closed"),
+                    Err(RelayEnd::Idle) => ((0, 0), "idle"),
+                    Err(RelayEnd::Cancelled) => ((0, 0), "shutdown"),
+                    Err(RelayEnd::Io(_)) => ((0, 0), "error"),
+                };
+                route.log(peer, Some(&server.state.name), moved, started, outcome);
+                match relayed {
                     Ok((up, down)) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
                     Err(RelayEnd::Idle) => {
                         tracing::debug!(client = %peer, "tcp relay idle; closed")
@@ -145,5 +192,6 @@ pub async fn serve(
         }
     }
     route.connect_failed.inc();
+    route.log(peer, None, (0, 0), started, "connect_failed");
     tracing::debug!(listener = %route.listener.name, client = %peer, "no server could be reached; closing");
 }

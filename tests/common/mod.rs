@@ -226,21 +226,46 @@ impl Daemon {
         let path = dir.path().join("fulcrum.toml");
         std::fs::write(&path, toml).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fulcrum"));
-        cmd.args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "run",
-            "--config",
-        ])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(Self::ARGS).arg(&path);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::run(cmd, dir, path)
+    }
+
+    const ARGS: [&'static str; 6] = [
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+        "run",
+        "--config",
+    ];
+
+    /// Like `spawn_with_env`, and also sets `pid_var` to the daemon's own PID (as systemd
+    /// sets WATCHDOG_PID): a shell exports its PID and then becomes fulcrum with `exec`.
+    pub fn spawn_with_own_pid(toml: &str, env: &[(&str, &str)], pid_var: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "{pid_var}=$$; export {pid_var}; exec \"$0\" \"$@\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(Self::ARGS)
+            .arg(&path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::run(cmd, dir, path)
+    }
+
+    fn run(mut cmd: Command, dir: tempfile::TempDir, path: PathBuf) -> Daemon {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("fulcrum binary runs");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -589,4 +614,143 @@ pub async fn gets_ok(c: &HttpClient, url: &str, n: usize) -> usize {
         }
     }
     ok
+}
+
+impl Daemon {
+    /// Waits up to `limit` for a JSON log line for which `pred` holds; returns it.
+    pub fn wait_log(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for log line: {what}"),
+            }
+        }
+    }
+}
+
+/// An admin API call: `method path` with an optional bearer token and body.
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Resp {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    send(
+        &client(),
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap(),
+    )
+    .await
+    .expect("admin call completes")
+}
+
+/// GET /status as JSON.
+pub async fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let r = admin_call(admin, "GET", "/status", None, "").await;
+    assert_eq!(r.status, 200, "/status: {}", r.text());
+    serde_json::from_slice(&r.body).expect("/status is JSON")
+}
+
+/// The JSON of server `name` in pool `pool` from a `/status` document.
+pub fn status_server<'a>(
+    status: &'a serde_json::Value,
+    pool: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    status["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == pool)?["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text scrape, labels in any order.
+pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split(',').collect()
+        };
+        let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        if have.len() != want.len() || !want.iter().all(|w| have.contains(&w.as_str())) {
+            return None;
+        }
+        value.parse().ok()
+    })
+}
+
+/// GET /metrics.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let r = admin_call(admin, "GET", "/metrics", None, "").await;
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a raw connection.
+/// Returns the head (status line and headers, lower-cased names) and the body.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await.expect("read response head");
+        assert!(n > 0, "connection closed before a response head: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await.expect("read response body");
+        assert!(n > 0, "connection closed mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, body)
+}
+
+/// Sends a GET on a raw connection and reads the response.
+pub async fn raw_get(s: &mut tokio::net::TcpStream, path: &str) -> (String, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    read_response(s).await
 }

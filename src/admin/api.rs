@@ -1,0 +1,210 @@
+//! The runtime API: operator changes to servers, reloads, and reload previews.
+//!
+//! A server change is written to the server's live state (which the registry keeps across
+//! reloads, so an operator's drain survives a reload for a server that stays) and then
+//! published like a health change: the pool's eligible table is rebuilt at once, and new
+//! requests see it on their next pick. Every change is logged with who asked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json;
+
+use super::{json, status, text, AdminError, AdminResponse};
+use crate::backend::AdminState;
+use crate::runtime::{Fulcrum, Shared};
+
+/// Largest weight an override may set (the same bound as a configured weight).
+const MAX_WEIGHT: u32 = 256;
+
+/// What `POST /servers/{pool}/{server}/{action}` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Drain,
+    Enable,
+    Disable,
+    Weight(u32),
+    Reset,
+}
+
+fn parse_action(action: &str, query: Option<&str>, body: &[u8]) -> Result<Action, AdminError> {
+    Ok(match action {
+        "drain" => Action::Drain,
+        "enable" => Action::Enable,
+        "disable" => Action::Disable,
+        "reset" => Action::Reset,
+        "weight" => Action::Weight(weight_value(query, body)?),
+        other => {
+            return Err(AdminError::NotFound(format!(
+                "unknown server action {other:?}; expected drain, enable, disable, weight or reset"
+            )))
+        }
+    })
+}
+
+/// The new weight, from `?value=N`, or a body of `N`, `value=N` or `{"weight": N}`.
+fn weight_value(query: Option<&str>, body: &[u8]) -> Result<u32, AdminError> {
+    let from_query = query.and_then(|q| {
+        q.split('&').find_map(|kv| {
+            kv.strip_prefix("value=")
+                .or_else(|| kv.strip_prefix("weight="))
+        })
+    });
+    let body = std::str::from_utf8(body).unwrap_or("").trim();
+    let raw: String = match from_query {
+        Some(v) => v.to_string(),
+        None if body.starts_with('{') => match serde_json::from_str::<serde_json::Value>(body) {
+            Ok(v) => v
+                .get("weight")
+                .or_else(|| v.get("value"))
+                .map(|w| w.to_string())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        },
+        None => body
+            .strip_prefix("value=")
+            .or_else(|| body.strip_prefix("weight="))
+            .unwrap_or(body)
+            .to_string(),
+    };
+    match raw.trim().parse::<u32>() {
+        Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+        _ => Err(AdminError::BadRequest(format!(
+            "weight must be an integer between 1 and {MAX_WEIGHT} (as ?value=N or a body of N), got {raw:?}"
+        ))),
+    }
+}
+
+/// `POST /servers/{pool}/{server}/{action}`.
+pub fn server_action(
+    shared: &Shared,
+    pool_name: &str,
+    server_name: &str,
+    action: &str,
+    query: Option<&str>,
+    body: &Bytes,
+    peer: SocketAddr,
+) -> Result<AdminResponse, AdminError> {
+    let action = parse_action(action, query, body)?;
+    let pools = shared.pools.load();
+    let slot = pools.get(pool_name).ok_or_else(|| {
+        let mut known: Vec<_> = pools.keys().map(|k| k.to_string()).collect();
+        known.sort();
+        AdminError::NotFound(format!(
+            "no pool {pool_name:?}; pools: {}",
+            known.join(", ")
+        ))
+    })?;
+    let pool = slot.load();
+    let server = pool
+        .servers
+        .iter()
+        .find(|s| &*s.settings.name == server_name)
+        .ok_or_else(|| {
+            let known: Vec<_> = pool.servers.iter().map(|s| &*s.settings.name).collect();
+            AdminError::NotFound(format!(
+                "no server {server_name:?} in pool {pool_name:?}; servers: {}",
+                known.join(", ")
+            ))
+        })?;
+    let st = &server.state;
+    let (before_state, before_weight) = (st.admin_state(), st.weight_override());
+    match action {
+        Action::Drain => st.set_admin_state(AdminState::Draining),
+        Action::Enable => st.set_admin_state(AdminState::Enabled),
+        Action::Disable => st.set_admin_state(AdminState::Disabled),
+        Action::Weight(w) => st.set_weight_override(Some(w)),
+        Action::Reset => {
+            st.set_admin_state(AdminState::Enabled);
+            st.set_weight_override(None);
+        }
+    }
+    // Publish into whichever generation is current now (a reload may have raced us).
+    slot.publish();
+    tracing::warn!(
+        pool = pool_name,
+        server = server_name,
+        action = ?action,
+        from_state = before_state.as_str(),
+        to_state = st.admin_state().as_str(),
+        from_weight = ?before_weight,
+        to_weight = ?st.weight_override(),
+        client = %peer,
+        "admin: server changed at run time"
+    );
+    let mut v = status::server_json(server, pool.settings.slow_start);
+    v["pool"] = pool_name.into();
+    v["eligible"] = slot.load().eligible().contains(server.idx).into();
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// `POST /reload`: re-reads the config file and applies it, like SIGHUP.
+pub async fn reload(shared: &Arc<Shared>, peer: SocketAddr) -> Result<AdminResponse, AdminError> {
+    tracing::info!(client = %peer, "admin: reload requested");
+    let f = Fulcrum::from_shared(shared.clone());
+    // Run the reload in its own task: if the client hangs up, the reload still completes
+    // rather than being dropped half-way.
+    let result = tokio::spawn(async move { f.reload().await.map_err(|e| e.to_string()) })
+        .await
+        .map_err(|e| AdminError::ReloadFailed(format!("reload task failed: {e}")))?;
+    match result {
+        Ok(()) => Ok(json(
+            StatusCode::OK,
+            &json!({ "result": "success", "config": shared.config.load().source.display().to_string() }),
+        )),
+        Err(e) => Err(AdminError::ReloadFailed(e)),
+    }
+}
+
+/// `POST /preview` with a config as the body: what reloading to it would change, as text.
+/// The `X-Config-Path` header names the file, for error messages.
+pub fn preview(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Result<AdminResponse, AdminError> {
+    let text_in = std::str::from_utf8(body)
+        .map_err(|_| AdminError::BadRequest("the posted config is not UTF-8".into()))?;
+    let path = parts
+        .headers
+        .get("x-config-path")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| PathBuf::from("posted config"), PathBuf::from);
+    let new =
+        crate::config::parse(text_in, &path).map_err(|e| AdminError::BadRequest(e.to_string()))?;
+    let old = shared.config.load();
+    Ok(text(StatusCode::OK, crate::preview::preview(&old, &new)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_forms() {
+        assert_eq!(weight_value(Some("value=7"), b"").unwrap(), 7);
+        assert_eq!(weight_value(None, b"12\n").unwrap(), 12);
+        assert_eq!(weight_value(None, b"value=3").unwrap(), 3);
+        assert_eq!(weight_value(None, br#"{"weight": 5}"#).unwrap(), 5);
+        assert!(weight_value(None, b"0").is_err());
+        assert!(weight_value(None, b"257").is_err());
+        assert!(weight_value(None, b"").is_err());
+        assert!(weight_value(Some("value=x"), b"4").is_err());
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(parse_action("drain", None, b"").unwrap(), Action::Drain);
+        assert_eq!(
+            parse_action("weight", Some("value=2"), b"").unwrap(),
+            Action::Weight(2)
+        );
+        assert!(matches!(
+            parse_action("explode", None, b""),
+            Err(AdminError::NotFound(_))
+        ));
+    }
+}

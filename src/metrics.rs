@@ -139,7 +139,7 @@ impl Metrics {
         r.register(Box::new(access_log_dropped.clone()))
             .expect("metric names are unique");
 
-        Metrics {
+        let m = Metrics {
             listener_connections: counter(
                 &r,
                 "fulcrum_listener_connections_total",
@@ -253,7 +253,12 @@ impl Metrics {
             last_reload_success_time,
             access_log_dropped,
             registry: r,
+        };
+        // Export both results from the start, so `increase(...[5m])` sees the first failure.
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
     }
 
     /// The registry, to register scrape-time collectors.

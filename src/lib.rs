@@ -9,7 +9,9 @@
 //!   (active probes, passive detection) changes it and republishes the pool's table;
 //!   [`queue`] admits each request to a server slot (`max_conns`) or queues it, bounded.
 //! - [`config`] parses and validates TOML; [`runtime`] builds and swaps everything on start
-//!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics and status.
+//!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics, status and
+//!   the runtime API; [`access_log`] writes request lines off the request path; [`preview`]
+//!   tells what a reload would change before it happens.
 
 pub mod access_log;
 pub mod admin;

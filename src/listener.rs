@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,11 @@ use crate::config::{ListenerSettings, Protocol};
 use crate::proxy::http::{ConnCtx, HttpRoute};
 use crate::proxy::tcp::TcpRoute;
 use crate::proxy::tunnel::{idle_for, Active};
+
+/// How long a draining HTTP/1 connection must be quiet before it is closed: longer than a
+/// request already sent by the client takes to arrive. (The wait ends after one to two such
+/// periods of silence, or earlier when the keep-alive idle timeout is shorter.)
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// A listener's swappable route.
 #[derive(Clone)]
@@ -116,6 +121,12 @@ impl Listener {
         clean
     }
 
+    /// Stops accepting and asks open connections to finish, without waiting: `stop`
+    /// completes the job. A reload calls this before another accept loop takes the socket.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
+    }
+
     /// Closes everything at once.
     pub fn abort(&self) {
         self.drain.cancel();
@@ -159,6 +170,9 @@ impl Acceptor {
                 },
             };
             let accepted = tokio::select! {
+                // Drain first: once a reload has handed this socket to a new accept loop,
+                // no further connection may land on this one.
+                biased;
                 _ = self.drain.cancelled() => break,
                 a = self.listener.accept() => a,
             };
@@ -216,8 +230,11 @@ impl Acceptor {
                         client: peer,
                         tracker,
                         hard_stop: hard_stop.clone(),
+                        draining: AtomicBool::new(false),
+                        saw_h2: AtomicBool::new(false),
                     });
-                    let svc = service_fn(move |req| crate::proxy::http::serve(req, cx.clone()));
+                    let svc_cx = cx.clone();
+                    let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
                     // Activity is counted at the socket, so a connection streaming a long body
                     // is never "idle"; an idle one is closed gracefully (in-flight requests,
                     // if any, still finish).
@@ -233,9 +250,26 @@ impl Acceptor {
                         _ = drain.cancelled() => None,
                         _ = idle_for(&ticks, idle) => None,
                     };
+                    let mut res = res;
+                    if res.is_none() && drain.is_cancelled() && !cx.saw_h2.load(Ordering::Relaxed) {
+                        // Draining an HTTP/1 connection. hyper's graceful shutdown closes an
+                        // idle one at once, even with a request already on its way (or not yet
+                        // read: a connection accepted just before the drain): that request
+                        // would fail, the reset-on-reload race. Instead answer whatever
+                        // arrives with `Connection: close`, and close once the connection
+                        // has been quiet for a moment.
+                        cx.draining.store(true, Ordering::Relaxed);
+                        res = tokio::select! {
+                            r = conn.as_mut() => Some(r),
+                            _ = idle_for(&ticks, idle.min(DRAIN_QUIET)) => None,
+                            _ = hard_stop.cancelled() => Some(Ok(())),
+                        };
+                    }
                     let res = match res {
                         Some(r) => r,
                         None => {
+                            // h1: closes when idle, else after the response in progress (with
+                            // Connection: close); h2: GOAWAY, in-flight streams finish.
                             conn.as_mut().graceful_shutdown();
                             tokio::select! {
                                 r = conn.as_mut() => r,

@@ -280,9 +280,9 @@ impl Fulcrum {
                             t.cancel.cancel();
                         }
                         let cancel = CancellationToken::new();
-                        if !s.state.health_up()
-                            && !matches!(ps.health.kind, config::HealthKind::None)
-                        {
+                        // kind = "none" too: its task marks the server up as it starts,
+                        // which must happen before the first request, not just after.
+                        if !s.state.health_up() {
                             first_round.push((s.state.clone(), ps.health.timeout));
                         }
                         checker::spawn(
@@ -327,6 +327,15 @@ impl Fulcrum {
         }
 
         // 4. Listeners: swap routes of kept ones, start new ones, retire removed ones.
+        // Replaced listeners stop accepting first, so that once this returns every new
+        // connection meets the new settings (a handed-over socket queues them meanwhile).
+        for (name, l) in &old.listeners {
+            let kept = cfg.listeners.iter().any(|c| c.name == *name)
+                && !prepared.sockets.contains_key(name);
+            if !kept {
+                l.begin_drain();
+            }
+        }
         let access = prepared.access_log.clone();
         let mut listeners = HashMap::new();
         let mut sockets = HashMap::new();

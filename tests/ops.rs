@@ -393,6 +393,43 @@ async fn sigterm_drains_an_inflight_slow_request_before_exit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_exits_at_once() {
+    let o = fleet(1).await;
+    let cfg = http_config(&servers(&[&o[0]]), "", NO_HEALTH);
+    let mut d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
+    let web = d.addrs["web"];
+    let admin = d.admin.expect("admin listener");
+    // A request that would hold the drain for a minute.
+    let _slow = tokio::spawn(async move {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        let _ = s
+            .write_all(b"GET /sleep/60000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    });
+    wait_until("the slow request is in flight", LIMIT, || async {
+        let st = status_json(admin).await;
+        status_server(&st, "app", "o0").unwrap()["inflight"] == 1
+    })
+    .await;
+    d.signal(SIGTERM);
+    tokio::task::block_in_place(|| {
+        d.wait_log("draining", LIMIT, |v| v["message"] == "SIGTERM: draining");
+        d.signal(SIGINT);
+        d.wait_log("exiting now", LIMIT, |v| {
+            v["message"] == "second stop signal: exiting now"
+        });
+        let code = d.wait_exit(LIMIT);
+        assert_eq!(
+            code,
+            Some(1),
+            "exits at once, without waiting for the drain"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_connections_get_connection_close_or_goaway_and_finish() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;

@@ -435,3 +435,80 @@ kind = "none"
         "now a byte relay: the origin sees the request as sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sighup_reloads_of_the_real_daemon_under_http_and_tcp_load() {
+    let o = fleet(3).await;
+    let generations = [
+        two_listeners(&servers(&[&o[0], &o[1]]), ""),
+        two_listeners(
+            &weighted(&[(&o[0], 2), (&o[1], 1), (&o[2], 1)]),
+            "algorithm = \"weighted_round_robin\"",
+        ),
+        two_listeners(&servers(&[&o[1], &o[2]]), "algorithm = \"least_conn\""),
+    ];
+    let d = tokio::task::block_in_place(|| Daemon::spawn(&generations[0]));
+    let (web, relay) = (d.addrs["web"], d.addrs["relay"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for l4 in [false, true] {
+        let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let url = format!("http://{web}/");
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let good = if l4 {
+                    // A new relayed connection per request.
+                    match TcpStream::connect(relay).await {
+                        Ok(mut s) => raw_get(&mut s, "/").await.0.starts_with("http/1.1 200"),
+                        Err(_) => false,
+                    }
+                } else {
+                    let req = http::Request::get(&url)
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    matches!(send(&c, req).await, Ok(r) if r.status == 200)
+                };
+                if good {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 1..=20 {
+        let seen = ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed);
+        wait_until("requests flow between reloads", LIMIT, || async {
+            ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= seen + 20
+        })
+        .await;
+        std::fs::write(&d.path, &generations[i % generations.len()]).unwrap();
+        d.signal(SIGHUP);
+        tokio::task::block_in_place(|| {
+            d.wait_log("configuration reloaded", LIMIT, |v| {
+                v["message"] == "configuration reloaded"
+            })
+        });
+    }
+    let seen = ok.load(Ordering::Relaxed);
+    wait_until("requests flow after the last reload", LIMIT, || async {
+        ok.load(Ordering::Relaxed) >= seen + 20
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    eprintln!("20 SIGHUP reloads of the daemon under HTTP + TCP load: {ok} requests succeeded, {errors} failed");
+    assert_eq!(
+        errors, 0,
+        "failed requests during 20 SIGHUP reloads ({ok} succeeded)"
+    );
+}

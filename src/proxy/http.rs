@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -107,6 +108,11 @@ pub struct ConnCtx {
     pub tracker: TaskTracker,
     /// Fires when the shutdown grace period is over.
     pub hard_stop: CancellationToken,
+    /// Set when the listener drains (reload or shutdown): HTTP/1 responses then carry
+    /// `Connection: close`, so the client moves on instead of meeting a closed connection.
+    pub draining: AtomicBool,
+    /// Whether an HTTP/2 request was seen here (h2 drains with GOAWAY at once instead).
+    pub saw_h2: AtomicBool,
 }
 
 /// hyper's entry point: one request in, one response out, never an error.
@@ -116,11 +122,15 @@ pub async fn serve(
 ) -> Result<Response<RespBody>, Infallible> {
     let route = cx.route.load_full();
     let started = Instant::now();
+    let h1 = req.version() < Version::HTTP_2;
+    if !h1 && !cx.saw_h2.load(Ordering::Relaxed) {
+        cx.saw_h2.store(true, Ordering::Relaxed);
+    }
     let head = route
         .access_log
         .as_ref()
         .map(|_| RequestHead::capture(&req));
-    let resp = match forward(req, &route, &cx).await {
+    let mut resp = match forward(req, &route, &cx).await {
         Ok(r) => r,
         Err(e) => {
             route.errors[e as usize].inc();
@@ -128,12 +138,23 @@ pub async fn serve(
             e.response()
         }
     };
+    if h1 && cx.draining.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     route.metrics.count_status(resp.status().as_u16());
     route
         .metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
     if let (Some(log), Some(head)) = (&route.access_log, head) {
+        let server = match resp.body() {
+            RespBody::Upstream {
+                finish: Some(f), ..
+            } => Some(f.load.state().name.clone()),
+            _ => None,
+        };
         let pool = &route.pool.settings.name;
         log.response(
             &route.listener.name,
@@ -141,6 +162,7 @@ pub async fn serve(
             cx.client,
             head,
             &resp,
+            server,
             started.elapsed(),
         );
     }
@@ -458,10 +480,6 @@ fn respond(
     cx: &ConnCtx,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<RespBody> {
-    if route.access_log.is_some() {
-        resp.extensions_mut()
-            .insert(Upstream(server.state.name.clone()));
-    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_up) = client_upgrade {
             return tunnel_upgrade(resp, client_up, load, pool_load, route, cx);
@@ -504,6 +522,11 @@ fn tunnel_upgrade(
     cx: &ConnCtx,
 ) -> Response<RespBody> {
     let server_up = hyper::upgrade::on(&mut resp);
+    if route.access_log.is_some() {
+        // The 101's body carries no guards to name the server by; tell the access log here.
+        resp.extensions_mut()
+            .insert(Upstream(load.state().name.clone()));
+    }
     let idle = route.listener.timeouts.tunnel_idle;
     let stop = cx.hard_stop.clone();
     cx.tracker.spawn(async move {

@@ -76,7 +76,7 @@ impl TcpRoute {
         outcome: &'static str,
     ) {
         if let Some(log) = &self.access_log {
-            log.log(Entry::Tcp(Box::new(TcpEntry {
+            log.log(Entry::Tcp(TcpEntry {
                 at: SystemTime::now(),
                 listener: self.listener.name.clone(),
                 client,
@@ -86,7 +86,7 @@ impl TcpRoute {
                 bytes_out,
                 duration: started.elapsed(),
                 outcome,
-            })));
+            }));
         }
     }
 }

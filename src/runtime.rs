@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::admin::{self, AdminServer, Auth, AuthError};
 use crate::backend::{AdminState, Registry};
-use crate::config::Protocol;
-use crate::config::{self, Config, ConfigError, HealthSettings, ListenerSettings, PoolSettings};
+use crate::config::{
+    self, Config, ConfigError, HealthSettings, ListenerSettings, PoolSettings, Protocol,
+};
 use crate::health::checker;
 use crate::listener::{self, Listener, Route};
 use crate::metrics::Metrics;

@@ -90,7 +90,10 @@ impl Auth {
         };
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            // RFC 9110 §11.1: the scheme name is case-insensitive.
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..])
             .ok_or(Denied::MissingToken)?;
         if constant_time_eq(trim(given), token) {
             Ok(())
@@ -182,6 +185,7 @@ mod tests {
             Err(Denied::MissingToken)
         );
         assert_eq!(a.check(&headers(Some("Bearer s3cret"))), Ok(()));
+        assert_eq!(a.check(&headers(Some("bearer s3cret"))), Ok(()));
     }
 
     #[test]

@@ -415,7 +415,10 @@ async fn availability_record_counts_a_failure_and_a_recovery() {
     assert!(mtbf > 0.0 && mttr > 0.0);
     assert!(ratio > 0.0 && ratio < 1.0, "availability {ratio}");
     assert_eq!(
-        p.metric_value("fulcrum_server_failures", &[("server", "o1")]),
+        p.metric_value(
+            "fulcrum_server_availability_failures_total",
+            &[("server", "o1")]
+        ),
         1.0
     );
     assert_eq!(p.server("o0").availability().failures, 0, "o0 never failed");

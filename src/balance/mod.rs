@@ -14,6 +14,7 @@ mod ip_hash;
 mod least_conn;
 mod p2c;
 mod random;
+mod ring;
 mod round_robin;
 mod weighted_round_robin;
 

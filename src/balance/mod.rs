@@ -13,7 +13,10 @@ mod hash;
 mod ip_hash;
 mod least_conn;
 mod p2c;
+#[cfg(test)]
+mod properties;
 mod random;
+mod ring;
 mod round_robin;
 mod weighted_round_robin;
 

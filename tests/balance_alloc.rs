@@ -1,0 +1,118 @@
+//! A pick must never allocate: every algorithm precomputes in `Tier::build`, and this test
+//! holds them to it by counting the allocations made on this thread while picking.
+//!
+//! The counting allocator wraps `System` and counts per thread (a `const`-initialised
+//! thread-local, which itself never allocates), so the test harness's own threads add no
+//! noise.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use fulcrum::balance::{hash_bytes, Algorithm, BackendIdx, Member, PickKey, Tier};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the allocator may run while this thread's locals are being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; counting has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn members(weights: &[u32]) -> Vec<Member> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| Member {
+            idx: BackendIdx(i as u32),
+            weight,
+            id_hash: hash_bytes(format!("10.0.0.{i}:80").as_bytes()),
+            load: Arc::new(AtomicU32::new(i as u32 % 3)),
+        })
+        .collect()
+}
+
+#[test]
+fn picks_never_allocate() {
+    let algorithms = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::IpHash,
+        Algorithm::ConsistentHash {
+            vnodes_per_weight: 100,
+            balance_factor: None,
+        },
+        Algorithm::ConsistentHash {
+            vnodes_per_weight: 100,
+            balance_factor: Some(1.25),
+        },
+        Algorithm::Random,
+        Algorithm::P2c,
+    ];
+    // Keys and the bounded-load pool figure are prepared up front, as the proxy would.
+    let keys: Vec<PickKey> = (0..10_000u32)
+        .map(|i| PickKey {
+            client_ip: Some(IpAddr::V4(Ipv4Addr::from(i.wrapping_mul(2_654_435_761)))),
+            key_hash: (i % 2 == 0).then_some(u64::from(i) << 20),
+            pool_load: i % 50,
+        })
+        .collect();
+    for algorithm in &algorithms {
+        let before = allocations();
+        let tier = Tier::build(algorithm, members(&[1, 5, 2, 1, 3, 8, 1, 1]));
+        assert!(
+            allocations() > before,
+            "the counter sees the build's allocations"
+        );
+        // The first pick on a thread seeds `fastrand`'s thread-local generator, a one-time
+        // cost that is not a pick's.
+        tier.pick(&keys[0]);
+
+        let before = allocations();
+        for key in &keys {
+            assert!(tier.pick(key).is_some());
+        }
+        let made = allocations() - before;
+        assert_eq!(
+            made,
+            0,
+            "{} allocated {made} times in 10000 picks",
+            algorithm.name()
+        );
+    }
+}

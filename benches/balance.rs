@@ -82,6 +82,15 @@ fn pick(c: &mut Criterion) {
         }
         group.finish();
     }
+    // least_conn skips its per-member multiply when all weights are equal, the common case.
+    let mut group = c.benchmark_group("pick/least_conn_equal_weights");
+    for n in SIZES {
+        let tier = Tier::build(&Algorithm::LeastConn, members(n, |_| 1));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| tier.pick(black_box(&PickKey::default())))
+        });
+    }
+    group.finish();
 }
 
 fn rebuild(c: &mut Criterion) {

@@ -119,6 +119,7 @@ Try:
   curl -s http://{relay}/                                   # the same through the L4 relay
   curl -s http://{admin}/status                             # servers, health, availability
   curl -s http://{admin}/metrics | grep fulcrum_server_requests_total
+  curl -s -X POST http://{admin}/servers/demo/alpha/drain   # take alpha out (then .../enable)
 Press Ctrl-C to stop.
 "#,
         a.addr,

@@ -98,7 +98,8 @@ pub enum Algorithm {
     ConsistentHash {
         /// Ring points per unit of weight.
         vnodes_per_weight: u32,
-        /// Cap a server at `factor` × average load (must be > 1.0), spilling along the ring.
+        /// Cap a server at `factor` × its weighted share of the pool's in-flight load (> 1.0; with
+        /// equal weights, factor × the average), spilling along the ring.
         balance_factor: Option<f64>,
     },
     /// Weighted random.

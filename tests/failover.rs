@@ -277,6 +277,15 @@ async fn slow_start_gives_a_returning_server_a_small_weight_then_its_full_weight
         (10..55).contains(&first),
         "right after recovery o1 gets a small share: weight {first} of 100 beside o0's 100"
     );
+    // And the traffic follows the weights: well under an equal share while ramping.
+    let url = p.url("web", "/");
+    let c = client();
+    let ramping = spread(&c, &url, 40).await;
+    let o1_ramping = ramping.get("o1").copied().unwrap_or(0);
+    assert!(
+        o1_ramping < 20,
+        "while ramping o1 gets less than an equal share of 40: {ramping:?}"
+    );
 
     let mut seen = vec![first];
     wait_until("o1 at full weight", Duration::from_secs(40), || {
@@ -298,6 +307,12 @@ async fn slow_start_gives_a_returning_server_a_small_weight_then_its_full_weight
         weight_of("o0"),
         Some(100),
         "o0, up since start, is at full weight"
+    );
+    let full = spread(&c, &url, 40).await;
+    assert_eq!(
+        full.get("o1"),
+        Some(&20),
+        "at full weight o1 gets an equal share: {full:?}"
     );
 }
 

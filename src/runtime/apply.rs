@@ -1,0 +1,429 @@
+//! Applying a config generation, in named steps: prepare everything that can fail (sockets,
+//! the admin token, the access log) off to the side; then swap pools, health tasks,
+//! listeners and the admin listener; then publish the new world. Only a fully prepared
+//! config reaches the swapping steps, so a failed reload changes nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::{Fulcrum, HealthTask, Live, PoolEntry, Prepared, RuntimeError, Shared};
+use crate::access_log::AccessLog;
+use crate::admin::{AdminServer, Auth};
+use crate::backend::{AdminState, BackendState};
+use crate::config::{Config, ListenerSettings, PoolSettings, Protocol};
+use crate::health::checker;
+use crate::listener::{self, Listener, Route};
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSlot};
+use crate::proxy::http::HttpRoute;
+use crate::proxy::tcp::TcpRoute;
+use crate::proxy::upstream::ServerUpstream;
+
+/// Health tasks by (pool, server address).
+type HealthTasks = HashMap<(Arc<str>, SocketAddr), HealthTask>;
+
+/// Whether a running listener can keep its accept loop under new settings: only its route
+/// (pool, headers, keep-alive and tunnel timeouts) may change; the rest is fixed when the
+/// accept loop starts.
+fn same_accept_loop(a: &ListenerSettings, b: &ListenerSettings) -> bool {
+    a.bind == b.bind
+        && a.protocol == b.protocol
+        && a.max_connections == b.max_connections
+        && a.timeouts.header_read == b.timeouts.header_read
+}
+
+impl Fulcrum {
+    /// Applies a validated config: the first start, or a reload.
+    pub async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
+        let mut guard = self.shared.live.lock().await;
+        if self.shared.shutdown.is_cancelled() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        let shared = &self.shared;
+        // 1. Everything that can fail, before touching what runs.
+        let mut prepared = self.prepare(&cfg, guard.as_ref())?;
+        let mut old = guard.take().unwrap_or_default();
+        // 2. Pools: keep unchanged ones whole; rebuild changed ones around the same states.
+        let pools = swap_pools(&cfg, &mut old.pools, shared);
+        // 3. Health tasks: restart only where the server or its probe settings changed.
+        let (health, first_round) = sync_health(&cfg, &pools, &mut old.health, &shared.metrics);
+        wait_for_first_probes(&first_round).await;
+        // 4. Listeners: swap routes of kept ones, start new ones, retire removed ones.
+        let (listeners, sockets, addrs) =
+            swap_listeners(&cfg, &pools, &mut old, &mut prepared, shared);
+        // 5. Admin listener.
+        let admin = swap_admin(&cfg, prepared.admin_socket.take(), old.admin.take(), shared);
+        // 6. Publish the new world; republish pools in case a state changed mid-build.
+        publish(&cfg, &pools, &mut old.pools, addrs, prepared.auth, shared);
+        shared.config.store(Arc::new(cfg));
+        *guard = Some(Live {
+            listeners,
+            sockets,
+            pools,
+            health,
+            admin,
+            access_log: prepared.access_log,
+        });
+        Ok(())
+    }
+
+    /// Step 1 of `apply`: binds new sockets (or takes over the bound socket of a listener
+    /// restarted on the same address), reads the admin token and opens the access log.
+    /// Reads `live` only; any failure leaves everything as it was.
+    fn prepare(&self, cfg: &Config, live: Option<&Live>) -> Result<Prepared, RuntimeError> {
+        let mut sockets = HashMap::new();
+        for l in &cfg.listeners {
+            let old = live.and_then(|lv| lv.listeners.get(&l.name));
+            if old.is_some_and(|o| same_accept_loop(&o.settings, l)) {
+                continue;
+            }
+            // The same address as a running listener of this name, or of a listener this
+            // reload removes (a rename): take its socket over instead of binding again.
+            let handover = live.and_then(|lv| {
+                let by_name = old
+                    .filter(|o| o.settings.bind == l.bind)
+                    .and(lv.sockets.get(&l.name));
+                let by_bind = || {
+                    lv.listeners
+                        .iter()
+                        .filter(|(n, o)| {
+                            o.settings.bind == l.bind
+                                && l.bind.port() != 0
+                                && !cfg.listeners.iter().any(|c| c.name == **n)
+                        })
+                        .find_map(|(n, _)| lv.sockets.get(n))
+                };
+                by_name.or_else(by_bind)
+            });
+            let bind_err = |source| RuntimeError::Bind {
+                what: format!("listener {:?}", &*l.name),
+                addr: l.bind,
+                source,
+            };
+            let sock = match handover {
+                Some(s) => s.try_clone().map_err(bind_err)?,
+                None => listener::bind(l.bind).map_err(bind_err)?,
+            };
+            let dup = sock.try_clone().map_err(bind_err)?;
+            sockets.insert(l.name.clone(), (sock, dup));
+        }
+        let old_admin = live.and_then(|lv| lv.admin.as_ref());
+        let admin_socket = match (&cfg.admin, old_admin) {
+            (Some(a), Some(o)) if a.bind == o.settings.bind => None,
+            (Some(a), _) => Some(listener::bind(a.bind).map_err(|source| RuntimeError::Bind {
+                what: "the admin listener".into(),
+                addr: a.bind,
+                source,
+            })?),
+            (None, _) => None,
+        };
+        let auth = Auth::load(cfg.admin.as_ref())?;
+        let old_log = live.and_then(|lv| lv.access_log.as_ref());
+        let access_log = match (&cfg.access_log, old_log) {
+            (None, _) => None,
+            (Some(s), Some(o)) if o.settings == *s => {
+                // Same settings: keep the writer, reopen the file (after log rotation).
+                o.reopen();
+                Some(o.clone())
+            }
+            (Some(s), _) => Some(AccessLog::open(
+                s,
+                self.shared.metrics.access_log_dropped.clone(),
+            )?),
+        };
+        Ok(Prepared {
+            sockets,
+            admin_socket,
+            auth,
+            access_log,
+        })
+    }
+}
+
+/// Step 2: the pool generations of `cfg`, reusing unchanged ones from `old`.
+fn swap_pools(
+    cfg: &Config,
+    old: &mut HashMap<Arc<str>, PoolEntry>,
+    shared: &Shared,
+) -> HashMap<Arc<str>, PoolEntry> {
+    let mut pools: HashMap<Arc<str>, PoolEntry> = HashMap::new();
+    for ps in &cfg.pools {
+        let entry = match old.remove(&ps.name) {
+            Some(e) if e.slot.load().settings == *ps => e,
+            Some(e) => {
+                tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
+                let (pool, upstreams) = build_pool(ps, shared);
+                e.slot.store(pool);
+                PoolEntry {
+                    slot: e.slot,
+                    upstreams,
+                }
+            }
+            None => {
+                let (pool, upstreams) = build_pool(ps, shared);
+                PoolEntry {
+                    slot: PoolSlot::new(pool),
+                    upstreams,
+                }
+            }
+        };
+        pools.insert(ps.name.clone(), entry);
+    }
+    pools
+}
+
+/// Step 3: one health task per server, kept where its settings did not change. Returns the
+/// tasks and the servers whose first probe has not passed yet.
+fn sync_health(
+    cfg: &Config,
+    pools: &HashMap<Arc<str>, PoolEntry>,
+    old: &mut HealthTasks,
+    metrics: &Arc<Metrics>,
+) -> (HealthTasks, Vec<(Arc<BackendState>, Duration)>) {
+    let mut health = HashMap::new();
+    let mut first_round = Vec::new();
+    for ps in &cfg.pools {
+        let entry = &pools[&ps.name];
+        let pool = entry.slot.load();
+        for s in &pool.servers {
+            let key = (ps.name.clone(), s.settings.addr);
+            match old.remove(&key) {
+                Some(t) if t.settings == ps.health => {
+                    health.insert(key, t);
+                }
+                other => {
+                    if let Some(t) = other {
+                        t.cancel.cancel();
+                    }
+                    let cancel = CancellationToken::new();
+                    // kind = "none" too: its task marks the server up as it starts,
+                    // which must happen before the first request, not just after.
+                    if !s.state.health_up() {
+                        first_round.push((s.state.clone(), ps.health.timeout));
+                    }
+                    checker::spawn(
+                        checker::Target {
+                            slot: entry.slot.clone(),
+                            idx: s.idx,
+                            state: s.state.clone(),
+                            settings: ps.health.clone(),
+                            metrics: metrics.clone(),
+                        },
+                        cancel.clone(),
+                    );
+                    health.insert(
+                        key,
+                        HealthTask {
+                            settings: ps.health.clone(),
+                            cancel,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    for (_, t) in old.drain() {
+        t.cancel.cancel();
+    }
+    (health, first_round)
+}
+
+/// Gives new servers' first probes a moment so traffic does not meet an empty pool;
+/// bounded by the probe timeout (plus a little for scheduling).
+async fn wait_for_first_probes(first_round: &[(Arc<BackendState>, Duration)]) {
+    if !first_round.is_empty() {
+        let wait = first_round
+            .iter()
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_millis(200);
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline
+            && first_round.iter().any(|(s, _)| !s.health_up())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Step 4: listeners. Replaced listeners stop accepting first, so that once this returns
+/// every new connection meets the new settings (a handed-over socket queues them meanwhile).
+#[allow(clippy::type_complexity)]
+fn swap_listeners(
+    cfg: &Config,
+    pools: &HashMap<Arc<str>, PoolEntry>,
+    old: &mut Live,
+    prepared: &mut Prepared,
+    shared: &Arc<Shared>,
+) -> (
+    HashMap<Arc<str>, Listener>,
+    HashMap<Arc<str>, std::net::TcpListener>,
+    HashMap<Arc<str>, SocketAddr>,
+) {
+    let metrics = &shared.metrics;
+    for (name, l) in &old.listeners {
+        let kept =
+            cfg.listeners.iter().any(|c| c.name == *name) && !prepared.sockets.contains_key(name);
+        if !kept {
+            l.begin_drain();
+        }
+    }
+    let access = prepared.access_log.clone();
+    let mut listeners = HashMap::new();
+    let mut sockets = HashMap::new();
+    let mut addrs = HashMap::new();
+    for l in &cfg.listeners {
+        let entry = &pools[&l.pool];
+        let pool = entry.slot.load();
+        let http_route = || {
+            HttpRoute::new(l.clone(), pool.clone(), entry.upstreams.clone(), metrics)
+                .with_access_log(access.clone())
+        };
+        let tcp_route =
+            || TcpRoute::new(l.clone(), pool.clone(), metrics).with_access_log(access.clone());
+        let listener = match prepared.sockets.remove(&l.name) {
+            None => {
+                let existing = old
+                    .listeners
+                    .remove(&l.name)
+                    .expect("a listener without a new socket is kept");
+                match &existing.route {
+                    Route::Http(r) => r.store(Arc::new(http_route())),
+                    Route::Tcp(r) => r.store(Arc::new(tcp_route())),
+                }
+                if let Some(dup) = old.sockets.remove(&l.name) {
+                    sockets.insert(l.name.clone(), dup);
+                }
+                existing
+            }
+            Some((sock, dup)) => {
+                let route = match l.protocol {
+                    Protocol::Http => Route::Http(Arc::new(ArcSwap::from_pointee(http_route()))),
+                    Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(tcp_route()))),
+                };
+                match Listener::start(l.clone(), sock, route) {
+                    Ok(li) => {
+                        sockets.insert(l.name.clone(), dup);
+                        li
+                    }
+                    Err(source) => {
+                        // from_std on a socket bound moments ago: not expected to fail.
+                        tracing::error!(listener = %l.name, error = %source, "cannot start listener");
+                        continue;
+                    }
+                }
+            }
+        };
+        addrs.insert(l.name.clone(), listener.local_addr);
+        listeners.insert(l.name.clone(), listener);
+    }
+    let drain = cfg.runtime.drain_timeout;
+    for (name, l) in old.listeners.drain() {
+        tracing::info!(listener = %name, drain_timeout = ?drain, "listener removed or restarted; its open connections drain");
+        shared.retiring.spawn(async move {
+            if !l.stop(drain).await {
+                tracing::warn!(listener = %name, "drain timeout over; closed the remaining connections");
+            }
+        });
+    }
+    // The duplicates of sockets no listener keeps close here; kept ones moved above.
+    drop(std::mem::take(&mut old.sockets));
+    (listeners, sockets, addrs)
+}
+
+/// Step 5: the admin listener, restarted only when its address changed.
+fn swap_admin(
+    cfg: &Config,
+    socket: Option<std::net::TcpListener>,
+    mut old: Option<AdminServer>,
+    shared: &Arc<Shared>,
+) -> Option<AdminServer> {
+    match (&cfg.admin, socket) {
+        (Some(a), Some(sock)) => {
+            if let Some(o) = old.take() {
+                o.stop();
+            }
+            match AdminServer::start(a.clone(), sock, shared.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the admin listener");
+                    None
+                }
+            }
+        }
+        (Some(a), None) => old.take().map(|mut o| {
+            o.settings = a.clone();
+            o
+        }),
+        (None, _) => {
+            if let Some(o) = old.take() {
+                o.stop();
+            }
+            None
+        }
+    }
+}
+
+/// Step 6: makes the new pools, addresses and token visible, closes what the old generation
+/// alone used, and forgets servers no pool has any more.
+fn publish(
+    cfg: &Config,
+    pools: &HashMap<Arc<str>, PoolEntry>,
+    old: &mut HashMap<Arc<str>, PoolEntry>,
+    addrs: HashMap<Arc<str>, SocketAddr>,
+    auth: Auth,
+    shared: &Shared,
+) {
+    let metrics = &shared.metrics;
+    let slots: HashMap<Arc<str>, Arc<PoolSlot>> = pools
+        .iter()
+        .map(|(k, e)| (k.clone(), e.slot.clone()))
+        .collect();
+    for s in slots.values() {
+        s.publish();
+    }
+    shared.pools.store(Arc::new(slots));
+    shared.listener_addrs.store(Arc::new(addrs));
+    shared.admin_auth.store(Arc::new(auth));
+    for (_, e) in old.drain() {
+        for u in e.upstreams.iter() {
+            u.clear_idle();
+        }
+    }
+    let keep: Vec<_> = cfg
+        .pools
+        .iter()
+        .flat_map(|p| p.servers.iter().map(|s| (p.name.clone(), s.addr)))
+        .collect();
+    shared.registry.retain(&keep, metrics);
+    log_kept_overrides(pools);
+}
+
+/// Runtime overrides live in the servers' states, which a reload keeps for servers that
+/// stay; say so, so that an operator reading the log knows why a server is still drained.
+fn log_kept_overrides(pools: &HashMap<Arc<str>, PoolEntry>) {
+    for e in pools.values() {
+        for s in &e.slot.load().servers {
+            let st = &s.state;
+            if st.admin_state() != AdminState::Enabled || st.weight_override().is_some() {
+                tracing::info!(pool = %st.pool, server = %st.name, admin_state = st.admin_state().as_str(), weight_override = ?st.weight_override(), "runtime override in force (POST /servers/POOL/SERVER/reset clears it)");
+            }
+        }
+    }
+}
+
+fn build_pool(ps: &Arc<PoolSettings>, shared: &Shared) -> (Arc<Pool>, Arc<[Arc<ServerUpstream>]>) {
+    let pool = Arc::new(Pool::new(ps.clone(), &shared.registry, &shared.metrics));
+    let upstreams: Arc<[Arc<ServerUpstream>]> = ps
+        .servers
+        .iter()
+        .map(|s| ServerUpstream::new(s.addr, ps.upstream_protocol, ps.timeouts))
+        .collect();
+    (pool, upstreams)
+}

@@ -1,0 +1,246 @@
+//! The supervisor: turns a validated [`Config`] into running listeners, pools and health
+//! tasks; applies reloads atomically (everything that can fail — binding sockets, reading
+//! the admin token, opening the access log — is done first, off to the side, and a failure
+//! there changes nothing); and stops everything in two phases at shutdown.
+//!
+//! Reloads and admin changes are serialised by one async mutex; the request path never
+//! touches it. Server state lives in the backend registry, outside anything rebuilt here,
+//! so a server that stays keeps its health, counters, connections, availability record and
+//! runtime overrides across reloads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::{AccessLog, AccessLogError};
+use crate::admin::{self, AdminServer, Auth, AuthError};
+use crate::backend::Registry;
+use crate::config::{self, Config, ConfigError, HealthSettings};
+use crate::listener::Listener;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSlot};
+use crate::proxy::upstream::ServerUpstream;
+
+mod apply;
+
+/// Why a config could not be started or applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A socket could not be bound.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin token file could not be used.
+    #[error(transparent)]
+    AdminToken(#[from] AuthError),
+    /// The access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+    /// Shutdown has begun; nothing more is applied.
+    #[error("shutting down; the configuration is no longer applied")]
+    ShuttingDown,
+}
+
+/// A pool generation and its upstream connections.
+struct PoolEntry {
+    slot: Arc<PoolSlot>,
+    upstreams: Arc<[Arc<ServerUpstream>]>,
+}
+
+/// A health task and the settings it runs with.
+struct HealthTask {
+    settings: HealthSettings,
+    cancel: CancellationToken,
+}
+
+/// Everything running, owned by the supervisor.
+#[derive(Default)]
+struct Live {
+    listeners: HashMap<Arc<str>, Listener>,
+    /// A duplicate of each listener's socket, so that a listener restarted on the same
+    /// address (its protocol changed, say) takes over the bound socket: binding the address
+    /// a second time would fail, and closing it first would refuse connections meanwhile.
+    sockets: HashMap<Arc<str>, std::net::TcpListener>,
+    pools: HashMap<Arc<str>, PoolEntry>,
+    health: HashMap<(Arc<str>, SocketAddr), HealthTask>,
+    admin: Option<AdminServer>,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+/// What a reload needs that can fail, prepared before anything running is touched.
+struct Prepared {
+    /// Listeners that get a new accept loop, with the socket it takes (new or handed over)
+    /// and a duplicate to keep.
+    sockets: HashMap<Arc<str>, (std::net::TcpListener, std::net::TcpListener)>,
+    admin_socket: Option<std::net::TcpListener>,
+    auth: Auth,
+    access_log: Option<Arc<AccessLog>>,
+}
+
+/// Shared by the supervisor and the admin API.
+pub struct Shared {
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Server states across generations.
+    pub registry: Arc<Registry>,
+    /// The config in force.
+    pub config: ArcSwap<Config>,
+    /// Pools by name (current generations), for the admin API.
+    pub pools: ArcSwap<HashMap<Arc<str>, Arc<PoolSlot>>>,
+    /// Listener addresses by name.
+    pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
+    /// Who may change state through the admin API.
+    pub admin_auth: ArcSwap<Auth>,
+    live: Mutex<Option<Live>>,
+    /// Listeners removed by reloads, finishing their connections.
+    retiring: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A running fulcrum.
+#[derive(Clone)]
+pub struct Fulcrum {
+    shared: Arc<Shared>,
+}
+
+impl Fulcrum {
+    /// Starts everything `config` describes: binds every socket first (any failure aborts
+    /// with nothing started), waits for the first round of health checks (bounded by their
+    /// timeout), then accepts.
+    pub async fn start(config: Config) -> Result<Fulcrum, RuntimeError> {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared {
+            metrics,
+            registry: Arc::new(Registry::default()),
+            config: ArcSwap::from_pointee(config.clone()),
+            pools: ArcSwap::from_pointee(HashMap::new()),
+            listener_addrs: ArcSwap::from_pointee(HashMap::new()),
+            admin_auth: ArcSwap::from_pointee(Auth::default()),
+            live: Mutex::new(None),
+            retiring: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        admin::register_collectors(&shared);
+        let f = Fulcrum { shared };
+        f.apply(config).await?;
+        Ok(f)
+    }
+
+    /// The handle of a running fulcrum, for the admin API.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Fulcrum {
+        Fulcrum { shared }
+    }
+
+    /// Shared state, for the admin API.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Metric families.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.listener_addrs.load().get(name).copied()
+    }
+
+    /// The bound admin address.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared
+            .live
+            .lock()
+            .await
+            .as_ref()?
+            .admin
+            .as_ref()
+            .map(|a| a.local_addr)
+    }
+
+    /// The current generation of pool `name`.
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.shared.pools.load().get(name).map(|s| s.load())
+    }
+
+    /// Fires when shutdown has been requested (by a signal or the admin API).
+    pub fn shutdown_requested(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Re-reads the config file in force and applies it. On error nothing changes: the
+    /// error (`file:line:col: message` for an invalid file) is logged and counted, and the
+    /// previous config keeps serving.
+    pub async fn reload(&self) -> Result<(), RuntimeError> {
+        crate::daemon::notify_reloading();
+        let path = self.shared.config.load().source.clone();
+        let result = match config::load(&path) {
+            Ok(cfg) => self.apply(cfg).await,
+            Err(e) => Err(RuntimeError::Config(e)),
+        };
+        let m = &self.shared.metrics;
+        match &result {
+            Ok(()) => {
+                m.reloads.with_label_values(&["success"]).inc();
+                m.last_reload_ok.set(1);
+                m.last_reload_success_time.set(crate::metrics::unix_now());
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                m.reloads.with_label_values(&["failure"]).inc();
+                m.last_reload_ok.set(0);
+                tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+            }
+        }
+        crate::daemon::notify_ready(match &result {
+            Ok(()) => "serving; last reload succeeded".to_string(),
+            Err(e) => format!("serving; last reload failed: {e}"),
+        });
+        result
+    }
+
+    /// Stops accepting, lets in-flight work finish for up to `grace`, then closes the rest.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shared.shutdown.cancel();
+        let live = self.shared.live.lock().await.take();
+        let Some(live) = live else { return };
+        if let Some(a) = &live.admin {
+            a.stop();
+        }
+        for t in live.health.values() {
+            t.cancel.cancel();
+        }
+        let stops = live.listeners.values().map(|l| l.stop(grace));
+        let retiring = &self.shared.retiring;
+        retiring.close();
+        let (clean, retired) = tokio::join!(
+            futures_util::future::join_all(stops),
+            tokio::time::timeout(grace, retiring.wait())
+        );
+        if clean.iter().all(|c| *c) && retired.is_ok() {
+            tracing::info!("all connections finished; stopped");
+        } else {
+            tracing::warn!(grace = ?grace, "shutdown grace period over; closed remaining connections");
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.load_full()
+    }
+}

@@ -200,42 +200,5 @@ async fn sticky_cookie_sticks_and_moves_when_its_server_goes_down() {
     assert_eq!(again.origin(), moved.origin(), "sticks to the new server");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_serves_only_while_every_primary_is_down() {
-    let o = fleet(3).await;
-    let s = format!(
-        "{{ addr = \"{}\", name = \"o0\" }}, {{ addr = \"{}\", name = \"o1\" }}, {{ addr = \"{}\", name = \"o2\", backup = true }}",
-        o[0].addr, o[1].addr, o[2].addr
-    );
-    let p = Proxy::start(&http_config(&s, "", FAST_TCP_HEALTH)).await;
-    let c = client();
-    let url = p.url("web", "/");
-    let counts = spread(&c, &url, 20).await;
-    assert_eq!(
-        counts.get("o2"),
-        None,
-        "backup idle while primaries are up: {counts:?}"
-    );
-    o[0].kill();
-    o[1].kill();
-    let pool = p.f.pool("app").unwrap();
-    wait_until("both primaries down", Duration::from_secs(10), || {
-        let pool = pool.clone();
-        async move { pool.eligible().primary.is_empty() }
-    })
-    .await;
-    let counts = spread(&c, &url, 10).await;
-    assert_eq!(counts.get("o2"), Some(&10), "backup takes over: {counts:?}");
-    o[0].restart().await.unwrap();
-    wait_until("a primary is back", Duration::from_secs(10), || {
-        let pool = pool.clone();
-        async move { !pool.eligible().primary.is_empty() }
-    })
-    .await;
-    let counts = spread(&c, &url, 10).await;
-    assert_eq!(
-        counts.get("o0"),
-        Some(&10),
-        "traffic returns to the primary: {counts:?}"
-    );
-}
+// The backup tier's story (idle while primaries serve, takes over, hands traffic back) is
+// told once, in tests/failover.rs.

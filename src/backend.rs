@@ -416,10 +416,13 @@ impl BackendState {
 
     /// Whether it may receive new traffic now.
     pub fn eligible(&self, now: u64) -> bool {
-        self.health_up()
-            && self.admin_state() == AdminState::Enabled
-            && !self.suppressed()
-            && self.ejected_until() <= now
+        self.operational(now) && self.admin_state() == AdminState::Enabled
+    }
+
+    /// Whether the server itself is fit for traffic (checks pass, not ejected, not held out
+    /// by flap damping), whatever an operator asked; this is what availability records.
+    pub fn operational(&self, now: u64) -> bool {
+        self.health_up() && !self.suppressed() && self.ejected_until() <= now
     }
 
     /// Records the combined up/down view for the availability record; returns true on change.

@@ -158,7 +158,7 @@ impl Pool {
         let mut mask = vec![false; self.servers.len()];
         for s in &self.servers {
             let st = &s.state;
-            st.record_availability(st.health_up() && !st.suppressed() && st.ejected_until() <= now);
+            st.record_availability(st.operational(now));
             if !st.eligible(now) {
                 continue;
             }

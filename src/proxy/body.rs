@@ -63,6 +63,22 @@ pub struct Finish {
     pub pool: PoolLoad,
 }
 
+impl Finish {
+    /// The response ended cleanly: the connection may carry another request.
+    pub fn release_connection(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+/// Releases `finish` after a clean end of the response.
+fn finish_clean(finish: &mut Option<Finish>) {
+    if let Some(mut f) = finish.take() {
+        f.release_connection();
+    }
+}
+
 /// A response body sent to the client.
 pub enum RespBody {
     /// The server's body, streamed; `finish` is released at its end.
@@ -100,25 +116,14 @@ impl Body for RespBody {
             RespBody::Upstream { inner, finish } => {
                 let r = Pin::new(&mut *inner).poll_frame(cx);
                 match &r {
-                    Poll::Ready(None) => {
-                        // Clean end: the connection may carry another request.
-                        if let Some(mut f) = finish.take() {
-                            if let Some(lease) = f.lease.take() {
-                                lease.release();
-                            }
-                        }
-                    }
+                    Poll::Ready(None) => finish_clean(finish),
                     Poll::Ready(Some(Err(_))) => {
                         // Broken mid-body: never reuse that connection.
                         finish.take();
                     }
                     _ => {
                         if inner.is_end_stream() {
-                            if let Some(mut f) = finish.take() {
-                                if let Some(lease) = f.lease.take() {
-                                    lease.release();
-                                }
-                            }
+                            finish_clean(finish);
                         }
                     }
                 }

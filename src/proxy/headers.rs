@@ -67,16 +67,9 @@ pub fn add_forwarded(
 ) {
     let ip = canonical_ip(client.ip());
     if mode.x_forwarded {
-        let mut buf = itoa_ip(ip);
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                let mut s = String::with_capacity(prev.len() + 2 + buf.len());
-                s.push_str(prev);
-                s.push_str(", ");
-                s.push_str(&buf);
-                s
-            }
-            None => std::mem::take(&mut buf),
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
         };
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -118,10 +111,6 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    ip.to_string()
 }
 
 /// The value of cookie `name` in the request's Cookie headers.

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::body::{Finish, ReqBody, RespBody};
 use super::headers::{add_forwarded, canonical_ip, cookie, strip_hop_by_hop, wants_upgrade};
 use super::tunnel;
-use super::upstream::{ConnectError, Lease, ServerUpstream};
+use super::upstream::{Lease, ServerUpstream};
 use super::ProxyError;
 use crate::access_log::{AccessLog, RequestHead, Upstream};
 use crate::backend::{FailureKind, LoadGuard, Selection};
@@ -144,10 +144,8 @@ pub async fn serve(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     route.metrics.count_status(resp.status().as_u16());
-    route
-        .metrics
-        .duration
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    route.metrics.duration.observe(took.as_secs_f64());
     if let (Some(log), Some(head)) = (&route.access_log, head) {
         let server = match resp.body() {
             RespBody::Upstream {
@@ -163,7 +161,7 @@ pub async fn serve(
             head,
             &resp,
             server,
-            started.elapsed(),
+            took,
         );
     }
     Ok(resp)
@@ -320,10 +318,9 @@ async fn forward(
 
         let failure = match up.checkout().await {
             Err(e) => {
-                let kind = match e {
-                    ConnectError::Io(_) => FailureKind::Connect,
-                    ConnectError::Timeout => FailureKind::Connect,
-                };
+                // Refused and timed out both count as connect failures.
+                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = ?e, "connect failed");
+                let kind = FailureKind::Connect;
                 server.state.metrics.error(kind);
                 passive::observe(pool, server, Outcome::Failure(kind));
                 // The request was not consumed: any method may go to another server.
@@ -498,9 +495,7 @@ fn respond(
     };
     if inner.is_end_stream() {
         // hyper will not poll an empty body, so give the connection back now.
-        if let Some(l) = finish.lease.take() {
-            l.release();
-        }
+        finish.release_connection();
     }
     Response::from_parts(
         parts,

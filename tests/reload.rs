@@ -14,35 +14,53 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// A bounded background load: its tasks count what succeeded and what failed, and stop
+/// when asked (each is also bounded in count by itself).
+#[derive(Default)]
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn done(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests have finished, so a reload meets traffic.
+    async fn wait_for_more(&self, n: u64) {
+        let seen = self.done();
+        wait_until("requests flow between reloads", LIMIT, || async {
+            self.done() >= seen + n
+        })
+        .await;
+    }
+
+    /// Lets 20 more requests succeed after the last reload, stops the load and returns
+    /// (succeeded, failed).
+    async fn finish(self) -> (u64, u64) {
+        let seen = self.ok.load(Ordering::Relaxed);
+        wait_until("requests flow after the last reload", LIMIT, || async {
+            self.ok.load(Ordering::Relaxed) >= seen + 20
+        })
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// One http listener "web" and one tcp listener "relay" over pool "app".
 fn two_listeners(servers: &str, pool_extra: &str) -> String {
-    format!(
-        r#"
-[admin]
-bind = "127.0.0.1:0"
-allow_unauthenticated_loopback = true
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-protocol = "http"
-pool = "app"
-
-[[listener]]
-name = "relay"
-bind = "127.0.0.1:0"
-protocol = "tcp"
-pool = "app"
-
-[[pool]]
-name = "app"
-servers = [ {servers} ]
-{pool_extra}
-
-[pool.health]
-kind = "none"
-"#
-    )
+    http_config(servers, pool_extra, NO_HEALTH)
+        + "\n[[listener]]\nname = \"relay\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"app\"\n"
 }
 
 /// `{ addr, name, weight }` entries.
@@ -84,14 +102,16 @@ async fn twenty_reloads_under_load_fail_no_request() {
     ];
     let p = Proxy::start(&generations[0]).await;
     let url = p.url("web", "/");
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
+    let mut load = Load::default();
     // Two clients reuse keep-alive connections, one opens a new connection per request.
     for fresh in [false, false, true] {
-        let (stop, ok, errors, url) = (stop.clone(), ok.clone(), errors.clone(), url.clone());
-        load.push(tokio::spawn(async move {
+        let (stop, ok, errors, url) = (
+            load.stop.clone(),
+            load.ok.clone(),
+            load.errors.clone(),
+            url.clone(),
+        );
+        load.tasks.push(tokio::spawn(async move {
             let c = if fresh {
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .pool_max_idle_per_host(0)
@@ -123,25 +143,12 @@ async fn twenty_reloads_under_load_fail_no_request() {
     }
     for i in 1..=20 {
         // Let some requests through between reloads, so every reload meets traffic.
-        let seen = ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed);
-        wait_until("requests flow between reloads", LIMIT, || async {
-            ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= seen + 20
-        })
-        .await;
+        load.wait_for_more(20).await;
         p.reload_with(&generations[i % generations.len()])
             .await
             .unwrap_or_else(|e| panic!("reload {i} succeeds: {e}"));
     }
-    let seen = ok.load(Ordering::Relaxed);
-    wait_until("requests flow after the last reload", LIMIT, || async {
-        ok.load(Ordering::Relaxed) >= seen + 20
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let (ok, errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let (ok, errors) = load.finish().await;
     eprintln!("20 reloads under load: {ok} requests succeeded, {errors} failed");
     assert_eq!(
         errors, 0,
@@ -449,13 +456,10 @@ async fn twenty_sighup_reloads_of_the_real_daemon_under_http_and_tcp_load() {
     ];
     let d = tokio::task::block_in_place(|| Daemon::spawn(&generations[0]));
     let (web, relay) = (d.addrs["web"], d.addrs["relay"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
+    let mut load = Load::default();
     for l4 in [false, true] {
-        let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
-        load.push(tokio::spawn(async move {
+        let (stop, ok, errors) = (load.stop.clone(), load.ok.clone(), load.errors.clone());
+        load.tasks.push(tokio::spawn(async move {
             let c = client();
             let url = format!("http://{web}/");
             for _ in 0..20_000 {
@@ -483,11 +487,7 @@ async fn twenty_sighup_reloads_of_the_real_daemon_under_http_and_tcp_load() {
         }));
     }
     for i in 1..=20 {
-        let seen = ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed);
-        wait_until("requests flow between reloads", LIMIT, || async {
-            ok.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= seen + 20
-        })
-        .await;
+        load.wait_for_more(20).await;
         std::fs::write(&d.path, &generations[i % generations.len()]).unwrap();
         d.signal(SIGHUP);
         tokio::task::block_in_place(|| {
@@ -496,16 +496,7 @@ async fn twenty_sighup_reloads_of_the_real_daemon_under_http_and_tcp_load() {
             })
         });
     }
-    let seen = ok.load(Ordering::Relaxed);
-    wait_until("requests flow after the last reload", LIMIT, || async {
-        ok.load(Ordering::Relaxed) >= seen + 20
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let (ok, errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    let (ok, errors) = load.finish().await;
     eprintln!("20 SIGHUP reloads of the daemon under HTTP + TCP load: {ok} requests succeeded, {errors} failed");
     assert_eq!(
         errors, 0,

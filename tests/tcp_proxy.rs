@@ -214,3 +214,24 @@ async fn connect_failure_moves_to_the_next_server() {
         assert_eq!(b[0], i, "connection {i} relayed despite a dead server");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnel_is_closed_after_tunnel_idle() {
+    let echo = echo_server().await;
+    let p = Proxy::start(&tcp_config(
+        echo,
+        "[listener.timeouts]\ntunnel_idle = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"x", "the tunnel works while active");
+    // Then nothing either way: the proxy closes it (bounded wait, far above the timeout).
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut b)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle tunnel closed by the proxy: {closed:?}"
+    );
+}

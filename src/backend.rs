@@ -64,6 +64,8 @@ pub enum FailureKind {
     Timeout,
     /// A 5xx response.
     Status5xx,
+    /// A malformed response.
+    Protocol,
 }
 
 impl FailureKind {
@@ -74,13 +76,15 @@ impl FailureKind {
             FailureKind::Reset => "reset",
             FailureKind::Timeout => "timeout",
             FailureKind::Status5xx => "5xx",
+            FailureKind::Protocol => "protocol",
         }
     }
-    const ALL: [FailureKind; 4] = [
+    const ALL: [FailureKind; 5] = [
         FailureKind::Connect,
         FailureKind::Reset,
         FailureKind::Timeout,
         FailureKind::Status5xx,
+        FailureKind::Protocol,
     ];
 }
 
@@ -97,15 +101,18 @@ pub enum Selection {
     Backup,
     /// Chosen for a retry after another server failed.
     Retry,
+    /// The first choice had no free slot (`max_conns`); the queue moved the request here.
+    Queue,
 }
 
 impl Selection {
-    const ALL: [Selection; 5] = [
+    const ALL: [Selection; 6] = [
         Selection::Balance,
         Selection::Hash,
         Selection::Sticky,
         Selection::Backup,
         Selection::Retry,
+        Selection::Queue,
     ];
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -115,6 +122,7 @@ impl Selection {
             Selection::Sticky => "sticky",
             Selection::Backup => "backup",
             Selection::Retry => "retry",
+            Selection::Queue => "queue",
         }
     }
 }
@@ -123,10 +131,10 @@ impl Selection {
 pub struct BackendMetrics {
     /// Requests or connections sent.
     pub requests: IntCounter,
-    errors: [IntCounter; 4],
+    errors: [IntCounter; FailureKind::ALL.len()],
     /// Response-head latency.
     pub response: Histogram,
-    selections: [IntCounter; 5],
+    selections: [IntCounter; Selection::ALL.len()],
     /// Passive ejections.
     pub ejections: IntCounter,
     /// Times flap damping held the server out.

@@ -8,6 +8,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::proxy::Rejection;
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -29,8 +31,14 @@ pub struct Metrics {
     pub listener_requests: IntCounterVec,
     /// Request duration per listener.
     pub listener_duration: HistogramVec,
-    /// Requests the proxy answered itself, per listener and reason.
+    /// Requests the proxy answered itself for a server-side reason, per listener and reason.
     pub proxy_errors: IntCounterVec,
+    /// Requests and connections refused for what the client sent (or how slowly).
+    pub requests_rejected: IntCounterVec,
+    /// Clients that aborted a request body or went away before their response ended.
+    pub client_aborts: IntCounterVec,
+    /// Local resource errors (descriptors, ports, buffers), by kind.
+    pub local_errors: IntCounterVec,
     /// Requests (L7) or connections (L4) sent to each server.
     pub backend_requests: IntCounterVec,
     /// Failures per server by kind.
@@ -162,8 +170,26 @@ impl Metrics {
             proxy_errors: counter(
                 &r,
                 "fulcrum_proxy_errors_total",
-                "Requests answered by the proxy itself, by reason.",
+                "Requests answered by the proxy itself because no server could serve them, by reason.",
                 &["listener", "reason"],
+            ),
+            requests_rejected: counter(
+                &r,
+                "fulcrum_requests_rejected_total",
+                "Requests or connections refused for what the client sent or how slowly, by reason.",
+                &["listener", "reason"],
+            ),
+            client_aborts: counter(
+                &r,
+                "fulcrum_client_aborts_total",
+                "Clients that aborted or stalled a request body, or went away before their response ended.",
+                &["listener", "phase"],
+            ),
+            local_errors: counter(
+                &r,
+                "fulcrum_local_errors_total",
+                "Local resource errors (file descriptors, ephemeral ports, kernel buffers), by kind.",
+                &["kind"],
             ),
             backend_requests: counter(
                 &r,
@@ -258,6 +284,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
         }
+        for kind in crate::proxy::error::LOCAL_ERROR_KINDS {
+            m.local_errors.with_label_values(&[kind]);
+        }
         m
     }
 
@@ -311,6 +340,20 @@ pub struct ListenerMetrics {
     pub by_class: [IntCounter; 5],
     /// Request duration.
     pub duration: Histogram,
+    /// Refusals, indexed by `Rejection as usize`.
+    rejected: [IntCounter; Rejection::ALL.len()],
+    /// Client aborts: [request body, response].
+    aborts: [IntCounter; 2],
+    local: IntCounterVec,
+}
+
+/// When a client gave up (`phase` of `fulcrum_client_aborts_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortPhase {
+    /// While sending its request body.
+    RequestBody = 0,
+    /// While waiting for or reading its response.
+    Response = 1,
 }
 
 impl ListenerMetrics {
@@ -328,6 +371,34 @@ impl ListenerMetrics {
                 class("5xx"),
             ],
             duration: m.listener_duration.with_label_values(&[name]),
+            rejected: Rejection::ALL
+                .map(|r| m.requests_rejected.with_label_values(&[name, r.as_str()])),
+            aborts: ["request_body", "response"]
+                .map(|p| m.client_aborts.with_label_values(&[name, p])),
+            local: m.local_errors.clone(),
+        }
+    }
+
+    /// Counts a refusal.
+    #[inline]
+    pub fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].inc();
+    }
+
+    /// Counts a client that gave up.
+    #[inline]
+    pub fn aborted(&self, phase: AbortPhase) {
+        self.aborts[phase as usize].inc();
+    }
+
+    /// Counts `e` if it is a local resource error; returns whether it was.
+    pub fn local_error(&self, e: &std::io::Error) -> bool {
+        match crate::proxy::local_error_kind(e) {
+            Some(kind) => {
+                self.local.with_label_values(&[kind]).inc();
+                true
+            }
+            None => false,
         }
     }
 

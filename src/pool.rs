@@ -244,6 +244,18 @@ impl Pool {
 /// RAII hold on the pool's in-flight gauge.
 pub struct PoolLoad(Arc<Pool>);
 
+impl PoolLoad {
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.0
+    }
+
+    /// The server of this pool whose state is `st` (a scan: for failures, not per request).
+    pub fn server_of(&self, st: &Arc<BackendState>) -> Option<&Server> {
+        self.0.servers.iter().find(|s| Arc::ptr_eq(&s.state, st))
+    }
+}
+
 impl Drop for PoolLoad {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);

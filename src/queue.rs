@@ -23,7 +23,6 @@ use crate::balance::BackendIdx;
 use crate::config::PoolSettings;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Server};
-use crate::proxy::ProxyError;
 
 /// Why a request got no server slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -34,12 +33,6 @@ pub enum QueueError {
     /// Every slot stayed taken for `queue_timeout`.
     #[error("no server slot became free within {0:?}")]
     TimedOut(Duration),
-}
-
-impl From<QueueError> for ProxyError {
-    fn from(_: QueueError) -> Self {
-        ProxyError::Overloaded
-    }
 }
 
 /// The wait queue of one pool generation.

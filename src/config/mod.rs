@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, Location};
-pub use types::parse_addr;
+pub use types::{parse_addr, parse_size};
 
 use crate::balance::Algorithm;
 
@@ -52,6 +52,8 @@ pub struct RuntimeSettings {
     pub shutdown_grace: Duration,
     /// Grace period for connections of a listener removed by a reload.
     pub drain_timeout: Duration,
+    /// Client connections open at once, every listener together.
+    pub max_connections: usize,
 }
 
 /// `[admin]`.
@@ -130,6 +132,31 @@ pub struct ListenerTimeouts {
     pub keepalive_idle: Duration,
     /// No bytes either way on a tunnel.
     pub tunnel_idle: Duration,
+    /// A new connection that sends nothing.
+    pub first_byte: Duration,
+    /// No request-body progress.
+    pub body_read: Duration,
+    /// A client that stops reading its response.
+    pub send_stall: Duration,
+}
+
+/// What one client may send on a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Request line + headers, bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Header fields per request (431 beyond).
+    pub max_headers: usize,
+    /// Request body, bytes (413 beyond).
+    pub max_request_body: u64,
+    /// Slowest request body accepted, bytes per second; 0 = no check.
+    pub min_body_rate: u64,
+    /// Connections at once from one client IP.
+    pub max_connections_per_client: u32,
+    /// Concurrent streams per h2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// h2 receive window per stream and per connection, bytes.
+    pub h2_window: u32,
 }
 
 /// `[[listener]]`.
@@ -151,6 +178,10 @@ pub struct ListenerSettings {
     pub send_proxy: Option<ProxyProtocol>,
     /// Timeouts.
     pub timeouts: ListenerTimeouts,
+    /// Bounds on what a client may send.
+    pub limits: ListenerLimits,
+    /// Upgrade protocols tunnelled (lower case), http only.
+    pub upgrades: Arc<[Box<str>]>,
 }
 
 /// Where a consistent-hash key comes from.
@@ -201,6 +232,8 @@ pub struct PoolTimeouts {
     pub response_header: Duration,
     /// Idle pooled upstream connection.
     pub upstream_idle: Duration,
+    /// No response-body bytes from a server mid-body.
+    pub upstream_read_idle: Duration,
 }
 
 /// What an active probe does.

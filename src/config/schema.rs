@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::types::{Addr, Count, Dur, Weight};
+use super::types::{Addr, Count, Dur, Size, Weight};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -41,6 +41,9 @@ pub struct RawRuntime {
     pub shutdown_grace: Option<Spanned<Dur>>,
     /// How long a listener removed by a reload lets its connections finish; default 30s.
     pub drain_timeout: Option<Spanned<Dur>>,
+    /// Client connections open at once over the whole process, every listener together;
+    /// more wait in the kernel backlog. Default 100000.
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 /// `[admin]`.
@@ -99,6 +102,13 @@ pub struct RawListener {
     pub forwarded: Option<Spanned<String>>,
     /// tcp only: send a PROXY protocol header to the backend: "v1" or "v2".
     pub send_proxy: Option<Spanned<String>>,
+    /// http only: the upgrade protocols tunnelled (`Upgrade:` tokens, case-insensitive);
+    /// default ["websocket"]. Others are stripped and the request is forwarded as a plain one;
+    /// `h2c` is never tunnelled.
+    pub upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Bounds on what one client may send.
+    #[serde(default)]
+    pub limits: RawListenerLimits,
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: RawListenerTimeouts,
@@ -108,14 +118,46 @@ pub struct RawListener {
     pub rate_limit: Option<Spanned<toml::Value>>,
 }
 
+/// `[listener.limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerLimits {
+    /// http: request line + headers, at most; larger heads get 431. Default 65536.
+    pub max_header_bytes: Option<Spanned<Size>>,
+    /// http: header fields in a request head, at most; more get 431. Default 100.
+    pub max_headers: Option<Spanned<i64>>,
+    /// http: request body, at most; larger get 413 (before any server is contacted when the
+    /// length is declared). Default "100MiB".
+    pub max_request_body: Option<Spanned<Size>>,
+    /// http: a request body slower than this many bytes per second (averaged since it
+    /// began, checked every `body_read`) is cut with 408; 0 turns the check off. Default 500.
+    pub min_body_rate: Option<Spanned<Size>>,
+    /// Connections open at once from one client IP address; more are closed at accept.
+    /// Default 1000.
+    pub max_connections_per_client: Option<Spanned<i64>>,
+    /// http: concurrent streams per h2 connection. Default 100.
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    /// http: h2 flow-control window a client may fill per stream and per connection.
+    /// Default "256KiB".
+    pub h2_window: Option<Spanned<Size>>,
+}
+
 /// `[listener.timeouts]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListenerTimeouts {
     /// http: time for a client to send a complete request head; default 10s.
     pub header_read: Option<Spanned<Dur>>,
-    /// http: how long an idle keep-alive client connection is kept; default 60s.
+    /// http: how long a client connection with no request in flight is kept; default 60s.
     pub keepalive_idle: Option<Spanned<Dur>>,
+    /// http: a new connection that sends nothing for this long is closed; default 10s.
+    pub first_byte: Option<Spanned<Dur>>,
+    /// http: no request-body progress for this long gets 408 and the connection closed;
+    /// default 30s.
+    pub body_read: Option<Spanned<Dur>>,
+    /// http: a client that reads none of its response for this long is disconnected;
+    /// default 60s.
+    pub send_stall: Option<Spanned<Dur>>,
     /// tcp and upgraded (WebSocket) connections: close after this long with no bytes either way; default 10m.
     pub tunnel_idle: Option<Spanned<Dur>>,
 }
@@ -220,6 +262,9 @@ pub struct RawPoolTimeouts {
     /// Idle pooled upstream connections are closed after this long; default 4s (below common
     /// server keep-alive timeouts, so a request never races the server closing it).
     pub upstream_idle: Option<Spanned<Dur>>,
+    /// A server that sends no response-body bytes for this long mid-body is cut off (and
+    /// blamed); default 60s.
+    pub upstream_read_idle: Option<Spanned<Dur>>,
 }
 
 /// `[pool.health]`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::schema::*;
-use super::types::Dur;
+use super::types::{Dur, Size};
 use super::*;
 use crate::balance::Algorithm;
 
@@ -127,6 +127,12 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             "drain_timeout",
             Duration::from_secs(30),
         )?,
+        max_connections: cx.int(
+            &raw.runtime.max_connections,
+            "max_connections",
+            1..=10_000_000,
+            100_000,
+        )? as usize,
     };
 
     let admin = if raw.admin.enabled == Some(false) {
@@ -295,6 +301,9 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 "send_proxy applies only to protocol = \"tcp\" listeners",
             ));
         }
+        if protocol == Protocol::Tcp {
+            refuse_http_only(&cx, l)?;
+        }
         let t = &l.timeouts;
         listeners.push(ListenerSettings {
             name,
@@ -317,7 +326,12 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                     Duration::from_secs(60),
                 )?,
                 tunnel_idle: cx.dur(&t.tunnel_idle, "tunnel_idle", Duration::from_secs(600))?,
+                first_byte: cx.dur(&t.first_byte, "first_byte", Duration::from_secs(10))?,
+                body_read: cx.dur(&t.body_read, "body_read", Duration::from_secs(30))?,
+                send_stall: cx.dur(&t.send_stall, "send_stall", Duration::from_secs(60))?,
             },
+            limits: limits(&cx, &l.limits)?,
+            upgrades: upgrades(&cx, &l.upgrades)?,
         });
     }
 
@@ -329,6 +343,144 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         listeners,
         pools,
     })
+}
+
+/// Keys that only an http listener reads: refused on a tcp listener, never ignored.
+fn refuse_http_only(cx: &Ctx, l: &RawListener) -> Result<(), ConfigError> {
+    let (lim, t) = (&l.limits, &l.timeouts);
+    let keys = [
+        ("upgrades", l.upgrades.as_ref().map(|s| s.span())),
+        (
+            "max_header_bytes",
+            lim.max_header_bytes.as_ref().map(|s| s.span()),
+        ),
+        ("max_headers", lim.max_headers.as_ref().map(|s| s.span())),
+        (
+            "max_request_body",
+            lim.max_request_body.as_ref().map(|s| s.span()),
+        ),
+        (
+            "min_body_rate",
+            lim.min_body_rate.as_ref().map(|s| s.span()),
+        ),
+        (
+            "h2_max_concurrent_streams",
+            lim.h2_max_concurrent_streams.as_ref().map(|s| s.span()),
+        ),
+        ("h2_window", lim.h2_window.as_ref().map(|s| s.span())),
+        ("first_byte", t.first_byte.as_ref().map(|s| s.span())),
+        ("body_read", t.body_read.as_ref().map(|s| s.span())),
+        ("send_stall", t.send_stall.as_ref().map(|s| s.span())),
+    ];
+    for (key, span) in keys {
+        if let Some(span) = span {
+            return Err(cx.err(
+                span,
+                format!("{key} applies only to protocol = \"http\" listeners"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A size within `range` bytes, or its default.
+fn size(
+    cx: &Ctx,
+    v: &Option<Spanned<Size>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) if !range.contains(&s.get_ref().0) => Err(cx.err(
+            s.span(),
+            format!(
+                "{key} must be between {} and {} bytes, got {}",
+                range.start(),
+                range.end(),
+                s.get_ref().0
+            ),
+        )),
+        Some(s) => Ok(s.get_ref().0),
+    }
+}
+
+fn limits(cx: &Ctx, l: &RawListenerLimits) -> Result<ListenerLimits, ConfigError> {
+    Ok(ListenerLimits {
+        // hyper needs room for at least a request line and a few headers.
+        max_header_bytes: size(
+            cx,
+            &l.max_header_bytes,
+            "max_header_bytes",
+            1024..=1 << 20,
+            65536,
+        )? as usize,
+        max_headers: cx.int(&l.max_headers, "max_headers", 1..=10_000, 100)? as usize,
+        max_request_body: size(
+            cx,
+            &l.max_request_body,
+            "max_request_body",
+            0..=u64::MAX,
+            100 << 20,
+        )?,
+        min_body_rate: size(cx, &l.min_body_rate, "min_body_rate", 0..=1 << 30, 500)?,
+        max_connections_per_client: cx.int(
+            &l.max_connections_per_client,
+            "max_connections_per_client",
+            1..=10_000_000,
+            1000,
+        )? as u32,
+        h2_max_concurrent_streams: cx.int(
+            &l.h2_max_concurrent_streams,
+            "h2_max_concurrent_streams",
+            1..=10_000,
+            100,
+        )? as u32,
+        // RFC 9113 §6.9.2: windows run from the default 65535 up to 2^31-1.
+        h2_window: size(
+            cx,
+            &l.h2_window,
+            "h2_window",
+            65_535..=(1 << 31) - 1,
+            256 << 10,
+        )? as u32,
+    })
+}
+
+fn upgrades(
+    cx: &Ctx,
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Arc<[Box<str>]>, ConfigError> {
+    let Some(list) = v else {
+        return Ok(Arc::from([Box::from("websocket")]));
+    };
+    let mut out = Vec::new();
+    for item in list.get_ref() {
+        let t = item.get_ref().trim().to_ascii_lowercase();
+        if t == "h2c" {
+            return Err(cx.err(
+                item.span(),
+                "upgrades: h2c is never tunnelled (clients get h2 with prior knowledge instead)",
+            ));
+        }
+        // RFC 9110 §7.8: a protocol name is a token.
+        if t.is_empty()
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+        {
+            return Err(cx.err(
+                item.span(),
+                format!(
+                    "upgrades: {:?} is not a protocol name such as \"websocket\"",
+                    item.get_ref()
+                ),
+            ));
+        }
+        out.push(t.into_boxed_str());
+    }
+    Ok(Arc::from(out))
 }
 
 fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
@@ -488,6 +640,11 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
                 Duration::from_secs(60),
             )?,
             upstream_idle: cx.dur(&t.upstream_idle, "upstream_idle", Duration::from_secs(4))?,
+            upstream_read_idle: cx.dur(
+                &t.upstream_read_idle,
+                "upstream_read_idle",
+                Duration::from_secs(60),
+            )?,
         },
         health: health(cx, &p.health)?,
         passive: passive(cx, &p.passive)?,

@@ -20,7 +20,7 @@ use super::disagree::{Checks, Disagreement, Episode, TrafficCounters, Watch};
 use super::probe::Prober;
 use super::ramp;
 use super::rise_fall::{jitter, RiseFall};
-use crate::backend::{now_ms, BackendState, FailureKind};
+use crate::backend::{now_ms, BackendState};
 use crate::balance::BackendIdx;
 use crate::config::{HealthKind, HealthSettings};
 use crate::metrics::Metrics;
@@ -294,10 +294,7 @@ impl Checker {
 fn traffic_failures(t: &Target) -> u64 {
     let pool = t.slot.load();
     let p = &pool.settings.passive;
-    t.state.metrics.errors_total(|k| match k {
-        FailureKind::Connect => p.count_connect,
-        FailureKind::Reset => p.count_reset,
-        FailureKind::Timeout => p.count_timeout,
-        FailureKind::Status5xx => p.count_5xx,
-    })
+    t.state
+        .metrics
+        .errors_total(|k| super::passive::kind_counts(p, k))
 }

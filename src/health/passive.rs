@@ -39,13 +39,18 @@ pub enum Outcome {
 
 /// Whether `kind` counts towards ejection under `cfg`.
 pub fn counts(cfg: &PassiveSettings, kind: FailureKind) -> bool {
-    cfg.enabled
-        && match kind {
-            FailureKind::Connect => cfg.count_connect,
-            FailureKind::Reset => cfg.count_reset,
-            FailureKind::Timeout => cfg.count_timeout,
-            FailureKind::Status5xx => cfg.count_5xx,
-        }
+    cfg.enabled && kind_counts(cfg, kind)
+}
+
+/// Whether `kind` is one of the kinds `cfg.count` lists (enabled or not).
+pub fn kind_counts(cfg: &PassiveSettings, kind: FailureKind) -> bool {
+    match kind {
+        FailureKind::Connect => cfg.count_connect,
+        // A malformed response is a broken exchange like a reset.
+        FailureKind::Reset | FailureKind::Protocol => cfg.count_reset,
+        FailureKind::Timeout => cfg.count_timeout,
+        FailureKind::Status5xx => cfg.count_5xx,
+    }
 }
 
 /// Records an outcome; may eject the server and republish the pool.

@@ -1,37 +1,287 @@
-//! Body types of the L7 proxy: no boxing, no buffering.
+//! Body types of the L7 proxy: no boxing, no buffering, every one bounded in size and time.
 //!
-//! [`ReqBody`] is what goes upstream: the client's streaming body, or nothing (a replayed
-//! request, a probe). [`RespBody`] is what goes to the client: the server's streaming body,
-//! carrying the guards that must live exactly as long as the response (in-flight counts,
-//! the upstream connection to give back to the pool), or a short text the proxy wrote itself.
+//! [`ReqBody`] is what goes upstream: the client's streaming body ([`ClientBody`], which
+//! enforces `max_request_body`, `body_read` and `min_body_rate` and tells the request path
+//! how the body ended), or nothing. [`RespBody`] is what goes to the client: the server's
+//! streaming body, carrying the guards that must live exactly as long as the response
+//! (in-flight counts, the upstream connection to give back to the pool, the client
+//! connection's request count), or a short text the proxy wrote itself.
+//!
+//! Timers here are armed lazily: only when a body actually waits on the network (a poll
+//! returns `Pending`), so a small body that arrives with its head costs no timer at all.
 
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 use super::upstream::Lease;
-use crate::backend::LoadGuard;
+use crate::backend::{FailureKind, LoadGuard};
+use crate::health::passive::{self, Outcome};
 use crate::pool::PoolLoad;
+
+/// How a client's request body ended, as far as it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BodyEnd {
+    /// Still being sent.
+    Sending = 0,
+    /// Sent whole.
+    Done = 1,
+    /// The client aborted it (reset, closed, malformed chunking).
+    ClientAbort = 2,
+    /// Over `max_request_body`.
+    TooLarge = 3,
+    /// Stalled for `body_read`, or slower than `min_body_rate`.
+    TooSlow = 4,
+}
+
+impl BodyEnd {
+    fn from_u8(v: u8) -> BodyEnd {
+        match v {
+            1 => BodyEnd::Done,
+            2 => BodyEnd::ClientAbort,
+            3 => BodyEnd::TooLarge,
+            4 => BodyEnd::TooSlow,
+            _ => BodyEnd::Sending,
+        }
+    }
+}
+
+/// Shared between a [`ClientBody`] (polled by the upstream connection's task) and the
+/// request path: how the body ended, and a wake-up when it has been sent whole (the
+/// `response_header` timer starts only then).
+#[derive(Default)]
+pub struct BodyState {
+    end: AtomicU8,
+    sent: Notify,
+}
+
+impl BodyState {
+    /// How the body ended so far.
+    pub fn end(&self) -> BodyEnd {
+        BodyEnd::from_u8(self.end.load(Ordering::Acquire))
+    }
+
+    fn finish(&self, how: BodyEnd) {
+        // The first ending wins: a body cut for size is not later "done".
+        if self
+            .end
+            .compare_exchange(
+                BodyEnd::Sending as u8,
+                how as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.sent.notify_waiters();
+        }
+    }
+
+    /// Resolves once the body has ended, however.
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.sent.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.end() != BodyEnd::Sending {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Bounds on a client's request body.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// Bytes, at most.
+    pub max: u64,
+    /// Longest stretch without a byte.
+    pub read_idle: Duration,
+    /// Slowest average rate, bytes per second (0: no check).
+    pub min_rate: u64,
+}
+
+/// Why a request body was cut off by the proxy (the error the upstream connection sees).
+#[derive(Debug)]
+pub enum ReqBodyError {
+    /// The client's side failed.
+    Client(hyper::Error),
+    /// Over `max_request_body`.
+    TooLarge,
+    /// Stalled or too slow.
+    TooSlow,
+}
+
+impl fmt::Display for ReqBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReqBodyError::Client(e) => write!(f, "client request body failed: {e}"),
+            ReqBodyError::TooLarge => f.write_str("request body over max_request_body"),
+            ReqBodyError::TooSlow => f.write_str("request body stalled or too slow"),
+        }
+    }
+}
+
+impl StdError for ReqBodyError {}
+
+/// A lazily armed timer for a body that has had to wait: expires once no byte has come for
+/// `idle`, or (with a minimum rate) once the average rate since the start falls below it.
+/// Progress only records the time; the timer is reset only when it fires, so a steady
+/// stream costs one clock read per frame and no timer operations.
+struct IdleWatch {
+    sleep: Pin<Box<Sleep>>,
+    started: Instant,
+    last: Instant,
+}
+
+impl IdleWatch {
+    fn new(idle: Duration) -> Self {
+        let now = Instant::now();
+        IdleWatch {
+            sleep: Box::pin(tokio::time::sleep_until(now + idle)),
+            started: now,
+            last: now,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// `Ready` when expired. `rate` is (bytes so far, minimum bytes per second).
+    fn poll_expired(&mut self, cx: &mut Context<'_>, idle: Duration, rate: (u64, u64)) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if now.duration_since(self.last) >= idle {
+                return Poll::Ready(());
+            }
+            let (bytes, min_rate) = rate;
+            let elapsed = now.duration_since(self.started);
+            if min_rate > 0
+                && elapsed >= idle
+                && (bytes as f64) < min_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Poll::Ready(());
+            }
+            // Progress since the timer was set: look again one idle period after the last
+            // byte (later than now, or the stall check above would have returned).
+            self.sleep.as_mut().reset(self.last + idle);
+        }
+    }
+}
+
+/// A client's request body on its way upstream, bounded in size and time.
+pub struct ClientBody {
+    inner: Incoming,
+    state: Arc<BodyState>,
+    limits: BodyLimits,
+    received: u64,
+    /// Armed the first time the body has to wait for the client.
+    watch: Option<IdleWatch>,
+}
+
+impl ClientBody {
+    /// Wraps `inner`; `state` learns how it ends.
+    pub fn new(inner: Incoming, limits: BodyLimits, state: Arc<BodyState>) -> Self {
+        ClientBody {
+            inner,
+            state,
+            limits,
+            received: 0,
+            watch: None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ReqBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.received += d.len() as u64;
+                    if this.received > this.limits.max {
+                        this.state.finish(BodyEnd::TooLarge);
+                        return Poll::Ready(Some(Err(ReqBodyError::TooLarge)));
+                    }
+                    if let Some(w) = &mut this.watch {
+                        w.progress();
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.state.finish(BodyEnd::Done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.finish(BodyEnd::ClientAbort);
+                Poll::Ready(Some(Err(ReqBodyError::Client(e))))
+            }
+            Poll::Ready(None) => {
+                this.state.finish(BodyEnd::Done);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let limits = this.limits;
+                let w = this
+                    .watch
+                    .get_or_insert_with(|| IdleWatch::new(limits.read_idle));
+                match w.poll_expired(cx, limits.read_idle, (this.received, limits.min_rate)) {
+                    Poll::Ready(()) => {
+                        this.state.finish(BodyEnd::TooSlow);
+                        Poll::Ready(Some(Err(ReqBodyError::TooSlow)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A request body sent upstream.
 pub enum ReqBody {
-    /// The client's body, streamed.
-    Client(Incoming),
+    /// The client's body, streamed and bounded.
+    Client(ClientBody),
     /// No body.
     Empty,
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ReqBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
         match self.get_mut() {
             ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
             ReqBody::Empty => Poll::Ready(None),
@@ -55,19 +305,46 @@ impl Body for ReqBody {
 
 /// What must be released when a proxied response ends.
 pub struct Finish {
-    /// The upstream connection, returned to its pool if the body ends cleanly.
+    /// The upstream connection, returned to its pool if both directions end cleanly.
     pub lease: Option<Lease>,
     /// The server's in-flight count.
     pub load: LoadGuard,
-    /// The pool's in-flight count.
+    /// The pool's in-flight count (and the pool, to blame a server that stalls).
     pub pool: PoolLoad,
+    /// The request body's state, when it had one: the connection may be reused only once
+    /// the body was sent whole.
+    pub request: Option<Arc<BodyState>>,
+    /// `upstream_read_idle`: longest stretch without a response-body byte from the server.
+    pub read_idle: Duration,
 }
 
 impl Finish {
-    /// The response ended cleanly: the connection may carry another request.
+    /// The response ended cleanly: the connection may carry another request, if the
+    /// request's body went out whole too.
     pub fn release_connection(&mut self) {
         if let Some(lease) = self.lease.take() {
-            lease.release();
+            if self
+                .request
+                .as_ref()
+                .map_or(true, |s| s.end() == BodyEnd::Done)
+            {
+                lease.release();
+            }
+        }
+    }
+
+    /// The server stopped sending mid-body: that is the server's failure.
+    fn server_stalled(&mut self) {
+        self.lease = None;
+        let st = self.load.state();
+        st.metrics.error(FailureKind::Timeout);
+        tracing::debug!(pool = %st.pool, server = %st.name, "server stalled mid-body; cut off");
+        if let Some(server) = self.pool.server_of(st) {
+            passive::observe(
+                self.pool.pool(),
+                server,
+                Outcome::Failure(FailureKind::Timeout),
+            );
         }
     }
 }
@@ -79,72 +356,189 @@ fn finish_clean(finish: &mut Option<Finish>) {
     }
 }
 
-/// A response body sent to the client.
-pub enum RespBody {
+/// The server stopped sending mid-body (`upstream_read_idle`).
+#[derive(Debug)]
+pub struct UpstreamStalled;
+
+impl fmt::Display for UpstreamStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("server stalled mid-body")
+    }
+}
+
+impl StdError for UpstreamStalled {}
+
+/// Why a response body stopped early.
+#[derive(Debug)]
+pub enum RespBodyError {
+    /// The upstream connection failed.
+    Upstream(hyper::Error),
+    /// The server stalled (`upstream_read_idle`).
+    Stalled(UpstreamStalled),
+}
+
+impl fmt::Display for RespBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RespBodyError::Upstream(e) => write!(f, "upstream response body failed: {e}"),
+            RespBodyError::Stalled(e) => e.fmt(f),
+        }
+    }
+}
+
+impl StdError for RespBodyError {}
+
+/// Told when a response ends (see `proxy::http::ConnCtx`).
+pub trait ResponseEnd: Send + Sync {
+    /// The response is over; `client_left` when the client went away (or was cut off for
+    /// not reading) before its end, with the server's side fine.
+    fn response_ended(&self, client_left: bool);
+}
+
+enum Kind {
     /// The server's body, streamed; `finish` is released at its end.
     Upstream {
-        /// The body.
         inner: Incoming,
-        /// Released at end of stream or when dropped.
         finish: Option<Finish>,
+        watch: Option<IdleWatch>,
     },
     /// A short body written by the proxy.
     Local(Option<Bytes>),
 }
 
+/// A response body sent to the client.
+pub struct RespBody {
+    kind: Kind,
+    /// Told when the response ends (the client connection's in-flight count).
+    on_end: Option<Arc<dyn ResponseEnd>>,
+    /// Ended: whole, or cut off on the server's side.
+    ended: bool,
+}
+
 impl RespBody {
     /// A body of static text.
     pub fn text(s: &'static str) -> Self {
-        RespBody::Local(Some(Bytes::from_static(s.as_bytes())))
+        Self::local(Some(Bytes::from_static(s.as_bytes())))
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        RespBody::Local(None)
+        Self::local(None)
+    }
+
+    fn local(b: Option<Bytes>) -> Self {
+        RespBody {
+            kind: Kind::Local(b),
+            on_end: None,
+            ended: false,
+        }
+    }
+
+    /// The server's body, with what must be released at its end.
+    pub fn upstream(inner: Incoming, finish: Finish) -> Self {
+        RespBody {
+            kind: Kind::Upstream {
+                inner,
+                finish: Some(finish),
+                watch: None,
+            },
+            on_end: None,
+            ended: false,
+        }
+    }
+
+    /// Tells `end` when this response is over.
+    pub fn on_end(&mut self, end: Arc<dyn ResponseEnd>) {
+        self.on_end = Some(end);
+    }
+
+    /// The guards of a proxied response (to name its server in the access log).
+    pub fn finish(&self) -> Option<&Finish> {
+        match &self.kind {
+            Kind::Upstream { finish, .. } => finish.as_ref(),
+            Kind::Local(_) => None,
+        }
+    }
+}
+
+impl Drop for RespBody {
+    fn drop(&mut self) {
+        if let Some(end) = self.on_end.take() {
+            // Dropped before its end with the server's side fine: the client went away (or
+            // was cut off for not reading).
+            end.response_ended(!(self.ended || self.is_end_stream()));
+        }
     }
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RespBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RespBody::Upstream { inner, finish } => {
-                let r = Pin::new(&mut *inner).poll_frame(cx);
-                match &r {
-                    Poll::Ready(None) => finish_clean(finish),
-                    Poll::Ready(Some(Err(_))) => {
+    ) -> Poll<Option<Result<Frame<Bytes>, RespBodyError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Upstream {
+                inner,
+                finish,
+                watch,
+            } => {
+                match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(None) => {
+                        finish_clean(finish);
+                        this.ended = true;
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
                         // Broken mid-body: never reuse that connection.
                         finish.take();
+                        this.ended = true;
+                        Poll::Ready(Some(Err(RespBodyError::Upstream(e))))
                     }
-                    _ => {
+                    Poll::Ready(Some(Ok(frame))) => {
                         if inner.is_end_stream() {
                             finish_clean(finish);
+                            this.ended = true;
+                        } else if let Some(w) = watch {
+                            w.progress();
                         }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Pending => {
+                        let Some(f) = finish.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        let idle = f.read_idle;
+                        let w = watch.get_or_insert_with(|| IdleWatch::new(idle));
+                        if w.poll_expired(cx, idle, (0, 0)).is_ready() {
+                            f.server_stalled();
+                            finish.take();
+                            this.ended = true;
+                            return Poll::Ready(Some(Err(RespBodyError::Stalled(UpstreamStalled))));
+                        }
+                        Poll::Pending
                     }
                 }
-                r
             }
-            RespBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RespBody::Upstream { inner, .. } => inner.is_end_stream(),
-            RespBody::Local(b) => b.is_none(),
+        match &self.kind {
+            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Local(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RespBody::Upstream { inner, .. } => inner.size_hint(),
-            RespBody::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            RespBody::Local(None) => SizeHint::with_exact(0),
+        match &self.kind {
+            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
         }
     }
 }

@@ -10,39 +10,113 @@ use crate::config::Forwarded;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Removes hop-by-hop headers: the fixed set and any named in `Connection`.
+/// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
+/// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays, so trailers can follow the body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1). The common case is
-    // "keep-alive" or "close", which the fixed list below already covers; collect the rest.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            let extra: Vec<HeaderName> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|t| {
-                    !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive")
-                })
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for name in extra {
-                headers.remove(name);
+    // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1), in every Connection
+    // field, not just the first. The common tokens (close, keep-alive, upgrade) are in the
+    // fixed list below; collect the rest (nothing is allocated when there are none).
+    let mut extra: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(list) = v.to_str() else { continue };
+        for t in list.split(',').map(str::trim) {
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("keep-alive")
+                || t.eq_ignore_ascii_case("upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+                extra.push(name);
             }
         }
+    }
+    for name in extra {
+        headers.remove(name);
     }
     for name in [
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
+        &HTTP2_SETTINGS,
     ] {
         headers.remove(name);
     }
+}
+
+/// The forwarding headers a client may not set for itself.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Whether `name` spells a forwarding header with underscores for some dashes
+/// (`x_forwarded_for`): servers that map headers to CGI-style variables read it as the real
+/// one, so it is removed too.
+fn underscore_forwarding(name: &str) -> bool {
+    name.contains('_')
+        && FORWARDING.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
+
+/// Removes inbound forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, and their
+/// underscore spellings): a client must not be able to claim another address or scheme.
+pub fn strip_inbound_forwarding(headers: &mut HeaderMap) {
+    for name in [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PORT,
+        &X_REAL_IP,
+        &header::FORWARDED,
+    ] {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| underscore_forwarding(k.as_str())) {
+        let odd: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| underscore_forwarding(k.as_str()))
+            .cloned()
+            .collect();
+        for name in odd {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Whether the request says it accepts trailers (`TE: trailers`).
+pub fn asks_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
 }
 
 /// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
@@ -58,25 +132,22 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// Adds the forwarding headers for a request from `client` that arrived for `host`.
+/// Adds the forwarding headers for a request from `client` that arrived over `scheme`, for
+/// the Host it now carries. Inbound ones were removed first, so these are the only ones.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     mode: Forwarded,
     client: SocketAddr,
-    host: Option<&HeaderValue>,
+    scheme: &'static str,
 ) {
     let ip = canonical_ip(client.ip());
     if mode.x_forwarded {
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::try_from(value) {
+        if let Ok(v) = HeaderValue::try_from(ip.to_string()) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        if let Some(h) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+        if let Some(h) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
         }
     }
     if mode.rfc7239 {
@@ -85,8 +156,9 @@ pub fn add_forwarded(
             IpAddr::V4(v4) => format!("for={v4}"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
         };
-        elem.push_str(";proto=http");
-        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        elem.push_str(";proto=");
+        elem.push_str(scheme);
+        if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
             if h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
             {
@@ -95,11 +167,7 @@ pub fn add_forwarded(
                 elem.push('"');
             }
         }
-        let value = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {elem}"),
-            None => elem,
-        };
-        if let Ok(v) = HeaderValue::try_from(value) {
+        if let Ok(v) = HeaderValue::try_from(elem) {
             headers.insert(header::FORWARDED, v);
         }
     }
@@ -149,10 +217,44 @@ mod tests {
     }
 
     #[test]
-    fn appends_forwarded_for() {
+    fn every_connection_field_is_honoured_and_trailer_stays() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let host = HeaderValue::from_static("example.test");
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
+        h.insert("x-second", HeaderValue::from_static("1"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(
+            !h.contains_key("x-second"),
+            "named in the second Connection field"
+        );
+        assert!(!h.contains_key(header::TE));
+        assert!(!h.contains_key("http2-settings"));
+        assert!(h.contains_key(header::TRAILER));
+    }
+
+    #[test]
+    fn inbound_forwarding_headers_are_removed_with_their_underscore_spellings() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x_real_ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x_other_thing", HeaderValue::from_static("kept"));
+        strip_inbound_forwarding(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x_other_thing"));
+    }
+
+    #[test]
+    fn sets_forwarding_headers_for_the_real_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.test"));
         add_forwarded(
             &mut h,
             Forwarded {
@@ -160,14 +262,24 @@ mod tests {
                 rfc7239: true,
             },
             "[::ffff:127.0.0.2]:5".parse().unwrap(),
-            Some(&host),
+            "https",
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.2");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.test");
         assert_eq!(
             h["forwarded"],
-            "for=127.0.0.2;proto=http;host=\"example.test\""
+            "for=127.0.0.2;proto=https;host=\"example.test\""
         );
+    }
+
+    #[test]
+    fn trailers_are_asked_for_by_te() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        assert!(asks_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        assert!(!asks_trailers(&h));
     }
 
     #[test]

@@ -29,10 +29,22 @@ const IDLE_PER_SERVER: usize = 256;
 /// How a connection attempt failed.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// Refused, unreachable, reset during the handshake.
+    /// Refused, unreachable, reset during the handshake: the server's side.
     Io(io::Error),
     /// No answer within the connect timeout.
     Timeout,
+    /// A local resource ran out (EMFILE, EADDRNOTAVAIL, ...): not the server's fault.
+    Local(io::Error),
+}
+
+impl ConnectError {
+    fn from_io(e: io::Error) -> Self {
+        if crate::proxy::local_error_kind(&e).is_some() {
+            ConnectError::Local(e)
+        } else {
+            ConnectError::Io(e)
+        }
+    }
 }
 
 struct Idle {
@@ -89,8 +101,10 @@ impl ServerUpstream {
                         continue;
                     }
                     // A connection released at end of body may still be finishing that
-                    // response for a moment; ready() waits for that or reports it closed.
-                    if idle.tx.ready().await.is_ok() {
+                    // response for a moment; ready() waits for that or reports it closed,
+                    // within the connect timeout at most.
+                    let ready = tokio::time::timeout(self.timeouts.connect, idle.tx.ready());
+                    if matches!(ready.await, Ok(Ok(()))) {
                         return Ok(Lease {
                             sender: Sender::H1(idle.tx),
                             home: self.clone(),
@@ -104,7 +118,8 @@ impl ServerUpstream {
                 if let Some(tx) = self.h2.load_full() {
                     if !tx.is_closed() {
                         let mut tx = (*tx).clone();
-                        if tx.ready().await.is_ok() {
+                        let ready = tokio::time::timeout(self.timeouts.connect, tx.ready());
+                        if matches!(ready.await, Ok(Ok(()))) {
                             return Ok(Lease {
                                 sender: Sender::H2(tx),
                                 home: self.clone(),
@@ -127,7 +142,7 @@ impl ServerUpstream {
         .await
         {
             Err(_) => return Err(ConnectError::Timeout),
-            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Ok(Err(e)) => return Err(ConnectError::from_io(e)),
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);

@@ -28,13 +28,10 @@ use crate::proxy::upstream::ServerUpstream;
 type HealthTasks = HashMap<(Arc<str>, SocketAddr), HealthTask>;
 
 /// Whether a running listener can keep its accept loop under new settings: only its route
-/// (pool, headers, keep-alive and tunnel timeouts) may change; the rest is fixed when the
-/// accept loop starts.
+/// (pool, headers, limits, timeouts, serving settings) may change; the socket, the protocol
+/// and the listener's connection cap are fixed when the accept loop starts.
 fn same_accept_loop(a: &ListenerSettings, b: &ListenerSettings) -> bool {
-    a.bind == b.bind
-        && a.protocol == b.protocol
-        && a.max_connections == b.max_connections
-        && a.timeouts.header_read == b.timeouts.header_read
+    a.bind == b.bind && a.protocol == b.protocol && a.max_connections == b.max_connections
 }
 
 impl Fulcrum {
@@ -58,6 +55,7 @@ impl Fulcrum {
             swap_listeners(&cfg, &pools, &mut old, &mut prepared, shared);
         // 5. Admin listener.
         let admin = swap_admin(&cfg, prepared.admin_socket.take(), old.admin.take(), shared);
+        self.resize_connection_cap(cfg.runtime.max_connections);
         // 6. Publish the new world; republish pools in case a state changed mid-build.
         publish(&cfg, &pools, &mut old.pools, addrs, prepared.auth, shared);
         shared.config.store(Arc::new(cfg));
@@ -307,7 +305,7 @@ fn swap_listeners(
                     Protocol::Http => Route::Http(Arc::new(ArcSwap::from_pointee(http_route()))),
                     Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(tcp_route()))),
                 };
-                match Listener::start(l.clone(), sock, route) {
+                match Listener::start(l.clone(), sock, route, shared.connections.clone()) {
                     Ok(li) => {
                         sockets.insert(l.name.clone(), dup);
                         li

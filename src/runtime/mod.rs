@@ -107,6 +107,10 @@ pub struct Shared {
     /// Who may change state through the admin API.
     pub admin_auth: ArcSwap<Auth>,
     live: Mutex<Option<Live>>,
+    /// The process-wide connection cap (`runtime.max_connections`), shared by every
+    /// listener and resized by reloads; its size is kept beside it.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    connections_size: std::sync::atomic::AtomicUsize,
     /// Listeners removed by reloads, finishing their connections.
     retiring: TaskTracker,
     shutdown: CancellationToken,
@@ -132,6 +136,8 @@ impl Fulcrum {
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
             admin_auth: ArcSwap::from_pointee(Auth::default()),
             live: Mutex::new(None),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),
+            connections_size: std::sync::atomic::AtomicUsize::new(config.runtime.max_connections),
             retiring: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -236,6 +242,29 @@ impl Fulcrum {
             tracing::info!("all connections finished; stopped");
         } else {
             tracing::warn!(grace = ?grace, "shutdown grace period over; closed remaining connections");
+        }
+    }
+
+    /// Resizes the process-wide connection cap. Growing adds permits at once; shrinking
+    /// takes back free permits at once and the rest as connections close.
+    fn resize_connection_cap(&self, size: usize) {
+        use std::sync::atomic::Ordering;
+        let shared = &self.shared;
+        let old = shared.connections_size.swap(size, Ordering::AcqRel);
+        if size > old {
+            shared.connections.add_permits(size - old);
+        } else if size < old {
+            let rest = (old - size) - shared.connections.forget_permits(old - size);
+            if rest > 0 {
+                let sem = shared.connections.clone();
+                let stop = shared.shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        p = sem.acquire_many_owned(rest as u32) => if let Ok(p) = p { p.forget() },
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
         }
     }
 

@@ -1,0 +1,259 @@
+//! Serving one HTTP client connection: wait for its first bytes (bounded by `first_byte`),
+//! tell HTTP/1 from h2 by the connection preface, hand it to hyper, and hold it to its
+//! deadlines until it ends.
+//!
+//! hyper serves; [`super::watch`] decides when the connection has broken a deadline. An idle
+//! connection, and any connection on drain, is shut down gracefully (HTTP/1 closes when no
+//! request is in flight, h2 sends GOAWAY and lets open streams finish); a connection whose
+//! request head is too slow or whose client stopped reading is cut at once. Nothing waits
+//! unbounded: a graceful shutdown stays under the watchdog (and the hard stop) too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
+use super::Control;
+use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
+use crate::proxy::Rejection;
+
+/// How long a draining HTTP/1 connection must be quiet before it is closed: longer than a
+/// request already sent by the client takes to arrive (the reset-on-reload race).
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// How long an idle connection gets to finish a graceful close before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The h2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a new connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+/// Why a connection sent no request.
+enum Silent {
+    /// Nothing within `first_byte`.
+    Timeout,
+    /// Closed (or failed) before a byte.
+    Closed,
+}
+
+/// Waits for the first bytes (without consuming them) and tells h2's preface from HTTP/1.
+async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Err(Silent::Timeout),
+            Ok(Err(_)) | Ok(Ok(0)) => return Err(Silent::Closed),
+            Ok(Ok(n)) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Proto::H1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Proto::H2);
+        }
+        // A prefix of the preface so far. peek leaves the bytes in the socket, which stays
+        // readable, so pause before looking again instead of spinning.
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
+            .await
+            .is_err()
+        {
+            return Err(Silent::Timeout);
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    route: Arc<ArcSwap<HttpRoute>>,
+    ctl: Control,
+) {
+    let cur = route.load_full();
+    let metrics = cur.metrics.clone();
+    metrics.connections.inc();
+    metrics.active.inc();
+    let t = cur.listener.timeouts;
+    let proto = tokio::select! {
+        p = sniff(&stream, t.first_byte) => p,
+        _ = ctl.hard_stop.cancelled() => Err(Silent::Closed),
+    };
+    let proto = match proto {
+        Ok(p) => p,
+        Err(Silent::Timeout) => {
+            metrics.rejected(Rejection::FirstByteTimeout);
+            tracing::debug!(listener = %cur.listener.name, client = %peer, "no request within first_byte; closed");
+            metrics.active.dec();
+            return;
+        }
+        Err(Silent::Closed) => {
+            metrics.active.dec();
+            return;
+        }
+    };
+    let watch_state = Arc::new(ConnWatch::new(proto == Proto::H1));
+    let cx = Arc::new(ConnCtx {
+        route,
+        client: peer,
+        scheme: Scheme::Http,
+        h2: proto == Proto::H2,
+        tracker: ctl.tracker.clone(),
+        hard_stop: ctl.hard_stop.clone(),
+        draining: AtomicBool::new(false),
+        watch: watch_state.clone(),
+    });
+    let svc_cx = cx.clone();
+    let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
+    let io = TokioIo::new(Watched {
+        io: stream,
+        watch: watch_state,
+    });
+    let deadlines = Deadlines {
+        idle: t.keepalive_idle,
+        head: t.header_read,
+        stall: t.send_stall,
+    };
+    let end = match proto {
+        Proto::H1 => {
+            let conn = cur.h1.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &cx, &ctl, deadlines).await
+        }
+        Proto::H2 => {
+            let conn = cur.h2.serve_connection(io, svc);
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &cx, &ctl, deadlines).await
+        }
+    };
+    drop(cur);
+    let route = cx.route.load();
+    match end {
+        End::Done(Ok(())) | End::Closed => {}
+        End::Done(Err(e)) => {
+            if let Some(r) = rejection_of(&e) {
+                route.metrics.rejected(r);
+            }
+            tracing::debug!(client = %peer, error = %e, "http connection ended with an error");
+        }
+        End::Cut(why) => {
+            route.metrics.rejected(why);
+            tracing::debug!(client = %peer, reason = why.as_str(), "http connection cut off");
+        }
+    }
+    metrics.active.dec();
+}
+
+/// The refusal hyper made itself (it has already answered 431 or 400), if any.
+fn rejection_of(e: &hyper::Error) -> Option<Rejection> {
+    if e.is_parse_too_large() {
+        Some(Rejection::HeaderTooLarge)
+    } else if e.is_parse() || e.is_parse_status() {
+        Some(Rejection::BadRequest)
+    } else if e.is_timeout() {
+        Some(Rejection::HeaderTimeout)
+    } else {
+        None
+    }
+}
+
+/// How a connection ended.
+enum End {
+    /// hyper finished it (cleanly or with an error).
+    Done(hyper::Result<()>),
+    /// Closed by us after a graceful shutdown, or at the hard stop.
+    Closed,
+    /// Cut off for breaking a deadline.
+    Cut(Rejection),
+}
+
+impl From<Fired> for End {
+    fn from(f: Fired) -> End {
+        match f {
+            Fired::Idle => End::Closed,
+            Fired::HeadTimeout => End::Cut(Rejection::HeaderTimeout),
+            Fired::SendStall => End::Cut(Rejection::SendStall),
+        }
+    }
+}
+
+/// Runs a hyper connection under its watchdog, the drain signal and the hard stop.
+async fn drive<C>(
+    mut conn: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+    cx: &ConnCtx,
+    ctl: &Control,
+    d: Deadlines,
+) -> End
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let w = &*cx.watch;
+    let fired = tokio::select! {
+        r = conn.as_mut() => return End::Done(r),
+        _ = ctl.drain.cancelled() => None,
+        f = watch(w, d) => Some(f),
+    };
+    match fired {
+        Some(Fired::Idle) => {
+            // Nothing in flight: HTTP/1 closes at once, h2 says GOAWAY.
+            graceful(conn.as_mut());
+            let bound = Deadlines {
+                idle: CLOSE_GRACE,
+                ..d
+            };
+            tokio::select! {
+                r = conn.as_mut() => End::Done(r),
+                f = watch(w, bound) => match f { Fired::Idle => End::Closed, f => f.into() },
+                _ = ctl.hard_stop.cancelled() => End::Closed,
+            }
+        }
+        Some(f) => f.into(),
+        None => {
+            if !cx.h2 {
+                // Draining an HTTP/1 connection. hyper's graceful shutdown closes an idle one
+                // at once, even with a request already on its way (or accepted just before
+                // the drain and not read yet): that request would fail. Instead answer
+                // whatever arrives with `Connection: close`, and close once the connection
+                // has been quiet for a moment.
+                cx.draining.store(true, Ordering::Relaxed);
+                let quiet = Deadlines {
+                    idle: d.idle.min(DRAIN_QUIET),
+                    ..d
+                };
+                tokio::select! {
+                    r = conn.as_mut() => return End::Done(r),
+                    f = watch(w, quiet) => if f != Fired::Idle { return f.into() },
+                    _ = ctl.hard_stop.cancelled() => return End::Closed,
+                }
+            }
+            // h1: closes when idle, else after the response in progress (Connection:
+            // close); h2: GOAWAY, in-flight streams finish. Stalls are still cut.
+            graceful(conn.as_mut());
+            let no_idle = Deadlines {
+                idle: Duration::from_secs(u32::MAX as u64),
+                ..d
+            };
+            tokio::select! {
+                r = conn.as_mut() => End::Done(r),
+                f = watch(w, no_idle) => f.into(),
+                _ = ctl.hard_stop.cancelled() => End::Closed,
+            }
+        }
+    }
+}

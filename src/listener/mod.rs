@@ -1,0 +1,294 @@
+//! Listeners: binding sockets, accept loops, connection limits, and handing each connection
+//! to its proxy (TLS handshakes will sit here too).
+//!
+//! A listener's route (settings + pool) sits behind an arc-swap that a reload replaces; the
+//! socket and its accept loop stay, so a reload never closes a listening socket that it
+//! keeps. Stopping is two-phase: `drain` stops accepting and asks every connection to finish
+//! (HTTP/1.1 gets `Connection: close`, h2 a GOAWAY), then `hard_stop` ends what is left.
+//!
+//! Every connection is bounded before it is served: a process-wide cap
+//! (`runtime.max_connections`) and the listener's cap make further connections wait in the
+//! kernel backlog; a client over `max_connections_per_client` is closed at accept. HTTP
+//! connections are served in [`http_conn`] under the deadlines of [`watch`].
+
+mod clients;
+mod http_conn;
+pub mod watch;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenerSettings, Protocol};
+use crate::proxy::http::HttpRoute;
+use crate::proxy::tcp::TcpRoute;
+use crate::proxy::Rejection;
+
+pub use clients::ClientCounts;
+
+/// First and longest pause of the accept loop after an accept error (EMFILE and friends).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// A listener's swappable route.
+#[derive(Clone)]
+pub enum Route {
+    /// L7.
+    Http(Arc<ArcSwap<HttpRoute>>),
+    /// L4.
+    Tcp(Arc<ArcSwap<TcpRoute>>),
+}
+
+/// Binds `addr` with SO_REUSEADDR and a deep backlog; synchronous, so a reload can bind
+/// every new socket before it changes anything.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// A running listener.
+pub struct Listener {
+    /// Settings it was started with (the route holds the current ones).
+    pub settings: ListenerSettings,
+    /// The bound address (the real port when the config said 0).
+    pub local_addr: SocketAddr,
+    /// Its route.
+    pub route: Route,
+    drain: CancellationToken,
+    hard_stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Listener {
+    /// Starts accepting on `socket` with `route`; `process` is the process-wide connection
+    /// cap every listener shares.
+    pub fn start(
+        settings: ListenerSettings,
+        socket: std::net::TcpListener,
+        route: Route,
+        process: Arc<Semaphore>,
+    ) -> io::Result<Listener> {
+        let local_addr = socket.local_addr()?;
+        let listener = TcpListener::from_std(socket)?;
+        let drain = CancellationToken::new();
+        let hard_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let acceptor = Acceptor {
+            listener,
+            route: route.clone(),
+            limit: Arc::new(Semaphore::new(settings.max_connections)),
+            process,
+            clients: Arc::new(ClientCounts::default()),
+            ctl: Control {
+                drain: drain.clone(),
+                hard_stop: hard_stop.clone(),
+                tracker: tracker.clone(),
+            },
+            name: settings.name.clone(),
+        };
+        tracker.spawn(acceptor.run());
+        tracing::info!(listener = %settings.name, addr = %local_addr, protocol = ?settings.protocol, "listening");
+        Ok(Listener {
+            settings,
+            local_addr,
+            route,
+            drain,
+            hard_stop,
+            tracker,
+        })
+    }
+
+    /// Stops accepting and asks open connections to finish; waits up to `grace`, then
+    /// closes what is left. Returns whether everything finished in time.
+    pub async fn stop(&self, grace: Duration) -> bool {
+        self.drain.cancel();
+        self.tracker.close();
+        let clean = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if !clean {
+            self.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
+        }
+        clean
+    }
+
+    /// Stops accepting and asks open connections to finish, without waiting: `stop`
+    /// completes the job. A reload calls this before another accept loop takes the socket.
+    pub fn begin_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Closes everything at once.
+    pub fn abort(&self) {
+        self.drain.cancel();
+        self.hard_stop.cancel();
+    }
+}
+
+/// What a connection task needs to know of its listener's life.
+#[derive(Clone)]
+pub(crate) struct Control {
+    /// Fires when the listener drains (reload or shutdown).
+    pub drain: CancellationToken,
+    /// Fires when the grace period is over.
+    pub hard_stop: CancellationToken,
+    /// Tracks connection tasks, so stopping waits for them.
+    pub tracker: TaskTracker,
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    route: Route,
+    limit: Arc<Semaphore>,
+    process: Arc<Semaphore>,
+    clients: Arc<ClientCounts>,
+    ctl: Control,
+    name: Arc<str>,
+}
+
+impl Acceptor {
+    async fn run(self) {
+        let drain = self.ctl.drain.clone();
+        let mut backoff = ACCEPT_BACKOFF.0;
+        let mut failing = false;
+        loop {
+            // Room in the process, then in this listener; until then new connections wait
+            // in the kernel backlog.
+            let permits = tokio::select! {
+                _ = drain.cancelled() => break,
+                p = async {
+                    let process = self.process.clone().acquire_owned().await.ok()?;
+                    let listener = self.limit.clone().acquire_owned().await.ok()?;
+                    Some((process, listener))
+                } => match p {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let accepted = tokio::select! {
+                // Drain first: once a reload has handed this socket to a new accept loop,
+                // no further connection may land on this one.
+                biased;
+                _ = drain.cancelled() => break,
+                a = self.listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if failing {
+                        failing = false;
+                        backoff = ACCEPT_BACKOFF.0;
+                        tracing::info!(listener = %self.name, "accepting again");
+                    }
+                    let Some(hold) = self.admit_client(peer) else {
+                        continue;
+                    };
+                    let conn = self.connection(stream, peer);
+                    self.ctl.tracker.spawn(async move {
+                        conn.await;
+                        drop((hold, permits));
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off (doubling, capped) instead of spinning,
+                    // and never end the loop. Logged once per episode, counted every time.
+                    self.metrics_local_error(&e);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(listener = %self.name, error = %e, "accept failed; backing off until it succeeds again");
+                    }
+                    tokio::select! {
+                        _ = drain.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                }
+            }
+        }
+        tracing::debug!(listener = %self.name, "accept loop stopped");
+    }
+
+    fn metrics_local_error(&self, e: &io::Error) {
+        match &self.route {
+            Route::Http(r) => r.load().metrics.local_error(e),
+            Route::Tcp(r) => r.load().metrics.local_error(e),
+        };
+    }
+
+    /// Counts the connection against its client's cap; `None` (connection closed) when the
+    /// client already has `max_connections_per_client` open.
+    fn admit_client(&self, peer: SocketAddr) -> Option<clients::ClientHold> {
+        let (max, metrics) = match &self.route {
+            Route::Http(r) => {
+                let r = r.load();
+                (
+                    r.listener.limits.max_connections_per_client,
+                    r.metrics.clone(),
+                )
+            }
+            Route::Tcp(r) => {
+                let r = r.load();
+                (
+                    r.listener.limits.max_connections_per_client,
+                    r.metrics.clone(),
+                )
+            }
+        };
+        let ip = crate::proxy::headers::canonical_ip(peer.ip());
+        let hold = self.clients.try_open(ip, max);
+        if hold.is_none() {
+            metrics.rejected(Rejection::ClientConnections);
+            tracing::debug!(listener = %self.name, client = %peer, max, "client over max_connections_per_client; closed");
+        }
+        hold
+    }
+
+    fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let route = self.route.clone();
+        let ctl = self.ctl.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            match route {
+                Route::Tcp(r) => {
+                    let r = r.load_full();
+                    r.metrics.connections.inc();
+                    r.metrics.active.inc();
+                    let active = r.metrics.active.clone();
+                    crate::proxy::tcp::serve(stream, peer, r, ctl.hard_stop).await;
+                    active.dec();
+                }
+                Route::Http(r) => http_conn::serve(stream, peer, r, ctl).await,
+            }
+        }
+    }
+}
+
+/// The protocol of a route, for reload decisions.
+pub fn protocol_of(route: &Route) -> Protocol {
+    match route {
+        Route::Http(_) => Protocol::Http,
+        Route::Tcp(_) => Protocol::Tcp,
+    }
+}

@@ -1,0 +1,267 @@
+//! The watchdog of one HTTP client connection: when it is idle, when a request head is
+//! too slow, and when the client has stopped reading.
+//!
+//! "Idle" means no request in flight (DESIGN.md rule 2): the request path counts requests
+//! in and out ([`ConnWatch::request_started`], [`ConnWatch::request_ended`]), so h2 pings,
+//! window updates and settings never keep a connection open, and a long download is never
+//! idle. The socket wrapper [`Watched`] notes when a new request head starts to arrive (an
+//! HTTP/1 read while nothing is in flight) and when a write has been blocked since (the
+//! client's receive window is shut). [`watch`] sleeps until the next deadline those allow,
+//! one timer per connection, re-armed only when it fires.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::backend::now_ms;
+
+/// Activity of one client connection, in process milliseconds (`backend::now_ms`).
+pub struct ConnWatch {
+    inflight: AtomicU32,
+    /// When the in-flight count last fell to zero (or the connection began).
+    idle_since: AtomicU64,
+    /// When the first byte of a request head arrived while nothing was in flight; 0: none.
+    head_since: AtomicU64,
+    /// When a write to the client first found its buffer full, unless one went through
+    /// since; 0: not blocked.
+    blocked_since: AtomicU64,
+    /// Whether head timing applies (HTTP/1; h2 reads control frames while idle).
+    h1: bool,
+}
+
+impl ConnWatch {
+    /// A connection whose first bytes have just arrived.
+    pub fn new(h1: bool) -> Self {
+        let now = now_ms();
+        ConnWatch {
+            inflight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now),
+            head_since: AtomicU64::new(if h1 { now } else { 0 }),
+            blocked_since: AtomicU64::new(0),
+            h1,
+        }
+    }
+
+    /// A request is being served.
+    #[inline]
+    pub fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        if self.h1 {
+            self.head_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A response is over (or was abandoned).
+    #[inline]
+    pub fn request_ended(&self) {
+        if self.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn read_some(&self) {
+        if self.h1
+            && self.head_since.load(Ordering::Relaxed) == 0
+            && self.inflight.load(Ordering::Acquire) == 0
+        {
+            self.head_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn write_blocked(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.blocked_since.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn wrote(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) != 0 {
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The deadlines a connection is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// No request in flight for this long: close.
+    pub idle: Duration,
+    /// A request head (HTTP/1) not complete this long after its first byte: close.
+    pub head: Duration,
+    /// A write blocked this long: the client stopped reading; cut it off.
+    pub stall: Duration,
+}
+
+/// Why [`watch`] fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fired {
+    /// No request in flight for `idle`.
+    Idle,
+    /// A request head took longer than `head`.
+    HeadTimeout,
+    /// The client read nothing for `stall` while a response waited.
+    SendStall,
+}
+
+/// Resolves when the connection breaks one of its deadlines.
+pub async fn watch(w: &ConnWatch, d: Deadlines) -> Fired {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let (idle, head, stall) = (ms(d.idle), ms(d.head), ms(d.stall));
+    loop {
+        let now = now_ms();
+        // With nothing pending, look again within the shortest deadline: a stall or a head
+        // that starts now is then caught within twice its limit at worst.
+        let mut next = now + idle.min(head).min(stall);
+        let blocked = w.blocked_since.load(Ordering::Relaxed);
+        if blocked != 0 {
+            if now.saturating_sub(blocked) >= stall {
+                return Fired::SendStall;
+            }
+            next = next.min(blocked + stall);
+        }
+        if w.inflight() == 0 {
+            let head_since = w.head_since.load(Ordering::Relaxed);
+            if head_since != 0 {
+                if now.saturating_sub(head_since) >= head {
+                    return Fired::HeadTimeout;
+                }
+                next = next.min(head_since + head);
+            } else {
+                let since = w.idle_since.load(Ordering::Relaxed);
+                if now.saturating_sub(since) >= idle {
+                    return Fired::Idle;
+                }
+                next = next.min(since + idle);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+    }
+}
+
+/// A client socket that reports reads and blocked writes to its [`ConnWatch`].
+pub struct Watched<T> {
+    /// The connection.
+    pub io: T,
+    /// What it reports to.
+    pub watch: Arc<ConnWatch>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.watch.read_some();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Watched<T> {
+    fn note<R>(&self, r: &Poll<io::Result<R>>) {
+        match r {
+            Poll::Pending => self.watch.write_blocked(),
+            Poll::Ready(_) => self.watch.wrote(),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(&r);
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadlines() -> Deadlines {
+        Deadlines {
+            idle: Duration::from_millis(200),
+            head: Duration::from_millis(100),
+            stall: Duration::from_millis(300),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_h2_connection_with_nothing_in_flight_idles_out() {
+        let w = ConnWatch::new(false);
+        // Control frames (pings) are reads; they do not count.
+        w.read_some();
+        assert_eq!(watch(&w, deadlines()).await, Fired::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_idle_but_a_blocked_write_stalls() {
+        let w = ConnWatch::new(true);
+        w.request_started();
+        w.write_blocked();
+        let t = tokio::time::Instant::now();
+        assert_eq!(watch(&w, deadlines()).await, Fired::SendStall);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_head_times_out_on_http1() {
+        let w = ConnWatch::new(true);
+        assert_eq!(watch(&w, deadlines()).await, Fired::HeadTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_response_http1_idles_until_a_head_begins() {
+        let w = ConnWatch::new(true);
+        w.request_started();
+        w.request_ended();
+        assert_eq!(watch(&w, deadlines()).await, Fired::Idle);
+        w.read_some();
+        assert_eq!(watch(&w, deadlines()).await, Fired::HeadTimeout);
+    }
+}

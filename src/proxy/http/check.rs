@@ -1,0 +1,129 @@
+//! The first step of a request: refuse what cannot be proxied, settle its authority, and
+//! (once a server is chosen) rewrite its head for that server.
+//!
+//! Framing is decided here, once: CONNECT is refused; a duplicate Host is refused; the
+//! target's authority wins over Host; a declared body over the limit is refused before any
+//! server is contacted; only the listener's `upgrades` are tunnelled; hop-by-hop and inbound
+//! forwarding headers never reach a server.
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Uri, Version};
+use hyper::body::{Body, Incoming};
+
+use super::{ConnCtx, HttpRoute};
+use crate::config::{ListenerLimits, UpstreamProtocol};
+use crate::proxy::headers::{
+    add_forwarded, asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade,
+};
+use crate::proxy::ProxyError;
+
+/// Refuses a request that cannot be proxied as sent, and makes Host the request's authority.
+pub(super) fn check(
+    req: &mut Request<Incoming>,
+    limits: &ListenerLimits,
+) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        // A reverse proxy has no tunnel to offer (RFC 9110 §9.3.6).
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
+        // RFC 9112 §3.2: more than one Host field is a bad request, never guessed at.
+        return Err(ProxyError::BadRequest);
+    }
+    if let Some(authority) = req.uri().authority() {
+        // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host; in h2 the
+        // :authority pseudo-header is authoritative the same way (RFC 9113 §8.3.1).
+        let v = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadRequest)?;
+        if req.headers().get(header::HOST) != Some(&v) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    if let Some(len) = req.body().size_hint().exact() {
+        if len > limits.max_request_body {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// The `Upgrade` value to tunnel, when the request asks for one the listener allows.
+pub(super) fn upgrade_of(req: &Request<Incoming>, allowed: &[Box<str>]) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !wants_upgrade(req.headers()) {
+        return None;
+    }
+    let v = req.headers().get(header::UPGRADE)?;
+    // The first protocol offered, without its version ("websocket", "foo/2").
+    let first = v.to_str().ok()?.split(',').next()?.trim();
+    let name = first.split('/').next().unwrap_or(first).trim();
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(name) && !name.eq_ignore_ascii_case("h2c"))
+        .then(|| v.clone())
+}
+
+/// How the request's body goes upstream, for framing the head.
+pub(super) struct BodyShape {
+    /// A body of unknown length follows (chunked on HTTP/1.1).
+    pub chunked: bool,
+}
+
+impl BodyShape {
+    pub(super) fn of(body: &Incoming) -> Self {
+        BodyShape {
+            chunked: !body.is_end_stream() && body.size_hint().exact().is_none(),
+        }
+    }
+}
+
+/// Rewrites the request head for the server: hop-by-hop and inbound forwarding headers
+/// out, forwarding headers in, the upgrade (if allowed) re-added, and the target in the
+/// form the upstream protocol needs.
+pub(super) fn prepare(
+    parts: &mut Parts,
+    route: &HttpRoute,
+    cx: &ConnCtx,
+    upgrade: Option<&HeaderValue>,
+    body: BodyShape,
+) {
+    let trailers = asks_trailers(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers);
+    strip_inbound_forwarding(&mut parts.headers);
+    if let Some(u) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u.clone());
+    }
+    if trailers {
+        // The client accepts trailers; say so upstream (gRPC needs this on h2).
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    add_forwarded(
+        &mut parts.headers,
+        route.listener.forwarded,
+        cx.client,
+        cx.scheme.as_str(),
+    );
+    match route.pool.settings.upstream_protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                let pq = parts.uri.path_and_query().cloned();
+                parts.uri = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
+            }
+            if body.chunked {
+                // hyper would send a GET or HEAD body of unknown length as no body at all;
+                // framing it explicitly forwards it instead of dropping it.
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+        }
+        UpstreamProtocol::H2 => parts.version = Version::HTTP_2,
+    }
+}

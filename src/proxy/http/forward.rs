@@ -1,0 +1,363 @@
+//! Forwarding one request: pick a server, admit the request to a slot, send it, and retry
+//! on another server what may be retried.
+//!
+//! Fault attribution happens here (DESIGN.md rule 1): a failure is charged to the server
+//! only when the request body is not to blame (the client aborted, stalled or overran it)
+//! and the cause is not local (EMFILE, EADDRNOTAVAIL...). The `response_header` timer starts
+//! once the request has been sent whole, so a slow upload is never a slow server.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{Method, Request, Response, Uri};
+use hyper::body::{Body, Incoming};
+
+use super::check::{prepare, upgrade_of, BodyShape};
+use super::respond::respond;
+use super::{ConnCtx, HttpRoute};
+use crate::backend::{FailureKind, Selection};
+use crate::balance::{hash_bytes, PickKey};
+use crate::config::{HashKey, UpstreamProtocol};
+use crate::health::passive::{self, Outcome};
+use crate::pool::Server;
+use crate::proxy::attempts::Attempts;
+use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
+use crate::proxy::headers::{canonical_ip, cookie};
+use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream};
+use crate::proxy::ProxyError;
+use crate::queue;
+
+/// Whether a request may be sent again after it reached a server (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn pick_key(route: &HttpRoute, parts: &Parts, cx: &ConnCtx) -> PickKey {
+    let pool = &route.pool;
+    if !pool.settings.algorithm.needs_key() {
+        return PickKey::default();
+    }
+    let key_hash = match &pool.settings.hash_key {
+        HashKey::ClientIp => None,
+        HashKey::Header(h) => parts.headers.get(h).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(c) => cookie(&parts.headers, c).map(|v| hash_bytes(v.as_bytes())),
+        HashKey::Path => Some(hash_bytes(parts.uri.path().as_bytes())),
+        HashKey::Uri => Some(hash_bytes(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        )),
+    };
+    PickKey {
+        client_ip: Some(canonical_ip(cx.client.ip())),
+        key_hash,
+        pool_load: pool.inflight.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// The request URI for a server: h2 needs the absolute form, HTTP/1.1 the origin form.
+fn uri_for(uri: &Uri, up: &ServerUpstream, protocol: UpstreamProtocol) -> Option<Uri> {
+    match protocol {
+        UpstreamProtocol::Http1 => None,
+        UpstreamProtocol::H2 => {
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            Uri::builder()
+                .scheme("http")
+                .authority(up.addr().to_string())
+                .path_and_query(pq)
+                .build()
+                .ok()
+        }
+    }
+}
+
+fn copy_head(parts: &Parts) -> Parts {
+    let (mut p, ()) = Request::new(()).into_parts();
+    p.method = parts.method.clone();
+    p.uri = parts.uri.clone();
+    p.version = parts.version;
+    p.headers = parts.headers.clone();
+    p
+}
+
+/// The client's own failure, if its body is why the send failed.
+fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
+    match body?.end() {
+        BodyEnd::ClientAbort => Some(ProxyError::ClientAbort),
+        BodyEnd::TooLarge => Some(ProxyError::BodyTooLarge),
+        BodyEnd::TooSlow => Some(ProxyError::BodyTimeout),
+        BodyEnd::Sending | BodyEnd::Done => None,
+    }
+}
+
+/// Sends `req` to a server of the route's pool, retrying on others where safe. `body_slot`
+/// learns the request body's state as soon as the body is wrapped.
+pub(super) async fn forward(
+    mut req: Request<Incoming>,
+    route: &HttpRoute,
+    cx: &ConnCtx,
+    body_slot: &mut Option<Arc<BodyState>>,
+) -> Result<Response<RespBody>, ProxyError> {
+    let pool = &route.pool;
+    let upgrade = upgrade_of(&req, &route.listener.upgrades);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let key = pick_key(route, &parts, cx);
+    let sticky = pool
+        .settings
+        .sticky_cookie
+        .as_ref()
+        .and_then(|name| cookie(&parts.headers, name))
+        .and_then(|id| pool.sticky_target(id));
+    let (mut server, mut why) = match sticky {
+        Some(s) => (s, Selection::Sticky),
+        None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
+    };
+
+    prepare(
+        &mut parts,
+        route,
+        cx,
+        upgrade.as_ref(),
+        BodyShape::of(&body),
+    );
+    let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
+    let body = match &state {
+        Some(st) => {
+            *body_slot = Some(st.clone());
+            let t = &route.listener;
+            ReqBody::Client(ClientBody::new(
+                body,
+                BodyLimits {
+                    max: t.limits.max_request_body,
+                    read_idle: t.timeouts.body_read,
+                    min_rate: t.limits.min_body_rate,
+                },
+                st.clone(),
+            ))
+        }
+        None => ReqBody::Empty,
+    };
+    // Only a request without a body can be sent again after it reached a server, and only
+    // if its method is idempotent; keep a copy of its head for that case.
+    let replay = (idempotent(&parts.method) && state.is_none() && upgrade.is_none())
+        .then(|| copy_head(&parts));
+    let mut pending = Some(Request::from_parts(parts, body));
+
+    let mut attempts = Attempts::new(pool.settings.retries);
+    pool.budget.note_request();
+    loop {
+        // A slot on this server (or, if it is full, another one), else a bounded wait: 503.
+        let (admitted, load) = queue::admit(pool, server, attempts.tried()).await?;
+        if admitted.idx != server.idx {
+            // The queue moved the request to a server with a free slot.
+            why = Selection::Queue;
+        }
+        server = admitted;
+        attempts.record(server.idx);
+        server.state.metrics.selected(why);
+        server.state.metrics.requests.inc();
+        let pool_load = pool.enter();
+        let up = &route.upstreams[server.idx.get()];
+
+        let failure = match up.checkout().await {
+            Err(ConnectError::Local(e)) => {
+                route.metrics.local_error(&e);
+                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed for a local reason");
+                return Err(ProxyError::Local);
+            }
+            Err(e) => {
+                // Refused and timed out both count as connect failures.
+                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = ?e, "connect failed");
+                fail(pool, server, FailureKind::Connect);
+                // The request was not consumed: any method may go to another server.
+                ProxyError::Connect
+            }
+            Ok(lease) => {
+                let mut req = pending
+                    .take()
+                    .expect("a request is pending at each attempt");
+                if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
+                    *req.uri_mut() = uri;
+                }
+                match send(lease, req, up, route, server, state.as_deref()).await {
+                    Ok((resp, lease)) => {
+                        let outcome = if resp.status().is_server_error() {
+                            server.state.metrics.error(FailureKind::Status5xx);
+                            Outcome::Failure(FailureKind::Status5xx)
+                        } else {
+                            Outcome::Success
+                        };
+                        passive::observe(pool, server, outcome);
+                        return Ok(respond(
+                            resp,
+                            lease,
+                            (load, pool_load),
+                            server,
+                            why,
+                            route,
+                            cx,
+                            client_upgrade,
+                            state,
+                        ));
+                    }
+                    Err(f) => {
+                        if let Some(e) = client_fault(state.as_deref()) {
+                            return Err(e);
+                        }
+                        if f.error == ProxyError::Local {
+                            return Err(ProxyError::Local);
+                        }
+                        fail(pool, server, f.kind);
+                        match f.back {
+                            // Never written: safe to send anywhere.
+                            Some(r) => pending = Some(r),
+                            None => {
+                                if f.error == ProxyError::Timeout {
+                                    return Err(ProxyError::Timeout);
+                                }
+                                match &replay {
+                                    Some(head) => {
+                                        pending = Some(Request::from_parts(
+                                            copy_head(head),
+                                            ReqBody::Empty,
+                                        ))
+                                    }
+                                    None => return Err(f.error),
+                                }
+                            }
+                        }
+                        f.error
+                    }
+                }
+            }
+        };
+        drop(load);
+        match attempts.may_retry(pool) {
+            Ok(()) => {}
+            Err(budget) => {
+                if budget {
+                    route.budget_exhausted.inc();
+                }
+                return Err(failure);
+            }
+        }
+        match pool.pick_other(&key, attempts.tried()) {
+            Some(next) => {
+                route.retries.inc();
+                server = next;
+                why = Selection::Retry;
+            }
+            None => return Err(failure),
+        }
+    }
+}
+
+/// A server's failure: counted in its series and seen by passive detection.
+fn fail(pool: &Arc<crate::pool::Pool>, server: &Server, kind: FailureKind) {
+    server.state.metrics.error(kind);
+    passive::observe(pool, server, Outcome::Failure(kind));
+}
+
+/// A failed send: its metric kind, the error to report if no retry succeeds, and the
+/// request back if it was never written.
+struct SendFailure {
+    kind: FailureKind,
+    error: ProxyError,
+    back: Option<Request<ReqBody>>,
+}
+
+impl SendFailure {
+    fn new(kind: FailureKind, error: ProxyError, back: Option<Request<ReqBody>>) -> Self {
+        SendFailure { kind, error, back }
+    }
+}
+
+/// What a hyper client error says about the server.
+fn classify(e: &hyper::Error) -> (FailureKind, ProxyError) {
+    if e.is_parse() || e.is_parse_status() {
+        (FailureKind::Protocol, ProxyError::Protocol)
+    } else {
+        (FailureKind::Reset, ProxyError::Reset)
+    }
+}
+
+/// Sends on `lease`; a pooled connection found closed before the request was written is
+/// replaced once by a fresh one. The `response_header` timer starts when the request has
+/// been sent whole; the head's latency is recorded for the server.
+async fn send(
+    mut lease: Lease,
+    mut req: Request<ReqBody>,
+    up: &Arc<ServerUpstream>,
+    route: &HttpRoute,
+    server: &Server,
+    body: Option<&BodyState>,
+) -> Result<(Response<Incoming>, Lease), SendFailure> {
+    let timeout = route.pool.settings.timeouts.response_header;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let sent_then_timeout = async {
+            if let Some(b) = body {
+                b.ended().await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        let r = tokio::select! {
+            biased;
+            r = lease.send(req) => r,
+            _ = sent_then_timeout => {
+                return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout, None));
+            }
+        };
+        match r {
+            Ok(resp) => {
+                server
+                    .state
+                    .metrics
+                    .response
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok((resp, lease));
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) if lease.reused() => {
+                    req = back;
+                    lease = match up.connect().await {
+                        Ok(l) => l,
+                        Err(ConnectError::Local(err)) => {
+                            route.metrics.local_error(&err);
+                            return Err(SendFailure::new(
+                                FailureKind::Connect,
+                                ProxyError::Local,
+                                Some(req),
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(SendFailure::new(
+                                FailureKind::Connect,
+                                ProxyError::Connect,
+                                Some(req),
+                            ));
+                        }
+                    };
+                }
+                back => {
+                    let (kind, error) = classify(e.error());
+                    tracing::debug!(pool = %route.pool.name(), server = %server.state.name, error = %e.error(), "request to server failed");
+                    return Err(SendFailure::new(kind, error, back));
+                }
+            },
+        }
+    }
+    Err(SendFailure::new(
+        FailureKind::Reset,
+        ProxyError::Reset,
+        None,
+    ))
+}

@@ -1,0 +1,322 @@
+//! L7: serving clients with hyper (HTTP/1.1 and h2) and forwarding each request to a server
+//! of the listener's pool.
+//!
+//! A request goes through a few named steps: [`check`] refuses what cannot be proxied and
+//! settles its authority; [`forward`] picks a server, admits the request to a slot, rewrites
+//! its head, sends it and retries what may be retried; [`respond`] repairs the server's
+//! response and hands the body back with the guards that must live as long as it. Every
+//! failure maps to one status and one counter in [`ProxyError`], blamed on the right side.
+
+mod check;
+mod forward;
+mod respond;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::body::{BodyEnd, BodyState, RespBody, ResponseEnd};
+use super::upstream::ServerUpstream;
+use super::{Blame, ProxyError};
+use crate::access_log::{AccessLog, RequestHead};
+use crate::config::ListenerSettings;
+use crate::listener::watch::ConnWatch;
+use crate::metrics::{AbortPhase, ListenerMetrics, Metrics};
+use crate::pool::Pool;
+
+/// How often hyper pings an idle h2 client, to find dead peers (not activity: idle time
+/// is counted by requests in flight).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Everything a request on one listener needs, swapped whole on reload.
+pub struct HttpRoute {
+    /// The listener's settings.
+    pub listener: ListenerSettings,
+    /// Its pool.
+    pub pool: Arc<Pool>,
+    /// Connections to each server of the pool, indexed like `pool.servers`.
+    pub upstreams: Arc<[Arc<ServerUpstream>]>,
+    /// Listener metrics.
+    pub metrics: ListenerMetrics,
+    /// Server-side errors, indexed by `ProxyError::server_index`.
+    errors: [IntCounter; ProxyError::SERVER_SIDE.len()],
+    retries: IntCounter,
+    budget_exhausted: IntCounter,
+    sticky_set_cookie: Option<Vec<HeaderValue>>,
+    /// Where request lines go, when the access log is on.
+    pub access_log: Option<Arc<AccessLog>>,
+    /// HTTP/1.1 serving settings (limits from `[listener.limits]`).
+    pub h1: http1::Builder,
+    /// h2 serving settings.
+    pub h2: http2::Builder<TokioExecutor>,
+}
+
+impl HttpRoute {
+    /// Builds the route of `listener` over `pool`.
+    pub fn new(
+        listener: ListenerSettings,
+        pool: Arc<Pool>,
+        upstreams: Arc<[Arc<ServerUpstream>]>,
+        metrics: &Metrics,
+    ) -> Self {
+        let name = &*listener.name;
+        let sticky_set_cookie = pool.settings.sticky_cookie.as_ref().map(|c| {
+            pool.servers
+                .iter()
+                .map(|s| {
+                    HeaderValue::try_from(format!(
+                        "{c}={}; Path=/; HttpOnly; SameSite=Lax",
+                        s.cookie_id
+                    ))
+                    .expect("cookie names are validated and ids are hex")
+                })
+                .collect()
+        });
+        HttpRoute {
+            errors: ProxyError::SERVER_SIDE
+                .map(|e| metrics.proxy_errors.with_label_values(&[name, e.as_str()])),
+            retries: metrics.retries.with_label_values(&[pool.name()]),
+            budget_exhausted: metrics
+                .retries_budget_exhausted
+                .with_label_values(&[pool.name()]),
+            metrics: ListenerMetrics::new(metrics, name),
+            sticky_set_cookie,
+            h1: h1_builder(&listener),
+            h2: h2_builder(&listener),
+            listener,
+            pool,
+            upstreams,
+            access_log: None,
+        }
+    }
+
+    /// Turns request logging on (`Some`) or off.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Counts a failure once, under the series of the side that caused it.
+    fn count(&self, e: ProxyError) {
+        match e.blame() {
+            Blame::Server | Blame::Local => {
+                if let Some(i) = e.server_index() {
+                    self.errors[i].inc();
+                }
+            }
+            Blame::Client => match e.rejection() {
+                Some(r) => self.metrics.rejected(r),
+                None => self.metrics.aborted(AbortPhase::RequestBody),
+            },
+        }
+    }
+}
+
+fn h1_builder(l: &ListenerSettings) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        // Head timing is the connection watchdog's (listener::watch): hyper's own timer
+        // would also run while a keep-alive connection waits for its next request.
+        .header_read_timeout(None)
+        .max_header_size(l.limits.max_header_bytes)
+        .max_buf_size(l.limits.max_header_bytes.max(64 * 1024));
+    if l.limits.max_headers != 100 {
+        // hyper's default is 100 on the stack; another value costs a heap allocation per
+        // request, so set it only when asked.
+        b.max_headers(l.limits.max_headers);
+    }
+    b
+}
+
+fn h2_builder(l: &ListenerSettings) -> http2::Builder<TokioExecutor> {
+    let lim = &l.limits;
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .max_concurrent_streams(lim.h2_max_concurrent_streams)
+        .initial_stream_window_size(lim.h2_window)
+        .initial_connection_window_size(lim.h2_window)
+        .max_header_list_size(lim.max_header_bytes as u32)
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets before they are
+        // served count against this; past it the connection is closed with GOAWAY.
+        .max_pending_accept_reset_streams(Some(50))
+        // Streams this side had to reset for the client's errors, at most, per connection.
+        .max_local_error_reset_streams(Some(256));
+    b
+}
+
+/// The scheme clients used to reach a listener (for X-Forwarded-Proto).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Per-connection context.
+pub struct ConnCtx {
+    /// The listener's current route.
+    pub route: Arc<ArcSwap<HttpRoute>>,
+    /// The client.
+    pub client: SocketAddr,
+    /// How the client reached us.
+    pub scheme: Scheme,
+    /// Whether the connection speaks h2.
+    pub h2: bool,
+    /// Tracks upgraded tunnels so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Fires when the shutdown grace period is over.
+    pub hard_stop: CancellationToken,
+    /// Set when the listener drains (reload or shutdown): HTTP/1 responses then carry
+    /// `Connection: close`, so the client moves on instead of meeting a closed connection.
+    pub draining: AtomicBool,
+    /// Requests in flight and the connection's deadlines.
+    pub watch: Arc<ConnWatch>,
+}
+
+impl ResponseEnd for ConnCtx {
+    fn response_ended(&self, client_left: bool) {
+        self.watch.request_ended();
+        if client_left {
+            self.route.load().metrics.aborted(AbortPhase::Response);
+        }
+    }
+}
+
+/// A request being served: if hyper drops it before a response is handed over, the client
+/// went away (or the connection was cut), and the request is over.
+struct Serving {
+    cx: Option<Arc<ConnCtx>>,
+    /// The request body, once forwarding has wrapped it: tells in which phase a client
+    /// that goes away left.
+    body: Option<Arc<BodyState>>,
+}
+
+impl Serving {
+    fn begin(cx: Arc<ConnCtx>) -> Self {
+        cx.watch.request_started();
+        Serving {
+            cx: Some(cx),
+            body: None,
+        }
+    }
+
+    /// The response exists: from now on its body tells when the request is over.
+    fn hand_over(mut self, resp: &mut Response<RespBody>) {
+        if let Some(cx) = self.cx.take() {
+            resp.body_mut().on_end(cx);
+        }
+    }
+
+    /// The request is over, and its abort already counted.
+    fn end_counted(mut self) {
+        if let Some(cx) = self.cx.take() {
+            cx.watch.request_ended();
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(cx) = self.cx.take() {
+            let uploading = self
+                .body
+                .as_ref()
+                .is_some_and(|b| b.end() == BodyEnd::Sending);
+            if uploading {
+                cx.watch.request_ended();
+                cx.route.load().metrics.aborted(AbortPhase::RequestBody);
+            } else {
+                cx.response_ended(true);
+            }
+        }
+    }
+}
+
+/// hyper's entry point: one request in, one response out, never an error.
+pub async fn serve(
+    req: Request<Incoming>,
+    cx: Arc<ConnCtx>,
+) -> Result<Response<RespBody>, Infallible> {
+    let mut serving = Serving::begin(cx.clone());
+    let route = cx.route.load_full();
+    let started = Instant::now();
+    let head = route
+        .access_log
+        .as_ref()
+        .map(|_| RequestHead::capture(&req));
+    let mut resp = match handle(req, &route, &cx, &mut serving.body).await {
+        Ok(r) => r,
+        Err(ProxyError::ClientAbort) => {
+            // Counted once, here; nobody is left to read an answer.
+            route.count(ProxyError::ClientAbort);
+            serving.end_counted();
+            return Ok(ProxyError::ClientAbort.response());
+        }
+        Err(e) => {
+            route.count(e);
+            tracing::debug!(listener = %route.listener.name, client = %cx.client, error = %e, "request failed");
+            e.response()
+        }
+    };
+    if !cx.h2
+        && cx.draining.load(Ordering::Relaxed)
+        && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    route.metrics.count_status(resp.status().as_u16());
+    let took = started.elapsed();
+    route.metrics.duration.observe(took.as_secs_f64());
+    if let (Some(log), Some(head)) = (&route.access_log, head) {
+        let server = resp.body().finish().map(|f| f.load.state().name.clone());
+        let pool = &route.pool.settings.name;
+        log.response(
+            &route.listener.name,
+            pool,
+            cx.client,
+            head,
+            &resp,
+            server,
+            took,
+        );
+    }
+    serving.hand_over(&mut resp);
+    Ok(resp)
+}
+
+/// The request path: check, then forward. `body` learns the request body's state.
+async fn handle(
+    mut req: Request<Incoming>,
+    route: &HttpRoute,
+    cx: &ConnCtx,
+    body: &mut Option<Arc<BodyState>>,
+) -> Result<Response<RespBody>, ProxyError> {
+    check::check(&mut req, &route.listener.limits)?;
+    forward::forward(req, route, cx, body).await
+}

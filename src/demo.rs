@@ -2,8 +2,8 @@
 //! integration tests run behind the proxy.
 //!
 //! An [`Origin`] is a small HTTP/1.1 + h2c server on loopback that says its own name and
-//! offers a few test routes (echo, sized bodies, sleeps, status codes, header dumps,
-//! upgrades). It can be killed (every connection dropped at once, like a crashed process)
+//! offers a few test routes (echo, a body sink, sized bodies, sleeps, status codes, header dumps,
+//! trailers, upgrades). It can be killed (every connection dropped at once, like a crashed process)
 //! and restarted on the same address. For health-check tests its `/healthz` answer can be
 //! switched (status, body, or a repeating pass/fail pattern), its other routes can be made to
 //! fail, and it counts connections and in-flight requests.
@@ -295,6 +295,39 @@ async fn route(
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::BAD_REQUEST);
             reply(code, name, format!("{name} says {code}\n"))
+        }
+        ["sink"] => {
+            // Reads the whole request body before answering, as most upload handlers do.
+            match req.into_body().collect().await {
+                Ok(b) => reply(
+                    StatusCode::OK,
+                    name,
+                    format!("{name} received {} bytes\n", b.to_bytes().len()),
+                ),
+                Err(_) => reply(StatusCode::BAD_REQUEST, name, "body failed\n"),
+            }
+        }
+        ["trailers"] => {
+            // Body then trailers (as gRPC answers), and whether `TE: trailers` arrived.
+            let te = req
+                .headers()
+                .get(header::TE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let body = Full::new(Bytes::from_static(b"payload\n"))
+                .map_err(|never| match never {})
+                .with_trailers(async move { Some(Ok(trailers)) })
+                .boxed();
+            let mut r = Response::new(body);
+            if let Ok(v) = HeaderValue::from_str(&te) {
+                r.headers_mut().insert("x-te-seen", v);
+            }
+            r.headers_mut()
+                .insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+            r
         }
         ["headers"] => {
             let mut s = String::new();

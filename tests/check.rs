@@ -115,6 +115,11 @@ fn broken() -> Vec<(&'static str, String, usize, &'static str)> {
         ("unknown algorithm", BASE.replace("name = \"app\"\n", "name = \"app\"\nalgorithm = \"fastest\"\n"), 9, "unknown variant `fastest`"),
         ("tls not yet", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.tls]\ncertificates = []\n\n"), 6, "listener.tls: TLS termination is not supported yet"),
         ("toml syntax", BASE.replace("name = \"web\"", "name = \"web"), 2, "invalid basic string"),
+        ("http-only key on tcp", BASE.replace("protocol = \"http\"", "protocol = \"tcp\"").replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.timeouts]\nfirst_byte = \"1s\"\n\n"), 7, "first_byte applies only to protocol = \"http\" listeners"),
+        ("h2c upgrade", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\nupgrades = [\"websocket\", \"h2c\"]\n\n"), 6, "h2c is never tunnelled"),
+        ("bad size", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.limits]\nmax_request_body = \"10 parsecs\"\n\n"), 7, "invalid size \"10 parsecs\""),
+        ("header limit too small", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.limits]\nmax_header_bytes = 100\n\n"), 7, "max_header_bytes must be between 1024"),
+        ("too many retries", BASE.replace("name = \"app\"\n", "name = \"app\"\nretries = 11\n"), 9, "retries must be between 0 and 10"),
     ]
 }
 

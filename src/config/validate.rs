@@ -626,7 +626,12 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
         algorithm,
         hash_key,
         sticky_cookie,
-        retries: cx.int(&p.retries, "retries", 0..=10, 2)? as u32,
+        retries: cx.int(
+            &p.retries,
+            "retries",
+            0..=i64::from(crate::proxy::attempts::MAX_RETRIES),
+            2,
+        )? as u32,
         retry_budget,
         upstream_protocol,
         slow_start,

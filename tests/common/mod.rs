@@ -242,6 +242,20 @@ impl Daemon {
         "--config",
     ];
 
+    /// Runs fulcrum with its open-files limit (RLIMIT_NOFILE) set to `nofile`, through
+    /// util-linux's `prlimit`.
+    pub fn spawn_limited(toml: &str, nofile: u32) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(Self::ARGS)
+            .arg(&path);
+        Self::run(cmd, dir, path)
+    }
+
     /// Like `spawn_with_env`, and also sets `pid_var` to the daemon's own PID (as systemd
     /// sets WATCHDOG_PID): a shell exports its PID and then becomes fulcrum with `exec`.
     pub fn spawn_with_own_pid(toml: &str, env: &[(&str, &str)], pid_var: &str) -> Daemon {
@@ -753,4 +767,105 @@ pub async fn raw_get(s: &mut tokio::net::TcpStream, path: &str) -> (String, Vec<
         .await
         .expect("write request");
     read_response(s).await
+}
+
+// ---- raw origins for framing tests -----------------------------------------------------
+
+/// A raw TCP origin that records every byte it receives and answers each complete request
+/// (head plus a Content-Length or chunked body) with fixed bytes.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    pub received: Arc<std::sync::Mutex<Vec<u8>>>,
+    pub connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Whether `buf` starting at `from` holds a complete request; returns where it ends.
+fn request_end(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = &buf[from..];
+    let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&rest[..head_end]).to_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let body = &rest[head_end..];
+        let end = body.windows(5).position(|w| w == b"0\r\n\r\n")? + 5;
+        return Some(from + head_end + end);
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (rest.len() >= head_end + len).then_some(from + head_end + len)
+}
+
+impl RawOrigin {
+    pub async fn start(reply: &'static [u8]) -> RawOrigin {
+        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (rec, conns) = (received.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut done = 0;
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        rec.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        while let Some(end) = request_end(&buf, done) {
+                            done = end;
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        RawOrigin {
+            addr,
+            received,
+            connections,
+            task,
+        }
+    }
+
+    /// Everything received so far, as text.
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until the peer closes `s` (EOF or reset), reading and discarding what it sends;
+/// returns everything read.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let read_all = async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.ok()?;
+    Some(all)
 }

@@ -71,6 +71,19 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Run one built-in origin server (the demo's and the tests' backend) in the foreground:
+    /// for benchmarks and failover drills that need a backend process to kill.
+    Origin {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        /// Its name (in every response body and the X-Origin header).
+        #[arg(long, default_value = "origin")]
+        name: String,
+        /// Worker threads (default 1).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// Run the proxy in front of three built-in origins on loopback.
     Demo {
         /// Port of the http listener (the tcp listener takes the next one).
@@ -238,6 +251,35 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 }
+            })
+        }
+        Command::Origin {
+            listen,
+            name,
+            workers,
+        } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers.max(1))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fulcrum: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async {
+                let o = match fulcrum::demo::Origin::start(&name, listen).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("fulcrum origin: cannot listen on {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                println!("origin {} listening on {}", o.name, o.addr);
+                let _ = tokio::signal::ctrl_c().await;
+                ExitCode::SUCCESS
             })
         }
         Command::Demo { port, admin_port } => {

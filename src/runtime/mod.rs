@@ -106,6 +106,8 @@ pub struct Shared {
     pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
     /// Who may change state through the admin API.
     pub admin_auth: ArcSwap<Auth>,
+    /// The configuration generation and the last reload's outcome, for `/status`.
+    pub history: admin::ConfigHistory,
     live: Mutex<Option<Live>>,
     /// Listeners removed by reloads, finishing their connections.
     retiring: TaskTracker,
@@ -131,6 +133,7 @@ impl Fulcrum {
             pools: ArcSwap::from_pointee(HashMap::new()),
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
             admin_auth: ArcSwap::from_pointee(Auth::default()),
+            history: admin::ConfigHistory::default(),
             live: Mutex::new(None),
             retiring: TaskTracker::new(),
             shutdown: CancellationToken::new(),

@@ -405,7 +405,29 @@ async fn the_status_page_shows_three_servers_and_drains_one_in_a_real_browser() 
             "p50 of o0: {p50:?}"
         );
 
+        // Accessible: every control has a name, every column header its scope.
+        let unnamed = b.script(
+            "return [...document.querySelectorAll('input')].filter(i => i.labels.length === 0).length \
+             + [...document.querySelectorAll('button')].filter(x => !(x.getAttribute('aria-label') || x.textContent).trim()).length \
+             + [...document.querySelectorAll('thead th')].filter(th => th.scope !== 'col').length",
+        );
+        assert_eq!(unnamed, json!(0), "unlabelled controls or unscoped headers");
+        // A refresh updates rows in place: a focused control keeps the focus.
+        b.script("document.querySelector(\"tr[data-server='o2'] button[data-action='disable']\").focus()");
+        let before = b.text("#conn");
+        b.wait("a refresh", |b| b.text("#conn") != before);
+        assert_eq!(
+            b.script("return document.activeElement.getAttribute('aria-label')"),
+            json!("Disable o2 in pool app"),
+            "focus survives a refresh"
+        );
+
         b.type_into("#token", TOKEN);
+        b.type_into("#weight-app-o2", "3");
+        b.click("tr[data-server='o2'] form[data-action='weight'] button");
+        b.wait("the next refresh shows o2's new weight", |b| {
+            b.text("tr[data-server='o2'] td[data-col='weight'] .main") == "3"
+        });
         b.click("tr[data-server='o1'] button[data-action='drain']");
         b.wait("the page confirms the drain", |b| {
             b.text("#notice").contains("done")
@@ -465,6 +487,11 @@ async fn the_status_page_shows_three_servers_and_drains_one_in_a_real_browser() 
             "enabled"
         );
     }
+    assert_eq!(
+        status_server(&st, "app", "o2").unwrap()["weight_override"],
+        3,
+        "/status after the page's weight change"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,7 @@ fn server_row(v: &Value) -> String {
     let state = str_of(v, "admin_state");
     let weight = num(&v["weight"]);
     let weight_sub = match v["weight_override"].as_u64() {
-        Some(o) => format!("override {o}; configured {weight}"),
+        Some(_) => format!("override; configured {weight}"),
         None if v["effective_weight"] != v["weight"] => format!("configured {weight}"),
         None => String::new(),
     };

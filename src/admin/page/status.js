@@ -133,7 +133,7 @@
     const a = s.availability || {};
     const failures = a.failures || 0;
     let weightSub = '';
-    if (s.weight_override != null) weightSub = `override ${s.weight_override}; configured ${s.weight}`;
+    if (s.weight_override != null) weightSub = `override; configured ${s.weight}`;
     else if (s.effective_weight !== s.weight) weightSub = `configured ${s.weight}`;
     let mtbf = duration(a.mtbf_seconds || 0);
     if (failures === 0) mtbf = a.up_seconds > 0 ? `≥ ${mtbf}` : DASH;

@@ -56,7 +56,7 @@ fn the_snapshot_shows_every_server_with_its_numbers() {
     );
     assert!(html.contains("<span class=\"main\">75.000 %</span>"));
     assert!(html.contains("<span class=\"sub\">12 s left; 2 so far</span>"));
-    assert!(html.contains("<span class=\"sub\">override 5; configured 1</span>"));
+    assert!(html.contains("<span class=\"sub\">override; configured 1</span>"));
     assert!(html.contains("<span class=\"sub\">10 total</span>"));
     assert!(html.contains("<span class=\"badge\">backup</span>"));
     assert!(html.contains("<th scope=\"col\">Availability</th>"));

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-const LIMIT: Duration = Duration::from_secs(30);
+/// Deadline of each wait; generous, as Chromium starts slowly on a busy machine.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Longest a single WebDriver command may take (a new session starts Chromium).
+const COMMAND: Duration = Duration::from_secs(120);
 const TOKEN: &str = "page-test-token";
 /// What the page's script stores the token under.
 const TOKEN_KEY: &str = "fulcrum.adminToken";
@@ -249,7 +252,7 @@ extern "C" {
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(LIMIT))?;
+    s.set_read_timeout(Some(COMMAND))?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -372,7 +375,7 @@ async fn the_status_page_shows_three_servers_and_drains_one_in_a_real_browser() 
         let (stop, url) = (stop.clone(), p.url("web", "/"));
         tokio::spawn(async move {
             let c = client();
-            for _ in 0..3000 {
+            for _ in 0..12_000 {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = get(&c, &url) => {}

@@ -252,7 +252,7 @@ fn server_row(v: &Value) -> String {
         cell(
             "state",
             state,
-            "",
+            &other_overrides(&v["overrides"]),
             match state {
                 "enabled" => "",
                 "draining" => "warn",
@@ -291,6 +291,18 @@ fn server_row(v: &Value) -> String {
         esc(str_of(v, "addr")),
         cells.concat()
     )
+}
+
+/// Runtime changes other than the admin state and the weight, which have their own
+/// columns (a ramped weight change or a drain deadline, say), as `key=value`.
+fn other_overrides(o: &Value) -> String {
+    o.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "admin_state" && *k != "weight")
+        .map(|(k, v)| format!("{k}={}", describe(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// TLS: one row per certificate in `/status` `tls`, once TLS lands; empty while absent.

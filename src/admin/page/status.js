@@ -129,6 +129,13 @@
 
   // ---- pools: one section per pool, one row per server, updated in place ---------------
 
+  // Runtime changes other than the admin state and the weight (which have their own
+  // columns): a ramped weight change or a drain deadline, say.
+  function otherOverrides(o) {
+    return Object.entries(o || {}).filter(([k]) => k !== 'admin_state' && k !== 'weight')
+      .map(([k, v]) => `${k}=${describe(v)}`).join(', ');
+  }
+
   function serverCells(s, rates) {
     const a = s.availability || {};
     const failures = a.failures || 0;
@@ -146,7 +153,7 @@
     return {
       health: [s.health, '', s.health === 'up' ? 'ok' : 'bad'],
       serving: s.eligible ? ['yes', '', 'ok'] : ['no', '', 'warn'],
-      state: [s.admin_state, '', stateCls == null ? 'bad' : stateCls],
+      state: [s.admin_state, otherOverrides(s.overrides), stateCls == null ? 'bad' : stateCls],
       weight: [num(s.effective_weight), weightSub, ''],
       inflight: [num(s.inflight), '', ''],
       requests: [rate(rates.requests), `${s.requests} total`, ''],

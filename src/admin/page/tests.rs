@@ -30,7 +30,8 @@ fn doc() -> Value {
                 {
                     "name": "o1", "addr": "127.0.0.1:9002", "backup": true,
                     "weight": 1, "effective_weight": 5, "eligible": false, "health": "down",
-                    "admin_state": "draining", "weight_override": 5, "overrides": {},
+                    "admin_state": "draining", "weight_override": 5,
+                    "overrides": { "admin_state": "draining", "weight": 5, "drain_deadline_unix": 1.5e9 },
                     "ejected": true, "ejection_remaining_seconds": 12.0, "ejections": 2,
                     "flap_suppressed": false, "inflight": 0, "requests": 0, "errors": 0,
                     "latency": { "count": 0, "sum_seconds": 0.0, "p50_seconds": null, "p99_seconds": null },
@@ -57,6 +58,10 @@ fn the_snapshot_shows_every_server_with_its_numbers() {
     assert!(html.contains("<span class=\"main\">75.000 %</span>"));
     assert!(html.contains("<span class=\"sub\">12 s left; 2 so far</span>"));
     assert!(html.contains("<span class=\"sub\">override; configured 1</span>"));
+    assert!(
+        html.contains("<span class=\"main\">draining</span><span class=\"sub\">drain_deadline_unix=1500000000.0</span>"),
+        "overrides without a column of their own show under the admin state"
+    );
     assert!(html.contains("<span class=\"sub\">10 total</span>"));
     assert!(html.contains("<span class=\"badge\">backup</span>"));
     assert!(html.contains("<th scope=\"col\">Availability</th>"));

@@ -1,5 +1,6 @@
 //! The `fulcrum` command: parse arguments, set up logging, call the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -105,7 +106,9 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => b.init(),
+        // Colour only for a person at a terminal: in a file or the journal the escape codes
+        // are noise that breaks grep.
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
     }
 }

@@ -41,10 +41,36 @@ fn valid_config_passes_with_a_summary() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listeners: 1"), "{out}");
     assert!(
-        out.contains("web Http on 127.0.0.1:8080 -> pool app"),
-        "{out}"
+        out.contains("  web http on 127.0.0.1:8080 -> pool app\n"),
+        "protocols in the config's own words: {out}"
     );
     assert!(out.contains("app (round_robin): 2 servers"), "{out}");
+    assert!(
+        out.contains("\n    127.0.0.1:9001 weight 1\n"),
+        "an unnamed server is shown by its address once: {out}"
+    );
+}
+
+#[test]
+fn summary_names_a_named_server_before_its_address() {
+    let text = format!(
+        "{}\n[[listener]]\nname = \"relay\"\nbind = \"127.0.0.1:8081\"\nprotocol = \"tcp\"\npool = \"app\"\n",
+        BASE.replace(
+            "{ addr = \"127.0.0.1:9002\", weight = 3 }",
+            "{ addr = \"127.0.0.1:9002\", weight = 3, name = \"web2\", backup = true }"
+        )
+    );
+    let (code, out, err) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("  relay tcp on 127.0.0.1:8081 -> pool app\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n    web2 127.0.0.1:9002 weight 3 backup\n"),
+        "{out}"
+    );
+    assert!(!out.contains("Http") && !out.contains("Tcp"), "{out}");
 }
 
 #[test]

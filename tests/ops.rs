@@ -717,3 +717,46 @@ async fn probe_exits_zero_when_healthy() {
     assert_eq!(missing.0, 1, "a non-2xx answer is unhealthy");
     assert!(missing.2.contains("404"), "{}", missing.2);
 }
+
+/// Kills and reaps a child process when dropped, so a failing test leaves no daemon behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    let o = fleet(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fulcrum.toml");
+    std::fs::write(&cfg, http_config(&servers(&[&o[0]]), "", NO_HEALTH)).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
+        .args(["--log-level", "info", "run", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("fulcrum binary runs");
+    let _child = Reaped(child);
+    let read = || std::fs::read(&log).unwrap_or_default();
+    wait_until("fulcrum logs that it is ready", LIMIT, || async {
+        String::from_utf8_lossy(&read()).contains("fulcrum ready")
+    })
+    .await;
+    let bytes = read();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains(" INFO ") && !text.trim_start().starts_with('{'),
+        "the text format, not JSON: {text}"
+    );
+    assert!(
+        !bytes.contains(&0x1b),
+        "no ANSI escape (ESC) bytes when stderr is a file: {text:?}"
+    );
+}

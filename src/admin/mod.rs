@@ -1,6 +1,7 @@
-//! The admin listener: `/healthz`, `/metrics` (Prometheus text), `/status` (JSON), the
-//! runtime API (`POST /servers/{pool}/{server}/{drain|enable|disable|weight|reset}`,
-//! `POST /reload`) and `POST /preview` (what a reload to the posted config would change).
+//! The admin listener: `/` (the status page, see `page`), `/healthz`, `/metrics`
+//! (Prometheus text), `/status` (JSON), the runtime API
+//! (`POST /servers/{pool}/{server}/{drain|enable|disable|weight|reset}`, `POST /reload`) and
+//! `POST /preview` (what a reload to the posted config would change).
 //!
 //! It binds to loopback unless configured otherwise, and it is never on the request path:
 //! gauges that mirror live server state are computed here at scrape time ([`collector`]),
@@ -11,6 +12,8 @@ pub mod api;
 pub mod auth;
 pub mod client;
 mod collector;
+mod history;
+mod page;
 mod status;
 
 use std::convert::Infallible;
@@ -32,6 +35,7 @@ use crate::runtime::Shared;
 
 pub use auth::{Auth, AuthError};
 pub use collector::register_collectors;
+pub use history::{ConfigHistory, ReloadOutcome};
 pub use status::status;
 
 /// How long an admin connection may take to send its request head.
@@ -208,7 +212,13 @@ async fn route(
             Ok(r)
         }
         ["status"] if get => Ok(json(StatusCode::OK, &status(shared))),
-        ["healthz" | "metrics" | "status"] => Err(AdminError::MethodNotAllowed("GET")),
+        [""] if get => Ok(page::page(&status(shared))),
+        ["ui", file] if get => {
+            page::asset(file).ok_or_else(|| AdminError::NotFound(format!("no asset {path}")))
+        }
+        ["healthz" | "metrics" | "status" | ""] | ["ui", _] => {
+            Err(AdminError::MethodNotAllowed("GET"))
+        }
         ["preview"] if post => {
             let (parts, body) = req.into_parts();
             let body = read_body(body).await?;
@@ -227,7 +237,7 @@ async fn route(
         }
         ["preview" | "reload"] | ["servers", _, _, _] => Err(AdminError::MethodNotAllowed("POST")),
         _ => Err(AdminError::NotFound(format!(
-            "no admin endpoint {path}; try GET /healthz, /metrics, /status or POST /servers/POOL/SERVER/(drain|enable|disable|weight|reset), /reload, /preview"
+            "no admin endpoint {path}; try GET / (the status page), /healthz, /metrics, /status or POST /servers/POOL/SERVER/(drain|enable|disable|weight|reset), /reload, /preview"
         ))),
     }
 }

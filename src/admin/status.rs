@@ -1,9 +1,12 @@
 //! The `/status` document: listeners, pools, and every server's state, weights, overrides,
-//! counters and availability record, read from the current generation without locking the
-//! request path.
+//! counters, latency quantiles and availability record, plus the configuration generation
+//! and the last reload's outcome; read from the current generation without locking the
+//! request path. The status page (`page`) renders the same document.
 
 use std::sync::atomic::Ordering;
 
+use prometheus::core::Metric as _;
+use prometheus::Histogram;
 use serde_json::{json, Value};
 
 use crate::backend::{now_ms, AdminState, BackendState};
@@ -50,12 +53,45 @@ pub fn status(shared: &Shared) -> Value {
             }))
         })
         .collect();
+    let (generation, reload) = config_history(shared);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config": cfg.source.display().to_string(),
+        "generation": generation,
+        "reload": reload,
         "listeners": listeners,
         "pools": pools_json,
     })
+}
+
+/// The generation in force and the `reload` section.
+fn config_history(shared: &Shared) -> (u64, Value) {
+    let m = &shared.metrics;
+    let count = |r: &str| m.reloads.with_label_values(&[r]).get();
+    let (successes, failures) = (count("success"), count("failure"));
+    // The reload counters move with every reload, so they bound the generation from below
+    // even where a reload path does not record into the history.
+    let generation = shared.history.generation().max(1 + successes);
+    let last = match shared.history.last_reload() {
+        Some(o) => json!({
+            "result": if o.ok { "success" } else { "failure" },
+            "at_unix": o.at_unix,
+            "error": o.error,
+        }),
+        None if successes + failures == 0 => Value::Null,
+        None => json!({
+            "result": if m.last_reload_ok.get() == 1 { "success" } else { "failure" },
+            "at_unix": Value::Null,
+            "error": Value::Null,
+        }),
+    };
+    let reload = json!({
+        "last": last,
+        "successes": successes,
+        "failures": failures,
+        "applied_at_unix": m.last_reload_success_time.get(),
+    });
+    (generation, reload)
 }
 
 /// One server as `/status` and the runtime API show it.
@@ -65,6 +101,7 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
     let a = st.availability();
     let (up_ms, down_ms) = a.totals(now);
     let (mtbf, mttr, avail) = a.summary(now);
+    let ejected_until = st.ejected_until();
     json!({
         "name": &*st.name,
         "addr": st.addr.to_string(),
@@ -76,10 +113,15 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
         "admin_state": st.admin_state().as_str(),
         "weight_override": st.weight_override(),
         "overrides": overrides(st),
-        "ejected": st.ejected_until() > now,
+        "ejected": ejected_until > now,
+        "ejection_remaining_seconds": (ejected_until > now)
+            .then(|| (ejected_until - now) as f64 / 1000.0),
+        "ejections": st.metrics.ejections.get(),
         "flap_suppressed": st.suppressed(),
         "inflight": st.load.load(Ordering::Relaxed),
         "requests": st.metrics.requests.get(),
+        "errors": st.metrics.errors_total(|_| true),
+        "latency": latency(&st.metrics.response),
         "availability": {
             "up_seconds": up_ms as f64 / 1000.0,
             "down_seconds": down_ms as f64 / 1000.0,
@@ -89,6 +131,46 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
             "ratio": avail,
         },
     })
+}
+
+/// Response-time quantiles of one server, from its `fulcrum_server_response_seconds`
+/// histogram, since the server was configured; `null` quantiles when it has no samples.
+fn latency(h: &Histogram) -> Value {
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let count = hist.get_sample_count();
+    let buckets: Vec<(f64, u64)> = hist
+        .get_bucket()
+        .iter()
+        .map(|b| (b.get_upper_bound(), b.get_cumulative_count()))
+        .collect();
+    json!({
+        "count": count,
+        "sum_seconds": hist.get_sample_sum(),
+        "p50_seconds": quantile(0.5, &buckets, count),
+        "p99_seconds": quantile(0.99, &buckets, count),
+    })
+}
+
+/// The `q` quantile of a cumulative histogram (finite upper bounds, ascending; `count`
+/// includes the samples above the last bound), interpolated linearly inside the bucket
+/// that holds it, as Prometheus' `histogram_quantile` does. Samples above the last finite
+/// bound report that bound: the histogram cannot say more. `None` without samples.
+pub fn quantile(q: f64, buckets: &[(f64, u64)], count: u64) -> Option<f64> {
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, cumulative) in buckets {
+        if cumulative as f64 >= rank && cumulative > lower.1 {
+            let in_bucket = (cumulative - lower.1) as f64;
+            let share = (rank - lower.1 as f64) / in_bucket;
+            return Some(lower.0 + (bound - lower.0) * share.clamp(0.0, 1.0));
+        }
+        lower = (bound, cumulative);
+    }
+    buckets.last().map(|b| b.0)
 }
 
 /// The runtime changes an operator made to this server (empty when none): they outlive
@@ -102,4 +184,24 @@ pub fn overrides(st: &BackendState) -> Value {
         o.insert("weight".into(), w.into());
     }
     Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket() {
+        // 10 samples at or below 0.01, 10 more at or below 0.1.
+        let b = [(0.01, 10), (0.1, 20), (1.0, 20)];
+        assert_eq!(quantile(0.5, &b, 20), Some(0.01));
+        let p75 = quantile(0.75, &b, 20).unwrap();
+        assert!((p75 - 0.055).abs() < 1e-9, "{p75}");
+        assert_eq!(quantile(0.5, &b, 0), None, "no samples, no quantile");
+        // Everything above the last bound: the last bound is all we can say.
+        assert_eq!(quantile(0.99, &[(0.5, 0), (1.0, 0)], 3), Some(1.0));
+        // A first bucket interpolates from zero.
+        let p = quantile(0.5, &[(0.002, 4)], 4).unwrap();
+        assert!((p - 0.001).abs() < 1e-12, "{p}");
+    }
 }

@@ -106,6 +106,8 @@ pub struct Shared {
     pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
     /// Who may change state through the admin API.
     pub admin_auth: ArcSwap<Auth>,
+    /// The configuration generation and the last reload's outcome, for `/status`.
+    pub history: admin::ConfigHistory,
     live: Mutex<Option<Live>>,
     /// The process-wide connection cap (`runtime.max_connections`), shared by every
     /// listener and resized by reloads; its size is kept beside it.
@@ -135,6 +137,7 @@ impl Fulcrum {
             pools: ArcSwap::from_pointee(HashMap::new()),
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
             admin_auth: ArcSwap::from_pointee(Auth::default()),
+            history: admin::ConfigHistory::default(),
             live: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),
             connections_size: std::sync::atomic::AtomicUsize::new(config.runtime.max_connections),

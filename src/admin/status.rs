@@ -69,21 +69,14 @@ fn config_history(shared: &Shared) -> (u64, Value) {
     let m = &shared.metrics;
     let count = |r: &str| m.reloads.with_label_values(&[r]).get();
     let (successes, failures) = (count("success"), count("failure"));
-    // The reload counters move with every reload, so they bound the generation from below
-    // even where a reload path does not record into the history.
-    let generation = shared.history.generation().max(1 + successes);
+    let generation = shared.history.generation();
     let last = match shared.history.last_reload() {
         Some(o) => json!({
             "result": if o.ok { "success" } else { "failure" },
             "at_unix": o.at_unix,
             "error": o.error,
         }),
-        None if successes + failures == 0 => Value::Null,
-        None => json!({
-            "result": if m.last_reload_ok.get() == 1 { "success" } else { "failure" },
-            "at_unix": Value::Null,
-            "error": Value::Null,
-        }),
+        None => Value::Null,
     };
     let reload = json!({
         "last": last,

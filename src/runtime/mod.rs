@@ -205,12 +205,14 @@ impl Fulcrum {
         let m = &self.shared.metrics;
         match &result {
             Ok(()) => {
+                self.shared.history.reload_succeeded();
                 m.reloads.with_label_values(&["success"]).inc();
                 m.last_reload_ok.set(1);
                 m.last_reload_success_time.set(crate::metrics::unix_now());
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
             Err(e) => {
+                self.shared.history.reload_failed(e);
                 m.reloads.with_label_values(&["failure"]).inc();
                 m.last_reload_ok.set(0);
                 tracing::error!(error = %e, "reload failed; the previous configuration stays in force");

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::backend::{now_ms, BackendState, Registry, Selection};
-use crate::balance::{hash_bytes, BackendIdx, Member, PickKey, Tier};
+use crate::backend::{now_ms, BackendState, Registry, Selection, Waiters};
+use crate::balance::{hash_bytes, BackendIdx, Cursor, Member, PickKey, Tier};
 use crate::config::{HealthKind, PoolSettings, ServerSettings};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -45,16 +45,30 @@ impl Eligible {
     }
 }
 
+/// What a pool keeps across its generations (a reload, a discovery update): the live figures
+/// and queues that belong to the pool's name rather than to one build of it (DESIGN.md
+/// rule 5). A new generation takes its predecessor's.
+#[derive(Clone, Default)]
+pub struct PoolCarry {
+    inflight: Arc<AtomicU32>,
+    budget: Arc<BudgetWindows>,
+    waiters: Arc<Waiters>,
+    /// Rotation cursors of the primary and backup tiers.
+    cursors: [Cursor; 2],
+}
+
 /// A pool of servers behind one balancing algorithm.
 pub struct Pool {
     /// Settings this pool was built from.
     pub settings: Arc<PoolSettings>,
     /// Servers in config order; `BackendIdx` indexes this.
     pub servers: Vec<Server>,
-    /// In-flight requests over the whole pool.
-    pub inflight: AtomicU32,
+    /// In-flight requests over the whole pool (shared by its generations).
+    pub inflight: Arc<AtomicU32>,
     /// Limits retries to a share of requests.
     pub budget: RetryBudget,
+    /// What this generation hands to the next.
+    carry: PoolCarry,
     /// Requests waiting for a server slot (servers with `max_conns`).
     pub queue: Queue,
     eligible: ArcSwap<Eligible>,
@@ -99,8 +113,14 @@ impl PoolSlot {
 }
 
 impl Pool {
-    /// Builds the pool, taking (or creating) each server's state from the registry.
-    pub fn new(settings: Arc<PoolSettings>, registry: &Registry, metrics: &Metrics) -> Pool {
+    /// Builds the pool, taking (or creating) each server's state from the registry; `carry`
+    /// is the previous generation's (`Pool::carry`), or a fresh one for a new pool.
+    pub fn new(
+        settings: Arc<PoolSettings>,
+        registry: &Registry,
+        metrics: &Metrics,
+        carry: PoolCarry,
+    ) -> Pool {
         // Without active checks there is no first check to wait for: servers start up.
         let initial_up =
             settings.health.initial_up || matches!(settings.health.kind, HealthKind::None);
@@ -127,15 +147,21 @@ impl Pool {
                 mask: vec![false; servers.len()],
             }),
             servers,
-            inflight: AtomicU32::new(0),
-            budget: RetryBudget::new(settings.retry_budget),
-            queue: Queue::new(&settings, metrics),
+            inflight: carry.inflight.clone(),
+            budget: RetryBudget::new(settings.retry_budget, carry.budget.clone()),
+            queue: Queue::new(&settings, metrics, carry.waiters.clone()),
+            carry,
             publish_lock: Mutex::new(()),
             slot: OnceLock::new(),
             settings,
         };
         pool.publish();
         pool
+    }
+
+    /// What the next generation of this pool takes over from this one.
+    pub fn carry(&self) -> PoolCarry {
+        self.carry.clone()
     }
 
     /// Pool name.
@@ -176,9 +202,10 @@ impl Pool {
             }
         }
         let alg = &self.settings.algorithm;
+        let [c0, c1] = &self.carry.cursors;
         self.eligible.store(Arc::new(Eligible {
-            primary: Tier::build(alg, primary),
-            backup: Tier::build(alg, backup),
+            primary: Tier::build_with(alg, primary, c0.clone()),
+            backup: Tier::build_with(alg, backup, c1.clone()),
             mask,
         }));
     }
@@ -267,43 +294,48 @@ const MIN_RETRIES_PER_WINDOW: u64 = 10;
 /// Length of a retry-budget window, ms.
 const BUDGET_WINDOW_MS: u64 = 10_000;
 
-/// Caps retries at a share of requests over a sliding pair of windows, so that when every
-/// server fails the proxy does not multiply the load it sends them (a retry storm).
-pub struct RetryBudget {
-    ratio: f64,
+/// The request and retry counts of a retry budget, shared by a pool's generations.
+#[derive(Default)]
+pub struct BudgetWindows {
     window: AtomicU64,
     requests: [AtomicU64; 2],
     retries: [AtomicU64; 2],
 }
 
+/// Caps retries at a share of requests over a sliding pair of windows, so that when every
+/// server fails the proxy does not multiply the load it sends them (a retry storm).
+pub struct RetryBudget {
+    ratio: f64,
+    w: Arc<BudgetWindows>,
+}
+
 impl RetryBudget {
-    fn new(ratio: f64) -> Self {
-        RetryBudget {
-            ratio,
-            window: AtomicU64::new(0),
-            requests: [AtomicU64::new(0), AtomicU64::new(0)],
-            retries: [AtomicU64::new(0), AtomicU64::new(0)],
-        }
+    fn new(ratio: f64, w: Arc<BudgetWindows>) -> Self {
+        RetryBudget { ratio, w }
     }
 
     /// Moves to the current window if time has passed; returns its slot.
     fn slot(&self, now: u64) -> usize {
+        let BudgetWindows {
+            window,
+            requests,
+            retries,
+        } = &*self.w;
         let w = now / BUDGET_WINDOW_MS;
-        let cur = self.window.load(Ordering::Relaxed);
+        let cur = window.load(Ordering::Relaxed);
         if w != cur
-            && self
-                .window
+            && window
                 .compare_exchange(cur, w, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
             let s = (w % 2) as usize;
             if w > cur + 1 {
                 // More than a whole window passed: the other slot is stale too.
-                self.requests[1 - s].store(0, Ordering::Relaxed);
-                self.retries[1 - s].store(0, Ordering::Relaxed);
+                requests[1 - s].store(0, Ordering::Relaxed);
+                retries[1 - s].store(0, Ordering::Relaxed);
             }
-            self.requests[s].store(0, Ordering::Relaxed);
-            self.retries[s].store(0, Ordering::Relaxed);
+            requests[s].store(0, Ordering::Relaxed);
+            retries[s].store(0, Ordering::Relaxed);
         }
         (w % 2) as usize
     }
@@ -311,22 +343,22 @@ impl RetryBudget {
     /// Counts a first attempt. Cheap: no clock read, one relaxed add.
     #[inline]
     pub fn note_request(&self) {
-        let s = (self.window.load(Ordering::Relaxed) % 2) as usize;
-        self.requests[s].fetch_add(1, Ordering::Relaxed);
+        let s = (self.w.window.load(Ordering::Relaxed) % 2) as usize;
+        self.w.requests[s].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a retry may be made now; counts it if so.
     pub fn try_retry(&self) -> bool {
         let s = self.slot(now_ms());
+        let w = &*self.w;
         let requests =
-            self.requests[0].load(Ordering::Relaxed) + self.requests[1].load(Ordering::Relaxed);
-        let retries =
-            self.retries[0].load(Ordering::Relaxed) + self.retries[1].load(Ordering::Relaxed);
+            w.requests[0].load(Ordering::Relaxed) + w.requests[1].load(Ordering::Relaxed);
+        let retries = w.retries[0].load(Ordering::Relaxed) + w.retries[1].load(Ordering::Relaxed);
         let allowed = ((requests as f64 * self.ratio) as u64).max(MIN_RETRIES_PER_WINDOW);
         if retries >= allowed {
             return false;
         }
-        self.retries[s].fetch_add(1, Ordering::Relaxed);
+        w.retries[s].fetch_add(1, Ordering::Relaxed);
         true
     }
 }

@@ -44,10 +44,11 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// The queue of pool `settings`.
-    pub fn new(settings: &PoolSettings, metrics: &Metrics) -> Queue {
+    /// The queue of pool `settings`; `waiters` is shared with the pool's other generations,
+    /// so a request queued before a reload is woken by slots freed after it.
+    pub fn new(settings: &PoolSettings, metrics: &Metrics, waiters: Arc<Waiters>) -> Queue {
         Queue {
-            waiters: Arc::new(Waiters::default()),
+            waiters,
             max: settings.max_queue,
             timeout: settings.queue_timeout,
             rejections: metrics

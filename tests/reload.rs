@@ -503,3 +503,71 @@ async fn twenty_sighup_reloads_of_the_real_daemon_under_http_and_tcp_load() {
         "failed requests during 20 SIGHUP reloads ({ok} succeeded)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_edit_keeps_pooled_connections_and_the_rotation() {
+    let o = fleet(3).await;
+    let cfg = http_config(&servers(&[&o[0], &o[1], &o[2]]), "", NO_HEALTH);
+    let p = Proxy::start(&cfg).await;
+    let c = client();
+    // Each origin gets requests over one kept-alive upstream connection.
+    for _ in 0..3 {
+        assert_eq!(gets_ok(&c, &p.url("web", "/"), 3).await, 3);
+    }
+    let before: Vec<u64> = o.iter().map(Origin::connections).collect();
+    let last = get(&c, &p.url("web", "/")).await.origin();
+    assert_eq!(last, "o0", "10 requests over 3 servers end on o0");
+
+    // Another setting of the pool changes; its servers stay.
+    p.reload_with(&cfg.replace("[pool.health]", "retries = 1\n\n[pool.health]"))
+        .await
+        .unwrap();
+    let next = get(&c, &p.url("web", "/")).await.origin();
+    assert_eq!(next, "o1", "the rotation continues where it was, not at o0");
+    for _ in 0..3 {
+        assert_eq!(gets_ok(&c, &p.url("web", "/"), 3).await, 3);
+    }
+    let after: Vec<u64> = o.iter().map(Origin::connections).collect();
+    assert_eq!(
+        after, before,
+        "the reload opened no new upstream connection (no reconnect burst)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_after_a_reload_gets_the_slot_freed_by_one_admitted_before() {
+    let o = fleet(1).await;
+    let cfg = http_config(
+        &servers(&[&o[0]]),
+        "max_conns = 1\nqueue_timeout = \"10s\"",
+        NO_HEALTH,
+    );
+    let p = Proxy::start(&cfg).await;
+    let slow = tokio::spawn({
+        let url = p.url("web", "/sleep/1500");
+        async move { get(&client(), &url).await.status }
+    });
+    wait_until("the slow request holds the only slot", LIMIT, || async {
+        p.server("o0").load.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    p.reload_with(&cfg.replace("[pool.health]", "retries = 1\n\n[pool.health]"))
+        .await
+        .unwrap();
+    let queued = tokio::spawn({
+        let url = p.url("web", "/");
+        async move { get(&client(), &url).await.status }
+    });
+    wait_until(
+        "a request waits in the new generation's queue",
+        LIMIT,
+        || async { p.app().queue.waiting() == 1 },
+    )
+    .await;
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        queued.await.unwrap(),
+        200,
+        "woken by the slot freed across the reload, not a 503 at queue_timeout"
+    );
+}

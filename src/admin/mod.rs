@@ -54,13 +54,11 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Serves the admin API on `socket`.
-    pub fn start(
-        settings: AdminSettings,
-        socket: std::net::TcpListener,
-        shared: Arc<Shared>,
-    ) -> std::io::Result<Self> {
-        let local_addr = socket.local_addr()?;
-        let listener = TcpListener::from_std(socket)?;
+    pub fn start(settings: AdminSettings, listener: TcpListener, shared: Arc<Shared>) -> Self {
+        // A socket bound by this process always has an address; 0 would only mislabel logs.
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
@@ -98,11 +96,11 @@ impl AdminServer {
             }
         });
         tracing::info!(addr = %local_addr, "admin listening");
-        Ok(AdminServer {
+        AdminServer {
             settings,
             local_addr,
             stop,
-        })
+        }
     }
 
     /// Stops accepting; open admin connections finish their current request.

@@ -21,7 +21,7 @@ mod round_robin;
 mod weighted_round_robin;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use hash::{hash_bytes, hash_ip};
@@ -58,6 +58,10 @@ impl Member {
         self.load.load(Ordering::Relaxed)
     }
 }
+
+/// A rotation counter that outlives the tiers built around it: the pool hands the same one to
+/// every rebuild of a tier, so rotations continue across health changes and reloads.
+pub type Cursor = Arc<AtomicUsize>;
 
 /// What a hashing algorithm needs about one request, computed once per request by the proxy
 /// and only when the pool's algorithm needs it.
@@ -148,13 +152,20 @@ pub struct Tier {
 }
 
 impl Tier {
-    /// Builds the tier for `algorithm` over `members` (possibly empty).
+    /// Builds the tier for `algorithm` over `members` (possibly empty), with a fresh cursor.
     pub fn build(algorithm: &Algorithm, members: Vec<Member>) -> Tier {
+        Self::build_with(algorithm, members, Cursor::default())
+    }
+
+    /// Builds the tier, rotating with `cursor` (the one the tier it replaces used).
+    pub fn build_with(algorithm: &Algorithm, members: Vec<Member>, cursor: Cursor) -> Tier {
         let table = match algorithm {
-            Algorithm::RoundRobin => Table::RoundRobin(round_robin::RoundRobin::build(&members)),
-            Algorithm::WeightedRoundRobin => {
-                Table::WeightedRoundRobin(weighted_round_robin::WeightedRoundRobin::build(&members))
+            Algorithm::RoundRobin => {
+                Table::RoundRobin(round_robin::RoundRobin::build(&members, cursor))
             }
+            Algorithm::WeightedRoundRobin => Table::WeightedRoundRobin(
+                weighted_round_robin::WeightedRoundRobin::build(&members, cursor),
+            ),
             Algorithm::LeastConn => Table::LeastConn(least_conn::LeastConn::build(&members)),
             Algorithm::IpHash => Table::IpHash(ip_hash::IpHash::build(&members)),
             Algorithm::ConsistentHash {

@@ -8,27 +8,28 @@
 //! once over a period and stores the positions, and `pick` reads the schedule at an atomic
 //! counter. No lock, no per-pick state beyond one counter, no allocation.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::Member;
+use super::{Cursor, Member};
 
 /// Longest schedule kept (4M positions, 16 MiB). The config's range (1000 servers × weight
 /// 256 = 256k) stays far below; beyond it weights are scaled down, which bends the ratios.
 const MAX_PERIOD: u64 = 1 << 22;
 
-/// One period of the smooth schedule and the cursor into it.
+/// One period of the smooth schedule and the cursor into it (shared with the tiers this one
+/// replaces, so a rebuild continues from where the old schedule was).
 #[derive(Debug, Default)]
 pub(crate) struct WeightedRoundRobin {
     schedule: Vec<u32>,
-    next: AtomicUsize,
+    next: Cursor,
 }
 
 impl WeightedRoundRobin {
-    pub(crate) fn build(members: &[Member]) -> Self {
+    pub(crate) fn build(members: &[Member], cursor: Cursor) -> Self {
         let weights: Vec<u64> = members.iter().map(|m| u64::from(m.weight.max(1))).collect();
         WeightedRoundRobin {
             schedule: smooth_schedule(&reduce(weights)),
-            next: AtomicUsize::new(0),
+            next: cursor,
         }
     }
 
@@ -37,8 +38,8 @@ impl WeightedRoundRobin {
         if self.schedule.is_empty() {
             return None;
         }
-        // A rebuild restarts the schedule from the top, which costs at most one period of
-        // smoothness, as it does in nginx when it reinitialises its peers.
+        // After a rebuild the shared cursor lands somewhere in the new schedule: at most one
+        // period of smoothness is lost, and the rotation does not restart at the first server.
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
         Some(self.schedule[i] as usize)
     }
@@ -161,7 +162,7 @@ mod tests {
 
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
         let m = members(weights);
-        let t = WeightedRoundRobin::build(&m);
+        let t = WeightedRoundRobin::build(&m, Cursor::default());
         (0..n).map(|_| t.pick(&m).unwrap()).collect()
     }
 
@@ -176,13 +177,13 @@ mod tests {
     #[test]
     fn equal_weights_rotate() {
         assert_eq!(picks(&[3, 3, 3], 6), [0, 1, 2, 0, 1, 2]);
-        let t = WeightedRoundRobin::build(&members(&[100; 4]));
+        let t = WeightedRoundRobin::build(&members(&[100; 4]), Cursor::default());
         assert_eq!(t.schedule.len(), 4, "gcd reduction keeps the period at n");
     }
 
     #[test]
     fn empty_is_none() {
-        let t = WeightedRoundRobin::build(&[]);
+        let t = WeightedRoundRobin::build(&[], Cursor::default());
         assert_eq!(t.pick(&[]), None);
     }
 
@@ -210,7 +211,7 @@ mod tests {
             skip in 0usize..20_000,
         ) {
             let m = members(&weights);
-            let t = WeightedRoundRobin::build(&m);
+            let t = WeightedRoundRobin::build(&m, Cursor::default());
             for _ in 0..skip {
                 t.pick(&m);
             }

@@ -78,16 +78,18 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Starts accepting on `socket` with `route`; `process` is the process-wide connection
-    /// cap every listener shares.
+    /// Starts accepting on `listener` with `route`; `process` is the process-wide connection
+    /// cap every listener shares. Cannot fail: everything fallible happened while binding.
     pub fn start(
         settings: ListenerSettings,
-        socket: std::net::TcpListener,
+        listener: TcpListener,
         route: Route,
         process: Arc<Semaphore>,
-    ) -> io::Result<Listener> {
-        let local_addr = socket.local_addr()?;
-        let listener = TcpListener::from_std(socket)?;
+    ) -> Listener {
+        // A socket bound by this process always has an address; 0 would only mislabel logs.
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let drain = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -106,14 +108,14 @@ impl Listener {
         };
         tracker.spawn(acceptor.run());
         tracing::info!(listener = %settings.name, addr = %local_addr, protocol = ?settings.protocol, "listening");
-        Ok(Listener {
+        Listener {
             settings,
             local_addr,
             route,
             drain,
             hard_stop,
             tracker,
-        })
+        }
     }
 
     /// Stops accepting and asks open connections to finish; waits up to `grace`, then

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,10 @@ struct Idle {
 pub struct ServerUpstream {
     addr: SocketAddr,
     protocol: UpstreamProtocol,
-    timeouts: PoolTimeouts,
+    /// Connect (and ready) timeout and idle lifetime, ms: atomics, so a reload that keeps
+    /// the server keeps its pooled connections and only retimes them.
+    connect_ms: AtomicU64,
+    idle_ms: AtomicU64,
     idle: ArrayQueue<Idle>,
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
 }
@@ -79,7 +83,8 @@ impl ServerUpstream {
         Arc::new(ServerUpstream {
             addr,
             protocol,
-            timeouts,
+            connect_ms: AtomicU64::new(timeouts.connect.as_millis() as u64),
+            idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
             idle: ArrayQueue::new(IDLE_PER_SERVER),
             h2: ArcSwapOption::empty(),
         })
@@ -90,12 +95,29 @@ impl ServerUpstream {
         self.addr
     }
 
+    /// The upstream protocol its connections speak.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
+    }
+
+    /// Applies new timeouts (a reload that keeps this server and its protocol).
+    pub fn retime(&self, t: PoolTimeouts) {
+        self.connect_ms
+            .store(t.connect.as_millis() as u64, Ordering::Relaxed);
+        self.idle_ms
+            .store(t.upstream_idle.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.load(Ordering::Relaxed))
+    }
+
     /// A connection ready to send: an idle one if any, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
                 let now = now_ms();
-                let max_idle = self.timeouts.upstream_idle.as_millis() as u64;
+                let max_idle = self.idle_ms.load(Ordering::Relaxed);
                 while let Some(mut idle) = self.idle.pop() {
                     if idle.tx.is_closed() || now.saturating_sub(idle.since_ms) > max_idle {
                         continue;
@@ -103,7 +125,7 @@ impl ServerUpstream {
                     // A connection released at end of body may still be finishing that
                     // response for a moment; ready() waits for that or reports it closed,
                     // within the connect timeout at most.
-                    let ready = tokio::time::timeout(self.timeouts.connect, idle.tx.ready());
+                    let ready = tokio::time::timeout(self.connect_timeout(), idle.tx.ready());
                     if matches!(ready.await, Ok(Ok(()))) {
                         return Ok(Lease {
                             sender: Sender::H1(idle.tx),
@@ -118,7 +140,7 @@ impl ServerUpstream {
                 if let Some(tx) = self.h2.load_full() {
                     if !tx.is_closed() {
                         let mut tx = (*tx).clone();
-                        let ready = tokio::time::timeout(self.timeouts.connect, tx.ready());
+                        let ready = tokio::time::timeout(self.connect_timeout(), tx.ready());
                         if matches!(ready.await, Ok(Ok(()))) {
                             return Ok(Lease {
                                 sender: Sender::H2(tx),
@@ -135,16 +157,13 @@ impl ServerUpstream {
 
     /// A new connection, never a pooled one.
     pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
-        let stream = match tokio::time::timeout(
-            self.timeouts.connect,
-            TcpStream::connect(self.addr),
-        )
-        .await
-        {
-            Err(_) => return Err(ConnectError::Timeout),
-            Ok(Err(e)) => return Err(ConnectError::from_io(e)),
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout(), TcpStream::connect(self.addr)).await
+            {
+                Err(_) => return Err(ConnectError::Timeout),
+                Ok(Err(e)) => return Err(ConnectError::from_io(e)),
+                Ok(Ok(s)) => s,
+            };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
         let hs = async {
@@ -178,7 +197,7 @@ impl ServerUpstream {
                 }
             }
         };
-        match tokio::time::timeout(self.timeouts.connect, hs).await {
+        match tokio::time::timeout(self.connect_timeout(), hs).await {
             Err(_) => Err(ConnectError::Timeout),
             Ok(r) => r.map(|sender| Lease {
                 sender,

@@ -108,16 +108,23 @@ impl Fulcrum {
                 None => listener::bind(l.bind).map_err(bind_err)?,
             };
             let dup = sock.try_clone().map_err(bind_err)?;
+            // Registered with the runtime here, so that starting the listener later cannot
+            // fail: a reload either starts every listener or changes nothing.
+            let sock = tokio::net::TcpListener::from_std(sock).map_err(bind_err)?;
             sockets.insert(l.name.clone(), (sock, dup));
         }
         let old_admin = live.and_then(|lv| lv.admin.as_ref());
         let admin_socket = match (&cfg.admin, old_admin) {
             (Some(a), Some(o)) if a.bind == o.settings.bind => None,
-            (Some(a), _) => Some(listener::bind(a.bind).map_err(|source| RuntimeError::Bind {
-                what: "the admin listener".into(),
-                addr: a.bind,
-                source,
-            })?),
+            (Some(a), _) => {
+                let err = |source| RuntimeError::Bind {
+                    what: "the admin listener".into(),
+                    addr: a.bind,
+                    source,
+                };
+                let sock = listener::bind(a.bind).map_err(err)?;
+                Some(tokio::net::TcpListener::from_std(sock).map_err(err)?)
+            }
             (None, _) => None,
         };
         let auth = Auth::load(cfg.admin.as_ref())?;
@@ -155,7 +162,7 @@ fn swap_pools(
             Some(e) if e.slot.load().settings == *ps => e,
             Some(e) => {
                 tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
-                let (pool, upstreams) = build_pool(ps, shared);
+                let (pool, upstreams) = build_pool(ps, shared, Some(&e));
                 e.slot.store(pool);
                 PoolEntry {
                     slot: e.slot,
@@ -163,7 +170,7 @@ fn swap_pools(
                 }
             }
             None => {
-                let (pool, upstreams) = build_pool(ps, shared);
+                let (pool, upstreams) = build_pool(ps, shared, None);
                 PoolEntry {
                     slot: PoolSlot::new(pool),
                     upstreams,
@@ -305,17 +312,8 @@ fn swap_listeners(
                     Protocol::Http => Route::Http(Arc::new(ArcSwap::from_pointee(http_route()))),
                     Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(tcp_route()))),
                 };
-                match Listener::start(l.clone(), sock, route, shared.connections.clone()) {
-                    Ok(li) => {
-                        sockets.insert(l.name.clone(), dup);
-                        li
-                    }
-                    Err(source) => {
-                        // from_std on a socket bound moments ago: not expected to fail.
-                        tracing::error!(listener = %l.name, error = %source, "cannot start listener");
-                        continue;
-                    }
-                }
+                sockets.insert(l.name.clone(), dup);
+                Listener::start(l.clone(), sock, route, shared.connections.clone())
             }
         };
         addrs.insert(l.name.clone(), listener.local_addr);
@@ -338,7 +336,7 @@ fn swap_listeners(
 /// Step 5: the admin listener, restarted only when its address changed.
 fn swap_admin(
     cfg: &Config,
-    socket: Option<std::net::TcpListener>,
+    socket: Option<tokio::net::TcpListener>,
     mut old: Option<AdminServer>,
     shared: &Arc<Shared>,
 ) -> Option<AdminServer> {
@@ -347,13 +345,7 @@ fn swap_admin(
             if let Some(o) = old.take() {
                 o.stop();
             }
-            match AdminServer::start(a.clone(), sock, shared.clone()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the admin listener");
-                    None
-                }
-            }
+            Some(AdminServer::start(a.clone(), sock, shared.clone()))
         }
         (Some(a), None) => old.take().map(|mut o| {
             o.settings = a.clone();
@@ -416,12 +408,38 @@ fn log_kept_overrides(pools: &HashMap<Arc<str>, PoolEntry>) {
     }
 }
 
-fn build_pool(ps: &Arc<PoolSettings>, shared: &Shared) -> (Arc<Pool>, Arc<[Arc<ServerUpstream>]>) {
-    let pool = Arc::new(Pool::new(ps.clone(), &shared.registry, &shared.metrics));
+/// A generation of pool `ps`. From `previous` (the generation it replaces) it takes the
+/// pool's carry (in-flight count, retry budget, queue waiters, cursors) and, for each server
+/// that stays on the same upstream protocol, its connections (retimed to the new settings).
+fn build_pool(
+    ps: &Arc<PoolSettings>,
+    shared: &Shared,
+    previous: Option<&PoolEntry>,
+) -> (Arc<Pool>, Arc<[Arc<ServerUpstream>]>) {
+    let carry = previous.map(|e| e.slot.load().carry()).unwrap_or_default();
+    let pool = Arc::new(Pool::new(
+        ps.clone(),
+        &shared.registry,
+        &shared.metrics,
+        carry,
+    ));
     let upstreams: Arc<[Arc<ServerUpstream>]> = ps
         .servers
         .iter()
-        .map(|s| ServerUpstream::new(s.addr, ps.upstream_protocol, ps.timeouts))
+        .map(|s| {
+            let kept = previous.and_then(|e| {
+                e.upstreams
+                    .iter()
+                    .find(|u| u.addr() == s.addr && u.protocol() == ps.upstream_protocol)
+            });
+            match kept {
+                Some(u) => {
+                    u.retime(ps.timeouts);
+                    u.clone()
+                }
+                None => ServerUpstream::new(s.addr, ps.upstream_protocol, ps.timeouts),
+            }
+        })
         .collect();
     (pool, upstreams)
 }

@@ -84,10 +84,10 @@ struct Live {
 
 /// What a reload needs that can fail, prepared before anything running is touched.
 struct Prepared {
-    /// Listeners that get a new accept loop, with the socket it takes (new or handed over)
-    /// and a duplicate to keep.
-    sockets: HashMap<Arc<str>, (std::net::TcpListener, std::net::TcpListener)>,
-    admin_socket: Option<std::net::TcpListener>,
+    /// Listeners that get a new accept loop, with the socket it takes (new or handed over,
+    /// already registered with the runtime) and a duplicate to keep.
+    sockets: HashMap<Arc<str>, (tokio::net::TcpListener, std::net::TcpListener)>,
+    admin_socket: Option<tokio::net::TcpListener>,
     auth: Auth,
     access_log: Option<Arc<AccessLog>>,
 }

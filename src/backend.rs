@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
@@ -313,6 +314,51 @@ pub struct BackendState {
     pub last_check_us: AtomicU64,
     /// Availability record. A mutex: touched only on state transitions and scrapes.
     availability: Mutex<Availability>,
+    /// An operator's weight change in progress (`weight?over=`). A mutex: read when a table
+    /// is published and at scrapes, written by admin calls; never per request.
+    weight_ramp: Mutex<Option<WeightRamp>>,
+    /// When an operator's drain closes what is left (process ms), 0 if never.
+    drain_deadline: AtomicU64,
+    /// Cancelled to sever every open connection to the server (a drain deadline); connections
+    /// take the current one when they open. A mutex: taken once per upstream connection or
+    /// L4 connection, never per request, and never across an `.await`.
+    sever: Mutex<CancellationToken>,
+    /// Bumped each time connections are severed, so a request that fails then knows why.
+    sever_epoch: AtomicU64,
+}
+
+/// A weight moving from `from` to `to` over `over_ms`, in [`WeightRamp::STEPS`] steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightRamp {
+    /// Weight at the start.
+    pub from: u32,
+    /// Weight at the end.
+    pub to: u32,
+    /// Start, process ms.
+    pub start_ms: u64,
+    /// Length, ms.
+    pub over_ms: u64,
+}
+
+impl WeightRamp {
+    /// Steps a ramp takes (each a table publish).
+    pub const STEPS: u64 = 10;
+
+    /// The weight at `now`: `from`, then each step a tenth of the way closer, `to` at the end.
+    pub fn at(&self, now: u64) -> u32 {
+        let done = now.saturating_sub(self.start_ms);
+        if done >= self.over_ms {
+            return self.to;
+        }
+        let step = done * Self::STEPS / self.over_ms.max(1);
+        let (from, to) = (i64::from(self.from), i64::from(self.to));
+        (from + (to - from) * step as i64 / Self::STEPS as i64).max(1) as u32
+    }
+
+    /// When it ends, process ms.
+    pub fn end_ms(&self) -> u64 {
+        self.start_ms + self.over_ms
+    }
 }
 
 impl BackendState {
@@ -342,6 +388,10 @@ impl BackendState {
                 pending: !initial_up,
                 ..Default::default()
             }),
+            weight_ramp: Mutex::new(None),
+            drain_deadline: AtomicU64::new(0),
+            sever: Mutex::new(CancellationToken::new()),
+            sever_epoch: AtomicU64::new(0),
         }
     }
 
@@ -449,9 +499,68 @@ impl BackendState {
             .clone()
     }
 
-    /// Effective weight given the configured one, the override and slow start.
+    /// The weight change in progress, if any.
+    pub fn weight_ramp(&self) -> Option<WeightRamp> {
+        *self.weight_ramp.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts (Some) or cancels (None) a weight change.
+    pub fn set_weight_ramp(&self, r: Option<WeightRamp>) {
+        *self.weight_ramp.lock().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    /// Ends the ramp `r` if it is still the one in force: its target becomes the override.
+    pub fn finish_weight_ramp(&self, r: WeightRamp) -> bool {
+        let mut cur = self.weight_ramp.lock().unwrap_or_else(|e| e.into_inner());
+        if *cur != Some(r) {
+            return false;
+        }
+        *cur = None;
+        self.set_weight_override(Some(r.to));
+        true
+    }
+
+    /// The operator's weight now: a ramp's current step, else the override.
+    pub fn operator_weight(&self, now: u64) -> Option<u32> {
+        match self.weight_ramp() {
+            Some(r) => Some(r.at(now)),
+            None => self.weight_override(),
+        }
+    }
+
+    /// The drain deadline in force (process ms), 0 if none.
+    pub fn drain_deadline(&self) -> u64 {
+        self.drain_deadline.load(Ordering::Acquire)
+    }
+
+    /// Sets (or clears, with 0) the drain deadline.
+    pub fn set_drain_deadline(&self, t: u64) {
+        self.drain_deadline.store(t, Ordering::Release);
+    }
+
+    /// The token that fires when the server's open connections are severed.
+    pub fn sever_token(&self) -> CancellationToken {
+        self.sever.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Severs every connection open to the server now; later ones are not affected.
+    pub fn sever_connections(&self) {
+        let mut t = self.sever.lock().unwrap_or_else(|e| e.into_inner());
+        self.sever_epoch.fetch_add(1, Ordering::AcqRel);
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+
+    /// How many times connections were severed so far (one load: read per request, so a
+    /// request that fails because its connection was severed is not blamed on the server).
+    #[inline]
+    pub fn sever_epoch(&self) -> u64 {
+        self.sever_epoch.load(Ordering::Acquire)
+    }
+
+    /// Effective weight given the configured one, the operator's and slow start.
     pub fn effective_weight(&self, configured: u32, slow_start: Option<Duration>, now: u64) -> u32 {
-        let w = self.weight_override().unwrap_or(configured);
+        let w = self.operator_weight(now).unwrap_or(configured);
         let ramp = self.ramp_start();
         match slow_start {
             Some(d) if ramp > 0 && now < ramp + d.as_millis() as u64 => {
@@ -634,6 +743,26 @@ fn forget_series(m: &Metrics, s: &BackendState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weight_ramp_moves_in_ten_steps() {
+        let r = WeightRamp {
+            from: 1,
+            to: 21,
+            start_ms: 1000,
+            over_ms: 10_000,
+        };
+        let got: Vec<u32> = (0..=11).map(|s| r.at(1000 + s * 1000)).collect();
+        assert_eq!(got, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 21]);
+        let down = WeightRamp {
+            from: 10,
+            to: 1,
+            ..r
+        };
+        assert_eq!(down.at(1000), 10);
+        assert_eq!(down.at(6000), 6);
+        assert_eq!(down.at(11_000), 1);
+    }
 
     #[test]
     fn availability_record() {

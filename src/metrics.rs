@@ -73,6 +73,8 @@ pub struct Metrics {
     pub last_reload_success_time: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Reloads the reload guard undid.
+    pub rollbacks: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -145,6 +147,14 @@ impl Metrics {
         )
         .expect("metric definition is valid");
         r.register(Box::new(access_log_dropped.clone()))
+            .expect("metric names are unique");
+
+        let rollbacks = IntCounter::new(
+            "fulcrum_config_rollbacks_total",
+            "Reloads undone by the reload guard (the previous configuration put back).",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(rollbacks.clone()))
             .expect("metric names are unique");
 
         let m = Metrics {
@@ -278,6 +288,7 @@ impl Metrics {
             last_reload_ok,
             last_reload_success_time,
             access_log_dropped,
+            rollbacks,
             registry: r,
         };
         // Export both results from the start, so `increase(...[5m])` sees the first failure.

@@ -23,8 +23,6 @@ const ALLOWED_MISSING: &[(&str, &str)] = &[
         "fulcrum_tls_certificate_expiry_timestamp_seconds",
         "TLS termination",
     ),
-    // The post-reload guard's automatic rollbacks (issue 18).
-    ("fulcrum_config_rollbacks_total", "the post-reload guard"),
 ];
 
 fn root() -> PathBuf {

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
 
-use super::{json, status, text, AdminError, AdminResponse};
+use std::time::Duration;
+
+use super::{json, status, text, timed, AdminError, AdminResponse};
 use crate::backend::AdminState;
 use crate::runtime::{Fulcrum, Shared};
 
@@ -23,20 +25,43 @@ const MAX_WEIGHT: u32 = 256;
 /// What `POST /servers/{pool}/{server}/{action}` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
-    Drain,
+    /// Drain; with a deadline, close what is left then.
+    Drain(Option<Duration>),
     Enable,
     Disable,
-    Weight(u32),
+    /// Set the weight; with a length, ramp to it in steps.
+    Weight(u32, Option<Duration>),
     Reset,
+}
+
+/// The value of `key=` in a query string.
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// A duration query parameter (`over=60s`, `deadline=2m`), if present.
+fn duration_param(query: Option<&str>, key: &str) -> Result<Option<Duration>, AdminError> {
+    match query_param(query, key) {
+        None => Ok(None),
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) if !d.is_zero() && d <= Duration::from_secs(7 * 24 * 3600) => Ok(Some(d)),
+            _ => Err(AdminError::BadRequest(format!(
+                "{key} must be a duration such as \"60s\" or \"2m\" (at most a week), got {v:?}"
+            ))),
+        },
+    }
 }
 
 fn parse_action(action: &str, query: Option<&str>, body: &[u8]) -> Result<Action, AdminError> {
     Ok(match action {
-        "drain" => Action::Drain,
+        "drain" => Action::Drain(duration_param(query, "deadline")?),
         "enable" => Action::Enable,
         "disable" => Action::Disable,
         "reset" => Action::Reset,
-        "weight" => Action::Weight(weight_value(query, body)?),
+        "weight" => Action::Weight(weight_value(query, body)?, duration_param(query, "over")?),
         other => {
             return Err(AdminError::NotFound(format!(
                 "unknown server action {other:?}; expected drain, enable, disable, weight or reset"
@@ -112,14 +137,30 @@ pub fn server_action(
         })?;
     let st = &server.state;
     let (before_state, before_weight) = (st.admin_state(), st.weight_override());
+    // Any change replaces a drain deadline or weight ramp in progress.
     match action {
-        Action::Drain => st.set_admin_state(AdminState::Draining),
+        Action::Drain(_) | Action::Enable | Action::Disable | Action::Reset => {
+            st.set_drain_deadline(0)
+        }
+        Action::Weight(..) => st.set_weight_ramp(None),
+    }
+    match action {
+        Action::Drain(deadline) => {
+            st.set_admin_state(AdminState::Draining);
+            if let Some(d) = deadline {
+                timed::drain_deadline(st, d);
+            }
+        }
         Action::Enable => st.set_admin_state(AdminState::Enabled),
         Action::Disable => st.set_admin_state(AdminState::Disabled),
-        Action::Weight(w) => st.set_weight_override(Some(w)),
+        Action::Weight(w, None) => st.set_weight_override(Some(w)),
+        Action::Weight(w, Some(over)) => {
+            timed::ramp_weight(st, slot, server.settings.weight, w, over)
+        }
         Action::Reset => {
             st.set_admin_state(AdminState::Enabled);
             st.set_weight_override(None);
+            st.set_weight_ramp(None);
         }
     }
     // Publish into whichever generation is current now (a reload may have raced us).
@@ -197,11 +238,26 @@ mod tests {
 
     #[test]
     fn actions() {
-        assert_eq!(parse_action("drain", None, b"").unwrap(), Action::Drain);
+        assert_eq!(
+            parse_action("drain", None, b"").unwrap(),
+            Action::Drain(None)
+        );
+        assert_eq!(
+            parse_action("drain", Some("deadline=2m"), b"").unwrap(),
+            Action::Drain(Some(Duration::from_secs(120)))
+        );
         assert_eq!(
             parse_action("weight", Some("value=2"), b"").unwrap(),
-            Action::Weight(2)
+            Action::Weight(2, None)
         );
+        assert_eq!(
+            parse_action("weight", Some("value=10&over=60s"), b"").unwrap(),
+            Action::Weight(10, Some(Duration::from_secs(60)))
+        );
+        assert!(matches!(
+            parse_action("weight", Some("value=10&over=soon"), b""),
+            Err(AdminError::BadRequest(_))
+        ));
         assert!(matches!(
             parse_action("explode", None, b""),
             Err(AdminError::NotFound(_))

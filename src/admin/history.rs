@@ -14,8 +14,23 @@ pub struct ReloadOutcome {
     pub ok: bool,
     /// When it ended, Unix seconds.
     pub at_unix: f64,
-    /// Why it failed (`file:line:col: message` for an invalid file); `None` on success.
+    /// Why it failed (`file:line:col: message` for an invalid file), or why it was rolled
+    /// back; `None` on success.
     pub error: Option<String>,
+    /// The reload went into force, and the reload guard then put the previous configuration
+    /// back.
+    pub rolled_back: bool,
+}
+
+impl ReloadOutcome {
+    /// `success`, `failure` or `rolled_back`, as `/status` says it.
+    pub fn result(&self) -> &'static str {
+        match (self.ok, self.rolled_back) {
+            (_, true) => "rolled_back",
+            (true, false) => "success",
+            (false, false) => "failure",
+        }
+    }
 }
 
 /// The generation counter and the last reload's outcome.
@@ -51,6 +66,19 @@ impl ConfigHistory {
             ok: true,
             at_unix: crate::metrics::unix_now(),
             error: None,
+            rolled_back: false,
+        });
+        g
+    }
+
+    /// The reload guard put the previous configuration back; returns the new generation.
+    pub fn rolled_back(&self, reason: &str) -> u64 {
+        let g = self.applied();
+        self.record(ReloadOutcome {
+            ok: false,
+            at_unix: crate::metrics::unix_now(),
+            error: Some(reason.to_string()),
+            rolled_back: true,
         });
         g
     }
@@ -61,6 +89,7 @@ impl ConfigHistory {
             ok: false,
             at_unix: crate::metrics::unix_now(),
             error: Some(error.to_string()),
+            rolled_back: false,
         });
     }
 

@@ -15,6 +15,7 @@ mod collector;
 mod history;
 mod page;
 mod status;
+mod timed;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -72,7 +72,7 @@ fn config_history(shared: &Shared) -> (u64, Value) {
     let generation = shared.history.generation();
     let last = match shared.history.last_reload() {
         Some(o) => json!({
-            "result": if o.ok { "success" } else { "failure" },
+            "result": o.result(),
             "at_unix": o.at_unix,
             "error": o.error,
         }),
@@ -82,6 +82,7 @@ fn config_history(shared: &Shared) -> (u64, Value) {
         "last": last,
         "successes": successes,
         "failures": failures,
+        "rollbacks": m.rollbacks.get(),
         "applied_at_unix": m.last_reload_success_time.get(),
     });
     (generation, reload)
@@ -175,6 +176,25 @@ pub fn overrides(st: &BackendState) -> Value {
     }
     if let Some(w) = st.weight_override() {
         o.insert("weight".into(), w.into());
+    }
+    let now = now_ms();
+    if let Some(r) = st.weight_ramp() {
+        o.insert(
+            "weight_ramp".into(),
+            json!({
+                "from": r.from,
+                "to": r.to,
+                "now": r.at(now),
+                "remaining_seconds": r.end_ms().saturating_sub(now) as f64 / 1000.0,
+            }),
+        );
+    }
+    let deadline = st.drain_deadline();
+    if deadline > now && st.admin_state() == AdminState::Draining {
+        o.insert(
+            "drain_deadline_seconds".into(),
+            ((deadline - now) as f64 / 1000.0).into(),
+        );
     }
     Value::Object(o)
 }

@@ -54,6 +54,20 @@ pub struct RuntimeSettings {
     pub drain_timeout: Duration,
     /// Client connections open at once, every listener together.
     pub max_connections: usize,
+    /// Rolling back a reload that makes things worse; `None` when off.
+    pub reload_guard: Option<ReloadGuard>,
+}
+
+/// `[runtime] reload_guard`: watch a reload for `window`, and put the previous configuration
+/// back when the new one fails requests or leaves a serving pool without servers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReloadGuard {
+    /// How long after a reload.
+    pub window: Duration,
+    /// Failed share of requests that triggers a rollback.
+    pub max_error_ratio: f64,
+    /// Requests needed before the ratio counts.
+    pub min_requests: u64,
 }
 
 /// `[admin]`.

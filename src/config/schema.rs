@@ -44,6 +44,23 @@ pub struct RawRuntime {
     /// Client connections open at once over the whole process, every listener together;
     /// more wait in the kernel backlog. Default 100000.
     pub max_connections: Option<Spanned<i64>>,
+    /// Undo a reload that makes things worse: off unless this table is present.
+    pub reload_guard: Option<Spanned<RawReloadGuard>>,
+}
+
+/// `[runtime] reload_guard = { ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReloadGuard {
+    /// Default true when the table is present.
+    pub enabled: Option<bool>,
+    /// How long after a reload the new configuration is watched; default 30s.
+    pub window: Option<Spanned<Dur>>,
+    /// Roll back when more than this share of requests fail (5xx, failed L4 connects)
+    /// within the window; default 0.2.
+    pub max_error_ratio: Option<Spanned<f64>>,
+    /// ...counted only once this many requests were seen; default 50.
+    pub min_requests: Option<Spanned<i64>>,
 }
 
 /// `[admin]`.

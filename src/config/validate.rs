@@ -133,6 +133,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             1..=10_000_000,
             100_000,
         )? as usize,
+        reload_guard: reload_guard(&cx, raw.runtime.reload_guard.as_ref())?,
     };
 
     let admin = if raw.admin.enabled == Some(false) {
@@ -343,6 +344,35 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         listeners,
         pools,
     })
+}
+
+fn reload_guard(
+    cx: &Ctx,
+    g: Option<&Spanned<RawReloadGuard>>,
+) -> Result<Option<ReloadGuard>, ConfigError> {
+    let Some(g) = g else { return Ok(None) };
+    let r = g.get_ref();
+    if r.enabled == Some(false) {
+        return Ok(None);
+    }
+    let max_error_ratio = match &r.max_error_ratio {
+        None => 0.2,
+        Some(v) if *v.get_ref() > 0.0 && *v.get_ref() < 1.0 => *v.get_ref(),
+        Some(v) => {
+            return Err(cx.err(
+                v.span(),
+                format!(
+                    "max_error_ratio must be between 0 and 1 (exclusive), got {}",
+                    v.get_ref()
+                ),
+            ))
+        }
+    };
+    Ok(Some(ReloadGuard {
+        window: cx.dur(&r.window, "window", Duration::from_secs(30))?,
+        max_error_ratio,
+        min_requests: cx.int(&r.min_requests, "min_requests", 1..=1_000_000_000, 50)? as u64,
+    }))
 }
 
 /// Keys that only an http listener reads: refused on a tcp listener, never ignored.

@@ -21,7 +21,7 @@ pub enum Blame {
     Server,
     /// The client: what it sent, or how slowly, or that it went away.
     Client,
-    /// This process: a local resource ran out.
+    /// This process: a local resource ran out, or an operator closed the connection.
     Local,
 }
 
@@ -49,6 +49,9 @@ pub enum ProxyError {
     /// A local resource ran out (file descriptors, ports, buffers).
     #[error("local resources exhausted")]
     Local,
+    /// An operator's drain deadline closed the server's connections mid-request.
+    #[error("server drained by an operator")]
+    Drained,
     /// The request cannot be proxied as sent.
     #[error("bad request")]
     BadRequest,
@@ -75,7 +78,7 @@ impl From<QueueError> for ProxyError {
 impl ProxyError {
     /// Errors that count in `fulcrum_proxy_errors_total`, for pre-resolving metric handles
     /// (indexed by [`ProxyError::server_index`]).
-    pub const SERVER_SIDE: [ProxyError; 7] = [
+    pub const SERVER_SIDE: [ProxyError; 8] = [
         ProxyError::NoServer,
         ProxyError::Overloaded,
         ProxyError::Connect,
@@ -83,6 +86,7 @@ impl ProxyError {
         ProxyError::Timeout,
         ProxyError::Protocol,
         ProxyError::Local,
+        ProxyError::Drained,
     ];
 
     /// Whose fault it was.
@@ -94,7 +98,7 @@ impl ProxyError {
             | ProxyError::Reset
             | ProxyError::Timeout
             | ProxyError::Protocol => Blame::Server,
-            ProxyError::Local => Blame::Local,
+            ProxyError::Local | ProxyError::Drained => Blame::Local,
             ProxyError::BadRequest
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
@@ -129,6 +133,7 @@ impl ProxyError {
             ProxyError::Timeout => "timeout",
             ProxyError::Protocol => "protocol",
             ProxyError::Local => "local",
+            ProxyError::Drained => "drained",
             ProxyError::BadRequest => "bad_request",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::BodyTimeout => "body_timeout",
@@ -140,9 +145,10 @@ impl ProxyError {
     /// The one status this error maps to.
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::NoServer | ProxyError::Overloaded | ProxyError::Local => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoServer
+            | ProxyError::Overloaded
+            | ProxyError::Local
+            | ProxyError::Drained => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect | ProxyError::Reset | ProxyError::Protocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -170,6 +176,7 @@ impl ProxyError {
             }
             ProxyError::Overloaded => "503 Service Unavailable: all servers are busy\n",
             ProxyError::Local => "503 Service Unavailable: the proxy is out of resources\n",
+            ProxyError::Drained => "503 Service Unavailable: the server was taken out of service\n",
             ProxyError::Connect => "502 Bad Gateway: could not connect to a server\n",
             ProxyError::Reset => {
                 "502 Bad Gateway: the server closed the connection without responding\n"

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::body::ReqBody;
-use crate::backend::now_ms;
+use crate::backend::{now_ms, BackendState};
 use crate::config::{PoolTimeouts, UpstreamProtocol};
 
 /// Idle HTTP/1.1 connections kept per server, at most.
@@ -56,6 +56,8 @@ struct Idle {
 /// The connections to one server.
 pub struct ServerUpstream {
     addr: SocketAddr,
+    /// The server's live state: its sever token ends every connection at a drain deadline.
+    state: Arc<BackendState>,
     protocol: UpstreamProtocol,
     /// Connect (and ready) timeout and idle lifetime, ms: atomics, so a reload that keeps
     /// the server keeps its pooled connections and only retimes them.
@@ -79,9 +81,14 @@ pub struct Lease {
 
 impl ServerUpstream {
     /// A pool of connections to `addr`.
-    pub fn new(addr: SocketAddr, protocol: UpstreamProtocol, timeouts: PoolTimeouts) -> Arc<Self> {
+    pub fn new(
+        state: Arc<BackendState>,
+        protocol: UpstreamProtocol,
+        timeouts: PoolTimeouts,
+    ) -> Arc<Self> {
         Arc::new(ServerUpstream {
-            addr,
+            addr: state.addr,
+            state,
             protocol,
             connect_ms: AtomicU64::new(timeouts.connect.as_millis() as u64),
             idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
@@ -93,6 +100,11 @@ impl ServerUpstream {
     /// The server address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's live state.
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
     }
 
     /// The upstream protocol its connections speak.
@@ -173,9 +185,13 @@ impl ServerUpstream {
                         .handshake(io)
                         .await
                         .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                    let sever = self.state.sever_token();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.with_upgrades().await {
-                            tracing::trace!(error = %e, "upstream connection ended");
+                        tokio::select! {
+                            r = conn.with_upgrades() => if let Err(e) = r {
+                                tracing::trace!(error = %e, "upstream connection ended");
+                            },
+                            _ = sever.cancelled() => {}
                         }
                     });
                     Ok(Sender::H1(tx))
@@ -187,9 +203,13 @@ impl ServerUpstream {
                         .handshake(io)
                         .await
                         .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                    let sever = self.state.sever_token();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::trace!(error = %e, "upstream h2 connection ended");
+                        tokio::select! {
+                            r = conn => if let Err(e) = r {
+                                tracing::trace!(error = %e, "upstream h2 connection ended");
+                            },
+                            _ = sever.cancelled() => {}
                         }
                     });
                     self.h2.store(Some(Arc::new(tx.clone())));

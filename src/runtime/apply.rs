@@ -423,21 +423,21 @@ fn build_pool(
         &shared.metrics,
         carry,
     ));
-    let upstreams: Arc<[Arc<ServerUpstream>]> = ps
+    let upstreams: Arc<[Arc<ServerUpstream>]> = pool
         .servers
         .iter()
         .map(|s| {
             let kept = previous.and_then(|e| {
-                e.upstreams
-                    .iter()
-                    .find(|u| u.addr() == s.addr && u.protocol() == ps.upstream_protocol)
+                e.upstreams.iter().find(|u| {
+                    Arc::ptr_eq(u.state(), &s.state) && u.protocol() == ps.upstream_protocol
+                })
             });
             match kept {
                 Some(u) => {
                     u.retime(ps.timeouts);
                     u.clone()
                 }
-                None => ServerUpstream::new(s.addr, ps.upstream_protocol, ps.timeouts),
+                None => ServerUpstream::new(s.state.clone(), ps.upstream_protocol, ps.timeouts),
             }
         })
         .collect();

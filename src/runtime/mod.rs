@@ -28,6 +28,7 @@ use crate::pool::{Pool, PoolSlot};
 use crate::proxy::upstream::ServerUpstream;
 
 mod apply;
+mod guard;
 
 /// Why a config could not be started or applied.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +114,9 @@ pub struct Shared {
     /// listener and resized by reloads; its size is kept beside it.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     connections_size: std::sync::atomic::AtomicUsize,
+    /// Ends the reload guard's watch in progress, if any. A `std` mutex: touched once per
+    /// reload, never across an `.await`.
+    guard: std::sync::Mutex<Option<CancellationToken>>,
     /// Listeners removed by reloads, finishing their connections.
     retiring: TaskTracker,
     shutdown: CancellationToken,
@@ -141,6 +145,7 @@ impl Fulcrum {
             live: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),
             connections_size: std::sync::atomic::AtomicUsize::new(config.runtime.max_connections),
+            guard: std::sync::Mutex::new(None),
             retiring: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -199,7 +204,16 @@ impl Fulcrum {
         crate::daemon::notify_reloading();
         let path = self.shared.config.load().source.clone();
         let result = match config::load(&path) {
-            Ok(cfg) => self.apply(cfg).await,
+            Ok(cfg) => {
+                let guard = cfg.runtime.reload_guard;
+                let before = guard::Before::take(&self.shared);
+                guard::stop(&self.shared);
+                let applied = self.apply(cfg).await;
+                if let (Ok(()), Some(g)) = (&applied, guard) {
+                    guard::start(self, before, g);
+                }
+                applied
+            }
             Err(e) => Err(RuntimeError::Config(e)),
         };
         let m = &self.shared.metrics;
@@ -228,6 +242,7 @@ impl Fulcrum {
     /// Stops accepting, lets in-flight work finish for up to `grace`, then closes the rest.
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.cancel();
+        guard::stop(&self.shared);
         let live = self.shared.live.lock().await.take();
         let Some(live) = live else { return };
         if let Some(a) = &live.admin {

@@ -212,8 +212,8 @@ pub(super) async fn forward(
                         if let Some(e) = client_fault(state.as_deref()) {
                             return Err(e);
                         }
-                        if f.error == ProxyError::Local {
-                            return Err(ProxyError::Local);
+                        if matches!(f.error, ProxyError::Local | ProxyError::Drained) {
+                            return Err(f.error);
                         }
                         fail(pool, server, f.kind);
                         match f.back {
@@ -301,6 +301,7 @@ async fn send(
     body: Option<&BodyState>,
 ) -> Result<(Response<Incoming>, Lease), SendFailure> {
     let timeout = route.pool.settings.timeouts.response_header;
+    let epoch = server.state.sever_epoch();
     for _ in 0..2 {
         let started = Instant::now();
         let sent_then_timeout = async {
@@ -346,6 +347,15 @@ async fn send(
                             ));
                         }
                     };
+                }
+                back if server.state.sever_epoch() != epoch => {
+                    // An operator's drain deadline closed the connection: not the server's
+                    // failure.
+                    return Err(SendFailure::new(
+                        FailureKind::Reset,
+                        ProxyError::Drained,
+                        back,
+                    ));
                 }
                 back => {
                     let (kind, error) = classify(e.error());

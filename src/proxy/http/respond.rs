@@ -77,6 +77,7 @@ fn tunnel_upgrade(
     }
     let idle = route.listener.timeouts.tunnel_idle;
     let stop = cx.hard_stop.clone();
+    let sever = load.state().sever_token();
     cx.tracker.spawn(async move {
         let _hold = (load, pool_load);
         let (client, server) = match tokio::try_join!(client_up, server_up) {
@@ -88,8 +89,11 @@ fn tunnel_upgrade(
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
         let mut server = hyper_util::rt::TokioIo::new(server);
-        if let Err(e) = tunnel::relay(&mut client, &mut server, idle, &stop).await {
-            tracing::debug!(error = ?e, "upgraded tunnel ended");
+        tokio::select! {
+            r = tunnel::relay(&mut client, &mut server, idle, &stop) => if let Err(e) = r {
+                tracing::debug!(error = ?e, "upgraded tunnel ended");
+            },
+            _ = sever.cancelled() => tracing::debug!("upgraded tunnel severed at a drain deadline"),
         }
     });
     let (mut parts, _) = resp.into_parts();

@@ -280,3 +280,183 @@ fn the_alert_rules_pass_promtool_checks_and_their_unit_tests() {
         );
     }
 }
+
+fn selections(p: &Proxy, pool: &str, server: &str, reason: &str) -> f64 {
+    p.metric_value(
+        "fulcrum_selections_total",
+        &[("pool", pool), ("server", server), ("reason", reason)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_reasons_and_response_histograms_are_recorded_by_the_server_that_answered() {
+    let o = fleet(3).await;
+    let cfg = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "rr"
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "rr"
+
+[[listener]]
+name = "hashed"
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "hashed"
+
+[[listener]]
+name = "sticky"
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "sticky"
+
+[[listener]]
+name = "limited"
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "limited"
+
+[[pool]]
+name = "rr"
+servers = [ {s0}, {s1}, {{ addr = "{dead}", name = "dead" }}, {{ addr = "{b}", name = "b", backup = true }} ]
+[pool.health]
+kind = "none"
+[pool.passive]
+enabled = false
+
+[[pool]]
+name = "hashed"
+algorithm = "consistent_hash"
+hash_key = "header:x-user"
+servers = [ {s0}, {s1} ]
+[pool.health]
+kind = "none"
+
+[[pool]]
+name = "sticky"
+sticky = {{ cookie = "srv" }}
+servers = [ {s0}, {s1} ]
+[pool.health]
+kind = "none"
+
+[[pool]]
+name = "limited"
+servers = [ {{ addr = "{a0}", name = "o0", max_conns = 1 }}, {s1} ]
+[pool.health]
+kind = "none"
+"#,
+        s0 = format!("{{ addr = \"{}\", name = \"o0\" }}", o[0].addr),
+        s1 = format!("{{ addr = \"{}\", name = \"o1\" }}", o[1].addr),
+        a0 = o[0].addr,
+        b = o[2].addr,
+        dead = {
+            let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+            l.local_addr().unwrap()
+        },
+    );
+    let p = Proxy::start(&cfg).await;
+    let c = client();
+
+    // Round robin over o0, o1 and a dead server: the dead one's requests are retried.
+    assert_eq!(gets_ok(&c, &p.url("rr", "/"), 9).await, 9);
+    let balanced: f64 = ["o0", "o1", "dead"]
+        .iter()
+        .map(|s| selections(&p, "rr", s, "balance"))
+        .sum();
+    assert_eq!(balanced, 9.0, "each request's first pick is the balancer's");
+    let on_dead = selections(&p, "rr", "dead", "balance");
+    assert!(on_dead >= 1.0, "the rotation reached the dead server");
+    assert_eq!(
+        selections(&p, "rr", "o0", "retry") + selections(&p, "rr", "o1", "retry"),
+        on_dead,
+        "every pick of the dead server was retried elsewhere, counted as a retry"
+    );
+    // No primary left: the backup tier serves.
+    let admin = p.admin().await;
+    for s in ["o0", "o1", "dead"] {
+        let r = admin_call(admin, "POST", &format!("/servers/rr/{s}/disable"), None, "").await;
+        assert_eq!(r.status, 403, "no token, no change");
+        p.f.pool("rr")
+            .unwrap()
+            .servers
+            .iter()
+            .find(|x| &*x.settings.name == s)
+            .unwrap()
+            .state
+            .set_admin_state(fulcrum::backend::AdminState::Disabled);
+    }
+    p.f.pool("rr").unwrap().publish_latest();
+    assert_eq!(gets_ok(&c, &p.url("rr", "/"), 2).await, 2);
+    assert_eq!(selections(&p, "rr", "b", "backup"), 2.0);
+
+    // A hashing pool picks by hash.
+    for user in ["ann", "bob", "cy", "dee"] {
+        let req = http::Request::get(p.url("hashed", "/"))
+            .header("x-user", user)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&c, req).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        selections(&p, "hashed", "o0", "hash") + selections(&p, "hashed", "o1", "hash"),
+        4.0
+    );
+
+    // The sticky cookie names the server the second time.
+    let first = get(&c, &p.url("sticky", "/")).await;
+    let cookie = first.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let req = http::Request::get(p.url("sticky", "/"))
+        .header("cookie", cookie)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let again = send(&c, req).await.unwrap();
+    assert_eq!(again.origin(), first.origin());
+    assert_eq!(selections(&p, "sticky", &first.origin(), "sticky"), 1.0);
+
+    // o0 has one slot, held by a slow request: the next request picked for o0 moves to o1.
+    let slow = tokio::spawn({
+        let url = p.url("limited", "/sleep/1000");
+        async move { get(&client(), &url).await.status }
+    });
+    wait_until("o0's only slot is taken", LIMIT, || async {
+        o[0].inflight() == 1
+    })
+    .await;
+    // Round robin picks o1, then o0 (full: moved to o1).
+    assert_eq!(gets_ok(&c, &p.url("limited", "/"), 2).await, 2);
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        selections(&p, "limited", "o1", "queue"),
+        1.0,
+        "moved by the queue"
+    );
+
+    // Every server that answered recorded its response times; the dead one none.
+    let count = |pool: &str, server: &str| {
+        p.metric_value(
+            "fulcrum_server_response_seconds_count",
+            &[("pool", pool), ("server", server)],
+        )
+    };
+    assert!(count("rr", "o0") >= 3.0 && count("rr", "o1") >= 3.0);
+    assert_eq!(count("rr", "b"), 2.0);
+    assert_eq!(count("rr", "dead"), 0.0, "never answered");
+    assert_eq!(count("limited", "o0"), 1.0);
+    assert!(
+        p.metric_value(
+            "fulcrum_server_response_seconds_sum",
+            &[("pool", "limited"), ("server", "o0")]
+        ) >= 1.0,
+        "the slow response took its second"
+    );
+}

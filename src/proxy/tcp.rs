@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::proxy_protocol;
-use super::tunnel::{self, RelayEnd};
+use super::tunnel::{self, Cut, RelayEnd};
 use crate::access_log::{AccessLog, Entry, TcpEntry};
 use crate::backend::{FailureKind, Selection};
 use crate::balance::{BackendIdx, PickKey};
@@ -155,20 +155,24 @@ pub async fn serve(
                     }
                 }
                 let idle = route.listener.timeouts.tunnel_idle;
-                let relayed = tunnel::relay(&mut client, &mut upstream, idle, &hard_stop).await;
+                let relayed = tunnel::relay_tcp(&mut client, &mut upstream, idle, &hard_stop).await;
                 let (moved, outcome) = match &relayed {
                     Ok(m) => (*m, "closed"),
-                    Err(RelayEnd::Idle) => ((0, 0), "idle"),
-                    Err(RelayEnd::Cancelled) => ((0, 0), "shutdown"),
-                    Err(RelayEnd::Io(_)) => ((0, 0), "error"),
+                    Err(cut) => (cut.moved, cut.end.outcome()),
                 };
                 route.log(peer, Some(&server.state.name), moved, started, outcome);
+                let (up, down) = moved;
                 match relayed {
-                    Ok((up, down)) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
-                    Err(RelayEnd::Idle) => {
-                        tracing::debug!(client = %peer, "tcp relay idle; closed")
+                    Ok(_) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
+                    Err(Cut {
+                        end: RelayEnd::Idle,
+                        ..
+                    }) => {
+                        tracing::debug!(client = %peer, up, down, "tcp relay idle; closed")
                     }
-                    Err(e) => tracing::debug!(client = %peer, error = ?e, "tcp relay ended"),
+                    Err(Cut { end, .. }) => {
+                        tracing::debug!(client = %peer, up, down, error = ?end, "tcp relay ended")
+                    }
                 }
                 drop(load);
                 return;

@@ -1,0 +1,287 @@
+//! Relaying bytes both ways between two connections (L4 and upgraded HTTP), with half-close
+//! and an idle timeout that counts activity in either direction.
+//!
+//! Memory: a direction holds a buffer only while it has bytes in flight (see `flow.rs`), so
+//! an idle relay costs its sockets and its task, not 2 × 32 KiB as a copy with fixed buffers
+//! did. TCP↔TCP relays ([`relay_tcp`]) wait for readiness without a buffer; any other
+//! stream ([`relay`]) borrows a buffer for each read poll and gives it back when nothing came.
+//! An upgraded HTTP connection ([`relay_upgraded`]) is unwrapped to its TCP streams when it
+//! can be. Every relay reports the bytes it moved, however it ended. Nothing here logs: the
+//! caller decides what an ending means.
+
+mod flow;
+mod upgraded;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use self::flow::{Flow, Side, Stream};
+pub use self::upgraded::{relay_upgraded, relay_upgraded_as, ClientIo, ServerIo, TcpInside};
+
+/// Bytes moved by a relay: (client → server, server → client), i.e. (a → b, b → a).
+pub type Moved = (u64, u64);
+
+/// How a relay ended badly.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// No bytes either way for the idle timeout.
+    Idle,
+    /// The process is shutting down and the grace period ran out.
+    Cancelled,
+    /// A socket error.
+    Io(io::Error),
+}
+
+impl RelayEnd {
+    /// The access log's name for this ending.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RelayEnd::Idle => "idle",
+            RelayEnd::Cancelled => "shutdown",
+            RelayEnd::Io(_) => "error",
+        }
+    }
+}
+
+/// A relay that ended before both directions finished, with the bytes it had moved by then.
+#[derive(Debug)]
+pub struct Cut {
+    /// Why it ended.
+    pub end: RelayEnd,
+    /// What it had moved.
+    pub moved: Moved,
+}
+
+/// Relays between two TCP streams until both directions have ended (each side's EOF is
+/// passed on as a write shutdown to the other, so half-closed connections keep working),
+/// until no byte moves either way for `idle`, or until `cancel`.
+pub async fn relay_tcp(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<Moved, Cut> {
+    run(a, b, Flow::default(), Flow::default(), idle, cancel).await
+}
+
+/// [`relay_tcp`] for any two async streams (an upgraded connection, a TLS stream).
+pub async fn relay<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<Moved, Cut>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    run(
+        Stream(a),
+        Stream(b),
+        Flow::default(),
+        Flow::default(),
+        idle,
+        cancel,
+    )
+    .await
+}
+
+/// Drives both directions, the idle watchdog and the hard stop; `ab` and `ba` may start with
+/// bytes already read.
+async fn run<A: Side, B: Side>(
+    mut a: A,
+    mut b: B,
+    mut ab: Flow,
+    mut ba: Flow,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<Moved, Cut> {
+    let ticks = AtomicU64::new(0);
+    let copy = poll_fn(|cx| {
+        // Both directions are polled on every wake: each registers its own interest, and an
+        // error in either ends the relay, as with tokio's copy_bidirectional.
+        let ab_ready = ab.poll(cx, &mut a, &mut b, &ticks)?.is_ready();
+        let ba_ready = ba.poll(cx, &mut b, &mut a, &ticks)?.is_ready();
+        if ab_ready && ba_ready {
+            Poll::Ready(Ok::<(), io::Error>(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    let end = tokio::select! {
+        r = copy => r.err().map(RelayEnd::Io),
+        _ = idle_for(&ticks, idle) => Some(RelayEnd::Idle),
+        _ = cancel.cancelled() => Some(RelayEnd::Cancelled),
+    };
+    let moved = (ab.moved, ba.moved);
+    match end {
+        None => Ok(moved),
+        Some(end) => Err(Cut { end, moved }),
+    }
+}
+
+/// Counts reads and writes so a watchdog can tell an idle connection from a busy one.
+/// `C` is whatever holds the counter: a borrow inside one task, an `Arc` across tasks.
+pub struct Active<T, C> {
+    /// The connection.
+    pub io: T,
+    /// Bumped on every completed read or write.
+    pub ticks: C,
+}
+
+/// Waits until `ticks` has not moved for a whole `idle` period.
+pub async fn idle_for(ticks: &AtomicU64, idle: Duration) {
+    let mut seen = u64::MAX;
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = ticks.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+impl<T: AsyncRead + Unpin, C: std::ops::Deref<Target = AtomicU64> + Unpin> AsyncRead
+    for Active<T, C>
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if r.is_ready() {
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin, C: std::ops::Deref<Target = AtomicU64> + Unpin> AsyncWrite
+    for Active<T, C>
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if r.is_ready() {
+            self.ticks.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// (client's end, relay's client side, relay's server side, server's end).
+    async fn ends() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, a) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (b, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), a.unwrap().0, b.unwrap(), s.unwrap().0)
+    }
+
+    /// Client sends `up`, server sends `down`; each reads what the other sent.
+    async fn exchange(c: &mut TcpStream, s: &mut TcpStream, up: &[u8], down: &[u8]) {
+        c.write_all(up).await.unwrap();
+        s.write_all(down).await.unwrap();
+        let mut got = vec![0u8; up.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, up);
+        let mut got = vec![0u8; down.len()];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, down);
+    }
+
+    #[tokio::test]
+    async fn a_relay_cut_by_the_hard_stop_reports_what_it_moved() {
+        let (mut c, mut a, mut b, mut s) = ends().await;
+        let stop = CancellationToken::new();
+        let relay = {
+            let stop = stop.clone();
+            tokio::spawn(async move { relay_tcp(&mut a, &mut b, LIMIT, &stop).await })
+        };
+        exchange(&mut c, &mut s, b"0123456789", b"abcdefg").await;
+        stop.cancel();
+        let cut = tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("the relay stops at once")
+            .unwrap()
+            .expect_err("cancelled");
+        assert!(matches!(cut.end, RelayEnd::Cancelled), "{cut:?}");
+        assert_eq!(cut.moved, (10, 7), "bytes moved each way before the stop");
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_is_cut_and_reports_what_it_moved() {
+        let (mut c, mut a, mut b, mut s) = ends().await;
+        let relay = tokio::spawn(async move {
+            let idle = Duration::from_millis(100);
+            relay_tcp(&mut a, &mut b, idle, &CancellationToken::new()).await
+        });
+        exchange(&mut c, &mut s, b"abc", b"de").await;
+        let cut = tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("the idle relay is cut")
+            .unwrap()
+            .expect_err("idle");
+        assert!(matches!(cut.end, RelayEnd::Idle), "{cut:?}");
+        assert_eq!(cut.moved, (3, 2), "bytes moved each way before going idle");
+    }
+
+    #[tokio::test]
+    async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
+        let (mut c, mut a, mut b, mut s) = ends().await;
+        let relay =
+            tokio::spawn(
+                async move { relay(&mut a, &mut b, LIMIT, &CancellationToken::new()).await },
+            );
+        // The server ends its side first; the client keeps sending after seeing that EOF.
+        s.write_all(b"bye").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye", "server's bytes, then its EOF");
+        c.write_all(b"still here").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(
+            got, b"still here",
+            "client's bytes after the server's EOF, then EOF"
+        );
+        let moved = tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("the relay ends after both EOFs")
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, (10, 3));
+    }
+}

@@ -5,7 +5,7 @@ one normal client sending GETs back to back. Reports how many slow connections w
 long each took to be cut, and what the normal client saw. Bounded: every connection gives up
 after --limit seconds, and the run ends when all slow connections are done.
 
-usage: slow_clients.py HOST:PORT [-n 1000] [--limit 120] [--path /]
+usage: slow_clients.py HOST:PORT [-n 1000] [--limit 120] [--path /] [--body-path /sink]
 """
 import argparse
 import asyncio
@@ -75,13 +75,14 @@ async def main():
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--limit", type=float, default=120)
     ap.add_argument("--path", default="/")
+    ap.add_argument("--body-path", default="/sink", help="where slow bodies go (an origin that reads them)")
     a = ap.parse_args()
     host, port = a.target.rsplit(":", 1)
     port = int(port)
     results, tally, stop = [], {"ok": 0, "failed": 0}, asyncio.Event()
     nt = asyncio.create_task(normal(host, port, a.path, stop, tally))
     loris = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Drip: "
-    body = b"POST / HTTP/1.1\r\nHost: bench\r\nContent-Length: 1000000\r\n\r\n"
+    body = f"POST {a.body_path} HTTP/1.1\r\nHost: bench\r\nContent-Length: 1000000\r\n\r\n".encode()
     t0 = time.monotonic()
     tasks = []
     for i in range(a.n):

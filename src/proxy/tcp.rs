@@ -16,12 +16,13 @@ use tokio_util::sync::CancellationToken;
 use super::proxy_protocol;
 use super::tunnel::{self, Cut, RelayEnd};
 use crate::access_log::{AccessLog, Entry, TcpEntry};
-use crate::backend::{FailureKind, Selection};
-use crate::balance::{BackendIdx, PickKey};
+use crate::backend::{FailureKind, LoadGuard, Selection};
+use crate::balance::PickKey;
 use crate::config::ListenerSettings;
 use crate::health::passive::{self, Outcome};
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::pool::Pool;
+use crate::pool::{Pool, Server};
+use crate::proxy::attempts::Attempts;
 use crate::queue;
 
 use super::headers::canonical_ip;
@@ -91,7 +92,15 @@ impl TcpRoute {
     }
 }
 
-/// Serves one client connection to its end.
+/// How the attempt to reach a server ended.
+enum Reached<'p> {
+    /// Connected to `server`, holding its slot.
+    Server(TcpStream, &'p Server, LoadGuard),
+    /// No server could be reached (or none had a slot); logged with this outcome.
+    Nowhere(&'static str),
+}
+
+/// Serves one client connection to its end: reach a server (with retries), then relay.
 pub async fn serve(
     mut client: TcpStream,
     peer: SocketAddr,
@@ -99,6 +108,56 @@ pub async fn serve(
     hard_stop: CancellationToken,
 ) {
     let started = Instant::now();
+    let (mut upstream, server, load) = match reach(&route, peer).await {
+        Reached::Server(up, server, load) => (up, server, load),
+        Reached::Nowhere(outcome) => {
+            route.log(peer, None, (0, 0), started, outcome);
+            return;
+        }
+    };
+    let pool = &route.pool;
+    let _pool_load = pool.enter();
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    if let Some(v) = route.listener.send_proxy {
+        let local = client.local_addr().unwrap_or(route.listener.bind);
+        let hdr = proxy_protocol::header(v, peer, local);
+        if let Err(e) = upstream.write_all(&hdr).await {
+            tracing::debug!(error = %e, "writing PROXY header failed");
+            route.log(peer, Some(&server.state.name), (0, 0), started, "error");
+            return;
+        }
+    }
+    let idle = route.listener.timeouts.tunnel_idle;
+    // An operator's drain deadline closes the relay too (the server's sever token).
+    let sever = server.state.sever_token();
+    let relayed = tokio::select! {
+        r = tunnel::relay_tcp(&mut client, &mut upstream, idle, &hard_stop) => r,
+        _ = sever.cancelled() => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
+    };
+    let (moved, outcome) = match &relayed {
+        Ok(m) => (*m, "closed"),
+        Err(cut) => (cut.moved, cut.end.outcome()),
+    };
+    route.log(peer, Some(&server.state.name), moved, started, outcome);
+    let (up, down) = moved;
+    match relayed {
+        Ok(_) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
+        Err(Cut {
+            end: RelayEnd::Idle,
+            ..
+        }) => tracing::debug!(client = %peer, up, down, "tcp relay idle; closed"),
+        Err(Cut { end, .. }) => {
+            tracing::debug!(client = %peer, up, down, error = ?end, "tcp relay ended")
+        }
+    }
+    drop(load);
+}
+
+/// Picks a server and connects, moving on to another after a connect failure (at most
+/// `retries` more, within the retry budget). A local resource error (EMFILE,
+/// EADDRNOTAVAIL...) ends the attempt without blaming anyone.
+async fn reach(route: &TcpRoute, peer: SocketAddr) -> Reached<'_> {
     let pool = &route.pool;
     let key = if pool.settings.algorithm.needs_key() {
         PickKey {
@@ -112,70 +171,38 @@ pub async fn serve(
     let Some((mut server, mut why)) = pool.pick(&key) else {
         route.no_server.inc();
         tracing::debug!(listener = %route.listener.name, client = %peer, "no server available; closing");
-        route.log(peer, None, (0, 0), started, "no_server");
-        return;
+        return Reached::Nowhere("no_server");
     };
     pool.budget.note_request();
-    let mut tried = [BackendIdx(u32::MAX); 11];
-    let mut attempts = 0;
+    let mut attempts = Attempts::new(pool.settings.retries);
     let connect_timeout = pool.settings.timeouts.connect;
     loop {
         // A slot on this server (or, if it is full, another one), else a bounded wait.
-        let load = match queue::admit(pool, server, &tried[..attempts]).await {
-            Ok((s, guard)) => {
-                server = s;
-                guard
-            }
+        let (admitted, load) = match queue::admit(pool, server, attempts.tried()).await {
+            Ok(a) => a,
             Err(e) => {
                 route.overloaded.inc();
                 tracing::debug!(listener = %route.listener.name, client = %peer, error = %e, "no server slot; closing");
-                route.log(peer, None, (0, 0), started, "overloaded");
-                return;
+                return Reached::Nowhere("overloaded");
             }
         };
-        tried[attempts] = server.idx;
-        attempts += 1;
+        if admitted.idx != server.idx {
+            why = Selection::Queue;
+        }
+        server = admitted;
+        attempts.record(server.idx);
         server.state.metrics.selected(why);
         server.state.metrics.requests.inc();
         let connected =
             tokio::time::timeout(connect_timeout, TcpStream::connect(server.settings.addr)).await;
         match connected {
-            Ok(Ok(mut upstream)) => {
+            Ok(Ok(upstream)) => {
                 passive::observe(pool, server, Outcome::Success);
-                let _pool_load = pool.enter();
-                let _ = upstream.set_nodelay(true);
-                let _ = client.set_nodelay(true);
-                if let Some(v) = route.listener.send_proxy {
-                    let local = client.local_addr().unwrap_or(route.listener.bind);
-                    let hdr = proxy_protocol::header(v, peer, local);
-                    if let Err(e) = upstream.write_all(&hdr).await {
-                        tracing::debug!(error = %e, "writing PROXY header failed");
-                        route.log(peer, Some(&server.state.name), (0, 0), started, "error");
-                        return;
-                    }
-                }
-                let idle = route.listener.timeouts.tunnel_idle;
-                let relayed = tunnel::relay_tcp(&mut client, &mut upstream, idle, &hard_stop).await;
-                let (moved, outcome) = match &relayed {
-                    Ok(m) => (*m, "closed"),
-                    Err(cut) => (cut.moved, cut.end.outcome()),
-                };
-                route.log(peer, Some(&server.state.name), moved, started, outcome);
-                let (up, down) = moved;
-                match relayed {
-                    Ok(_) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
-                    Err(Cut {
-                        end: RelayEnd::Idle,
-                        ..
-                    }) => {
-                        tracing::debug!(client = %peer, up, down, "tcp relay idle; closed")
-                    }
-                    Err(Cut { end, .. }) => {
-                        tracing::debug!(client = %peer, up, down, error = ?end, "tcp relay ended")
-                    }
-                }
-                drop(load);
-                return;
+                return Reached::Server(upstream, server, load);
+            }
+            Ok(Err(e)) if route.metrics.local_error(&e) => {
+                tracing::debug!(listener = %route.listener.name, server = %server.state.name, error = %e, "connect failed for a local reason; closing");
+                return Reached::Nowhere("local_error");
             }
             _ => {
                 drop(load);
@@ -183,10 +210,10 @@ pub async fn serve(
                 passive::observe(pool, server, Outcome::Failure(FailureKind::Connect));
             }
         }
-        if attempts > pool.settings.retries as usize || !pool.budget.try_retry() {
+        if attempts.may_retry(pool).is_err() {
             break;
         }
-        match pool.pick_other(&key, &tried[..attempts]) {
+        match pool.pick_other(&key, attempts.tried()) {
             Some(next) => {
                 route.retries.inc();
                 server = next;
@@ -196,6 +223,6 @@ pub async fn serve(
         }
     }
     route.connect_failed.inc();
-    route.log(peer, None, (0, 0), started, "connect_failed");
     tracing::debug!(listener = %route.listener.name, client = %peer, "no server could be reached; closing");
+    Reached::Nowhere("connect_failed")
 }

@@ -87,11 +87,10 @@ fn tunnel_upgrade(
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut server = hyper_util::rt::TokioIo::new(server);
         tokio::select! {
-            r = tunnel::relay(&mut client, &mut server, idle, &stop) => if let Err(e) = r {
-                tracing::debug!(error = ?e, "upgraded tunnel ended");
+            r = tunnel::relay_upgraded(client, server, idle, &stop) => match r {
+                Ok((up, down)) => tracing::trace!(up, down, "upgraded tunnel done"),
+                Err(cut) => tracing::debug!(error = ?cut.end, up = cut.moved.0, down = cut.moved.1, "upgraded tunnel ended"),
             },
             _ = sever.cancelled() => tracing::debug!("upgraded tunnel severed at a drain deadline"),
         }

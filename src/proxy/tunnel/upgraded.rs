@@ -4,8 +4,6 @@
 //! while idle; the bytes hyper had already read past the upgrade go out first. Anything else
 //! (a TLS client, say) is relayed as a generic stream with lazily borrowed buffers.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flow::{Flow, Stream};
 use super::{run, Active, Cut, Moved};
+use crate::listener::watch::Watched;
 
 /// A connection type that is a TCP stream underneath and can give it back.
 pub trait TcpInside: Sized {
@@ -41,8 +40,14 @@ impl<T: TcpInside, C> TcpInside for Active<T, C> {
     }
 }
 
-/// The io type the listener hands hyper for a client connection today.
-pub type ClientIo = TokioIo<Active<TcpStream, Arc<AtomicU64>>>;
+impl<T: TcpInside> TcpInside for Watched<T> {
+    fn into_tcp(self) -> TcpStream {
+        self.io.into_tcp()
+    }
+}
+
+/// The io type the listener hands hyper for a plain client connection.
+pub type ClientIo = TokioIo<Watched<TcpStream>>;
 
 /// The io type the upstream pool hands hyper for a server connection today.
 pub type ServerIo = TokioIo<TcpStream>;
@@ -198,9 +203,9 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let (stream, _) = l.accept().await.unwrap();
-            let io: ClientIo = TokioIo::new(Active {
+            let io: ClientIo = TokioIo::new(Watched {
                 io: stream,
-                ticks: Arc::new(AtomicU64::new(0)),
+                watch: std::sync::Arc::new(crate::listener::watch::ConnWatch::new(true)),
             });
             let tx = std::sync::Mutex::new(Some(tx));
             let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {

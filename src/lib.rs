@@ -12,6 +12,8 @@
 //!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics, status and
 //!   the runtime API; [`access_log`] writes request lines off the request path; [`preview`]
 //!   tells what a reload would change before it happens.
+//! - [`tls`] loads certificates and builds rustls configurations, performs handshakes for
+//!   the listener and the proxy, and reads SNI for passthrough routing.
 
 pub mod access_log;
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod preview;
 pub mod proxy;
 pub mod queue;
 pub mod runtime;
+pub mod tls;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

@@ -113,7 +113,8 @@ fn broken() -> Vec<(&'static str, String, usize, &'static str)> {
         ("fall zero", format!("{BASE}\n[pool.health]\nfall = 0\n"), 15, "must be at least 1, got 0"),
         ("timeout zero", format!("{BASE}\n[pool.health]\ntimeout = \"0s\"\n"), 15, "timeout must be greater than zero"),
         ("unknown algorithm", BASE.replace("name = \"app\"\n", "name = \"app\"\nalgorithm = \"fastest\"\n"), 9, "unknown variant `fastest`"),
-        ("tls not yet", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.tls]\ncertificates = []\n\n"), 6, "listener.tls: TLS termination is not supported yet"),
+        ("tls empty", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.tls]\ncertificates = []\n\n"), 7, "certificates must list at least one"),
+        ("tls bad mode", BASE.replace("pool = \"app\"\n\n", "pool = \"app\"\n[listener.tls]\ncertificates = [ { cert = \"a.pem\", key = \"a.key\" } ]\n[listener.tls.client_auth]\nca_file = \"c.pem\"\nmode = \"maybe\"\n\n"), 10, "unknown client_auth mode \"maybe\""),
         ("toml syntax", BASE.replace("name = \"web\"", "name = \"web"), 2, "invalid basic string"),
     ]
 }

@@ -231,6 +231,9 @@ pub(crate) fn load_roots(
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(pem_error(e)))?;
+    if certs.is_empty() {
+        return Err(fail(TlsErrorKind::NoCertificate));
+    }
     let mut roots = RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {

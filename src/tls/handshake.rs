@@ -196,6 +196,10 @@ async fn handshake(
         })?;
     let hello = start.client_hello();
     let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+    let legacy_only = !hello
+        .cipher_suites()
+        .iter()
+        .any(|s| modern_suite(u16::from(*s)));
     if cfg.cert_resolver.resolve(hello).is_none() {
         let mut io = start.io;
         // Best effort: the client may be gone already.
@@ -209,11 +213,17 @@ async fn handshake(
     let tls = match start.into_stream(cfg.clone()).await {
         Ok(tls) => tls,
         Err(e) => {
+            let reason = match classify(&e, false) {
+                // A client that offers only pre-TLS 1.2 suites (CBC, RC4...) is an old client:
+                // rustls compares suites before versions, but the version is what is missing.
+                HandshakeReason::NoSharedCipher if legacy_only => HandshakeReason::ProtocolVersion,
+                r => r,
+            };
             return Err(HandshakeError {
-                reason: classify(&e, false),
+                reason,
                 sni,
                 source: Some(e),
-            })
+            });
         }
     };
     let conn = tls.get_ref().1;
@@ -257,6 +267,12 @@ pub async fn connect(
     }
 }
 
+/// Cipher suites that exist only in TLS 1.2 and later: the TLS 1.3 suites and the AEAD
+/// (GCM, CCM, ChaCha20-Poly1305) suites of TLS 1.2 (IANA TLS cipher suite registry).
+fn modern_suite(id: u16) -> bool {
+    matches!(id, 0x1301..=0x1305 | 0x009c..=0x00a7 | 0xc02b..=0xc032 | 0xc09c..=0xc0af | 0xcca8..=0xccae)
+}
+
 /// `in_hello`: the error came while reading the first flight, where garbage means "not TLS".
 fn classify(e: &io::Error, in_hello: bool) -> HandshakeReason {
     use rustls::Error as E;
@@ -286,7 +302,12 @@ fn classify(e: &io::Error, in_hello: bool) -> HandshakeReason {
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::SupportedVersionsExtensionRequired
             | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
-            | PeerIncompatible::ServerDoesNotSupportTls12Or13 => HandshakeReason::ProtocolVersion,
+            | PeerIncompatible::ServerDoesNotSupportTls12Or13
+            // signature_algorithms is a TLS 1.2 extension (RFC 5246 §7.4.1.4.1): a ClientHello
+            // without it comes from a TLS 1.0/1.1 client.
+            | PeerIncompatible::SignatureAlgorithmsExtensionRequired => {
+                HandshakeReason::ProtocolVersion
+            }
             PeerIncompatible::NoCipherSuitesInCommon
             | PeerIncompatible::NoKxGroupsInCommon
             | PeerIncompatible::NoSignatureSchemesInCommon
@@ -295,7 +316,6 @@ fn classify(e: &io::Error, in_hello: bool) -> HandshakeReason {
             | PeerIncompatible::NullCompressionRequired
             | PeerIncompatible::KeyShareExtensionRequired
             | PeerIncompatible::NamedGroupsExtensionRequired
-            | PeerIncompatible::SignatureAlgorithmsExtensionRequired
             | PeerIncompatible::EcPointsExtensionRequired => HandshakeReason::NoSharedCipher,
             _ => HandshakeReason::Other,
         },

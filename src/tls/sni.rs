@@ -250,38 +250,34 @@ async fn peek_loop(stream: &TcpStream, buf: &mut [u8]) -> Result<Option<String>,
     let mut seen = 0;
     loop {
         let ready = stream.ready(Interest::READABLE).await?;
-        // Peek, then report WouldBlock so tokio clears the readiness: a peek leaves the bytes
-        // in the socket, so the socket would otherwise stay "readable" and this loop would
-        // spin until the rest of the ClientHello arrives. The clear is skipped by tokio if new
-        // bytes came in meanwhile, so no wake-up is lost.
-        let mut peeked: Option<io::Result<usize>> = None;
-        let _ = stream.try_io(Interest::READABLE, || {
-            let mut rb = ReadBuf::new(buf);
-            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            if let Poll::Ready(r) = stream.poll_peek(&mut cx, &mut rb) {
-                peeked = Some(r);
-            }
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        let Some(n) = peeked.transpose()? else {
-            continue; // a spurious wake-up: wait again
-        };
+        let n = stream.peek(buf).await?;
         if n == 0 {
             return Err(PeekError::Closed);
         }
-        if n <= seen {
-            if ready.is_read_closed() {
-                return Err(PeekError::Closed);
+        if n > seen {
+            seen = n;
+            match client_hello_sni(&buf[..n]) {
+                Ok(name) => return Ok(name.map(Cow::into_owned)),
+                Err(SniError::NeedMore) if n < buf.len() => {}
+                Err(SniError::NeedMore) => return Err(PeekError::Sni(SniError::TooLarge)),
+                Err(e) => return Err(PeekError::Sni(e)),
             }
-            continue;
+        } else if ready.is_read_closed() {
+            return Err(PeekError::Closed);
         }
-        seen = n;
-        match client_hello_sni(&buf[..n]) {
-            Ok(name) => return Ok(name.map(Cow::into_owned)),
-            Err(SniError::NeedMore) if n < buf.len() => {}
-            Err(SniError::NeedMore) => return Err(PeekError::Sni(SniError::TooLarge)),
-            Err(e) => return Err(PeekError::Sni(e)),
-        }
+        // Wait for more bytes. A peek leaves them in the socket, so it stays "readable" and
+        // the loop would spin: clear tokio's readiness, but only if no byte came in since the
+        // peek above (checked inside `try_io`, whose clear tokio also skips when an event
+        // arrives meanwhile), so no wake-up is lost. It is never cleared once the ClientHello
+        // is complete: the relay reads these bytes next and needs the socket readable.
+        let _ = stream.try_io(Interest::READABLE, || {
+            let mut rb = ReadBuf::new(buf);
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            match stream.poll_peek(&mut cx, &mut rb) {
+                Poll::Ready(Ok(m)) if m > seen => Ok(()),
+                _ => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
     }
 }
 

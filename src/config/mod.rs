@@ -6,7 +6,9 @@
 
 mod error;
 mod schema;
+mod sni_routes;
 mod tls;
+mod tls_schema;
 mod types;
 mod validate;
 
@@ -16,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, Location};
+pub use sni_routes::{SniPattern, SniRoutes};
 pub use tls::{
-    CertificateFiles, ClientAuth, ClientAuthMode, ConfigSpot, ListenerTls, SniPattern, SniRoutes,
-    TlsVersion, UpstreamTls,
+    CertificateFiles, ClientAuth, ClientAuthMode, ConfigSpot, ListenerTls, TlsVersion, UpstreamTls,
 };
 pub use types::parse_addr;
 

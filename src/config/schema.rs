@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::tls::{RawListenerTls, RawSniRoutes, RawUpstreamTls};
+use super::tls_schema::{RawListenerTls, RawSniRoutes, RawUpstreamTls};
 use super::types::{Addr, Count, Dur, Weight};
 
 /// The whole file.

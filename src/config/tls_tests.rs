@@ -2,11 +2,12 @@
 //! default_pool / route_by_sni rules, and the "not supported yet" gate.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::schema::RawConfig;
 use super::super::validate::validate_with;
-use super::super::{Config, ConfigError};
+use super::super::{Config, ConfigError, SniPattern};
 use super::*;
 use crate::tls::Served;
 

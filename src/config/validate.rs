@@ -265,7 +265,7 @@ pub(super) fn validate_with(
             RawProtocol::Http => Protocol::Http,
             RawProtocol::Tcp => Protocol::Tcp,
         };
-        let (pool, sni_routes) = tls::listener_pools(
+        let (pool, sni_routes) = sni_routes::listener_pools(
             &cx,
             protocol,
             l.pool.as_ref(),

@@ -16,8 +16,9 @@ use super::error::{TlsError, TlsErrorKind};
 use super::x509;
 use crate::config::{CertificateFiles, ConfigSpot};
 
-/// Facts about one served certificate, for metrics, `/status` and `fulcrum check`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Facts about one served certificate, for metrics, `/status` (it serializes as is) and
+/// `fulcrum check`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CertInfo {
     /// Label for `fulcrum_tls_certificate_expiry_timestamp_seconds{name}`: the first DNS
     /// name (or the file name), made unique within the listener with a `#2`-style suffix.

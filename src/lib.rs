@@ -15,6 +15,8 @@
 //!   before it happens.
 //! - The command line's own words live beside it: [`summary`] is what `fulcrum check`
 //!   prints, [`run_demo`] is `fulcrum demo`, over the origins of [`demo`].
+//! - [`tls`] loads certificates and builds rustls configurations, performs handshakes for
+//!   the listener and the proxy, and reads SNI for passthrough routing.
 
 pub mod access_log;
 pub mod admin;
@@ -33,6 +35,7 @@ pub mod queue;
 mod run_demo;
 pub mod runtime;
 mod summary;
+pub mod tls;
 
 pub use config::Config;
 pub use run_demo::run_demo;

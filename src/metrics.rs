@@ -6,13 +6,15 @@
 //! mirror live state (in-flight, health, availability) are read from the backend registry at
 //! scrape time instead of being updated per request; see `admin`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proxy::Rejection;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 0.5 ms to 30 s.
@@ -75,6 +77,13 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Reloads the reload guard undid.
     pub rollbacks: IntCounter,
+    /// Failed TLS handshakes per listener and reason.
+    pub tls_handshake_errors: IntCounterVec,
+    /// Expiry (notAfter, Unix seconds) of each certificate a listener serves.
+    pub tls_certificate_expiry: GaugeVec,
+    /// The `name` labels of `tls_certificate_expiry` per listener, to drop stale series.
+    /// A std Mutex: held only to swap a short list, never across an `.await`.
+    tls_expiry_names: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -155,6 +164,17 @@ impl Metrics {
         )
         .expect("metric definition is valid");
         r.register(Box::new(rollbacks.clone()))
+            .expect("metric names are unique");
+
+        let tls_certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "fulcrum_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate a listener serves expires (notAfter), in Unix seconds.",
+            ),
+            &["listener", "name"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(tls_certificate_expiry.clone()))
             .expect("metric names are unique");
 
         let m = Metrics {
@@ -289,6 +309,14 @@ impl Metrics {
             last_reload_success_time,
             access_log_dropped,
             rollbacks,
+            tls_handshake_errors: counter(
+                &r,
+                "fulcrum_tls_handshake_errors_total",
+                "Failed TLS handshakes with clients, by reason.",
+                &["listener", "reason"],
+            ),
+            tls_certificate_expiry,
+            tls_expiry_names: Mutex::new(HashMap::new()),
             registry: r,
         };
         // Export both results from the start, so `increase(...[5m])` sees the first failure.
@@ -299,6 +327,40 @@ impl Metrics {
             m.local_errors.with_label_values(&[kind]);
         }
         m
+    }
+
+    /// Sets the expiry gauges of listener `listener` to the certificates it now serves
+    /// (`ServerTls::certificates()`), dropping the series of certificates it no longer serves.
+    /// Call after each successful load or reload of the listener's TLS.
+    pub fn set_tls_certificates(&self, listener: &str, certs: &[crate::tls::CertInfo]) {
+        let mut names = self
+            .tls_expiry_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now: Vec<String> = certs.iter().map(|c| c.name.clone()).collect();
+        if let Some(old) = names.get(listener) {
+            for gone in old.iter().filter(|n| !now.contains(n)) {
+                let _ = self
+                    .tls_certificate_expiry
+                    .remove_label_values(&[listener, gone]);
+            }
+        }
+        for c in certs {
+            self.tls_certificate_expiry
+                .with_label_values(&[listener, &c.name])
+                .set(c.not_after as f64);
+        }
+        names.insert(listener.to_string(), now);
+    }
+
+    /// Drops the expiry gauges of a listener that no longer terminates TLS (or is gone).
+    pub fn forget_tls_listener(&self, listener: &str) {
+        self.set_tls_certificates(listener, &[]);
+        let mut names = self
+            .tls_expiry_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        names.remove(listener);
     }
 
     /// The registry, to register scrape-time collectors.
@@ -418,5 +480,38 @@ impl ListenerMetrics {
     pub fn count_status(&self, status: u16) {
         let i = usize::from((status / 100).clamp(1, 5) - 1);
         self.by_class[i].inc();
+    }
+}
+
+/// Pre-resolved handshake-error counters of one TLS listener, one per reason; every reason's
+/// series exists from the start at 0, so `increase()` sees the first failure.
+#[derive(Clone)]
+pub struct TlsListenerMetrics {
+    by_reason: Vec<IntCounter>,
+}
+
+impl TlsListenerMetrics {
+    /// Resolves the counters of listener `name`.
+    pub fn new(m: &Metrics, name: &str) -> Self {
+        TlsListenerMetrics {
+            by_reason: crate::tls::HandshakeReason::ALL
+                .iter()
+                .map(|r| {
+                    m.tls_handshake_errors
+                        .with_label_values(&[name, r.as_str()])
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one failed handshake.
+    #[inline]
+    pub fn count(&self, reason: crate::tls::HandshakeReason) {
+        if let Some(i) = crate::tls::HandshakeReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+        {
+            self.by_reason[i].inc();
+        }
     }
 }

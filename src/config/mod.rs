@@ -6,6 +6,9 @@
 
 mod error;
 mod schema;
+mod sni_routes;
+mod tls;
+mod tls_schema;
 mod types;
 mod validate;
 
@@ -15,6 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{ConfigError, Location};
+pub use sni_routes::{SniPattern, SniRoutes};
+pub use tls::{
+    CertificateFiles, ClientAuth, ClientAuthMode, ConfigSpot, ListenerTls, TlsVersion, UpstreamTls,
+};
 pub use types::{parse_addr, parse_size};
 
 use crate::balance::Algorithm;
@@ -190,6 +197,11 @@ pub struct ListenerSettings {
     pub forwarded: Forwarded,
     /// PROXY protocol towards backends (tcp).
     pub send_proxy: Option<ProxyProtocol>,
+    /// TLS termination (`[listener.tls]`); `None`: plaintext.
+    pub tls: Option<ListenerTls>,
+    /// tcp only: pools chosen by the ClientHello's SNI (`route_by_sni`); when set, it decides
+    /// and `pool` is only its default (or its first route's pool when it has no default).
+    pub sni_routes: Option<SniRoutes>,
     /// Timeouts.
     pub timeouts: ListenerTimeouts,
     /// Bounds on what a client may send.
@@ -373,6 +385,8 @@ pub struct PoolSettings {
     pub health: HealthSettings,
     /// Passive detection.
     pub passive: PassiveSettings,
+    /// TLS towards the servers; `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Reads and validates the config file at `path`.

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::tls_schema::{RawListenerTls, RawSniRoutes, RawUpstreamTls};
 use super::types::{Addr, Count, Dur, Size, Weight};
 
 /// The whole file.
@@ -111,8 +112,15 @@ pub struct RawListener {
     pub bind: Spanned<Addr>,
     /// "http" or "tcp".
     pub protocol: RawProtocol,
-    /// The pool that serves this listener.
-    pub pool: Spanned<String>,
+    /// The pool that serves this listener. Required, except on a tcp listener with
+    /// `route_by_sni`, where it is the pool of a missing or unknown SNI (same as `default_pool`).
+    pub pool: Option<Spanned<String>>,
+    /// tcp with `route_by_sni` only: the pool of a missing or unknown SNI; default none (such
+    /// connections are closed). Same meaning as `pool`: set one of them.
+    pub default_pool: Option<Spanned<String>>,
+    /// tcp only: choose the pool from the ClientHello's SNI without terminating TLS:
+    /// `{ "a.example" = "pool_a", "*.b.example" = "pool_b" }` (exact names before wildcards).
+    pub route_by_sni: Option<RawSniRoutes>,
     /// Most client connections open at once; further ones wait in the kernel backlog. Default 10000.
     pub max_connections: Option<Spanned<i64>>,
     /// http only: which forwarding headers to add: "x-forwarded" (default), "rfc7239", "both", "none".
@@ -129,8 +137,8 @@ pub struct RawListener {
     /// Client-side timeouts.
     #[serde(default)]
     pub timeouts: RawListenerTimeouts,
-    /// Reserved for TLS termination (not supported yet: refused).
-    pub tls: Option<Spanned<toml::Value>>,
+    /// TLS termination (`[listener.tls]`).
+    pub tls: Option<Spanned<RawListenerTls>>,
     /// Reserved for per-client rate limiting (not supported yet: refused).
     pub rate_limit: Option<Spanned<toml::Value>>,
 }
@@ -240,6 +248,8 @@ pub struct RawPool {
     /// Passive failure detection.
     #[serde(default)]
     pub passive: RawPassive,
+    /// TLS towards the servers: `tls = { ca_file, sni, verify, cert, key }`; default plaintext.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 /// One entry of `servers = [...]`.

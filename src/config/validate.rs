@@ -16,18 +16,18 @@ use super::types::{Dur, Size};
 use super::*;
 use crate::balance::Algorithm;
 
-struct Ctx<'a> {
-    text: &'a str,
-    path: &'a Path,
+pub(super) struct Ctx<'a> {
+    pub(super) text: &'a str,
+    pub(super) path: &'a Path,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
         ConfigError::at(self.path, self.text, span, msg)
     }
 
     /// A duration that must not be zero, or its default.
-    fn dur(
+    pub(super) fn dur(
         &self,
         v: &Option<Spanned<Dur>>,
         key: &str,
@@ -43,7 +43,7 @@ impl Ctx<'_> {
     }
 
     /// An integer within `range`, or its default.
-    fn int(
+    pub(super) fn int(
         &self,
         v: &Option<Spanned<i64>>,
         key: &str,
@@ -66,7 +66,7 @@ impl Ctx<'_> {
     }
 
     /// A string that must be one of `choices`.
-    fn choice<'s>(
+    pub(super) fn choice<'s>(
         &self,
         v: &'s Option<Spanned<String>>,
         key: &str,
@@ -108,6 +108,17 @@ impl Ctx<'_> {
 }
 
 pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    validate_with(raw, text, path, crate::tls::SERVED)
+}
+
+/// `served`: the TLS features this build's listeners and proxies serve; a config that sets
+/// one that is validated but not served yet is refused, never accepted and ignored.
+pub(super) fn validate_with(
+    raw: RawConfig,
+    text: &str,
+    path: &Path,
+    served: crate::tls::Served,
+) -> Result<Config, ConfigError> {
     let cx = Ctx { text, path };
 
     let runtime = RuntimeSettings {
@@ -193,7 +204,14 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             ));
         }
         pool_names.insert(p.name.get_ref().clone(), p.name.span());
-        pools.push(Arc::new(pool(&cx, p)?));
+        let settings = pool(&cx, p)?;
+        if let (Some(t), false) = (&p.tls, served.upstream_tls) {
+            return Err(cx.err(
+                t.span(),
+                "pool tls: TLS towards servers is not supported yet",
+            ));
+        }
+        pools.push(Arc::new(settings));
     }
 
     let mut listeners = Vec::with_capacity(raw.listener.len());
@@ -227,31 +245,58 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             }
             binds.insert(bind, format!("listener {:?}", &*name));
         }
-        if !pool_names.contains_key(l.pool.get_ref()) {
+        let pool_exists = |p: &Spanned<String>| {
+            if pool_names.contains_key(p.get_ref()) {
+                return Ok(());
+            }
             let known: Vec<_> = raw
                 .pool
                 .iter()
                 .map(|p| format!("{:?}", p.name.get_ref()))
                 .collect();
-            return Err(cx.err(
-                l.pool.span(),
+            Err(cx.err(
+                p.span(),
                 format!(
                     "listener {:?} names pool {:?}, which is not defined; defined pools: {}",
                     &*name,
-                    l.pool.get_ref(),
+                    p.get_ref(),
                     if known.is_empty() {
                         "none".to_string()
                     } else {
                         known.join(", ")
                     }
                 ),
-            ));
-        }
-        if let Some(tls) = &l.tls {
-            return Err(cx.err(
-                tls.span(),
-                "listener.tls: TLS termination is not supported yet",
-            ));
+            ))
+        };
+        let protocol = match l.protocol {
+            RawProtocol::Http => Protocol::Http,
+            RawProtocol::Tcp => Protocol::Tcp,
+        };
+        let (pool, sni_routes) = sni_routes::listener_pools(
+            &cx,
+            protocol,
+            l.pool.as_ref(),
+            l.default_pool.as_ref(),
+            l.route_by_sni.as_ref(),
+            l.tls.as_ref().map(|t| t.span()),
+            l.name.span(),
+            &pool_exists,
+        )?;
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let settings = tls::listener_tls(&cx, t, protocol)?;
+                if !served.listener_tls {
+                    return Err(cx.err(
+                        t.span(),
+                        "listener.tls: TLS termination is not supported yet",
+                    ));
+                }
+                Some(settings)
+            }
+        };
+        if let (Some(r), false) = (&l.route_by_sni, served.sni_routing) {
+            return Err(cx.err(r.span(), "route_by_sni: SNI routing is not supported yet"));
         }
         if let Some(rl) = &l.rate_limit {
             return Err(cx.err(
@@ -259,10 +304,6 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 "listener.rate_limit: rate limiting is not supported yet",
             ));
         }
-        let protocol = match l.protocol {
-            RawProtocol::Http => Protocol::Http,
-            RawProtocol::Tcp => Protocol::Tcp,
-        };
         let forwarded = match cx.choice(
             &l.forwarded,
             "forwarded mode",
@@ -310,7 +351,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             name,
             bind,
             protocol,
-            pool: Arc::from(l.pool.get_ref().as_str()),
+            pool,
             max_connections: cx.int(
                 &l.max_connections,
                 "max_connections",
@@ -319,6 +360,8 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             )? as usize,
             forwarded,
             send_proxy,
+            tls,
+            sni_routes,
             timeouts: ListenerTimeouts {
                 header_read: cx.dur(&t.header_read, "header_read", Duration::from_secs(10))?,
                 keepalive_idle: cx.dur(
@@ -683,6 +726,11 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
         },
         health: health(cx, &p.health)?,
         passive: passive(cx, &p.passive)?,
+        tls: p
+            .tls
+            .as_ref()
+            .map(|t| tls::upstream_tls(cx, t))
+            .transpose()?,
         name,
         servers,
     })

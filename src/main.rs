@@ -140,11 +140,31 @@ fn config_error(e: &ConfigError) -> ExitCode {
 
 /// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
 /// its admin API, against a running fulcrum (whose own file may already hold the new text).
+/// Loads the config's certificates as a start would: a file that would fail the reload
+/// fails the check (exit 2); one expiring within 14 days is a warning.
+fn tls_preflight(cfg: &Config) -> Result<(), ExitCode> {
+    match fulcrum::tls::preflight(cfg) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("{}: warning: {w}", cfg.source.display());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
     let new = match config::load(new_path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    if let Err(code) = tls_preflight(&new) {
+        return code;
+    }
     println!("{}: configuration is valid", new.source.display());
     let live = against.starts_with("http://") || against.parse::<std::net::SocketAddr>().is_ok();
     if !live {
@@ -199,10 +219,13 @@ fn main() -> ExitCode {
             config,
             against: None,
         } => match config::load(&config) {
-            Ok(cfg) => {
-                print!("{}", fulcrum::summary(&cfg));
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => match tls_preflight(&cfg) {
+                Ok(()) => {
+                    print!("{}", fulcrum::summary(&cfg));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            },
             Err(e) => config_error(&e),
         },
         Command::Check {

@@ -3,6 +3,8 @@
 //! that has carried traffic; and the alert rules pass promtool's checks and unit tests.
 
 mod common;
+#[path = "common/tls.rs"]
+mod tls_support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,13 +19,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// Names the examples or docs already use for features not built yet, with the feature.
 /// Each must be missing from the scrape: when its feature lands and exports it, this test
 /// fails until the name is taken off the list.
-const ALLOWED_MISSING: &[(&str, &str)] = &[
-    // TLS termination: one series per listener and certificate name.
-    (
-        "fulcrum_tls_certificate_expiry_timestamp_seconds",
-        "TLS termination",
-    ),
-];
+const ALLOWED_MISSING: &[(&str, &str)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -103,12 +99,19 @@ fn has_series(scrape: &str, name: &str) -> bool {
     })
 }
 
-/// A fulcrum with an http and a tcp listener, after traffic of every kind the metrics count.
+/// A fulcrum with an http, an https and a tcp listener, after traffic of every kind the
+/// metrics count.
 async fn live_scrape() -> String {
     let o = fleet(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_support::Ca::new("ca")
+        .leaf(&["a.test"])
+        .write(dir.path(), "a");
     let cfg = format!(
-        "{}\n[[listener]]\nname = \"relay\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"app\"\n",
-        http_config(&servers(&[&o[0], &o[1]]), "", FAST_TCP_HEALTH)
+        "{}\n[[listener]]\nname = \"relay\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"app\"\n\n[[listener]]\nname = \"secure\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"app\"\n[listener.tls]\ncertificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n",
+        http_config(&servers(&[&o[0], &o[1]]), "", FAST_TCP_HEALTH),
+        cert.display(),
+        key.display()
     );
     let p = Proxy::start(&cfg).await;
     let admin = p.admin().await;
@@ -123,6 +126,9 @@ async fn live_scrape() -> String {
     ] {
         get(&c, &p.url("web", path)).await;
     }
+    // Plain HTTP to the TLS listener: a failed handshake.
+    let mut plain = TcpStream::connect(p.addr("secure")).await.unwrap();
+    let _ = raw_get_or_close(&mut plain).await;
     let mut relay = TcpStream::connect(p.addr("relay")).await.unwrap();
     raw_get(&mut relay, "/").await;
     drop(relay);
@@ -459,4 +465,13 @@ kind = "none"
         ) >= 1.0,
         "the slow response took its second"
     );
+}
+
+/// Sends a GET and reads whatever comes back until the peer closes.
+async fn raw_get_or_close(s: &mut TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .ok()?;
+    read_to_close(s, LIMIT).await
 }

@@ -54,7 +54,26 @@ pub fn status(shared: &Shared) -> Value {
         })
         .collect();
     let (generation, reload) = config_history(shared);
+    let tls: Vec<Value> = shared
+        .certificates
+        .load()
+        .iter()
+        .map(|(listener, c)| {
+            json!({
+                "listener": &**listener,
+                "name": c.name,
+                "names": c.names,
+                "serial": c.serial,
+                "subject": c.subject,
+                "default": c.is_default,
+                "not_before_unix": c.not_before,
+                "not_after_unix": c.not_after,
+                "ocsp_stapled": c.ocsp_stapled,
+            })
+        })
+        .collect();
     json!({
+        "tls": tls,
         "version": env!("CARGO_PKG_VERSION"),
         "config": cfg.source.display().to_string(),
         "generation": generation,

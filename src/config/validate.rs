@@ -378,6 +378,7 @@ pub(super) fn validate_with(
             upgrades: upgrades(&cx, &l.upgrades)?,
         });
     }
+    refuse_l4_only_upstream_tls(&pools, &listeners)?;
 
     Ok(Config {
         source: path.to_path_buf(),
@@ -416,6 +417,38 @@ fn reload_guard(
         max_error_ratio,
         min_requests: cx.int(&r.min_requests, "min_requests", 1..=1_000_000_000, 50)? as u64,
     }))
+}
+
+/// A pool's `tls` is spoken by the L7 proxy; a tcp listener relays the client's bytes as
+/// they are. A pool that only tcp listeners use would ignore it: refused.
+fn refuse_l4_only_upstream_tls(
+    pools: &[Arc<PoolSettings>],
+    listeners: &[ListenerSettings],
+) -> Result<(), ConfigError> {
+    for p in pools {
+        let Some(t) = &p.tls else { continue };
+        let uses = |proto| {
+            listeners.iter().any(|l| {
+                l.protocol == proto
+                    && (l.pool == p.name
+                        || l.sni_routes.as_ref().is_some_and(|r| {
+                            r.routes.iter().any(|(_, n)| *n == p.name)
+                                || r.default_pool.as_ref() == Some(&p.name)
+                        }))
+            })
+        };
+        if uses(Protocol::Tcp) && !uses(Protocol::Http) {
+            return Err(ConfigError::Invalid {
+                path: t.at.file.clone(),
+                location: t.at.location,
+                message: format!(
+                    "pool {:?}: tls applies to http listeners; the tcp listeners that use this pool relay the client's bytes as they are (terminate TLS with [listener.tls], or pass it through)",
+                    &*p.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Keys that only an http listener reads: refused on a tcp listener, never ignored.

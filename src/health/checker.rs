@@ -38,6 +38,10 @@ pub struct Target {
     pub settings: HealthSettings,
     /// Metric families.
     pub metrics: Arc<Metrics>,
+    /// TLS towards the server (a TLS pool), for http probes.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// Whether the pool speaks h2 to its servers (http probes then do too).
+    pub h2: bool,
 }
 
 /// Starts the probe loop for `target`; it ends when `cancel` fires.
@@ -123,7 +127,7 @@ impl Checker {
         }
         let watch = Watch::new(st.metrics.requests.get(), traffic_failures(&t));
         Checker {
-            probe: Prober::new(&t.settings.kind, st.addr),
+            probe: Prober::new(&t.settings.kind, st.addr, t.tls.clone(), t.h2),
             rf,
             damping,
             watch,

@@ -3,6 +3,7 @@
 //! - `tcp`: a connect succeeds within the timeout (the connection is closed at once).
 //! - `http`: one request (method, path, Host) on an HTTP/1.1 connection kept between probes;
 //!   the status must fall in an expected range and the body may have to contain a substring.
+//!   Against a pool with `tls` the connection speaks TLS (HTTP/1.1 over ALPN).
 //! - `heartbeat`: on a persistent TCP connection, send `send` and read until the reply is known
 //!   to start with `expect` (or not). With an empty `send` the probe expects a greeting, so it
 //!   opens a fresh connection each time.
@@ -14,18 +15,20 @@
 //! reconnects. Pure helpers (status ranges, body search, reply matching) are unit-tested here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::HealthError;
 use crate::config::{HealthKind, HttpCheck};
+use crate::tls::ClientTls;
 
 /// Body bytes an HTTP probe keeps for `expect_body` (the rest is read and dropped).
 const BODY_KEEP: usize = 64 * 1024;
@@ -45,12 +48,18 @@ pub enum Prober {
 }
 
 impl Prober {
-    /// The probe of `kind` against `addr`.
-    pub fn new(kind: &HealthKind, addr: SocketAddr) -> Prober {
+    /// The probe of `kind` against `addr`; an http probe speaks TLS when `tls` is given, and
+    /// h2 when the pool does (`h2`), as the proxy will.
+    pub fn new(
+        kind: &HealthKind,
+        addr: SocketAddr,
+        tls: Option<Arc<ClientTls>>,
+        h2: bool,
+    ) -> Prober {
         match kind {
             HealthKind::None => Prober::None,
             HealthKind::Tcp => Prober::Tcp(addr),
-            HealthKind::Http(c) => Prober::Http(HttpProbe::new(c.clone(), addr)),
+            HealthKind::Http(c) => Prober::Http(HttpProbe::new(c.clone(), addr, tls, h2)),
             HealthKind::Heartbeat { send, expect } => Prober::Heartbeat(HeartbeatProbe {
                 addr,
                 send: send.clone(),
@@ -102,11 +111,45 @@ pub struct HttpProbe {
     check: HttpCheck,
     addr: SocketAddr,
     host: HeaderValue,
-    conn: Option<http1::SendRequest<Empty<Bytes>>>,
+    conn: Option<ProbeConn>,
+    tls: Option<Arc<ClientTls>>,
+    h2: bool,
+}
+
+/// A kept probe connection.
+enum ProbeConn {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl ProbeConn {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            ProbeConn::H1(tx) => tx.ready().await,
+            ProbeConn::H2(tx) => tx.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            ProbeConn::H1(tx) => tx.send_request(req).await,
+            ProbeConn::H2(tx) => tx.send_request(req).await,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            ProbeConn::H1(tx) => tx.is_closed(),
+            ProbeConn::H2(tx) => tx.is_closed(),
+        }
+    }
 }
 
 impl HttpProbe {
-    fn new(check: HttpCheck, addr: SocketAddr) -> Self {
+    fn new(check: HttpCheck, addr: SocketAddr, tls: Option<Arc<ClientTls>>, h2: bool) -> Self {
         let host = check
             .host
             .as_deref()
@@ -120,29 +163,74 @@ impl HttpProbe {
             addr,
             host,
             conn: None,
+            tls,
+            h2,
         }
     }
 
-    async fn open(&self) -> Result<http1::SendRequest<Empty<Bytes>>, HealthError> {
-        let io = TokioIo::new(connect(self.addr).await?);
-        let (tx, conn) = http1::handshake(io).await?;
-        // Ends when the sender is dropped (probe failed, task stopped) or the server closes.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "health check connection ended");
+    async fn open(&self) -> Result<ProbeConn, HealthError> {
+        let stream = connect(self.addr).await?;
+        match &self.tls {
+            None => self.handshake(TokioIo::new(stream)).await,
+            Some(tls) => {
+                // The probe's own timeout bounds the handshake; this one only backs it up.
+                let s = crate::tls::connect(
+                    stream,
+                    tls.client_config(),
+                    tls.server_name(self.addr),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(HealthError::Connect)?;
+                self.handshake(TokioIo::new(s)).await
             }
-        });
-        Ok(tx)
+        }
+    }
+
+    async fn handshake<T>(&self, io: T) -> Result<ProbeConn, HealthError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        // Each connection task ends when its sender is dropped (probe failed, task stopped)
+        // or the server closes.
+        if self.h2 {
+            let (tx, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::trace!(error = %e, "health check connection ended");
+                }
+            });
+            Ok(ProbeConn::H2(tx))
+        } else {
+            let (tx, conn) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::trace!(error = %e, "health check connection ended");
+                }
+            });
+            Ok(ProbeConn::H1(tx))
+        }
     }
 
     fn request(&self) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
         *req.method_mut() = self.check.method.clone();
-        *req.uri_mut() = self
-            .check
-            .path
+        *req.uri_mut() = if self.h2 {
+            // h2 carries the authority and scheme as pseudo-headers: an absolute URI.
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!(
+                "{scheme}://{}{}",
+                self.host.to_str().unwrap_or("localhost"),
+                self.check.path
+            )
             .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
+            .unwrap_or_else(|_| http::Uri::from_static("/"))
+        } else {
+            self.check
+                .path
+                .parse()
+                .unwrap_or_else(|_| http::Uri::from_static("/"))
+        };
         let h = req.headers_mut();
         h.insert(header::HOST, self.host.clone());
         h.insert(
@@ -162,7 +250,7 @@ impl HttpProbe {
             };
             let exchange = async {
                 tx.ready().await?;
-                let resp = tx.send_request(self.request()).await?;
+                let resp = tx.send(self.request()).await?;
                 let status = resp.status().as_u16();
                 let body = read_body(resp.into_body()).await?;
                 Ok::<_, hyper::Error>((status, body))
@@ -381,6 +469,8 @@ mod tests {
                 expect: b"+PONG".to_vec(),
             },
             addr,
+            None,
+            false,
         )
     }
 

@@ -1,6 +1,7 @@
-//! Serving one HTTP client connection: wait for its first bytes (bounded by `first_byte`),
-//! tell HTTP/1 from h2 by the connection preface, hand it to hyper, and hold it to its
-//! deadlines until it ends.
+//! Serving one HTTP client connection: wait for its first bytes (bounded by `first_byte`)
+//! and tell HTTP/1 from h2 by the connection preface, or complete the TLS handshake (bounded
+//! by `handshake_timeout`) and take the protocol ALPN chose; then hand it to hyper and hold
+//! it to its deadlines until it ends.
 //!
 //! hyper serves; [`super::watch`] decides when the connection has broken a deadline. An idle
 //! connection, and any connection on drain, is shut down gracefully (HTTP/1 closes when no
@@ -16,8 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -25,6 +28,7 @@ use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
 use super::Control;
 use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
 use crate::proxy::Rejection;
+use crate::tls::Alpn;
 
 /// How long a draining HTTP/1 connection must be quiet before it is closed: longer than a
 /// request already sent by the client takes to arrive (the reset-on-reload race).
@@ -78,7 +82,8 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
     }
 }
 
-/// Serves one client connection to its end.
+/// Serves one client connection to its end: TLS first if the listener terminates it, then
+/// HTTP/1.1 or h2 (by ALPN over TLS, by the preface in plain text).
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -89,39 +94,99 @@ pub(super) async fn serve(
     let metrics = cur.metrics.clone();
     metrics.connections.inc();
     metrics.active.inc();
+    match &cur.tls {
+        None => {
+            let sniffed = tokio::select! {
+                p = sniff(&stream, cur.listener.timeouts.first_byte) => p,
+                _ = ctl.hard_stop.cancelled() => Err(Silent::Closed),
+            };
+            match sniffed {
+                Ok(proto) => {
+                    let conn = Conn {
+                        peer,
+                        proto,
+                        scheme: Scheme::Http,
+                        client_cert: None,
+                    };
+                    serve_http(stream, conn, route, &cur, &ctl).await;
+                }
+                Err(Silent::Timeout) => {
+                    metrics.rejected(Rejection::FirstByteTimeout);
+                    tracing::debug!(listener = %cur.listener.name, client = %peer, "no request within first_byte; closed");
+                }
+                Err(Silent::Closed) => {}
+            }
+        }
+        Some((tls, tls_metrics)) => {
+            let handshake = tokio::select! {
+                h = crate::tls::accept(stream, tls.server_config(), tls.handshake_timeout()) => Some(h),
+                _ = ctl.hard_stop.cancelled() => None,
+            };
+            match handshake {
+                Some(Ok((stream, negotiated))) => {
+                    // ALPN decides; a client that offered none speaks HTTP/1.1.
+                    let proto = match negotiated.alpn {
+                        Alpn::H2 => Proto::H2,
+                        _ => Proto::H1,
+                    };
+                    let conn = Conn {
+                        peer,
+                        proto,
+                        scheme: Scheme::Https,
+                        client_cert: negotiated
+                            .client_cert
+                            .and_then(|c| HeaderValue::from_str(&c).ok()),
+                    };
+                    serve_http(stream, conn, route, &cur, &ctl).await;
+                }
+                Some(Err(e)) => {
+                    // Counted, and logged at debug only: a flood of bad handshakes must not
+                    // flood the log.
+                    tls_metrics.count(e.kind());
+                    tracing::debug!(listener = %cur.listener.name, client = %peer, reason = e.reason(), sni = ?e.sni(), "TLS handshake failed");
+                }
+                None => {}
+            }
+        }
+    }
+    metrics.active.dec();
+}
+
+/// What is known of a connection once its protocol is settled.
+struct Conn {
+    peer: SocketAddr,
+    proto: Proto,
+    scheme: Scheme,
+    client_cert: Option<HeaderValue>,
+}
+
+/// Serves HTTP on a connection (plain or TLS) under its deadlines.
+async fn serve_http<T>(
+    io: T,
+    conn: Conn,
+    route: Arc<ArcSwap<HttpRoute>>,
+    cur: &HttpRoute,
+    ctl: &Control,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let t = cur.listener.timeouts;
-    let proto = tokio::select! {
-        p = sniff(&stream, t.first_byte) => p,
-        _ = ctl.hard_stop.cancelled() => Err(Silent::Closed),
-    };
-    let proto = match proto {
-        Ok(p) => p,
-        Err(Silent::Timeout) => {
-            metrics.rejected(Rejection::FirstByteTimeout);
-            tracing::debug!(listener = %cur.listener.name, client = %peer, "no request within first_byte; closed");
-            metrics.active.dec();
-            return;
-        }
-        Err(Silent::Closed) => {
-            metrics.active.dec();
-            return;
-        }
-    };
-    let watch_state = Arc::new(ConnWatch::new(proto == Proto::H1));
+    let watch_state = Arc::new(ConnWatch::new(conn.proto == Proto::H1));
     let cx = Arc::new(ConnCtx {
         route,
-        client: peer,
-        scheme: Scheme::Http,
-        h2: proto == Proto::H2,
+        client: conn.peer,
+        scheme: conn.scheme,
+        h2: conn.proto == Proto::H2,
         tracker: ctl.tracker.clone(),
         hard_stop: ctl.hard_stop.clone(),
         draining: AtomicBool::new(false),
         watch: watch_state.clone(),
+        client_cert: conn.client_cert,
     });
     let svc_cx = cx.clone();
     let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
     let io = TokioIo::new(Watched {
-        io: stream,
+        io,
         watch: watch_state,
     });
     let deadlines = Deadlines {
@@ -129,20 +194,20 @@ pub(super) async fn serve(
         head: t.header_read,
         stall: t.send_stall,
     };
-    let end = match proto {
+    let end = match conn.proto {
         Proto::H1 => {
-            let conn = cur.h1.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), &cx, &ctl, deadlines).await
+            let c = cur.h1.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(c);
+            drive(c, |c| c.graceful_shutdown(), &cx, ctl, deadlines).await
         }
         Proto::H2 => {
-            let conn = cur.h2.serve_connection(io, svc);
-            tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), &cx, &ctl, deadlines).await
+            let c = cur.h2.serve_connection(io, svc);
+            tokio::pin!(c);
+            drive(c, |c| c.graceful_shutdown(), &cx, ctl, deadlines).await
         }
     };
-    drop(cur);
     let route = cx.route.load();
+    let peer = conn.peer;
     match end {
         End::Done(Ok(())) | End::Closed => {}
         End::Done(Err(e)) => {
@@ -156,7 +221,6 @@ pub(super) async fn serve(
             tracing::debug!(client = %peer, reason = why.as_str(), "http connection cut off");
         }
     }
-    metrics.active.dec();
 }
 
 /// The refusal hyper made itself (it has already answered 431 or 400), if any.

@@ -4,8 +4,10 @@
 //! most `retries` more), so a dead server costs the client a little latency, not an error.
 //! An optional PROXY protocol header tells the server who the client is.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
 use prometheus::IntCounter;
@@ -20,27 +22,53 @@ use crate::backend::{FailureKind, LoadGuard, Selection};
 use crate::balance::PickKey;
 use crate::config::ListenerSettings;
 use crate::health::passive::{self, Outcome};
+use crate::metrics::TlsListenerMetrics;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::queue;
+use crate::tls::{ServerTls, SniRouter};
 
 use super::headers::canonical_ip;
+
+/// How long a passthrough listener waits for a client's ClientHello (to read its SNI).
+const SNI_WAIT: Duration = Duration::from_secs(10);
+
+/// A passthrough listener's `route_by_sni`: the name table and the pools it names.
+pub struct SniTable {
+    router: SniRouter,
+    pools: HashMap<Arc<str>, Arc<Pool>>,
+}
+
+impl SniTable {
+    /// The table for `routes` over `pools` (every pool the routes name, by name).
+    pub fn new(routes: &crate::config::SniRoutes, pools: HashMap<Arc<str>, Arc<Pool>>) -> Self {
+        SniTable {
+            router: SniRouter::new(routes),
+            pools,
+        }
+    }
+}
 
 /// Everything a connection on one tcp listener needs, swapped whole on reload.
 pub struct TcpRoute {
     /// The listener's settings.
     pub listener: ListenerSettings,
-    /// Its pool.
+    /// Its pool (the default one, with SNI routing).
     pub pool: Arc<Pool>,
     /// Listener metrics.
     pub metrics: ListenerMetrics,
     no_server: IntCounter,
     connect_failed: IntCounter,
     overloaded: IntCounter,
-    retries: IntCounter,
+    no_route: IntCounter,
+    retries_family: prometheus::IntCounterVec,
     /// Where connection lines go, when the access log is on.
     pub access_log: Option<Arc<AccessLog>>,
+    /// TLS termination, when the listener has `[listener.tls]`.
+    tls: Option<(Arc<ServerTls>, TlsListenerMetrics)>,
+    /// SNI passthrough routing, when the listener has `route_by_sni`.
+    sni: Option<SniTable>,
 }
 
 impl TcpRoute {
@@ -53,11 +81,14 @@ impl TcpRoute {
             overloaded: metrics
                 .proxy_errors
                 .with_label_values(&[name, "overloaded"]),
-            retries: metrics.retries.with_label_values(&[pool.name()]),
+            no_route: metrics.proxy_errors.with_label_values(&[name, "no_route"]),
+            retries_family: metrics.retries.clone(),
             metrics: ListenerMetrics::new(metrics, name),
             listener,
             pool,
             access_log: None,
+            tls: None,
+            sni: None,
         }
     }
 
@@ -67,9 +98,22 @@ impl TcpRoute {
         self
     }
 
+    /// Terminates TLS with `tls` before relaying (`None`: plain bytes).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>, metrics: &Metrics) -> Self {
+        self.tls = tls.map(|t| (t, TlsListenerMetrics::new(metrics, &self.listener.name)));
+        self
+    }
+
+    /// Routes connections by the SNI of their ClientHello.
+    pub fn with_sni(mut self, sni: Option<SniTable>) -> Self {
+        self.sni = sni;
+        self
+    }
+
     /// Logs one finished connection, when the access log is on.
     fn log(
         &self,
+        pool: &Pool,
         client: SocketAddr,
         server: Option<&Arc<str>>,
         (bytes_in, bytes_out): (u64, u64),
@@ -81,7 +125,7 @@ impl TcpRoute {
                 at: SystemTime::now(),
                 listener: self.listener.name.clone(),
                 client,
-                pool: self.pool.settings.name.clone(),
+                pool: pool.settings.name.clone(),
                 server: server.cloned(),
                 bytes_in,
                 bytes_out,
@@ -100,46 +144,118 @@ enum Reached<'p> {
     Nowhere(&'static str),
 }
 
-/// Serves one client connection to its end: reach a server (with retries), then relay.
+/// A client connection, as it is relayed: plain bytes, or TLS the listener terminated.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Serves one client connection to its end: terminate TLS or read the SNI if the listener
+/// says so, reach a server (with retries), then relay.
 pub async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     route: Arc<TcpRoute>,
     hard_stop: CancellationToken,
 ) {
     let started = Instant::now();
-    let (mut upstream, server, load) = match reach(&route, peer).await {
+    let mut pool = &route.pool;
+    if let Some(sni) = &route.sni {
+        let name = match crate::tls::peek_sni(&client, crate::tls::sni::MAX_CLIENT_HELLO, SNI_WAIT)
+            .await
+        {
+            Ok(name) => name,
+            Err(e) => {
+                tracing::debug!(listener = %route.listener.name, client = %peer, error = %e, "no ClientHello to route by; closing");
+                route.no_route.inc();
+                route.log(pool, peer, None, (0, 0), started, "no_client_hello");
+                return;
+            }
+        };
+        match sni
+            .router
+            .route(name.as_deref())
+            .and_then(|p| sni.pools.get(p))
+        {
+            Some(p) => pool = p,
+            None => {
+                tracing::debug!(listener = %route.listener.name, client = %peer, sni = ?name, "no route and no default pool for this name; closing");
+                route.no_route.inc();
+                route.log(pool, peer, None, (0, 0), started, "no_route");
+                return;
+            }
+        }
+    }
+    let mut client = match &route.tls {
+        None => Client::Plain(client),
+        Some((tls, m)) => {
+            match crate::tls::accept(client, tls.server_config(), tls.handshake_timeout()).await {
+                Ok((s, _)) => Client::Tls(Box::new(s)),
+                Err(e) => {
+                    m.count(e.kind());
+                    tracing::debug!(listener = %route.listener.name, client = %peer, reason = e.reason(), sni = ?e.sni(), "TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
+    let (mut upstream, server, load) = match reach(&route, pool, peer).await {
         Reached::Server(up, server, load) => (up, server, load),
         Reached::Nowhere(outcome) => {
-            route.log(peer, None, (0, 0), started, outcome);
+            route.log(pool, peer, None, (0, 0), started, outcome);
             return;
         }
     };
-    let pool = &route.pool;
     let _pool_load = pool.enter();
     let _ = upstream.set_nodelay(true);
-    let _ = client.set_nodelay(true);
     if let Some(v) = route.listener.send_proxy {
-        let local = client.local_addr().unwrap_or(route.listener.bind);
+        let local = match &client {
+            Client::Plain(c) => c.local_addr(),
+            Client::Tls(c) => c.get_ref().0.local_addr(),
+        }
+        .unwrap_or(route.listener.bind);
         let hdr = proxy_protocol::header(v, peer, local);
         if let Err(e) = upstream.write_all(&hdr).await {
             tracing::debug!(error = %e, "writing PROXY header failed");
-            route.log(peer, Some(&server.state.name), (0, 0), started, "error");
+            route.log(
+                pool,
+                peer,
+                Some(&server.state.name),
+                (0, 0),
+                started,
+                "error",
+            );
             return;
         }
     }
     let idle = route.listener.timeouts.tunnel_idle;
     // An operator's drain deadline closes the relay too (the server's sever token).
     let sever = server.state.sever_token();
+    let relay = async {
+        match &mut client {
+            Client::Plain(c) => {
+                let _ = c.set_nodelay(true);
+                tunnel::relay_tcp(c, &mut upstream, idle, &hard_stop).await
+            }
+            Client::Tls(c) => tunnel::relay(&mut **c, &mut upstream, idle, &hard_stop).await,
+        }
+    };
     let relayed = tokio::select! {
-        r = tunnel::relay_tcp(&mut client, &mut upstream, idle, &hard_stop) => r,
+        r = relay => r,
         _ = sever.cancelled() => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
     };
     let (moved, outcome) = match &relayed {
         Ok(m) => (*m, "closed"),
         Err(cut) => (cut.moved, cut.end.outcome()),
     };
-    route.log(peer, Some(&server.state.name), moved, started, outcome);
+    route.log(
+        pool,
+        peer,
+        Some(&server.state.name),
+        moved,
+        started,
+        outcome,
+    );
     let (up, down) = moved;
     match relayed {
         Ok(_) => tracing::trace!(client = %peer, up, down, "tcp relay done"),
@@ -157,8 +273,7 @@ pub async fn serve(
 /// Picks a server and connects, moving on to another after a connect failure (at most
 /// `retries` more, within the retry budget). A local resource error (EMFILE,
 /// EADDRNOTAVAIL...) ends the attempt without blaming anyone.
-async fn reach(route: &TcpRoute, peer: SocketAddr) -> Reached<'_> {
-    let pool = &route.pool;
+async fn reach<'p>(route: &TcpRoute, pool: &'p Arc<Pool>, peer: SocketAddr) -> Reached<'p> {
     let key = if pool.settings.algorithm.needs_key() {
         PickKey {
             client_ip: Some(canonical_ip(peer.ip())),
@@ -215,7 +330,7 @@ async fn reach(route: &TcpRoute, peer: SocketAddr) -> Reached<'_> {
         }
         match pool.pick_other(&key, attempts.tried()) {
             Some(next) => {
-                route.retries.inc();
+                route.retries_family.with_label_values(&[pool.name()]).inc();
                 server = next;
                 why = Selection::Retry;
             }

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use super::body::ReqBody;
 use crate::backend::{now_ms, BackendState};
 use crate::config::{PoolTimeouts, UpstreamProtocol};
+use crate::tls::ClientTls;
 
 /// Idle HTTP/1.1 connections kept per server, at most.
 const IDLE_PER_SERVER: usize = 256;
@@ -36,6 +37,8 @@ pub enum ConnectError {
     Timeout,
     /// A local resource ran out (EMFILE, EADDRNOTAVAIL, ...): not the server's fault.
     Local(io::Error),
+    /// The TLS handshake failed (certificate not trusted, no shared protocol, ...).
+    Tls(io::Error),
 }
 
 impl ConnectError {
@@ -65,6 +68,8 @@ pub struct ServerUpstream {
     idle_ms: AtomicU64,
     idle: ArrayQueue<Idle>,
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
+    /// TLS towards the server, when the pool has `tls`; replaced by reloads.
+    tls: ArcSwapOption<ClientTls>,
 }
 
 enum Sender {
@@ -85,6 +90,7 @@ impl ServerUpstream {
         state: Arc<BackendState>,
         protocol: UpstreamProtocol,
         timeouts: PoolTimeouts,
+        tls: Option<Arc<ClientTls>>,
     ) -> Arc<Self> {
         Arc::new(ServerUpstream {
             addr: state.addr,
@@ -94,6 +100,7 @@ impl ServerUpstream {
             idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
             idle: ArrayQueue::new(IDLE_PER_SERVER),
             h2: ArcSwapOption::empty(),
+            tls: ArcSwapOption::new(tls),
         })
     }
 
@@ -110,6 +117,16 @@ impl ServerUpstream {
     /// The upstream protocol its connections speak.
     pub fn protocol(&self) -> UpstreamProtocol {
         self.protocol
+    }
+
+    /// Whether its connections speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.load().is_some()
+    }
+
+    /// Uses `tls` for new connections (a reload re-read the CA and certificate files).
+    pub fn set_tls(&self, tls: Option<Arc<ClientTls>>) {
+        self.tls.store(tls);
     }
 
     /// Applies new timeouts (a reload that keeps this server and its protocol).
@@ -169,61 +186,84 @@ impl ServerUpstream {
 
     /// A new connection, never a pooled one.
     pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout(), TcpStream::connect(self.addr)).await
-            {
-                Err(_) => return Err(ConnectError::Timeout),
-                Ok(Err(e)) => return Err(ConnectError::from_io(e)),
-                Ok(Ok(s)) => s,
-            };
+        let limit = self.connect_timeout();
+        let stream = match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) => return Err(ConnectError::from_io(e)),
+            Ok(Ok(s)) => s,
+        };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        let tls = self.tls.load_full();
         let hs = async {
-            match self.protocol {
-                UpstreamProtocol::Http1 => {
-                    let (tx, conn) = http1::Builder::new()
-                        .handshake(io)
+            match tls {
+                None => self.handshake(TokioIo::new(stream)).await,
+                Some(tls) => {
+                    let name = tls.server_name(self.addr);
+                    let s = crate::tls::connect(stream, tls.client_config(), name, limit)
                         .await
-                        .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
-                    let sever = self.state.sever_token();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            r = conn.with_upgrades() => if let Err(e) = r {
-                                tracing::trace!(error = %e, "upstream connection ended");
-                            },
-                            _ = sever.cancelled() => {}
-                        }
-                    });
-                    Ok(Sender::H1(tx))
-                }
-                UpstreamProtocol::H2 => {
-                    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(20))
-                        .handshake(io)
-                        .await
-                        .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
-                    let sever = self.state.sever_token();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            r = conn => if let Err(e) = r {
-                                tracing::trace!(error = %e, "upstream h2 connection ended");
-                            },
-                            _ = sever.cancelled() => {}
-                        }
-                    });
-                    self.h2.store(Some(Arc::new(tx.clone())));
-                    Ok(Sender::H2(tx))
+                        .map_err(ConnectError::Tls)?;
+                    if self.protocol == UpstreamProtocol::H2
+                        && s.get_ref().1.alpn_protocol() != Some(b"h2")
+                    {
+                        return Err(ConnectError::Tls(io::Error::other(
+                            "the server did not agree to h2 over ALPN",
+                        )));
+                    }
+                    self.handshake(TokioIo::new(s)).await
                 }
             }
         };
-        match tokio::time::timeout(self.connect_timeout(), hs).await {
+        match tokio::time::timeout(limit, hs).await {
             Err(_) => Err(ConnectError::Timeout),
             Ok(r) => r.map(|sender| Lease {
                 sender,
                 home: self.clone(),
                 reused: false,
             }),
+        }
+    }
+
+    /// The HTTP handshake on a connected stream (plain or TLS); its connection task ends when
+    /// the server closes, the last sender is dropped, or the server's connections are severed.
+    async fn handshake<T>(self: &Arc<Self>, io: T) -> Result<Sender, ConnectError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let sever = self.state.sever_token();
+        match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let (tx, conn) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        r = conn.with_upgrades() => if let Err(e) = r {
+                            tracing::trace!(error = %e, "upstream connection ended");
+                        },
+                        _ = sever.cancelled() => {}
+                    }
+                });
+                Ok(Sender::H1(tx))
+            }
+            UpstreamProtocol::H2 => {
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(20))
+                    .handshake(io)
+                    .await
+                    .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+                tokio::spawn(async move {
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::trace!(error = %e, "upstream h2 connection ended");
+                        },
+                        _ = sever.cancelled() => {}
+                    }
+                });
+                self.h2.store(Some(Arc::new(tx.clone())));
+                Ok(Sender::H2(tx))
+            }
         }
     }
 

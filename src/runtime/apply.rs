@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fulcrum, HealthTask, Live, PoolEntry, Prepared, RuntimeError, Shared};
+use super::{Fulcrum, HealthTask, Live, PoolEntry, PoolTls, Prepared, RuntimeError, Shared, Tls};
 use crate::access_log::AccessLog;
 use crate::admin::{AdminServer, Auth};
 use crate::backend::{AdminState, BackendState};
@@ -21,7 +21,7 @@ use crate::listener::{self, Listener, Route};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSlot};
 use crate::proxy::http::HttpRoute;
-use crate::proxy::tcp::TcpRoute;
+use crate::proxy::tcp::{SniTable, TcpRoute};
 use crate::proxy::upstream::ServerUpstream;
 
 /// Health tasks by (pool, server address).
@@ -46,9 +46,15 @@ impl Fulcrum {
         let mut prepared = self.prepare(&cfg, guard.as_ref())?;
         let mut old = guard.take().unwrap_or_default();
         // 2. Pools: keep unchanged ones whole; rebuild changed ones around the same states.
-        let pools = swap_pools(&cfg, &mut old.pools, shared);
+        let pools = swap_pools(&cfg, &mut old.pools, &prepared.tls, shared);
         // 3. Health tasks: restart only where the server or its probe settings changed.
-        let (health, first_round) = sync_health(&cfg, &pools, &mut old.health, &shared.metrics);
+        let (health, first_round) = sync_health(
+            &cfg,
+            &pools,
+            &mut old.health,
+            &prepared.tls,
+            &shared.metrics,
+        );
         wait_for_first_probes(&first_round).await;
         // 4. Listeners: swap routes of kept ones, start new ones, retire removed ones.
         let (listeners, sockets, addrs) =
@@ -56,6 +62,13 @@ impl Fulcrum {
         // 5. Admin listener.
         let admin = swap_admin(&cfg, prepared.admin_socket.take(), old.admin.take(), shared);
         self.resize_connection_cap(cfg.runtime.max_connections);
+        let mut certs: Vec<(Arc<str>, crate::tls::CertInfo)> = Vec::new();
+        for l in &cfg.listeners {
+            if let Some(t) = prepared.tls.listeners.get(&l.name) {
+                certs.extend(t.certificates().iter().map(|c| (l.name.clone(), c.clone())));
+            }
+        }
+        shared.certificates.store(Arc::new(certs));
         // 6. Publish the new world; republish pools in case a state changed mid-build.
         publish(&cfg, &pools, &mut old.pools, addrs, prepared.auth, shared);
         shared.config.store(Arc::new(cfg));
@@ -66,6 +79,7 @@ impl Fulcrum {
             health,
             admin,
             access_log: prepared.access_log,
+            tls: prepared.tls,
         });
         Ok(())
     }
@@ -141,28 +155,61 @@ impl Fulcrum {
                 self.shared.metrics.access_log_dropped.clone(),
             )?),
         };
+        let tls = load_tls(cfg, live.map(|lv| &lv.tls))?;
         Ok(Prepared {
             sockets,
             admin_socket,
             auth,
             access_log,
+            tls,
         })
     }
+}
+
+/// Reads every certificate, key and CA file `cfg` names (a reload reads them again, so new
+/// files on disk take effect). A listener that served TLS before keeps its session ticket
+/// keys and cache, so its clients resume across the reload.
+fn load_tls(cfg: &Config, old: Option<&Tls>) -> Result<Tls, RuntimeError> {
+    let mut tls = Tls::default();
+    for l in &cfg.listeners {
+        let Some(t) = &l.tls else { continue };
+        let loaded = match old.and_then(|o| o.listeners.get(&l.name)) {
+            Some(prev) => prev.reload(&l.name, t)?,
+            None => crate::tls::ServerTls::load(&l.name, t)?,
+        };
+        tls.listeners.insert(l.name.clone(), Arc::new(loaded));
+    }
+    for p in &cfg.pools {
+        let Some(t) = &p.tls else { continue };
+        let h2 = p.upstream_protocol == crate::config::UpstreamProtocol::H2;
+        // Probes speak the pool's protocol, so they share its ALPN.
+        let proxy = Arc::new(crate::tls::ClientTls::load(&p.name, t, h2)?);
+        tls.pools.insert(p.name.clone(), PoolTls { proxy });
+    }
+    Ok(tls)
 }
 
 /// Step 2: the pool generations of `cfg`, reusing unchanged ones from `old`.
 fn swap_pools(
     cfg: &Config,
     old: &mut HashMap<Arc<str>, PoolEntry>,
+    tls: &Tls,
     shared: &Shared,
 ) -> HashMap<Arc<str>, PoolEntry> {
     let mut pools: HashMap<Arc<str>, PoolEntry> = HashMap::new();
     for ps in &cfg.pools {
+        let client_tls = tls.pools.get(&ps.name).map(|t| t.proxy.clone());
         let entry = match old.remove(&ps.name) {
-            Some(e) if e.slot.load().settings == *ps => e,
+            Some(e) if e.slot.load().settings == *ps => {
+                // Unchanged, but its CA and certificate files were read again.
+                for u in e.upstreams.iter() {
+                    u.set_tls(client_tls.clone());
+                }
+                e
+            }
             Some(e) => {
                 tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
-                let (pool, upstreams) = build_pool(ps, shared, Some(&e));
+                let (pool, upstreams) = build_pool(ps, shared, Some(&e), client_tls);
                 e.slot.store(pool);
                 PoolEntry {
                     slot: e.slot,
@@ -170,7 +217,7 @@ fn swap_pools(
                 }
             }
             None => {
-                let (pool, upstreams) = build_pool(ps, shared, None);
+                let (pool, upstreams) = build_pool(ps, shared, None, client_tls);
                 PoolEntry {
                     slot: PoolSlot::new(pool),
                     upstreams,
@@ -188,6 +235,7 @@ fn sync_health(
     cfg: &Config,
     pools: &HashMap<Arc<str>, PoolEntry>,
     old: &mut HealthTasks,
+    tls: &Tls,
     metrics: &Arc<Metrics>,
 ) -> (HealthTasks, Vec<(Arc<BackendState>, Duration)>) {
     let mut health = HashMap::new();
@@ -198,7 +246,7 @@ fn sync_health(
         for s in &pool.servers {
             let key = (ps.name.clone(), s.settings.addr);
             match old.remove(&key) {
-                Some(t) if t.settings == ps.health => {
+                Some(t) if t.settings == ps.health && t.tls == ps.tls => {
                     health.insert(key, t);
                 }
                 other => {
@@ -218,6 +266,8 @@ fn sync_health(
                             state: s.state.clone(),
                             settings: ps.health.clone(),
                             metrics: metrics.clone(),
+                            tls: tls.pools.get(&ps.name).map(|t| t.proxy.clone()),
+                            h2: ps.upstream_protocol == crate::config::UpstreamProtocol::H2,
                         },
                         cancel.clone(),
                     );
@@ -225,6 +275,7 @@ fn sync_health(
                         key,
                         HealthTask {
                             settings: ps.health.clone(),
+                            tls: ps.tls.clone(),
                             cancel,
                         },
                     );
@@ -286,12 +337,27 @@ fn swap_listeners(
     for l in &cfg.listeners {
         let entry = &pools[&l.pool];
         let pool = entry.slot.load();
+        let tls = prepared.tls.listeners.get(&l.name).cloned();
+        match &tls {
+            Some(t) => metrics.set_tls_certificates(&l.name, t.certificates()),
+            None => metrics.forget_tls_listener(&l.name),
+        }
         let http_route = || {
             HttpRoute::new(l.clone(), pool.clone(), entry.upstreams.clone(), metrics)
                 .with_access_log(access.clone())
+                .with_tls(tls.clone(), metrics)
         };
-        let tcp_route =
-            || TcpRoute::new(l.clone(), pool.clone(), metrics).with_access_log(access.clone());
+        let tcp_route = || {
+            let sni = l.sni_routes.as_ref().map(|r| {
+                let named = r.routes.iter().map(|(_, p)| p).chain(&r.default_pool);
+                let by_name = named.map(|p| (p.clone(), pools[p].slot.load())).collect();
+                SniTable::new(r, by_name)
+            });
+            TcpRoute::new(l.clone(), pool.clone(), metrics)
+                .with_access_log(access.clone())
+                .with_tls(tls.clone(), metrics)
+                .with_sni(sni)
+        };
         let listener = match prepared.sockets.remove(&l.name) {
             None => {
                 let existing = old
@@ -320,6 +386,11 @@ fn swap_listeners(
         listeners.insert(l.name.clone(), listener);
     }
     let drain = cfg.runtime.drain_timeout;
+    for name in old.listeners.keys() {
+        if !cfg.listeners.iter().any(|l| l.name == *name) {
+            metrics.forget_tls_listener(name);
+        }
+    }
     for (name, l) in old.listeners.drain() {
         tracing::info!(listener = %name, drain_timeout = ?drain, "listener removed or restarted; its open connections drain");
         shared.retiring.spawn(async move {
@@ -415,6 +486,7 @@ fn build_pool(
     ps: &Arc<PoolSettings>,
     shared: &Shared,
     previous: Option<&PoolEntry>,
+    tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> (Arc<Pool>, Arc<[Arc<ServerUpstream>]>) {
     let carry = previous.map(|e| e.slot.load().carry()).unwrap_or_default();
     let pool = Arc::new(Pool::new(
@@ -429,15 +501,23 @@ fn build_pool(
         .map(|s| {
             let kept = previous.and_then(|e| {
                 e.upstreams.iter().find(|u| {
-                    Arc::ptr_eq(u.state(), &s.state) && u.protocol() == ps.upstream_protocol
+                    Arc::ptr_eq(u.state(), &s.state)
+                        && u.protocol() == ps.upstream_protocol
+                        && u.is_tls() == tls.is_some()
                 })
             });
             match kept {
                 Some(u) => {
                     u.retime(ps.timeouts);
+                    u.set_tls(tls.clone());
                     u.clone()
                 }
-                None => ServerUpstream::new(s.state.clone(), ps.upstream_protocol, ps.timeouts),
+                None => ServerUpstream::new(
+                    s.state.clone(),
+                    ps.upstream_protocol,
+                    ps.timeouts,
+                    tls.clone(),
+                ),
             }
         })
         .collect();

@@ -52,6 +52,9 @@ pub enum RuntimeError {
     /// The access log could not be opened.
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
+    /// A certificate, key or CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Shutdown has begun; nothing more is applied.
     #[error("shutting down; the configuration is no longer applied")]
     ShuttingDown,
@@ -63,9 +66,25 @@ struct PoolEntry {
     upstreams: Arc<[Arc<ServerUpstream>]>,
 }
 
+/// TLS loaded for a generation: the certificates each TLS listener serves and the client
+/// configuration of each TLS pool, read from their files before anything changes.
+#[derive(Default, Clone)]
+struct Tls {
+    listeners: HashMap<Arc<str>, Arc<crate::tls::ServerTls>>,
+    pools: HashMap<Arc<str>, PoolTls>,
+}
+
+/// A TLS pool's client configuration (ALPN h2 on an h2 pool), for proxying and probes alike.
+#[derive(Clone)]
+struct PoolTls {
+    proxy: Arc<crate::tls::ClientTls>,
+}
+
 /// A health task and the settings it runs with.
 struct HealthTask {
     settings: HealthSettings,
+    /// The pool's TLS settings: probes speak TLS to a TLS pool.
+    tls: Option<crate::config::UpstreamTls>,
     cancel: CancellationToken,
 }
 
@@ -81,6 +100,7 @@ struct Live {
     health: HashMap<(Arc<str>, SocketAddr), HealthTask>,
     admin: Option<AdminServer>,
     access_log: Option<Arc<AccessLog>>,
+    tls: Tls,
 }
 
 /// What a reload needs that can fail, prepared before anything running is touched.
@@ -91,6 +111,7 @@ struct Prepared {
     admin_socket: Option<tokio::net::TcpListener>,
     auth: Auth,
     access_log: Option<Arc<AccessLog>>,
+    tls: Tls,
 }
 
 /// Shared by the supervisor and the admin API.
@@ -107,6 +128,8 @@ pub struct Shared {
     pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
     /// Who may change state through the admin API.
     pub admin_auth: ArcSwap<Auth>,
+    /// The certificates each TLS listener serves now, for `/status`.
+    pub certificates: ArcSwap<Vec<(Arc<str>, crate::tls::CertInfo)>>,
     /// The configuration generation and the last reload's outcome, for `/status`.
     pub history: admin::ConfigHistory,
     live: Mutex<Option<Live>>,
@@ -141,6 +164,7 @@ impl Fulcrum {
             pools: ArcSwap::from_pointee(HashMap::new()),
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
             admin_auth: ArcSwap::from_pointee(Auth::default()),
+            certificates: ArcSwap::from_pointee(Vec::new()),
             history: admin::ConfigHistory::default(),
             live: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),

@@ -48,9 +48,9 @@ pub struct Served {
 
 /// What this build serves (see [`Served`]).
 pub const SERVED: Served = Served {
-    listener_tls: false,
-    upstream_tls: false,
-    sni_routing: false,
+    listener_tls: true,
+    upstream_tls: true,
+    sni_routing: true,
 };
 
 /// The process-wide crypto provider: aws-lc-rs with rustls's default (safe) cipher suites
@@ -64,4 +64,35 @@ pub fn provider() -> Arc<CryptoProvider> {
     static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
+}
+
+/// How far ahead `fulcrum check` warns about a certificate's expiry.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// What `fulcrum check` does with a config's TLS: loads every listener's certificates and
+/// every pool's CA and client certificate exactly as a start or reload would (so a file that
+/// would fail the reload fails the check), and returns a warning for each certificate that
+/// expires within [`EXPIRY_WARNING`].
+pub fn preflight(cfg: &crate::config::Config) -> Result<Vec<String>, TlsError> {
+    let mut warnings = Vec::new();
+    for l in &cfg.listeners {
+        let Some(t) = &l.tls else { continue };
+        let served = ServerTls::load(&l.name, t)?;
+        for c in served.expiring_within(EXPIRY_WARNING) {
+            let days = (c.not_after - certs::unix_now()) as f64 / 86_400.0;
+            warnings.push(format!(
+                "listener {:?}: certificate {} ({}) expires in {days:.1} days",
+                &*l.name,
+                c.name,
+                c.cert_file.display()
+            ));
+        }
+    }
+    for p in &cfg.pools {
+        if let Some(t) = &p.tls {
+            let h2 = p.upstream_protocol == crate::config::UpstreamProtocol::H2;
+            ClientTls::load(&p.name, t, h2)?;
+        }
+    }
+    Ok(warnings)
 }

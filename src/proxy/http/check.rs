@@ -96,6 +96,13 @@ pub(super) fn prepare(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, u.clone());
     }
+    if let Some(name) = route.client_cert_header() {
+        // Only the handshake may say who the client is: a copy the client sent is dropped.
+        parts.headers.remove(name);
+        if let Some(v) = &cx.client_cert {
+            parts.headers.insert(name.clone(), v.clone());
+        }
+    }
     if trailers {
         // The client accepts trailers; say so upstream (gRPC needs this on h2).
         parts

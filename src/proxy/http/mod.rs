@@ -33,8 +33,9 @@ use super::{Blame, ProxyError};
 use crate::access_log::{AccessLog, RequestHead};
 use crate::config::ListenerSettings;
 use crate::listener::watch::ConnWatch;
-use crate::metrics::{AbortPhase, ListenerMetrics, Metrics};
+use crate::metrics::{AbortPhase, ListenerMetrics, Metrics, TlsListenerMetrics};
 use crate::pool::Pool;
+use crate::tls::ServerTls;
 
 /// How often hyper pings an idle h2 client, to find dead peers (not activity: idle time
 /// is counted by requests in flight).
@@ -61,6 +62,8 @@ pub struct HttpRoute {
     pub h1: http1::Builder,
     /// h2 serving settings.
     pub h2: http2::Builder<TokioExecutor>,
+    /// TLS termination, when the listener has `[listener.tls]`, and its handshake counters.
+    pub tls: Option<(Arc<ServerTls>, TlsListenerMetrics)>,
 }
 
 impl HttpRoute {
@@ -99,7 +102,20 @@ impl HttpRoute {
             pool,
             upstreams,
             access_log: None,
+            tls: None,
         }
+    }
+
+    /// Terminates TLS with `tls` (`None`: plain HTTP).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>, metrics: &Metrics) -> Self {
+        self.tls = tls.map(|t| (t, TlsListenerMetrics::new(metrics, &self.listener.name)));
+        self
+    }
+
+    /// The header that carries a verified client certificate upstream, if the listener
+    /// names one (`[listener.tls.client_auth] forward_header`).
+    pub fn client_cert_header(&self) -> Option<&http::HeaderName> {
+        self.tls.as_ref().and_then(|(t, _)| t.forward_header())
     }
 
     /// Turns request logging on (`Some`) or off.
@@ -196,6 +212,9 @@ pub struct ConnCtx {
     pub draining: AtomicBool,
     /// Requests in flight and the connection's deadlines.
     pub watch: Arc<ConnWatch>,
+    /// The client certificate verified during the TLS handshake (subject and SANs), as the
+    /// value of the listener's `forward_header`.
+    pub client_cert: Option<HeaderValue>,
 }
 
 impl ResponseEnd for ConnCtx {

@@ -73,6 +73,9 @@ pub struct Metrics {
     pub last_reload_success_time: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Server discovery failures (unanswered or failed lookups, etcd unreachable, malformed
+    /// registrations), per pool and source kind.
+    pub discovery_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -274,6 +277,12 @@ impl Metrics {
                 "fulcrum_config_reloads_total",
                 "Configuration reloads, by result.",
                 &["result"],
+            ),
+            discovery_errors: counter(
+                &r,
+                "fulcrum_discovery_errors_total",
+                "Server discovery failures (lookup failed, registry unreachable, malformed entry), by pool and source.",
+                &["pool", "source"],
             ),
             last_reload_ok,
             last_reload_success_time,

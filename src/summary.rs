@@ -63,13 +63,13 @@ pub fn summary(cfg: &Config) -> String {
             for n in &d.dns {
                 let _ = writeln!(
                     s,
-                    "    {}:{} weight {}{} (dns: each address a server, re-resolved every {:?} to {:?} by TTL)",
+                    "    {}:{} weight {}{} (dns: each address a server, resolved again by TTL, every {} to {})",
                     n.host,
                     n.port,
                     n.weight,
                     if n.backup { " backup" } else { "" },
-                    d.min_ttl,
-                    d.max_ttl
+                    humantime::format_duration(d.min_ttl),
+                    humantime::format_duration(d.max_ttl)
                 );
             }
             if let Some(srv) = &d.srv {

@@ -222,6 +222,75 @@ async fn dns_records_added_changed_and_removed_under_load_fail_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_discovered_servers_and_their_state() {
+    let dns = DnsServer::start().await;
+    let (_h, port) = hosts(2).await;
+    let fixed = Origin::start("fixed", ANY.parse().unwrap()).await.unwrap();
+    dns.set_a("app.test", &["127.0.0.2", "127.0.0.3"], 30);
+    let pool = |extra: &str| {
+        format!(
+            "servers = [ {{ addr = \"app.test:{port}\" }}, {{ addr = \"{}\", name = \"fixed\" }} ]\n{extra}",
+            fixed.addr
+        )
+    };
+    let p = Proxy::start(&dns_config(dns.addr, &pool(""))).await;
+    let before = p.server("app.test#127.0.0.2");
+    let load = Load::start(p.url("web", "/"), 2);
+    load.more(20).await;
+
+    // The live preview lists the discovered servers as staying, and says where each came from.
+    let r = admin_call(
+        p.admin().await,
+        "POST",
+        "/preview",
+        None,
+        &dns_config(dns.addr, &pool("retries = 1")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let preview = r.text();
+    assert!(
+        !preview.contains("servers: 0 added, 2 removed"),
+        "{preview}"
+    );
+    let line = preview
+        .lines()
+        .find(|l| l.contains("app.test#127.0.0.2"))
+        .unwrap_or_else(|| panic!("{preview}"));
+    assert!(line.trim_end().ends_with("dns"), "{preview}");
+    let line = preview
+        .lines()
+        .find(|l| l.contains("fixed "))
+        .unwrap_or_else(|| panic!("{preview}"));
+    assert!(line.trim_end().ends_with("file"), "{preview}");
+
+    p.reload_with(&dns_config(dns.addr, &pool("retries = 1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&p),
+        ["app.test#127.0.0.2", "app.test#127.0.0.3", "fixed"],
+        "discovered servers survive a reload"
+    );
+    assert!(
+        Arc::ptr_eq(&before, &p.server("app.test#127.0.0.2")),
+        "with their state"
+    );
+    // A reload that drops the name drops its servers.
+    let only_fixed = format!("{{ addr = \"{}\", name = \"fixed\" }}", fixed.addr);
+    p.reload_with(&http_config(&only_fixed, "", FAST_TCP_HEALTH))
+        .await
+        .unwrap();
+    assert_eq!(names(&p), ["fixed"]);
+    let (_, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "requests failed: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_decides_when_names_are_asked_again_within_the_bounds() {
     let dns = DnsServer::start().await;
     let o = Origin::start("o", ANY.parse().unwrap()).await.unwrap();

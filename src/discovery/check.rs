@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::dns::Resolver;
-use super::etcd::{server, Etcd};
+use super::etcd::server;
+use super::gateway::Etcd;
 use super::{DiscoveredServer, Source};
 use crate::config::Config;
 

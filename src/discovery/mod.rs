@@ -15,6 +15,7 @@
 pub mod check;
 pub mod dns;
 pub mod etcd;
+pub mod gateway;
 mod task;
 
 use std::collections::HashMap;

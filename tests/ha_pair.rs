@@ -116,6 +116,12 @@ impl Lab {
             lab.namespaces.push(ns.clone());
             lab.ip(&["-n", &ns, "link", "set", "lo", "up"]);
         }
+        // keepalived runs its track script as `nobody`, and only from a path no one but root
+        // can write: a copy of the binary in a root-owned directory others may traverse,
+        // wherever the checkout lives.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(FULCRUM, lab.probe_binary()).expect("copy the fulcrum binary");
         let sw = lab.ns("sw");
         lab.ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
         lab.ip(&["-n", &sw, "link", "set", "br0", "up"]);
@@ -142,6 +148,11 @@ impl Lab {
 
     fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
+    }
+
+    /// The fulcrum binary keepalived's track script runs.
+    fn probe_binary(&self) -> PathBuf {
+        self.path("fulcrum")
     }
 
     /// Starts `args` inside `node`'s namespace as process `label` (its own process group, so
@@ -259,7 +270,8 @@ impl Lab {
             "keepalived-backup.conf"
         };
         let conf = self.path(&format!("keepalived-{node}.conf"));
-        std::fs::write(&conf, example_config(example)).unwrap();
+        let text = example_config(example, self.probe_binary().to_str().unwrap());
+        std::fs::write(&conf, text).unwrap();
         let pid = |f: &str| {
             self.path(&format!("{node}-{f}.pid"))
                 .to_str()
@@ -311,7 +323,7 @@ impl Drop for Lab {
 }
 
 /// An example keepalived config, made to run here: the binary just built, the lab's VIP.
-fn example_config(name: &str) -> String {
+fn example_config(name: &str, fulcrum: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/keepalived")
         .join(name);
@@ -320,7 +332,7 @@ fn example_config(name: &str) -> String {
         text.contains("/usr/local/bin/fulcrum") && text.contains("192.0.2.10/24"),
         "{name} changed shape"
     );
-    text.replace("/usr/local/bin/fulcrum", FULCRUM)
+    text.replace("/usr/local/bin/fulcrum", fulcrum)
         .replace("192.0.2.10/24", &format!("{VIP}/24"))
 }
 

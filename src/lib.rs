@@ -12,7 +12,8 @@
 //!   and reload; [`daemon`] handles signals and systemd; [`admin`] serves metrics, status
 //!   (JSON, and a page for people at `/`) and the runtime API; [`access_log`] writes
 //!   request lines off the request path; [`preview`] tells what a reload would change
-//!   before it happens.
+//!   before it happens; [`discovery`] keeps the servers of pools named by DNS, SRV or etcd
+//!   up to date, through the same one-pool path a reload takes.
 //! - The command line's own words live beside it: [`summary`] is what `fulcrum check`
 //!   prints, [`run_demo`] is `fulcrum demo`, over the origins of [`demo`].
 //! - [`tls`] loads certificates and builds rustls configurations, performs handshakes for
@@ -25,6 +26,7 @@ pub mod balance;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -40,4 +42,4 @@ pub mod tls;
 pub use config::Config;
 pub use run_demo::run_demo;
 pub use runtime::Fulcrum;
-pub use summary::summary;
+pub use summary::{discovery_report, summary};

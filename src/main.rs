@@ -58,6 +58,10 @@ enum Command {
         /// pools the share of keys that would move.
         #[arg(long, value_name = "RUNNING_CONFIG|http://ADMIN")]
         against: Option<String>,
+        /// Treat DNS names that do not resolve and etcd prefixes that cannot be read as
+        /// errors (exit 1), not warnings.
+        #[arg(long)]
+        strict: bool,
     },
     /// Ask a running fulcrum's admin listener whether it is healthy (exit 0) or not (exit 1);
     /// for container health checks, without curl.
@@ -212,17 +216,48 @@ fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
     }
 }
 
+/// `check`: resolves the config's DNS names and reads its etcd prefixes once, prints what
+/// they give, and warns (or, with `--strict`, fails) for those that give nothing.
+fn check_discovery(cfg: &Config, strict: bool) -> ExitCode {
+    if cfg.pools.iter().all(|p| p.discovery.is_none()) {
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fulcrum check: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = rt.block_on(fulcrum::discovery::check::check(cfg));
+    let (report, warnings) = fulcrum::discovery_report(&findings);
+    print!("{report}");
+    let word = if strict { "error" } else { "warning" };
+    for w in &warnings {
+        eprintln!("{word}: {w}");
+    }
+    if strict && !warnings.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check {
             config,
             against: None,
+            strict,
         } => match config::load(&config) {
             Ok(cfg) => match tls_preflight(&cfg) {
                 Ok(()) => {
                     print!("{}", fulcrum::summary(&cfg));
-                    ExitCode::SUCCESS
+                    check_discovery(&cfg, strict)
                 }
                 Err(code) => code,
             },
@@ -231,6 +266,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             against: Some(against),
+            ..
         } => check_against(&config, &against),
         Command::Probe {
             admin,

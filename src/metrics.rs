@@ -84,6 +84,9 @@ pub struct Metrics {
     /// The `name` labels of `tls_certificate_expiry` per listener, to drop stale series.
     /// A std Mutex: held only to swap a short list, never across an `.await`.
     tls_expiry_names: Mutex<HashMap<String, Vec<String>>>,
+    /// Server discovery failures (unanswered or failed lookups, etcd unreachable, malformed
+    /// registrations), per pool and source kind.
+    pub discovery_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -304,6 +307,12 @@ impl Metrics {
                 "fulcrum_config_reloads_total",
                 "Configuration reloads, by result.",
                 &["result"],
+            ),
+            discovery_errors: counter(
+                &r,
+                "fulcrum_discovery_errors_total",
+                "Server discovery failures (lookup failed, registry unreachable, malformed entry), by pool and source.",
+                &["pool", "source"],
             ),
             last_reload_ok,
             last_reload_success_time,

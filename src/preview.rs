@@ -198,6 +198,9 @@ fn pool_change(out: &mut String, o: &PoolSettings, p: &PoolSettings) {
     if o.health != p.health {
         what.push("health checks changed (their probes restart)".into());
     }
+    if o.discovery != p.discovery {
+        what.push("discovery sources changed".into());
+    }
     if o.servers != p.servers {
         let added = p
             .servers
@@ -243,7 +246,7 @@ fn servers_table(out: &mut String, old: Option<&PoolSettings>, new: &PoolSetting
     };
     let _ = writeln!(
         out,
-        "      {:<2}{:<28} {:>16}  share before -> after",
+        "      {:<2}{:<28} {:>16}  share before -> after  from",
         "", "server", "weight"
     );
     for s in &new.servers {
@@ -273,9 +276,10 @@ fn servers_table(out: &mut String, old: Option<&PoolSettings>, new: &PoolSetting
         }
         let _ = writeln!(
             out,
-            "      {mark:<2}{label:<28} {weight:>16}  {:>6} -> {}",
+            "      {mark:<2}{label:<28} {weight:>16}  {:>6} -> {:<6}  {}",
             pct(&before, &s.addr),
-            pct(&after, &s.addr)
+            pct(&after, &s.addr),
+            s.origin.as_str()
         );
     }
     if let Some(o) = old {
@@ -284,13 +288,49 @@ fn servers_table(out: &mut String, old: Option<&PoolSettings>, new: &PoolSetting
                 let label = format!("{} {}", s.name, s.addr);
                 let _ = writeln!(
                     out,
-                    "      {:<2}{label:<28} {:>16}  {:>6} -> -",
+                    "      {:<2}{label:<28} {:>16}  {:>6} -> -       {}",
                     "-",
                     s.weight,
-                    pct(&before, &s.addr)
+                    pct(&before, &s.addr),
+                    s.origin.as_str()
                 );
             }
         }
+    }
+    sources(out, old, new);
+}
+
+/// The dynamic sources of a pool (their servers are listed above when known: a running
+/// fulcrum's preview includes what they found).
+fn sources(out: &mut String, old: Option<&PoolSettings>, new: &PoolSettings) {
+    let list = |p: Option<&PoolSettings>| -> Vec<String> {
+        let Some(d) = p.and_then(|p| p.discovery.as_ref()) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = d
+            .dns
+            .iter()
+            .map(|n| format!("dns {}:{}", n.host, n.port))
+            .collect();
+        v.extend(d.srv.iter().map(|s| format!("srv {s}")));
+        v.extend(
+            d.etcd
+                .iter()
+                .map(|e| format!("etcd {} at {}", e.prefix, e.endpoints.join(", "))),
+        );
+        v
+    };
+    let (before, after) = (list(old), list(Some(new)));
+    for s in &after {
+        let mark = if old.is_some() && !before.contains(s) {
+            "+"
+        } else {
+            " "
+        };
+        let _ = writeln!(out, "      {mark:<2}source {s} (servers found at run time)");
+    }
+    for s in before.iter().filter(|s| !after.contains(s)) {
+        let _ = writeln!(out, "      {:<2}source {s} (its servers leave)", "-");
     }
 }
 

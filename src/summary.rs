@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 
 use crate::config::{self, Config, Protocol};
+use crate::discovery::check::Finding;
 
 /// The short summary `fulcrum check` prints.
 pub fn summary(cfg: &Config) -> String {
@@ -29,9 +30,14 @@ pub fn summary(cfg: &Config) -> String {
     let _ = writeln!(s, "pools: {}", cfg.pools.len());
     for p in &cfg.pools {
         let backups = p.servers.iter().filter(|s| s.backup).count();
+        let dynamic = if p.discovery.is_some() {
+            " + discovered"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "  {} ({}): {} servers ({} backup), health {}",
+            "  {} ({}): {} servers{dynamic} ({} backup), health {}",
             p.name,
             p.algorithm.name(),
             p.servers.len(),
@@ -53,8 +59,71 @@ pub fn summary(cfg: &Config) -> String {
                 if sv.backup { " backup" } else { "" }
             );
         }
+        if let Some(d) = &p.discovery {
+            for n in &d.dns {
+                let _ = writeln!(
+                    s,
+                    "    {}:{} weight {}{} (dns: each address a server, resolved again by TTL, every {} to {})",
+                    n.host,
+                    n.port,
+                    n.weight,
+                    if n.backup { " backup" } else { "" },
+                    humantime::format_duration(d.min_ttl),
+                    humantime::format_duration(d.max_ttl)
+                );
+            }
+            if let Some(srv) = &d.srv {
+                let _ = writeln!(s, "    srv {srv} (lowest priority primary, next backup)");
+            }
+            if let Some(e) = &d.etcd {
+                let _ = writeln!(s, "    etcd {} at {}", e.prefix, e.endpoints.join(", "));
+            }
+        }
     }
     s
+}
+
+/// What `fulcrum check` found resolving a config's dynamic sources: the lines to print, and
+/// the warnings (sources that give no server, malformed registrations).
+pub fn discovery_report(findings: &[Finding]) -> (String, Vec<String>) {
+    let mut s = String::new();
+    let mut warnings = Vec::new();
+    if findings.is_empty() {
+        return (s, warnings);
+    }
+    let _ = writeln!(
+        s,
+        "discovery (resolved now; it changes while fulcrum runs):"
+    );
+    for f in findings {
+        match &f.servers {
+            Ok(list) if list.is_empty() => {
+                let _ = writeln!(s, "  pool {}: {} -> no servers", f.pool, f.source);
+                warnings.push(format!("pool {}: {} gives no servers", f.pool, f.source));
+            }
+            Ok(list) => {
+                let _ = writeln!(s, "  pool {}: {} ->", f.pool, f.source);
+                for sv in list {
+                    let _ = writeln!(
+                        s,
+                        "    {} {} weight {}{}",
+                        sv.name,
+                        sv.addr,
+                        sv.weight,
+                        if sv.backup { " backup" } else { "" }
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "  pool {}: {} -> failed", f.pool, f.source);
+                warnings.push(format!("pool {}: {}: {e}", f.pool, f.source));
+            }
+        }
+        for w in &f.warnings {
+            warnings.push(format!("pool {}: {}: {w}", f.pool, f.source));
+        }
+    }
+    (s, warnings)
 }
 
 /// A protocol as the config spells it.

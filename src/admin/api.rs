@@ -216,7 +216,9 @@ pub fn preview(
         .map_or_else(|| PathBuf::from("posted config"), PathBuf::from);
     let new =
         crate::config::parse(text_in, &path).map_err(|e| AdminError::BadRequest(e.to_string()))?;
-    let old = shared.config.load();
+    // Both sides with the servers discovery found: they stay across a reload.
+    let old = shared.discovery.effective(&shared.config.load());
+    let new = shared.discovery.effective(&new);
     Ok(text(StatusCode::OK, crate::preview::preview(&old, &new)))
 }
 

@@ -119,6 +119,7 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
         "name": &*st.name,
         "addr": st.addr.to_string(),
         "backup": s.settings.backup,
+        "origin": s.settings.origin.as_str(),
         "weight": s.settings.weight,
         "effective_weight": st.effective_weight(s.settings.weight, slow_start, now),
         "eligible": st.eligible(now),

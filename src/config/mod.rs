@@ -22,7 +22,7 @@ pub use sni_routes::{SniPattern, SniRoutes};
 pub use tls::{
     CertificateFiles, ClientAuth, ClientAuthMode, ConfigSpot, ListenerTls, TlsVersion, UpstreamTls,
 };
-pub use types::{parse_addr, parse_size};
+pub use types::{is_dns_name, parse_addr, parse_server_addr, parse_size, ServerAddr, MAX_WEIGHT};
 
 use crate::balance::Algorithm;
 
@@ -63,6 +63,8 @@ pub struct RuntimeSettings {
     pub max_connections: usize,
     /// Rolling back a reload that makes things worse; `None` when off.
     pub reload_guard: Option<ReloadGuard>,
+    /// The resolver server discovery uses.
+    pub dns: ResolverSettings,
 }
 
 /// `[runtime] reload_guard`: watch a reload for `window`, and put the previous configuration
@@ -75,6 +77,84 @@ pub struct ReloadGuard {
     pub max_error_ratio: f64,
     /// Requests needed before the ratio counts.
     pub min_requests: u64,
+}
+
+/// `[runtime] dns`: the DNS resolver of server discovery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Name servers; empty: those of `/etc/resolv.conf`.
+    pub servers: Vec<SocketAddr>,
+    /// Per-query timeout; `None`: the system's.
+    pub timeout: Option<Duration>,
+}
+
+/// Where a server of a pool came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ServerOrigin {
+    /// Listed by address in the config file.
+    #[default]
+    File,
+    /// An address a DNS name in the config file resolved to.
+    Dns,
+    /// An SRV record of the pool's `srv` name.
+    Srv,
+    /// A key under the pool's etcd prefix.
+    Etcd,
+}
+
+impl ServerOrigin {
+    /// Lower-case name, for `/status`, the preview and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerOrigin::File => "file",
+            ServerOrigin::Dns => "dns",
+            ServerOrigin::Srv => "srv",
+            ServerOrigin::Etcd => "etcd",
+        }
+    }
+}
+
+/// A pool's dynamic server sources (`HOST:PORT` servers, `srv`, `[pool.discovery]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    /// Servers named by DNS host, in file order.
+    pub dns: Vec<DnsServer>,
+    /// SRV record name.
+    pub srv: Option<String>,
+    /// etcd registry.
+    pub etcd: Option<EtcdSettings>,
+    /// Re-resolve no sooner than this.
+    pub min_ttl: Duration,
+    /// Re-resolve no later than this.
+    pub max_ttl: Duration,
+    /// The pool's `max_conns`, for servers that do not set their own.
+    pub max_conns: Option<u32>,
+}
+
+/// A `servers` entry with a DNS host name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsServer {
+    /// Host name, without a trailing dot.
+    pub host: String,
+    /// Port of every resolved address.
+    pub port: u16,
+    /// Prefix of the resolved servers' names (`NAME#IP`); default the host name.
+    pub name: Arc<str>,
+    /// Weight of each resolved server.
+    pub weight: u32,
+    /// Backup tier.
+    pub backup: bool,
+    /// In-flight limit of each resolved server.
+    pub max_conns: Option<u32>,
+}
+
+/// `[pool.discovery] etcd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Client URLs (`http://HOST:PORT`, no trailing slash), tried in turn.
+    pub endpoints: Vec<String>,
+    /// Key prefix; each key under it is one server.
+    pub prefix: String,
 }
 
 /// `[admin]`.
@@ -247,6 +327,8 @@ pub struct ServerSettings {
     pub backup: bool,
     /// In-flight limit.
     pub max_conns: Option<u32>,
+    /// Where it came from.
+    pub origin: ServerOrigin,
 }
 
 /// Upstream timeouts.
@@ -387,6 +469,8 @@ pub struct PoolSettings {
     pub passive: PassiveSettings,
     /// TLS towards the servers; `None`: plaintext.
     pub tls: Option<UpstreamTls>,
+    /// Dynamic server sources; `None` for a pool of fixed addresses only.
+    pub discovery: Option<Arc<DiscoverySettings>>,
 }
 
 /// Reads and validates the config file at `path`.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::tls_schema::{RawListenerTls, RawSniRoutes, RawUpstreamTls};
-use super::types::{Addr, Count, Dur, Size, Weight};
+use super::types::{Addr, Count, Dur, ServerAddr, Size, Weight};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -47,6 +47,9 @@ pub struct RawRuntime {
     pub max_connections: Option<Spanned<i64>>,
     /// Undo a reload that makes things worse: off unless this table is present.
     pub reload_guard: Option<Spanned<RawReloadGuard>>,
+    /// The DNS resolver that server discovery uses: `dns = { servers = ["IP:PORT"] }`;
+    /// default: the system's (`/etc/resolv.conf`).
+    pub dns: Option<Spanned<RawResolver>>,
 }
 
 /// `[runtime] reload_guard = { ... }`.
@@ -62,6 +65,17 @@ pub struct RawReloadGuard {
     pub max_error_ratio: Option<Spanned<f64>>,
     /// ...counted only once this many requests were seen; default 50.
     pub min_requests: Option<Spanned<i64>>,
+}
+
+/// `[runtime] dns = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    /// Name servers to ask, "IP:PORT" (UDP, and TCP for long answers); default: those of
+    /// `/etc/resolv.conf`.
+    pub servers: Option<Spanned<Vec<Spanned<Addr>>>>,
+    /// How long one query may take; default: `/etc/resolv.conf`'s (5s unless it says).
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// `[admin]`.
@@ -215,8 +229,16 @@ pub struct RawPool {
     pub name: Spanned<String>,
     /// Balancing algorithm; default "round_robin".
     pub algorithm: Option<RawAlgorithm>,
-    /// The servers.
-    pub servers: Spanned<Vec<RawServer>>,
+    /// The servers: addresses, and DNS names resolved at run time; may be left out when
+    /// `srv` or `[pool.discovery]` provides the servers.
+    pub servers: Option<Spanned<Vec<RawServer>>>,
+    /// Servers from SRV records of this name (`"_http._tcp.app.internal"`): the lowest
+    /// priority is the primary tier, the next one the backup tier; SRV weight is weight.
+    pub srv: Option<Spanned<String>>,
+    /// Re-resolution bounds for DNS names and `srv`: `dns = { min_ttl = "5s", max_ttl = "5m" }`.
+    pub dns: Option<Spanned<RawDnsTtl>>,
+    /// Servers from a registry (`[pool.discovery] etcd = { ... }`).
+    pub discovery: Option<Spanned<RawDiscovery>>,
     /// consistent_hash: "client_ip" (default), "header:NAME", "cookie:NAME", "path", "uri".
     pub hash_key: Option<Spanned<String>>,
     /// consistent_hash: ring points per unit of weight; default 100.
@@ -256,8 +278,8 @@ pub struct RawPool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// Address "IP:PORT".
-    pub addr: Spanned<Addr>,
+    /// Address "IP:PORT", or "HOST:PORT" with a DNS name (each resolved address a server).
+    pub addr: Spanned<ServerAddr>,
     /// Name in metrics, logs and the admin API; default: the address.
     pub name: Option<Spanned<String>>,
     /// Weight 1..=256; default 1.
@@ -364,4 +386,33 @@ pub struct RawPassive {
     pub max_ejection: Option<Spanned<Dur>>,
     /// At most this percentage of a pool's servers ejected at once; default 50.
     pub max_ejected_percent: Option<Spanned<i64>>,
+}
+
+/// `[pool] dns = { ... }`: how often DNS names are resolved again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsTtl {
+    /// Never re-resolve sooner than this, whatever the record's TTL; default 5s.
+    pub min_ttl: Option<Spanned<Dur>>,
+    /// Never keep an answer longer than this, whatever the record's TTL; default 5m.
+    pub max_ttl: Option<Spanned<Dur>>,
+}
+
+/// `[pool.discovery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// Servers registered in etcd under a key prefix.
+    pub etcd: Option<Spanned<RawEtcd>>,
+}
+
+/// `etcd = { endpoints = [...], prefix = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// etcd client URLs, "http://HOST:PORT"; tried in turn.
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    /// Each key under this prefix is one server, its value JSON
+    /// `{ "addr": "IP:PORT", "weight": 1, "backup": false }`.
+    pub prefix: Spanned<String>,
 }

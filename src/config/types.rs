@@ -66,6 +66,77 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A server address as written: `"IP:PORT"` (or `"localhost:PORT"`) is a server of its own;
+/// `"HOST:PORT"` names a DNS host whose addresses are resolved at run time, each one a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A fixed address.
+    Ip(SocketAddr),
+    /// A DNS host name and the port its servers listen on.
+    Name(String, u16),
+}
+
+impl<'de> Deserialize<'de> for ServerAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ServerAddr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address \"IP:PORT\" or \"HOST:PORT\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ServerAddr, E> {
+                parse_server_addr(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Parses a server address: `IP:PORT`, `localhost:PORT`, or `HOST:PORT` with a DNS name.
+pub fn parse_server_addr(s: &str) -> Result<ServerAddr, String> {
+    if let Ok(a) = parse_addr(s) {
+        return Ok(ServerAddr::Ip(a));
+    }
+    let t = s.trim();
+    let bad = || {
+        format!(
+            "invalid address {t:?}; expected \"IP:PORT\" such as \"127.0.0.1:8080\", or \"HOST:PORT\" with a DNS name such as \"app.internal:9000\""
+        )
+    };
+    let (host, port) = t.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if !is_dns_name(host) {
+        return Err(bad());
+    }
+    Ok(ServerAddr::Name(
+        host.trim_end_matches('.').to_string(),
+        port,
+    ))
+}
+
+/// Whether `h` is a DNS host name (RFC 1123 labels, optionally fully qualified): letters,
+/// digits, `-` and `_` in labels of 1 to 63, 253 in all. A last label of digits only is
+/// refused, so that a mistyped IP address is not taken for a name.
+pub fn is_dns_name(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty() || h.len() > 253 {
+        return false;
+    }
+    let labels_ok = h.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let last_alpha = h
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
+    labels_ok && last_alpha
+}
+
 /// A size in bytes, written as an integer (`65536`) or a string with a unit (`"64KiB"`,
 /// `"10MiB"`, `"1GB"`; B, KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,6 +245,32 @@ mod tests {
         );
         assert!(parse_addr("127.0.0.1").is_err());
         assert!(parse_addr("example.com:80").is_err());
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            parse_server_addr("127.0.0.1:80"),
+            Ok(ServerAddr::Ip("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_server_addr("localhost:9"),
+            Ok(ServerAddr::Ip("127.0.0.1:9".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_server_addr("app.internal.:9000"),
+            Ok(ServerAddr::Name("app.internal".into(), 9000))
+        );
+        for bad in [
+            "app.internal",
+            "app.internal:x",
+            "10.0.0.300:80",
+            "-a.b:1",
+            "a..b:1",
+            ":80",
+        ] {
+            assert!(parse_server_addr(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

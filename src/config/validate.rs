@@ -16,6 +16,8 @@ use super::types::{Dur, Size};
 use super::*;
 use crate::balance::Algorithm;
 
+mod discovery;
+
 pub(super) struct Ctx<'a> {
     pub(super) text: &'a str,
     pub(super) path: &'a Path,
@@ -145,6 +147,7 @@ pub(super) fn validate_with(
             100_000,
         )? as usize,
         reload_guard: reload_guard(&cx, raw.runtime.reload_guard.as_ref())?,
+        dns: discovery::resolver(&cx, &raw.runtime.dns)?,
     };
 
     let admin = if raw.admin.enabled == Some(false) {
@@ -380,6 +383,7 @@ pub(super) fn validate_with(
     }
     refuse_l4_only_upstream_tls(&pools, &listeners)?;
 
+    discovery::refuse_unused_resolver(&cx, &raw.runtime.dns, &pools)?;
     Ok(Config {
         source: path.to_path_buf(),
         runtime,
@@ -591,11 +595,16 @@ fn upgrades(
 
 fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
     let name = cx.name(&p.name, "pool")?;
-    if p.servers.get_ref().is_empty() {
+    let raw_servers = p
+        .servers
+        .as_ref()
+        .map_or(&[][..], |s| s.get_ref().as_slice());
+    if raw_servers.is_empty() && p.srv.is_none() && p.discovery.is_none() {
+        let span = p.servers.as_ref().map_or(p.name.span(), |s| s.span());
         return Err(cx.err(
-            p.servers.span(),
+            span,
             format!(
-                "pool {:?} has no servers; expected at least one {{ addr = \"IP:PORT\" }}",
+                "pool {:?} has no servers; expected at least one {{ addr = \"IP:PORT\" }} (or \"HOST:PORT\"), `srv` or `[pool.discovery]`",
                 &*name
             ),
         ));
@@ -604,9 +613,23 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
         None => None,
         Some(_) => Some(cx.int(&p.max_conns, "max_conns", 1..=10_000_000, 1)? as u32),
     };
-    let mut servers: Vec<ServerSettings> = Vec::with_capacity(p.servers.get_ref().len());
-    for s in p.servers.get_ref() {
-        let addr = s.addr.get_ref().0;
+    let mut servers: Vec<ServerSettings> = Vec::with_capacity(raw_servers.len());
+    let mut dns_servers: Vec<DnsServer> = Vec::new();
+    for s in raw_servers {
+        let addr = match s.addr.get_ref() {
+            ServerAddr::Ip(a) => *a,
+            ServerAddr::Name(host, port) => {
+                dns_servers.push(discovery::dns_server(
+                    cx,
+                    s,
+                    host,
+                    *port,
+                    &dns_servers,
+                    default_max_conns,
+                )?);
+                continue;
+            }
+        };
         let sname = match &s.name {
             Some(n) => cx.name(n, "server")?,
             None => Arc::from(addr.to_string()),
@@ -637,8 +660,10 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
             weight: s.weight.0,
             backup: s.backup,
             max_conns,
+            origin: ServerOrigin::File,
         });
     }
+    let discovery = discovery::pool_discovery(cx, p, dns_servers, default_max_conns)?;
 
     let raw_alg = p.algorithm.unwrap_or(RawAlgorithm::RoundRobin);
     let algorithm = match raw_alg {
@@ -766,6 +791,7 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
             .transpose()?,
         name,
         servers,
+        discovery,
     })
 }
 

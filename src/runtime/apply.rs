@@ -45,11 +45,13 @@ impl Fulcrum {
         // 1. Everything that can fail, before touching what runs.
         let mut prepared = self.prepare(&cfg, guard.as_ref())?;
         let mut old = guard.take().unwrap_or_default();
+        // Pools are built with the servers discovery last found, so that they survive.
+        let eff = shared.discovery.effective(&cfg);
         // 2. Pools: keep unchanged ones whole; rebuild changed ones around the same states.
-        let pools = swap_pools(&cfg, &mut old.pools, &prepared.tls, shared);
+        let pools = swap_pools(&eff, &mut old.pools, &prepared.tls, shared);
         // 3. Health tasks: restart only where the server or its probe settings changed.
         let (health, first_round) = sync_health(
-            &cfg,
+            &eff,
             &pools,
             &mut old.health,
             &prepared.tls,
@@ -70,8 +72,12 @@ impl Fulcrum {
         }
         shared.certificates.store(Arc::new(certs));
         // 6. Publish the new world; republish pools in case a state changed mid-build.
-        publish(&cfg, &pools, &mut old.pools, addrs, prepared.auth, shared);
+        publish(&eff, &pools, &mut old.pools, addrs, prepared.auth, shared);
         shared.config.store(Arc::new(cfg));
+        // 7. Discovery tasks for the pools that have dynamic sources.
+        shared
+            .discovery
+            .sync(&eff, &self.discovery_publisher(), &shared.metrics);
         *guard = Some(Live {
             listeners,
             sockets,
@@ -198,35 +204,46 @@ fn swap_pools(
 ) -> HashMap<Arc<str>, PoolEntry> {
     let mut pools: HashMap<Arc<str>, PoolEntry> = HashMap::new();
     for ps in &cfg.pools {
-        let client_tls = tls.pools.get(&ps.name).map(|t| t.proxy.clone());
-        let entry = match old.remove(&ps.name) {
-            Some(e) if e.slot.load().settings == *ps => {
-                // Unchanged, but its CA and certificate files were read again.
-                for u in e.upstreams.iter() {
-                    u.set_tls(client_tls.clone());
-                }
-                e
-            }
-            Some(e) => {
-                tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
-                let (pool, upstreams) = build_pool(ps, shared, Some(&e), client_tls);
-                e.slot.store(pool);
-                PoolEntry {
-                    slot: e.slot,
-                    upstreams,
-                }
-            }
-            None => {
-                let (pool, upstreams) = build_pool(ps, shared, None, client_tls);
-                PoolEntry {
-                    slot: PoolSlot::new(pool),
-                    upstreams,
-                }
-            }
-        };
+        let entry = swap_pool(ps, old.remove(&ps.name), tls, shared);
         pools.insert(ps.name.clone(), entry);
     }
     pools
+}
+
+/// One pool of step 2: the old generation if its settings did not change, else a new one
+/// stored in the same slot (or a new slot for a new pool).
+fn swap_pool(
+    ps: &Arc<PoolSettings>,
+    old: Option<PoolEntry>,
+    tls: &Tls,
+    shared: &Shared,
+) -> PoolEntry {
+    let client_tls = tls.pools.get(&ps.name).map(|t| t.proxy.clone());
+    match old {
+        Some(e) if e.slot.load().settings == *ps => {
+            // Unchanged, but its CA and certificate files were read again.
+            for u in e.upstreams.iter() {
+                u.set_tls(client_tls.clone());
+            }
+            e
+        }
+        Some(e) => {
+            tracing::info!(pool = %ps.name, algorithm = ps.algorithm.name(), servers = ps.servers.len(), "pool changed; new requests use the new settings");
+            let (pool, upstreams) = build_pool(ps, shared, Some(&e), client_tls);
+            e.slot.store(pool);
+            PoolEntry {
+                slot: e.slot,
+                upstreams,
+            }
+        }
+        None => {
+            let (pool, upstreams) = build_pool(ps, shared, None, client_tls);
+            PoolEntry {
+                slot: PoolSlot::new(pool),
+                upstreams,
+            }
+        }
+    }
 }
 
 /// Step 3: one health task per server, kept where its settings did not change. Returns the
@@ -242,46 +259,7 @@ fn sync_health(
     let mut first_round = Vec::new();
     for ps in &cfg.pools {
         let entry = &pools[&ps.name];
-        let pool = entry.slot.load();
-        for s in &pool.servers {
-            let key = (ps.name.clone(), s.settings.addr);
-            match old.remove(&key) {
-                Some(t) if t.settings == ps.health && t.tls == ps.tls => {
-                    health.insert(key, t);
-                }
-                other => {
-                    if let Some(t) = other {
-                        t.cancel.cancel();
-                    }
-                    let cancel = CancellationToken::new();
-                    // kind = "none" too: its task marks the server up as it starts,
-                    // which must happen before the first request, not just after.
-                    if !s.state.health_up() {
-                        first_round.push((s.state.clone(), ps.health.timeout));
-                    }
-                    checker::spawn(
-                        checker::Target {
-                            slot: entry.slot.clone(),
-                            idx: s.idx,
-                            state: s.state.clone(),
-                            settings: ps.health.clone(),
-                            metrics: metrics.clone(),
-                            tls: tls.pools.get(&ps.name).map(|t| t.proxy.clone()),
-                            h2: ps.upstream_protocol == crate::config::UpstreamProtocol::H2,
-                        },
-                        cancel.clone(),
-                    );
-                    health.insert(
-                        key,
-                        HealthTask {
-                            settings: ps.health.clone(),
-                            tls: ps.tls.clone(),
-                            cancel,
-                        },
-                    );
-                }
-            }
-        }
+        sync_pool_health(ps, entry, old, &mut health, &mut first_round, tls, metrics);
     }
     for (_, t) in old.drain() {
         t.cancel.cancel();
@@ -289,9 +267,62 @@ fn sync_health(
     (health, first_round)
 }
 
+/// One pool of step 3: moves the tasks of its servers that stay from `old` to `health`, and
+/// starts tasks for the others (collecting those whose first probe has not passed).
+fn sync_pool_health(
+    ps: &PoolSettings,
+    entry: &PoolEntry,
+    old: &mut HealthTasks,
+    health: &mut HealthTasks,
+    first_round: &mut Vec<(Arc<BackendState>, Duration)>,
+    tls: &Tls,
+    metrics: &Arc<Metrics>,
+) {
+    let pool = entry.slot.load();
+    for s in &pool.servers {
+        let key = (ps.name.clone(), s.settings.addr);
+        match old.remove(&key) {
+            Some(t) if t.settings == ps.health && t.tls == ps.tls => {
+                health.insert(key, t);
+            }
+            other => {
+                if let Some(t) = other {
+                    t.cancel.cancel();
+                }
+                let cancel = CancellationToken::new();
+                // kind = "none" too: its task marks the server up as it starts,
+                // which must happen before the first request, not just after.
+                if !s.state.health_up() {
+                    first_round.push((s.state.clone(), ps.health.timeout));
+                }
+                checker::spawn(
+                    checker::Target {
+                        slot: entry.slot.clone(),
+                        idx: s.idx,
+                        state: s.state.clone(),
+                        settings: ps.health.clone(),
+                        metrics: metrics.clone(),
+                        tls: tls.pools.get(&ps.name).map(|t| t.proxy.clone()),
+                        h2: ps.upstream_protocol == crate::config::UpstreamProtocol::H2,
+                    },
+                    cancel.clone(),
+                );
+                health.insert(
+                    key,
+                    HealthTask {
+                        settings: ps.health.clone(),
+                        tls: ps.tls.clone(),
+                        cancel,
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// Gives new servers' first probes a moment so traffic does not meet an empty pool;
 /// bounded by the probe timeout (plus a little for scheduling).
-async fn wait_for_first_probes(first_round: &[(Arc<BackendState>, Duration)]) {
+pub(super) async fn wait_for_first_probes(first_round: &[(Arc<BackendState>, Duration)]) {
     if !first_round.is_empty() {
         let wait = first_round
             .iter()
@@ -336,28 +367,13 @@ fn swap_listeners(
     let mut addrs = HashMap::new();
     for l in &cfg.listeners {
         let entry = &pools[&l.pool];
-        let pool = entry.slot.load();
-        let tls = prepared.tls.listeners.get(&l.name).cloned();
-        match &tls {
+        let tls = &prepared.tls;
+        match tls.listeners.get(&l.name) {
             Some(t) => metrics.set_tls_certificates(&l.name, t.certificates()),
             None => metrics.forget_tls_listener(&l.name),
         }
-        let http_route = || {
-            HttpRoute::new(l.clone(), pool.clone(), entry.upstreams.clone(), metrics)
-                .with_access_log(access.clone())
-                .with_tls(tls.clone(), metrics)
-        };
-        let tcp_route = || {
-            let sni = l.sni_routes.as_ref().map(|r| {
-                let named = r.routes.iter().map(|(_, p)| p).chain(&r.default_pool);
-                let by_name = named.map(|p| (p.clone(), pools[p].slot.load())).collect();
-                SniTable::new(r, by_name)
-            });
-            TcpRoute::new(l.clone(), pool.clone(), metrics)
-                .with_access_log(access.clone())
-                .with_tls(tls.clone(), metrics)
-                .with_sni(sni)
-        };
+        let http_route = || http_route(l, entry, &access, tls, metrics);
+        let tcp_route = || tcp_route(l, entry, pools, &access, tls, metrics);
         let listener = match prepared.sockets.remove(&l.name) {
             None => {
                 let existing = old
@@ -477,6 +493,155 @@ fn log_kept_overrides(pools: &HashMap<Arc<str>, PoolEntry>) {
             }
         }
     }
+}
+
+/// The route of http listener `l` over the current generation of its pool.
+fn http_route(
+    l: &ListenerSettings,
+    entry: &PoolEntry,
+    access: &Option<Arc<AccessLog>>,
+    tls: &Tls,
+    metrics: &Metrics,
+) -> HttpRoute {
+    HttpRoute::new(
+        l.clone(),
+        entry.slot.load(),
+        entry.upstreams.clone(),
+        metrics,
+    )
+    .with_access_log(access.clone())
+    .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
+}
+
+/// The route of tcp listener `l` over the current generations of its pool and of the pools
+/// its SNI routes name.
+fn tcp_route(
+    l: &ListenerSettings,
+    entry: &PoolEntry,
+    pools: &HashMap<Arc<str>, PoolEntry>,
+    access: &Option<Arc<AccessLog>>,
+    tls: &Tls,
+    metrics: &Metrics,
+) -> TcpRoute {
+    let sni = l.sni_routes.as_ref().map(|r| {
+        let named = r.routes.iter().map(|(_, p)| p).chain(&r.default_pool);
+        let by_name = named
+            .filter_map(|p| Some((p.clone(), pools.get(p)?.slot.load())))
+            .collect();
+        SniTable::new(r, by_name)
+    });
+    TcpRoute::new(l.clone(), entry.slot.load(), metrics)
+        .with_access_log(access.clone())
+        .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
+        .with_sni(sni)
+}
+
+/// Whether listener `l` sends traffic to pool `pool`.
+fn uses_pool(l: &ListenerSettings, pool: &str) -> bool {
+    *l.pool == *pool
+        || l.sni_routes.as_ref().is_some_and(|r| {
+            r.routes.iter().any(|(_, p)| **p == *pool) || r.default_pool.as_deref() == Some(pool)
+        })
+}
+
+/// Applies new settings to one running pool exactly as a reload that changed only that pool
+/// would (steps 2, 3, 4's route swap and 6 for that pool alone): a new generation in the same
+/// slot, health tasks kept for servers that stay and started for new ones, the routes of its
+/// listeners re-stored, and the states of servers no pool has any more dropped. Returns the
+/// new servers whose first probe has not passed. Called with the supervisor's lock held.
+pub(super) fn apply_one_pool(
+    ps: &Arc<PoolSettings>,
+    live: &mut Live,
+    shared: &Shared,
+) -> Vec<(Arc<BackendState>, Duration)> {
+    let Some(old) = live.pools.remove(&ps.name) else {
+        return Vec::new();
+    };
+    let old_upstreams = old.upstreams.clone();
+    let changed = old.slot.load().settings != *ps;
+    let entry = swap_pool(ps, Some(old), &live.tls, shared);
+    let mut first_round = Vec::new();
+    if changed {
+        let mut mine: HealthTasks = HashMap::new();
+        let keys: Vec<_> = live
+            .health
+            .keys()
+            .filter(|(p, _)| *p == ps.name)
+            .cloned()
+            .collect();
+        let mut old_tasks: HealthTasks = keys
+            .into_iter()
+            .filter_map(|k| live.health.remove_entry(&k))
+            .collect();
+        let metrics = &shared.metrics;
+        sync_pool_health(
+            ps,
+            &entry,
+            &mut old_tasks,
+            &mut mine,
+            &mut first_round,
+            &live.tls,
+            metrics,
+        );
+        for (_, t) in old_tasks {
+            t.cancel.cancel();
+        }
+        live.health.extend(mine);
+        entry.slot.publish();
+    }
+    live.pools.insert(ps.name.clone(), entry);
+    if changed {
+        for l in live
+            .listeners
+            .values()
+            .filter(|l| uses_pool(&l.settings, &ps.name))
+        {
+            let own = &live.pools[&l.settings.pool];
+            match &l.route {
+                Route::Http(r) => r.store(Arc::new(http_route(
+                    &l.settings,
+                    own,
+                    &live.access_log,
+                    &live.tls,
+                    &shared.metrics,
+                ))),
+                Route::Tcp(r) => r.store(Arc::new(tcp_route(
+                    &l.settings,
+                    own,
+                    &live.pools,
+                    &live.access_log,
+                    &live.tls,
+                    &shared.metrics,
+                ))),
+            }
+        }
+        // Connections to servers that stay were carried into the new generation; the rest
+        // close.
+        let kept = &live.pools[&ps.name].upstreams;
+        for u in old_upstreams.iter() {
+            if !kept.iter().any(|k| Arc::ptr_eq(k, u)) {
+                u.clear_idle();
+            }
+        }
+    }
+    if changed {
+        let keep: Vec<_> = live
+            .pools
+            .iter()
+            .flat_map(|(name, e)| {
+                let servers: Vec<_> = e
+                    .slot
+                    .load()
+                    .servers
+                    .iter()
+                    .map(|s| s.settings.addr)
+                    .collect();
+                servers.into_iter().map(move |a| (name.clone(), a))
+            })
+            .collect();
+        shared.registry.retain(&keep, &shared.metrics);
+    }
+    first_round
 }
 
 /// A generation of pool `ps`. From `previous` (the generation it replaces) it takes the

@@ -28,6 +28,7 @@ use crate::pool::{Pool, PoolSlot};
 use crate::proxy::upstream::ServerUpstream;
 
 mod apply;
+mod discovered;
 mod guard;
 
 /// Why a config could not be started or applied.
@@ -59,6 +60,10 @@ pub enum RuntimeError {
     #[error("shutting down; the configuration is no longer applied")]
     ShuttingDown,
 }
+
+/// How long a start waits for discovery's first answers (and the first probes of the servers
+/// they give) before it reports ready anyway.
+const DISCOVERY_START_WAIT: Duration = Duration::from_secs(10);
 
 /// A pool generation and its upstream connections.
 struct PoolEntry {
@@ -132,6 +137,8 @@ pub struct Shared {
     pub certificates: ArcSwap<Vec<(Arc<str>, crate::tls::CertInfo)>>,
     /// The configuration generation and the last reload's outcome, for `/status`.
     pub history: admin::ConfigHistory,
+    /// Server discovery: its tasks and the servers they last published.
+    pub discovery: crate::discovery::Discovery,
     live: Mutex<Option<Live>>,
     /// The process-wide connection cap (`runtime.max_connections`), shared by every
     /// listener and resized by reloads; its size is kept beside it.
@@ -166,6 +173,7 @@ impl Fulcrum {
             admin_auth: ArcSwap::from_pointee(Auth::default()),
             certificates: ArcSwap::from_pointee(Vec::new()),
             history: admin::ConfigHistory::default(),
+            discovery: crate::discovery::Discovery::default(),
             live: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),
             connections_size: std::sync::atomic::AtomicUsize::new(config.runtime.max_connections),
@@ -176,6 +184,8 @@ impl Fulcrum {
         admin::register_collectors(&shared);
         let f = Fulcrum { shared };
         f.apply(config).await?;
+        // Pools of discovered servers start empty: give their sources a first round.
+        f.shared.discovery.ready(DISCOVERY_START_WAIT).await;
         Ok(f)
     }
 
@@ -267,6 +277,7 @@ impl Fulcrum {
     pub async fn shutdown(&self, grace: Duration) {
         self.shared.shutdown.cancel();
         guard::stop(&self.shared);
+        self.shared.discovery.stop();
         let live = self.shared.live.lock().await.take();
         let Some(live) = live else { return };
         if let Some(a) = &live.admin {

@@ -2,6 +2,9 @@
 //! as a real process from a TOML string, an HTTP client, and `wait_until`.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -15,11 +15,14 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -65,6 +65,12 @@ pub struct Metrics {
     pub last_reload_success_time: Gauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Requests (http) or connections (tcp) refused by a listener's rate limit.
+    pub rate_limited: IntCounterVec,
+    /// Requests or connections refused by `allow` / `deny`, per rule label.
+    pub access_denied: IntCounterVec,
+    /// Connections closed for want of a valid PROXY header, by reason.
+    pub proxy_protocol_rejected: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -252,6 +258,24 @@ impl Metrics {
             last_reload_ok,
             last_reload_success_time,
             access_log_dropped,
+            rate_limited: counter(
+                &r,
+                "fulcrum_rate_limited_total",
+                "Requests (http) or connections (tcp) refused by the listener's rate limit.",
+                &["listener"],
+            ),
+            access_denied: counter(
+                &r,
+                "fulcrum_access_denied_total",
+                "Requests (http) or connections (tcp) refused by allow/deny, by rule.",
+                &["listener", "rule"],
+            ),
+            proxy_protocol_rejected: counter(
+                &r,
+                "fulcrum_proxy_protocol_rejected_total",
+                "Connections closed for want of a valid PROXY protocol header, by reason.",
+                &["listener", "reason"],
+            ),
             registry: r,
         };
         // Export both results from the start, so `increase(...[5m])` sees the first failure.

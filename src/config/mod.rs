@@ -4,16 +4,23 @@
 //! checked, or a [`ConfigError`] naming file, line, column and what was expected. Nothing here
 //! opens sockets or starts tasks: the runtime turns a `Config` into running objects.
 
+mod admission;
 mod error;
 mod schema;
 mod types;
 mod validate;
+
+pub(crate) use validate::{parse_hash_key, unescape};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::{
+    parse_rate_key, AdmissionSettings, RateKey, RateLimitSettings, DEFAULT_ACCEPT_PROXY_TIMEOUT,
+    DEFAULT_MAX_KEYS,
+};
 pub use error::{ConfigError, Location};
 pub use types::parse_addr;
 
@@ -63,6 +70,8 @@ pub struct AdminSettings {
     pub token_file: Option<PathBuf>,
     /// Allow state-changing calls without a token on a loopback bind.
     pub allow_unauthenticated_loopback: bool,
+    /// `/status` and `/metrics` need the token too.
+    pub read_auth: bool,
 }
 
 /// Where access-log lines go.
@@ -151,6 +160,8 @@ pub struct ListenerSettings {
     pub send_proxy: Option<ProxyProtocol>,
     /// Timeouts.
     pub timeouts: ListenerTimeouts,
+    /// Who the client is, who may come in, and how often.
+    pub admission: AdmissionSettings,
 }
 
 /// Where a consistent-hash key comes from.

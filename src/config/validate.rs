@@ -147,6 +147,16 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 .admin
                 .allow_unauthenticated_loopback
                 .unwrap_or(false),
+            read_auth: match &raw.admin.read_auth {
+                Some(r) if *r.get_ref() && raw.admin.token_file.is_none() => {
+                    return Err(cx.err(
+                        r.span(),
+                        "admin.read_auth = true needs admin.token_file: reads would check a token that does not exist",
+                    ))
+                }
+                Some(r) => *r.get_ref(),
+                None => false,
+            },
         })
     };
 
@@ -246,12 +256,6 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 "listener.tls: TLS termination is not supported yet",
             ));
         }
-        if let Some(rl) = &l.rate_limit {
-            return Err(cx.err(
-                rl.span(),
-                "listener.rate_limit: rate limiting is not supported yet",
-            ));
-        }
         let protocol = match l.protocol {
             RawProtocol::Http => Protocol::Http,
             RawProtocol::Tcp => Protocol::Tcp,
@@ -295,6 +299,19 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 "send_proxy applies only to protocol = \"tcp\" listeners",
             ));
         }
+        let admission = super::admission::validate(
+            &super::admission::RawAdmission {
+                trusted_proxies: &l.trusted_proxies,
+                accept_proxy: &l.accept_proxy,
+                accept_proxy_timeout: &l.accept_proxy_timeout,
+                client_ip_header: &l.client_ip_header,
+                allow: &l.allow,
+                deny: &l.deny,
+                rate_limit: &l.rate_limit,
+            },
+            protocol,
+            &|span, msg| cx.err(span, msg),
+        )?;
         let t = &l.timeouts;
         listeners.push(ListenerSettings {
             name,
@@ -318,6 +335,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 )?,
                 tunnel_idle: cx.dur(&t.tunnel_idle, "tunnel_idle", Duration::from_secs(600))?,
             },
+            admission,
         });
     }
 
@@ -497,9 +515,13 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
 }
 
 fn hash_key(cx: &Ctx, k: &Spanned<String>) -> Result<HashKey, ConfigError> {
-    let s = k.get_ref().as_str();
+    parse_hash_key(k.get_ref()).map_err(|m| cx.err(k.span(), m))
+}
+
+/// `client_ip`, `header:NAME`, `cookie:NAME`, `path` or `uri`.
+pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     let bad = |what: &str| {
-        cx.err(k.span(), format!("invalid hash_key {s:?}: {what}; expected \"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\" or \"uri\""))
+        format!("invalid hash_key {s:?}: {what}; expected \"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\" or \"uri\"")
     };
     Ok(match s {
         "client_ip" => HashKey::ClientIp,
@@ -717,7 +739,7 @@ fn status_ranges(v: &toml::Value) -> Result<Vec<(u16, u16)>, String> {
 }
 
 /// Understands \r \n \t \\ and \0 in heartbeat strings (TOML basic strings already do too).
-fn unescape(s: &str) -> Vec<u8> {
+pub(crate) fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut chars = s.bytes();
     while let Some(b) = chars.next() {

@@ -57,6 +57,10 @@ enum Command {
         /// pools the share of keys that would move.
         #[arg(long, value_name = "RUNNING_CONFIG|http://ADMIN")]
         against: Option<String>,
+        /// With --against http://ADMIN: the file holding the admin bearer token
+        /// (`POST /preview` needs it like every other admin call that costs).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Ask a running fulcrum's admin listener whether it is healthy (exit 0) or not (exit 1);
     /// for container health checks, without curl.
@@ -124,7 +128,11 @@ fn config_error(e: &ConfigError) -> ExitCode {
 
 /// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
 /// its admin API, against a running fulcrum (whose own file may already hold the new text).
-fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
+fn check_against(
+    new_path: &std::path::Path,
+    against: &str,
+    token_file: Option<&std::path::Path>,
+) -> ExitCode {
     let new = match config::load(new_path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -148,11 +156,22 @@ fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
         }
     };
     let path_header = new_path.display().to_string();
+    let auth = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| format!("Bearer {}", t.trim())),
+        Err(e) => {
+            eprintln!("fulcrum check: cannot read --token-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut headers = vec![("X-Config-Path", path_header.as_str())];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
     let answer = client::request(
         against,
         "POST",
         "/preview",
-        &[("X-Config-Path", &path_header)],
+        &headers,
         &text,
         std::time::Duration::from_secs(30),
     );
@@ -182,6 +201,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             against: None,
+            ..
         } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", fulcrum::summary(&cfg));
@@ -192,7 +212,8 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             against: Some(against),
-        } => check_against(&config, &against),
+            token_file,
+        } => check_against(&config, &against, token_file.as_deref()),
         Command::Probe {
             admin,
             path,

@@ -290,3 +290,165 @@ pub fn parse_rate_key(s: &str) -> Result<RateKey, String> {
         "invalid rate_limit key {s:?}; expected \"client_ip\" or \"header:NAME\""
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{parse, Config};
+
+    const POOL: &str = "\n[[pool]]\nname = \"p\"\nservers = [{ addr = \"127.0.0.1:9\" }]\n";
+
+    fn with(protocol: &str, keys: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"{protocol}\"\npool = \"p\"\n{keys}\n{POOL}"
+        );
+        parse(&text, Path::new("t.toml"))
+    }
+
+    /// The error's "line:col: message" part.
+    fn err(protocol: &str, keys: &str) -> String {
+        let e = with(protocol, keys)
+            .expect_err("config must be refused")
+            .to_string();
+        e.strip_prefix("t.toml:").unwrap_or(&e).to_string()
+    }
+
+    #[test]
+    fn defaults_admit_everyone_as_their_peer() {
+        let l = &with("http", "").unwrap().listeners[0];
+        assert_eq!(l.admission, AdmissionSettings::default());
+        assert_eq!(l.admission.accept_proxy_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn full_set_of_keys() {
+        let c = with(
+            "http",
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\naccept_proxy = \"any\"\naccept_proxy_timeout = \"2s\"\nclient_ip_header = \"forwarded\"\nallow = [\"0.0.0.0/0\"]\ndeny = [\"10.6.0.0/16\"]\n[listener.rate_limit]\nrate = 0.5\nkey = \"header:X-User\"",
+        )
+        .unwrap();
+        let a = &c.listeners[0].admission;
+        assert_eq!(a.trusted_proxies.len(), 2);
+        assert_eq!(a.accept_proxy, Some(Accept::Any));
+        assert_eq!(a.accept_proxy_timeout, Duration::from_secs(2));
+        assert_eq!(a.client_ip_header, ClientHeader::Forwarded);
+        assert!(a.access.is_some());
+        let r = a.rate_limit.as_ref().unwrap();
+        assert_eq!((r.rate, r.burst, r.max_keys), (0.5, 1, DEFAULT_MAX_KEYS));
+        assert_eq!(
+            r.key,
+            RateKey::Header(http::HeaderName::from_static("x-user"))
+        );
+        let r = with("tcp", "[listener.rate_limit]\nrate = 100\nburst = 200").unwrap();
+        let r = r.listeners[0].admission.rate_limit.clone().unwrap();
+        assert_eq!((r.rate, r.burst, r.key), (100.0, 200, RateKey::ClientIp));
+    }
+
+    #[test]
+    fn each_bad_cidr_is_reported_at_its_own_position() {
+        let e = err("http", "deny = [\"10.0.0.0/8\",\n  \"10.0.0.1/8\"]");
+        assert!(
+            e.starts_with(
+                "7:3: deny: \"10.0.0.1/8\" has host bits set; did you mean \"10.0.0.0/8\"?"
+            ),
+            "{e}"
+        );
+        let e = err("http", "allow = [\"nope\"]");
+        assert!(
+            e.starts_with("6:10: allow: invalid address \"nope\""),
+            "{e}"
+        );
+        let e = err("http", "trusted_proxies = []");
+        assert!(e.contains("trusted_proxies is empty"), "{e}");
+    }
+
+    #[test]
+    fn keys_without_effect_are_refused() {
+        let cases = [
+            (
+                "http",
+                "accept_proxy = \"v1\"",
+                "accept_proxy needs trusted_proxies",
+            ),
+            (
+                "tcp",
+                "accept_proxy = \"v3\"",
+                "unknown accept_proxy \"v3\"",
+            ),
+            (
+                "http",
+                "accept_proxy_timeout = \"1s\"",
+                "applies only with accept_proxy",
+            ),
+            (
+                "http",
+                "client_ip_header = \"x-real-ip\"",
+                "client_ip_header needs trusted_proxies",
+            ),
+            (
+                "tcp",
+                "trusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"forwarded\"",
+                "only to protocol = \"http\"",
+            ),
+            (
+                "tcp",
+                "trusted_proxies = [\"10.0.0.0/8\"]",
+                "no effect without accept_proxy",
+            ),
+            (
+                "tcp",
+                "[listener.rate_limit]\nrate = 1\nkey = \"header:X\"",
+                "only to protocol = \"http\"",
+            ),
+            (
+                "http",
+                "[listener.rate_limit]\nrate = 0",
+                "rate must be between",
+            ),
+            (
+                "http",
+                "[listener.rate_limit]\nrate = 1\nburst = 0",
+                "burst must be at least 1",
+            ),
+            (
+                "http",
+                "[listener.rate_limit]\nrate = 1\nkey = \"cookie:x\"",
+                "expected \"client_ip\" or \"header:NAME\"",
+            ),
+            (
+                "http",
+                "[listener.rate_limit]\nrate = 1\nmax_keys = 0",
+                "max_keys must be between",
+            ),
+            (
+                "http",
+                "[listener.rate_limit]\nburst = 1",
+                "missing field `rate`",
+            ),
+        ];
+        for (proto, keys, want) in cases {
+            let e = err(proto, keys);
+            assert!(e.contains(want), "{proto} {keys:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn admin_read_auth_needs_a_token_file() {
+        let text = format!("[admin]\nread_auth = true\n{POOL}");
+        let e = parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:2:13: admin.read_auth = true needs admin.token_file"),
+            "{e}"
+        );
+        let text = format!("[admin]\nread_auth = true\ntoken_file = \"/t\"\n{POOL}");
+        assert!(
+            parse(&text, Path::new("t.toml"))
+                .unwrap()
+                .admin
+                .unwrap()
+                .read_auth
+        );
+    }
+}

@@ -137,7 +137,7 @@ fn parse_v1(buf: &[u8]) -> Parse {
     let Ok(line) = std::str::from_utf8(&buf[V1_PREFIX.len()..lf - 1]) else {
         return malformed("v1 line is not text");
     };
-    if line.starts_with("UNKNOWN") {
+    if line == "UNKNOWN" || line.starts_with("UNKNOWN ") {
         // Spec §2.1: the rest of an UNKNOWN line is ignored.
         return Parse::Parsed {
             src: None,
@@ -207,6 +207,15 @@ fn parse_v2(buf: &[u8]) -> Parse {
         return Parse::NeedMore;
     }
     let body = &buf[16..consumed];
+    if local {
+        // Spec §2.2: LOCAL (the sender's own health check) keeps the real endpoints and
+        // discards the whole block, whatever its family says.
+        return Parse::Parsed {
+            src: None,
+            dst: None,
+            consumed,
+        };
+    }
     let (addr_len, stream) = match (fam >> 4, fam & 0x0F) {
         (0, t) => (0, t == 0),   // UNSPEC
         (1, t) => (12, t <= 1),  // AF_INET over UNSPEC or STREAM
@@ -214,50 +223,44 @@ fn parse_v2(buf: &[u8]) -> Parse {
         (3, t) => (216, t <= 1), // AF_UNIX: no use for the paths
         _ => return malformed("v2 address family is unknown"),
     };
-    if !stream && !local {
+    if !stream {
         return malformed("v2 transport is not a stream");
     }
-    // LOCAL (a health check from the sender itself) ignores the family's addresses, but
-    // they must still fit in the length it gave.
     if body.len() < addr_len {
         return malformed("v2 length is shorter than its addresses");
     }
     if !tlvs_frame(&body[addr_len..]) {
         return malformed("v2 TLV runs past the header");
     }
-    let (src, dst) = if local {
-        (None, None)
-    } else {
-        match fam >> 4 {
-            1 => {
-                let ip = |o: usize| {
-                    IpAddr::V4(Ipv4Addr::new(
-                        body[o],
-                        body[o + 1],
-                        body[o + 2],
-                        body[o + 3],
-                    ))
-                };
-                let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-                (
-                    Some(SocketAddr::new(ip(0), p(8))),
-                    Some(SocketAddr::new(ip(4), p(10))),
-                )
-            }
-            2 => {
-                let ip = |o: usize| {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(&body[o..o + 16]);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                };
-                let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-                (
-                    Some(SocketAddr::new(ip(0), p(32))),
-                    Some(SocketAddr::new(ip(16), p(34))),
-                )
-            }
-            _ => (None, None),
+    let (src, dst) = match fam >> 4 {
+        1 => {
+            let ip = |o: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    body[o],
+                    body[o + 1],
+                    body[o + 2],
+                    body[o + 3],
+                ))
+            };
+            let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+            (
+                Some(SocketAddr::new(ip(0), p(8))),
+                Some(SocketAddr::new(ip(4), p(10))),
+            )
         }
+        2 => {
+            let ip = |o: usize| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&body[o..o + 16]);
+                IpAddr::V6(Ipv6Addr::from(a))
+            };
+            let p = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
+            (
+                Some(SocketAddr::new(ip(0), p(32))),
+                Some(SocketAddr::new(ip(16), p(34))),
+            )
+        }
+        _ => (None, None),
     };
     Parse::Parsed { src, dst, consumed }
 }

@@ -52,6 +52,7 @@ fn v1_refusals() {
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n", "port too big"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n", "signed port"),
         (b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n", "family"),
+        (b"PROXY UNKNOWNX\r\n", "UNKNOWN run into another word"),
     ];
     for (h, why) in bad {
         assert!(
@@ -120,6 +121,16 @@ fn v2_local_unspec_unix_tlvs_and_refusals() {
             consumed: h.len()
         }
     );
+    // LOCAL whose family claims addresses it does not carry: the block is discarded.
+    let h = v2(0x20, 0x11, &[]);
+    assert!(matches!(
+        parse(&h, Accept::V2),
+        Parse::Parsed {
+            src: None,
+            consumed: 16,
+            ..
+        }
+    ));
     // UNSPEC with no body.
     let h = v2(0x21, 0x00, &[]);
     assert_eq!(

@@ -26,6 +26,53 @@ fn addrs(n: usize) -> Vec<IpAddr> {
         .collect()
 }
 
+/// A plain binary trie over IPv4 prefixes, only here to compare against the sorted ranges
+/// `CidrSet` uses: each node has two children and maybe a rule; a lookup walks the bits.
+struct Trie {
+    nodes: Vec<([u32; 2], Option<u32>)>,
+}
+
+impl Trie {
+    fn new(cidrs: &[Cidr]) -> Trie {
+        let mut t = Trie {
+            nodes: vec![([0, 0], None)],
+        };
+        for (i, c) in cidrs.iter().enumerate() {
+            let IpAddr::V4(a) = c.addr() else { continue };
+            let a = u32::from(a);
+            let mut n = 0usize;
+            for bit in 0..c.prefix_len() {
+                let b = ((a >> (31 - bit)) & 1) as usize;
+                if t.nodes[n].0[b] == 0 {
+                    t.nodes.push(([0, 0], None));
+                    let id = (t.nodes.len() - 1) as u32;
+                    t.nodes[n].0[b] = id;
+                }
+                n = t.nodes[n].0[b] as usize;
+            }
+            if t.nodes[n].1.is_none() {
+                t.nodes[n].1 = Some(i as u32);
+            }
+        }
+        t
+    }
+
+    fn lookup(&self, ip: IpAddr) -> Option<u32> {
+        let IpAddr::V4(a) = ip else { return None };
+        let a = u32::from(a);
+        let (mut n, mut best) = (0usize, self.nodes[0].1);
+        for bit in 0..32 {
+            let next = self.nodes[n].0[((a >> (31 - bit)) & 1) as usize];
+            if next == 0 {
+                break;
+            }
+            n = next as usize;
+            best = self.nodes[n].1.or(best);
+        }
+        best
+    }
+}
+
 fn cidr_lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("cidr_lookup");
     let probes = addrs(4096);
@@ -39,6 +86,24 @@ fn cidr_lookup(c: &mut Criterion) {
             })
         });
     }
+    // The same 10,000 prefixes in a binary trie, for comparison.
+    let pre = prefixes(10_000);
+    let trie = Trie::new(&pre);
+    let set = CidrSet::new(pre);
+    for p in &probes {
+        assert_eq!(
+            trie.lookup(*p),
+            set.contains(*p).map(|r| r.0),
+            "trie and set agree"
+        );
+    }
+    let mut i = 0;
+    g.bench_function("trie_10000", |b| {
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            black_box(trie.lookup(black_box(probes[i])))
+        })
+    });
     g.finish();
 }
 

@@ -2,7 +2,8 @@
 //!
 //! A tour, in the order a connection meets the parts:
 //! - [`listener`] binds sockets and accepts; each connection goes to [`proxy::http`] (L7,
-//!   hyper) or [`proxy::tcp`] (L4 relay).
+//!   hyper) or [`proxy::tcp`] (L4 relay). [`admission`] decides who the client is (PROXY
+//!   header, trusted forwarding headers) and whether it may come in (allow/deny, rate limits).
 //! - The proxy asks its [`pool::Pool`] for a server; the pool asks the pure [`balance`] core,
 //!   which only ever sees the eligible servers of the current table.
 //! - [`backend`] holds each server's live state in atomics that survive reloads; [`health`]
@@ -21,12 +22,15 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod listener;
 pub mod metrics;

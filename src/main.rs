@@ -62,6 +62,10 @@ enum Command {
         /// errors (exit 1), not warnings.
         #[arg(long)]
         strict: bool,
+        /// With --against http://ADMIN: the file holding the admin bearer token
+        /// (`POST /preview` needs it like every other admin call that costs).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Ask a running fulcrum's admin listener whether it is healthy (exit 0) or not (exit 1);
     /// for container health checks, without curl.
@@ -142,8 +146,6 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
-/// its admin API, against a running fulcrum (whose own file may already hold the new text).
 /// Loads the config's certificates as a start would: a file that would fail the reload
 /// fails the check (exit 2); one expiring within 14 days is a warning.
 fn tls_preflight(cfg: &Config) -> Result<(), ExitCode> {
@@ -161,7 +163,13 @@ fn tls_preflight(cfg: &Config) -> Result<(), ExitCode> {
     }
 }
 
-fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
+/// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
+/// its admin API, against a running fulcrum (whose own file may already hold the new text).
+fn check_against(
+    new_path: &std::path::Path,
+    against: &str,
+    token_file: Option<&std::path::Path>,
+) -> ExitCode {
     let new = match config::load(new_path) {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -188,11 +196,22 @@ fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
         }
     };
     let path_header = new_path.display().to_string();
+    let auth = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| format!("Bearer {}", t.trim())),
+        Err(e) => {
+            eprintln!("fulcrum check: cannot read --token-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut headers = vec![("X-Config-Path", path_header.as_str())];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
     let answer = client::request(
         against,
         "POST",
         "/preview",
-        &[("X-Config-Path", &path_header)],
+        &headers,
         &text,
         std::time::Duration::from_secs(30),
     );
@@ -253,6 +272,7 @@ fn main() -> ExitCode {
             config,
             against: None,
             strict,
+            ..
         } => match config::load(&config) {
             Ok(cfg) => match tls_preflight(&cfg) {
                 Ok(()) => {
@@ -266,8 +286,9 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             against: Some(against),
+            token_file,
             ..
-        } => check_against(&config, &against),
+        } => check_against(&config, &against, token_file.as_deref()),
         Command::Probe {
             admin,
             path,

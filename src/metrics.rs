@@ -87,6 +87,12 @@ pub struct Metrics {
     /// Server discovery failures (unanswered or failed lookups, etcd unreachable, malformed
     /// registrations), per pool and source kind.
     pub discovery_errors: IntCounterVec,
+    /// Requests (http) or connections (tcp) refused by a listener's rate limit.
+    pub rate_limited: IntCounterVec,
+    /// Requests or connections refused by `allow` / `deny`, per rule label.
+    pub access_denied: IntCounterVec,
+    /// Connections closed for want of a valid PROXY header, by reason.
+    pub proxy_protocol_rejected: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -326,6 +332,24 @@ impl Metrics {
             ),
             tls_certificate_expiry,
             tls_expiry_names: Mutex::new(HashMap::new()),
+            rate_limited: counter(
+                &r,
+                "fulcrum_rate_limited_total",
+                "Requests (http) or connections (tcp) refused by the listener's rate limit.",
+                &["listener"],
+            ),
+            access_denied: counter(
+                &r,
+                "fulcrum_access_denied_total",
+                "Requests (http) or connections (tcp) refused by allow/deny, by rule.",
+                &["listener", "rule"],
+            ),
+            proxy_protocol_rejected: counter(
+                &r,
+                "fulcrum_proxy_protocol_rejected_total",
+                "Connections closed for want of a valid PROXY protocol header, by reason.",
+                &["listener", "reason"],
+            ),
             registry: r,
         };
         // Export both results from the start, so `increase(...[5m])` sees the first failure.

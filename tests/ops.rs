@@ -128,6 +128,46 @@ async fn admin_mutations_without_with_wrong_and_with_the_right_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_needs_the_token_and_read_auth_guards_status_and_metrics() {
+    let o = fleet(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_toml = format!(
+        "bind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\nread_auth = true",
+        token_file(dir.path()).display()
+    );
+    let text = config_with(&admin_toml, "", &servers(&[&o[0]]), NO_HEALTH);
+    let p = Proxy::start(&text).await;
+    let admin = p.admin().await;
+
+    let none = admin_call(admin, "POST", "/preview", None, &text).await;
+    let right = admin_call(admin, "POST", "/preview", Some(TOKEN), &text).await;
+    assert_eq!(
+        [none.status, right.status],
+        [403, 200],
+        "/preview without / with the token: {} | {}",
+        none.text(),
+        right.text()
+    );
+    for path in ["/metrics", "/status"] {
+        let none = admin_call(admin, "GET", path, None, "").await;
+        let wrong = admin_call(admin, "GET", path, Some("nope"), "").await;
+        let right = admin_call(admin, "GET", path, Some(TOKEN), "").await;
+        assert_eq!(
+            [none.status, wrong.status, right.status],
+            [403, 403, 200],
+            "{path} with read_auth, without / wrong / right token"
+        );
+    }
+    let health = admin_call(admin, "GET", "/healthz", None, "").await;
+    assert_eq!(health.status, 200, "/healthz stays open for probes");
+
+    // Without read_auth the same reads are open.
+    let open = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let r = admin_call(open.admin().await, "GET", "/metrics", None, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_file_mutations_are_refused_unless_loopback_is_allowed() {
     let o = fleet(1).await;
     let closed = config_with(

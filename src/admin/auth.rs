@@ -1,12 +1,15 @@
 //! Who may change things through the admin API.
 //!
-//! State-changing calls need `Authorization: Bearer <token>` with the token read from
-//! `admin.token_file`. Without a token file they are refused, unless the admin listener is
-//! bound to loopback and `admin.allow_unauthenticated_loopback = true`. Reading calls
-//! (`/healthz`, `/metrics`, `/status`, `/preview`) never need a token.
+//! State-changing and expensive calls (`/servers/...`, `/reload`, `/preview`, which parses a
+//! posted config and samples every hashing pool) need `Authorization: Bearer <token>` with
+//! the token read from `admin.token_file`. Without a token file they are refused, unless the
+//! admin listener is bound to loopback and `admin.allow_unauthenticated_loopback = true`.
+//! Reading calls (`/metrics`, `/status`) need the token too when `admin.read_auth = true`;
+//! `/healthz` never does, so container and load-balancer probes keep working.
 //!
 //! The token is read when a config is applied (start and every reload), so rotating it is
 //! a file write and a reload; a token file that cannot be read fails that start or reload.
+//! Each load also warns when the admin listener is reachable off this host without a token.
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +63,7 @@ impl Denied {
 pub struct Auth {
     token: Option<Box<[u8]>>,
     open_on_loopback: bool,
+    read_auth: bool,
 }
 
 impl Auth {
@@ -68,6 +72,7 @@ impl Auth {
         let Some(s) = settings else {
             return Ok(Auth::default());
         };
+        warn_if_exposed(s);
         let token = match &s.token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -75,7 +80,17 @@ impl Auth {
         Ok(Auth {
             token,
             open_on_loopback: s.allow_unauthenticated_loopback && s.bind.ip().is_loopback(),
+            read_auth: s.read_auth,
         })
+    }
+
+    /// Whether a request with these headers may read `/status` or `/metrics`.
+    pub fn check_read(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        if self.read_auth {
+            self.check(headers)
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether a request with these headers may change state.
@@ -101,6 +116,24 @@ impl Auth {
             Err(Denied::WrongToken)
         }
     }
+}
+
+/// Whether the admin listener is reachable off this host with no token configured: anyone
+/// who can reach the port reads status and metrics.
+pub fn is_exposed(s: &AdminSettings) -> bool {
+    !s.bind.ip().is_loopback() && s.token_file.is_none()
+}
+
+/// Logs a warning when [`is_exposed`]; called on every start and reload. Returns whether it warned.
+pub fn warn_if_exposed(s: &AdminSettings) -> bool {
+    let exposed = is_exposed(s);
+    if exposed {
+        tracing::warn!(
+            bind = %s.bind,
+            "the admin listener is not on loopback and has no token: anyone who can reach it reads /status and /metrics; set admin.token_file (and admin.read_auth = true) or bind to 127.0.0.1"
+        );
+    }
+    exposed
 }
 
 fn read_token(path: &Path) -> Result<Box<[u8]>, AuthError> {
@@ -170,6 +203,7 @@ mod tests {
         let a = Auth {
             token: Some(b"s3cret".to_vec().into()),
             open_on_loopback: true,
+            read_auth: false,
         };
         assert_eq!(a.check(&headers(None)), Err(Denied::MissingToken));
         assert_eq!(
@@ -195,8 +229,37 @@ mod tests {
         let open = Auth {
             token: None,
             open_on_loopback: true,
+            read_auth: false,
         };
         assert_eq!(open.check(&headers(None)), Ok(()));
+    }
+
+    #[test]
+    fn reads_need_the_token_only_with_read_auth() {
+        let mut a = Auth {
+            token: Some(b"s3cret".to_vec().into()),
+            open_on_loopback: false,
+            read_auth: false,
+        };
+        assert_eq!(a.check_read(&headers(None)), Ok(()));
+        a.read_auth = true;
+        assert_eq!(a.check_read(&headers(None)), Err(Denied::MissingToken));
+        assert_eq!(a.check_read(&headers(Some("Bearer s3cret"))), Ok(()));
+    }
+
+    #[test]
+    fn exposed_means_off_loopback_without_a_token() {
+        let s = |bind: &str, token: bool| AdminSettings {
+            bind: bind.parse().unwrap(),
+            token_file: token.then(|| PathBuf::from("/t")),
+            allow_unauthenticated_loopback: false,
+            read_auth: false,
+        };
+        assert!(!is_exposed(&s("127.0.0.1:9901", false)));
+        assert!(!is_exposed(&s("[::1]:9901", false)));
+        assert!(is_exposed(&s("0.0.0.0:9901", false)));
+        assert!(warn_if_exposed(&s("192.0.2.1:9901", false)));
+        assert!(!is_exposed(&s("0.0.0.0:9901", true)));
     }
 
     #[test]

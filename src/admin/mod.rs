@@ -203,6 +203,7 @@ async fn route(
     match segs.as_slice() {
         ["healthz"] if get => Ok(text(StatusCode::OK, "ok\n")),
         ["metrics"] if get => {
+            authorize_read(shared, &req, peer)?;
             let mut r = text(StatusCode::OK, shared.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -210,8 +211,15 @@ async fn route(
             );
             Ok(r)
         }
-        ["status"] if get => Ok(json(StatusCode::OK, &status(shared))),
-        [""] if get => Ok(page::page(&status(shared))),
+        ["status"] if get => {
+            authorize_read(shared, &req, peer)?;
+            Ok(json(StatusCode::OK, &status(shared)))
+        }
+        [""] if get => {
+            // The page shows what /status does: the same read access.
+            authorize_read(shared, &req, peer)?;
+            Ok(page::page(&status(shared)))
+        }
         ["ui", file] if get => {
             page::asset(file).ok_or_else(|| AdminError::NotFound(format!("no asset {path}")))
         }
@@ -219,6 +227,8 @@ async fn route(
             Err(AdminError::MethodNotAllowed("GET"))
         }
         ["preview"] if post => {
+            // It parses up to 1 MiB and samples every hashing pool: as costly as a change.
+            authorize(shared, &req, peer, "preview")?;
             let (parts, body) = req.into_parts();
             let body = read_body(body).await?;
             api::preview(shared, &parts, &body)
@@ -249,6 +259,19 @@ fn authorize(
 ) -> Result<(), AdminError> {
     shared.admin_auth.load().check(req.headers()).map_err(|d| {
         tracing::warn!(client = %peer, action, reason = d.as_str(), "admin call refused");
+        AdminError::Forbidden(d)
+    })
+}
+
+/// `/status` and `/metrics` with `admin.read_auth = true`. Refusals are logged at debug:
+/// a scraper with a stale token would otherwise flood the log.
+fn authorize_read(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(), AdminError> {
+    shared.admin_auth.load().check_read(req.headers()).map_err(|d| {
+        tracing::debug!(client = %peer, path = req.uri().path(), reason = d.as_str(), "admin read refused");
         AdminError::Forbidden(d)
     })
 }

@@ -4,6 +4,7 @@
 //! checked, or a [`ConfigError`] naming file, line, column and what was expected. Nothing here
 //! opens sockets or starts tasks: the runtime turns a `Config` into running objects.
 
+mod admission;
 mod error;
 mod schema;
 mod sni_routes;
@@ -12,11 +13,17 @@ mod tls_schema;
 mod types;
 mod validate;
 
+pub(crate) use validate::{parse_hash_key, unescape};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admission::{
+    parse_rate_key, AdmissionSettings, RateKey, RateLimitSettings, DEFAULT_ACCEPT_PROXY_TIMEOUT,
+    DEFAULT_MAX_KEYS,
+};
 pub use error::{ConfigError, Location};
 pub use sni_routes::{SniPattern, SniRoutes};
 pub use tls::{
@@ -166,6 +173,8 @@ pub struct AdminSettings {
     pub token_file: Option<PathBuf>,
     /// Allow state-changing calls without a token on a loopback bind.
     pub allow_unauthenticated_loopback: bool,
+    /// `/status` and `/metrics` need the token too.
+    pub read_auth: bool,
 }
 
 /// Where access-log lines go.
@@ -288,6 +297,8 @@ pub struct ListenerSettings {
     pub limits: ListenerLimits,
     /// Upgrade protocols tunnelled (lower case), http only.
     pub upgrades: Arc<[Box<str>]>,
+    /// Who the client is, who may come in, and how often.
+    pub admission: AdmissionSettings,
 }
 
 /// Where a consistent-hash key comes from.

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::admission::{RawCidrs, RawRateLimit};
 use super::tls_schema::{RawListenerTls, RawSniRoutes, RawUpstreamTls};
 use super::types::{Addr, Count, Dur, ServerAddr, Size, Weight};
 
@@ -90,6 +91,8 @@ pub struct RawAdmin {
     pub token_file: Option<Spanned<String>>,
     /// Allow state-changing calls without a token when bound to loopback; default false.
     pub allow_unauthenticated_loopback: Option<bool>,
+    /// Require the token for `/status` and `/metrics` too (`/healthz` stays open); default false.
+    pub read_auth: Option<Spanned<bool>>,
 }
 
 /// `[access_log]`.
@@ -153,8 +156,21 @@ pub struct RawListener {
     pub timeouts: RawListenerTimeouts,
     /// TLS termination (`[listener.tls]`).
     pub tls: Option<Spanned<RawListenerTls>>,
-    /// Reserved for per-client rate limiting (not supported yet: refused).
-    pub rate_limit: Option<Spanned<toml::Value>>,
+    /// Per-key rate limit (`[listener.rate_limit]`).
+    pub rate_limit: Option<RawRateLimit>,
+    /// Peers whose PROXY header and forwarding headers are believed: CIDRs; default none.
+    pub trusted_proxies: Option<RawCidrs>,
+    /// Read an inbound PROXY protocol header: "v1", "v2" or "any"; needs trusted_proxies.
+    pub accept_proxy: Option<Spanned<String>>,
+    /// How long a trusted peer has to send its PROXY header; default 5s.
+    pub accept_proxy_timeout: Option<Spanned<Dur>>,
+    /// http: the forwarding header trusted proxies write: "x-forwarded-for" (default),
+    /// "forwarded" (RFC 7239) or "x-real-ip".
+    pub client_ip_header: Option<Spanned<String>>,
+    /// Only these client CIDRs may connect (http: others get 403; tcp: closed); default all.
+    pub allow: Option<RawCidrs>,
+    /// These client CIDRs may not connect (wins over allow); default none.
+    pub deny: Option<RawCidrs>,
 }
 
 /// `[listener.limits]`.

@@ -168,6 +168,16 @@ pub(super) fn validate_with(
                 .admin
                 .allow_unauthenticated_loopback
                 .unwrap_or(false),
+            read_auth: match &raw.admin.read_auth {
+                Some(r) if *r.get_ref() && raw.admin.token_file.is_none() => {
+                    return Err(cx.err(
+                        r.span(),
+                        "admin.read_auth = true needs admin.token_file: reads would check a token that does not exist",
+                    ))
+                }
+                Some(r) => *r.get_ref(),
+                None => false,
+            },
         })
     };
 
@@ -301,12 +311,6 @@ pub(super) fn validate_with(
         if let (Some(r), false) = (&l.route_by_sni, served.sni_routing) {
             return Err(cx.err(r.span(), "route_by_sni: SNI routing is not supported yet"));
         }
-        if let Some(rl) = &l.rate_limit {
-            return Err(cx.err(
-                rl.span(),
-                "listener.rate_limit: rate limiting is not supported yet",
-            ));
-        }
         let forwarded = match cx.choice(
             &l.forwarded,
             "forwarded mode",
@@ -349,6 +353,19 @@ pub(super) fn validate_with(
         if protocol == Protocol::Tcp {
             refuse_http_only(&cx, l)?;
         }
+        let admission = super::admission::validate(
+            &super::admission::RawAdmission {
+                trusted_proxies: &l.trusted_proxies,
+                accept_proxy: &l.accept_proxy,
+                accept_proxy_timeout: &l.accept_proxy_timeout,
+                client_ip_header: &l.client_ip_header,
+                allow: &l.allow,
+                deny: &l.deny,
+                rate_limit: &l.rate_limit,
+            },
+            protocol,
+            &|span, msg| cx.err(span, msg),
+        )?;
         let t = &l.timeouts;
         listeners.push(ListenerSettings {
             name,
@@ -379,6 +396,7 @@ pub(super) fn validate_with(
             },
             limits: limits(&cx, &l.limits)?,
             upgrades: upgrades(&cx, &l.upgrades)?,
+            admission,
         });
     }
     refuse_l4_only_upstream_tls(&pools, &listeners)?;
@@ -796,9 +814,13 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
 }
 
 fn hash_key(cx: &Ctx, k: &Spanned<String>) -> Result<HashKey, ConfigError> {
-    let s = k.get_ref().as_str();
+    parse_hash_key(k.get_ref()).map_err(|m| cx.err(k.span(), m))
+}
+
+/// `client_ip`, `header:NAME`, `cookie:NAME`, `path` or `uri`.
+pub(crate) fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     let bad = |what: &str| {
-        cx.err(k.span(), format!("invalid hash_key {s:?}: {what}; expected \"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\" or \"uri\""))
+        format!("invalid hash_key {s:?}: {what}; expected \"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\" or \"uri\"")
     };
     Ok(match s {
         "client_ip" => HashKey::ClientIp,
@@ -1016,7 +1038,7 @@ fn status_ranges(v: &toml::Value) -> Result<Vec<(u16, u16)>, String> {
 }
 
 /// Understands \r \n \t \\ and \0 in heartbeat strings (TOML basic strings already do too).
-fn unescape(s: &str) -> Vec<u8> {
+pub(crate) fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut chars = s.bytes();
     while let Some(b) = chars.next() {

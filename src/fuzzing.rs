@@ -1,0 +1,232 @@
+//! Entry points for the fuzz targets in `fuzz/` and for `tests/fuzz_corpus.rs`, which runs
+//! every saved corpus file through them on stable Rust. Not a public API.
+//!
+//! Each function takes arbitrary bytes, runs one parser that reads input from outside
+//! (config files, PROXY headers, forwarding headers, CIDR lists, cookies, heartbeat
+//! replies), and asserts the properties that must hold for any input. A parser that panics,
+//! or an assertion that fails, is a finding: the input goes into `fuzz/corpus/TARGET/` and
+//! a regression test. To add a target, see `fuzz/README.md`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::admission::cidr::{Cidr, CidrSet};
+use crate::admission::forwarded::{self, ClientHeader, Hop, Hops, MAX_HOPS};
+use crate::admission::proxy_in::{self, Accept, Parse};
+use crate::config::{self, HashKey};
+use crate::health::probe::{match_reply, Reply};
+
+/// A target: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, for the corpus runner.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("config", config),
+    ("proxy_header", proxy_header),
+    ("heartbeat_expect", heartbeat_expect),
+    ("forwarded", forwarded),
+    ("cidr", cidr),
+    ("cookie_hash_key", cookie_hash_key),
+];
+
+/// TOML text → validated config: never a panic; an error always points inside the text.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(e) = config::parse(text, Path::new("fuzz.toml")) {
+        if let Some(loc) = e.location() {
+            let lines = text.split('\n').count();
+            assert!(
+                loc.line >= 1 && loc.line <= lines,
+                "{e}: line past the end ({lines} lines)"
+            );
+            assert!(loc.column >= 1, "{e}");
+        }
+        assert!(!e.to_string().is_empty());
+    }
+}
+
+/// Inbound PROXY header: the first byte picks the accepted versions. A parsed header claims
+/// no more than it was given, and parses the same from its own bytes alone.
+pub fn proxy_header(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let accept = match sel % 3 {
+        0 => Accept::V1,
+        1 => Accept::V2,
+        _ => Accept::Any,
+    };
+    match proxy_in::parse(rest, accept) {
+        Parse::Parsed { src, dst, consumed } => {
+            assert!(consumed > 0 && consumed <= rest.len());
+            assert!(consumed <= proxy_in::MAX_V2_LEN);
+            assert_eq!(src.is_some(), dst.is_some(), "addresses come in pairs");
+            assert_eq!(
+                proxy_in::parse(&rest[..consumed], accept),
+                Parse::Parsed { src, dst, consumed },
+                "a header does not depend on the bytes after it"
+            );
+        }
+        Parse::NeedMore => {
+            assert!(rest.len() < proxy_in::MAX_V2_LEN, "no endless NeedMore");
+        }
+        Parse::Invalid(r) => {
+            assert!(!r.reason().is_empty());
+        }
+    }
+}
+
+/// Heartbeat: the config string (first line, with escapes) against a reply (the rest).
+pub fn heartbeat_expect(data: &[u8]) {
+    let (exp, got) = split_line(data);
+    let Ok(exp) = std::str::from_utf8(exp) else {
+        return;
+    };
+    let expect = config::unescape(exp);
+    assert!(expect.len() <= exp.len(), "unescaping never grows");
+    let r = match_reply(got, &expect);
+    match r {
+        Reply::Match => assert!(got.starts_with(&expect)),
+        Reply::Incomplete => assert!(got.len() < expect.len() && expect.starts_with(got)),
+        Reply::Mismatch => {
+            let n = got.len().min(expect.len());
+            assert_ne!(got[..n], expect[..n]);
+        }
+    }
+    // Feeding the reply byte by byte never leaves a state it cannot reach at once.
+    if let Some(i) = (0..=got.len()).find(|&i| match_reply(&got[..i], &expect) != Reply::Incomplete)
+    {
+        assert_eq!(
+            match_reply(&got[..i], &expect),
+            r,
+            "the verdict is final once given"
+        );
+    }
+}
+
+/// Forwarding headers: the first byte picks the header; the rest are values, one a line.
+/// The client is the chain's first hop, the chain is bounded, and trust is respected.
+pub fn forwarded(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let kind = match sel % 3 {
+        0 => ClientHeader::XForwardedFor,
+        1 => ClientHeader::Forwarded,
+        _ => ClientHeader::XRealIp,
+    };
+    let trusted = CidrSet::parse(&["10.0.0.0/8", "127.0.0.0/8", "::1", "fd00::/8"])
+        .expect("fixed CIDRs parse");
+    let hops = Hops::read(kind, rest.split(|&b| b == b'\n'));
+    assert!(hops.len() <= MAX_HOPS);
+    let found = forwarded::choose(&hops, &trusted);
+    if let Some(f) = found {
+        let chain = f.chain.as_slice();
+        assert!(!chain.is_empty() && chain.len() <= MAX_HOPS);
+        assert_eq!(chain[0], f.client.ip());
+        // Every hop right of the client is trusted.
+        assert!(chain[1..].iter().all(|ip| trusted.matches(*ip)));
+        let _ = f.chain.to_string();
+        let _ = f.chain.rfc7239().to_string();
+    } else if let Some(Hop::Addr(..)) = hops.get(hops.len().wrapping_sub(1)) {
+        panic!("a readable right-most hop always yields a client");
+    }
+    // The same through a header map, where the bytes are valid header values.
+    let mut h = HeaderMap::new();
+    for v in rest.split(|&b| b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            h.append(kind.name(), v);
+        }
+    }
+    let _ = forwarded::from_headers(&h, kind, &trusted);
+}
+
+/// CIDR lines: each that parses prints and re-parses to itself and contains its own
+/// network address; the set answers like a linear scan for the longest match.
+pub fn cidr(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut ok = Vec::new();
+    for line in text.lines().take(256) {
+        if let Ok(c) = Cidr::parse(line) {
+            assert_eq!(Cidr::parse(&c.to_string()), Ok(c), "round trip of {line:?}");
+            assert!(c.contains(c.addr()));
+            ok.push(c);
+        }
+    }
+    let set = CidrSet::new(ok.clone());
+    let mut probes: Vec<IpAddr> = ok.iter().map(|c| c.addr()).collect();
+    for line in text.lines().take(256) {
+        if let Ok(ip) = line.trim().parse::<IpAddr>() {
+            probes.push(ip);
+        }
+    }
+    for ip in probes {
+        let best = ok
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.contains(ip))
+            .max_by(|a, b| a.1.prefix_len().cmp(&b.1.prefix_len()).then(b.0.cmp(&a.0)))
+            .map(|(i, _)| i as u32);
+        assert_eq!(set.contains(ip).map(|r| r.0), best, "lookup of {ip}");
+    }
+}
+
+/// Cookie and hash-key extraction: the first line is a `hash_key` setting, the rest are
+/// Cookie header values; a found cookie value is a substring of one of them.
+pub fn cookie_hash_key(data: &[u8]) {
+    let (key, rest) = split_line(data);
+    let Ok(key) = std::str::from_utf8(key) else {
+        return;
+    };
+    let name = match config::parse_hash_key(key) {
+        Ok(HashKey::Cookie(c)) => c,
+        Ok(_) | Err(_) => key.to_string(),
+    };
+    let mut h = HeaderMap::new();
+    let mut values = Vec::new();
+    for v in rest.split(|&b| b == b'\n') {
+        if let Ok(hv) = HeaderValue::from_bytes(v) {
+            values.push(v);
+            h.append(http::header::COOKIE, hv);
+        }
+    }
+    if let Some(found) = crate::proxy::headers::cookie(&h, &name) {
+        // An empty value (`sid=`) is in every header; `windows(0)` would panic.
+        assert!(
+            found.is_empty()
+                || values
+                    .iter()
+                    .any(|v| v.windows(found.len()).any(|w| w == found.as_bytes())),
+            "a cookie value comes from a Cookie header"
+        );
+    }
+}
+
+fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by the cookie_hash_key target: an empty cookie value (`sid=`) made the harness
+    /// itself panic (`windows(0)`); `proxy::headers::cookie` was right to return `Some("")`.
+    #[test]
+    fn empty_cookie_value() {
+        super::cookie_hash_key(b"cookie:sid\na=1; sid=\nsid=\"sid=ed\"");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_static("a=1; sid="),
+        );
+        assert_eq!(crate::proxy::headers::cookie(&h, "sid"), Some(""));
+    }
+}

@@ -29,7 +29,29 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("forwarded", forwarded),
     ("cidr", cidr),
     ("cookie_hash_key", cookie_hash_key),
+    ("client_hello_sni", client_hello_sni),
 ];
+
+/// A ClientHello's SNI (passthrough routing): never a panic; a name is DNS-shaped; `NotTls`
+/// only for bytes that do not start like a TLS handshake record; a name found in a prefix
+/// stays the same name in the whole input.
+pub fn client_hello_sni(data: &[u8]) {
+    use crate::tls::{client_hello_sni as sni, SniError};
+    match sni(data) {
+        Ok(Some(name)) => {
+            assert!(!name.is_empty() && name.len() <= 253, "{name:?}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+                "{name:?}"
+            );
+        }
+        Err(SniError::NotTls) => {
+            assert!(data.first() != Some(&0x16) || data.get(1).is_some_and(|b| *b != 3));
+        }
+        _ => {}
+    }
+}
 
 /// TOML text → validated config: never a panic; an error always points inside the text.
 pub fn config(data: &[u8]) {

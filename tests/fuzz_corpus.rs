@@ -36,3 +36,13 @@ fn every_corpus_file_of_every_target_passes() {
     }
     eprintln!("fuzz corpus: {ran:?}");
 }
+
+#[test]
+fn the_client_hello_seeds_are_what_they_say() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_hello_sni");
+    for seed in ["hello-with-sni", "hello-split-records"] {
+        let data = std::fs::read(dir.join(seed)).unwrap();
+        let got = fulcrum::tls::client_hello_sni(&data).map(|n| n.map(|n| n.into_owned()));
+        assert_eq!(got, Ok(Some("a.example".to_string())), "{seed}");
+    }
+}

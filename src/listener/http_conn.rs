@@ -10,7 +10,6 @@
 //! unbounded: a graceful shutdown stays under the watchdog (and the hard stop) too.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use tokio::time::Instant;
 
 use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
 use super::Control;
+use crate::admission::ClientAddr;
 use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
 use crate::proxy::Rejection;
 use crate::tls::Alpn;
@@ -86,10 +86,11 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
 /// HTTP/1.1 or h2 (by ALPN over TLS, by the preface in plain text).
 pub(super) async fn serve(
     stream: TcpStream,
-    peer: SocketAddr,
+    client: ClientAddr,
     route: Arc<ArcSwap<HttpRoute>>,
     ctl: Control,
 ) {
+    let peer = client.addr;
     let cur = route.load_full();
     let metrics = cur.metrics.clone();
     metrics.connections.inc();
@@ -103,7 +104,7 @@ pub(super) async fn serve(
             match sniffed {
                 Ok(proto) => {
                     let conn = Conn {
-                        peer,
+                        client,
                         proto,
                         scheme: Scheme::Http,
                         client_cert: None,
@@ -130,7 +131,7 @@ pub(super) async fn serve(
                         _ => Proto::H1,
                     };
                     let conn = Conn {
-                        peer,
+                        client,
                         proto,
                         scheme: Scheme::Https,
                         client_cert: negotiated
@@ -154,7 +155,7 @@ pub(super) async fn serve(
 
 /// What is known of a connection once its protocol is settled.
 struct Conn {
-    peer: SocketAddr,
+    client: ClientAddr,
     proto: Proto,
     scheme: Scheme,
     client_cert: Option<HeaderValue>,
@@ -174,7 +175,7 @@ async fn serve_http<T>(
     let watch_state = Arc::new(ConnWatch::new(conn.proto == Proto::H1));
     let cx = Arc::new(ConnCtx {
         route,
-        client: conn.peer,
+        client: conn.client,
         scheme: conn.scheme,
         h2: conn.proto == Proto::H2,
         tracker: ctl.tracker.clone(),
@@ -207,7 +208,7 @@ async fn serve_http<T>(
         }
     };
     let route = cx.route.load();
-    let peer = conn.peer;
+    let peer = conn.client.addr;
     match end {
         End::Done(Ok(())) | End::Closed => {}
         End::Done(Err(e)) => {

@@ -200,13 +200,10 @@ impl Acceptor {
                         backoff = ACCEPT_BACKOFF.0;
                         tracing::info!(listener = %self.name, "accepting again");
                     }
-                    let Some(hold) = self.admit_client(peer) else {
-                        continue;
-                    };
                     let conn = self.connection(stream, peer);
                     self.ctl.tracker.spawn(async move {
                         conn.await;
-                        drop((hold, permits));
+                        drop(permits);
                     });
                 }
                 Err(e) => {
@@ -235,55 +232,64 @@ impl Acceptor {
         };
     }
 
-    /// Counts the connection against its client's cap; `None` (connection closed) when the
-    /// client already has `max_connections_per_client` open.
-    fn admit_client(&self, peer: SocketAddr) -> Option<clients::ClientHold> {
-        let (max, metrics) = match &self.route {
-            Route::Http(r) => {
-                let r = r.load();
-                (
-                    r.listener.limits.max_connections_per_client,
-                    r.metrics.clone(),
-                )
-            }
-            Route::Tcp(r) => {
-                let r = r.load();
-                (
-                    r.listener.limits.max_connections_per_client,
-                    r.metrics.clone(),
-                )
-            }
-        };
-        let ip = crate::proxy::headers::canonical_ip(peer.ip());
-        let hold = self.clients.try_open(ip, max);
-        if hold.is_none() {
-            metrics.rejected(Rejection::ClientConnections);
-            tracing::debug!(listener = %self.name, client = %peer, max, "client over max_connections_per_client; closed");
-        }
-        hold
-    }
-
     fn connection(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = self.route.clone();
         let ctl = self.ctl.clone();
+        let clients = self.clients.clone();
         async move {
             let _ = stream.set_nodelay(true);
+            let (admission, metrics, max) = match &route {
+                Route::Http(r) => {
+                    let r = r.load();
+                    let max = r.listener.limits.max_connections_per_client;
+                    (r.admission.clone(), r.metrics.clone(), max)
+                }
+                Route::Tcp(r) => {
+                    let r = r.load();
+                    let max = r.listener.limits.max_connections_per_client;
+                    (r.admission.clone(), r.metrics.clone(), max)
+                }
+            };
+            // Who the client is (a trusted peer's PROXY header says), and whether it may in.
+            let client = match admission.accept(&mut stream, peer).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Counted by admission.
+                    tracing::debug!(client = %peer, error = %e, "connection refused at accept");
+                    return;
+                }
+            };
+            // The per-client cap, on the client the connection speaks for; a trusted proxy's
+            // connection carries many clients and is not capped as one.
+            let _hold = if admission.settings().trusted_proxies.matches(client.ip()) {
+                None
+            } else {
+                match clients.try_open(client.ip(), max) {
+                    Some(h) => Some(h),
+                    None => {
+                        metrics.rejected(Rejection::ClientConnections);
+                        tracing::debug!(client = %client.addr, max, "client over max_connections_per_client; closed");
+                        return;
+                    }
+                }
+            };
+            drop((admission, metrics));
             match route {
                 Route::Tcp(r) => {
                     let r = r.load_full();
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    crate::proxy::tcp::serve(stream, peer, r, ctl.hard_stop).await;
+                    crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop).await;
                     active.dec();
                 }
                 // Boxed: the HTTP connection's state is large, and it would otherwise size
                 // every connection task, L4 ones included (3.0 KiB against 1.3 KiB each).
-                Route::Http(r) => Box::pin(http_conn::serve(stream, peer, r, ctl)).await,
+                Route::Http(r) => Box::pin(http_conn::serve(stream, client, r, ctl)).await,
             }
         }
     }

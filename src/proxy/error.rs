@@ -67,6 +67,12 @@ pub enum ProxyError {
     /// The client aborted its request body or went away.
     #[error("client went away")]
     ClientAbort,
+    /// The client's address is refused by the listener's `allow` / `deny`.
+    #[error("client refused by an access rule")]
+    Forbidden,
+    /// The client is over the listener's rate limit; it may retry after this many seconds.
+    #[error("client over the rate limit")]
+    RateLimited(u64),
 }
 
 impl From<QueueError> for ProxyError {
@@ -103,7 +109,9 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::MethodNotAllowed
-            | ProxyError::ClientAbort => Blame::Client,
+            | ProxyError::ClientAbort
+            | ProxyError::Forbidden
+            | ProxyError::RateLimited(_) => Blame::Client,
         }
     }
 
@@ -139,6 +147,8 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::ClientAbort => "client_abort",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -157,6 +167,8 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -189,6 +201,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => {
                 "405 Method Not Allowed: CONNECT is not served by this proxy\n"
             }
+            ProxyError::Forbidden => "403 Forbidden\n",
+            ProxyError::RateLimited(_) => "429 Too Many Requests: slow down\n",
         }
     }
 
@@ -211,6 +225,11 @@ impl ProxyError {
                     header::ALLOW,
                     HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
                 );
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                if let ProxyError::RateLimited(secs) = self {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
             }
             _ => {}
         }

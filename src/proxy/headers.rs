@@ -1,10 +1,11 @@
 //! Header rewriting between client and server: hop-by-hop removal (RFC 9110 §7.6.1) and the
 //! forwarding headers (X-Forwarded-*, RFC 7239 `Forwarded`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::admission::ForwardChain;
 use crate::config::Forwarded;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -132,17 +133,24 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// Adds the forwarding headers for a request from `client` that arrived over `scheme`, for
-/// the Host it now carries. Inbound ones were removed first, so these are the only ones.
+/// Adds the forwarding headers for a request that `sender` sent over `scheme`, for the Host
+/// it now carries: `chain` (what a trusted sender's own header said, empty otherwise) and
+/// then the sender. Inbound ones were removed first, so these are the only ones.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     mode: Forwarded,
-    client: SocketAddr,
+    chain: &ForwardChain,
+    sender: IpAddr,
     scheme: &'static str,
 ) {
-    let ip = canonical_ip(client.ip());
+    let ip = canonical_ip(sender);
     if mode.x_forwarded {
-        if let Ok(v) = HeaderValue::try_from(ip.to_string()) {
+        let v = if chain.is_empty() {
+            HeaderValue::try_from(ip.to_string())
+        } else {
+            HeaderValue::try_from(format!("{chain}, {ip}"))
+        };
+        if let Ok(v) = v {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
@@ -166,6 +174,9 @@ pub fn add_forwarded(
                 elem.push_str(h);
                 elem.push('"');
             }
+        }
+        if !chain.is_empty() {
+            elem = format!("{}, {elem}", chain.rfc7239());
         }
         if let Ok(v) = HeaderValue::try_from(elem) {
             headers.insert(header::FORWARDED, v);
@@ -261,7 +272,8 @@ mod tests {
                 x_forwarded: true,
                 rfc7239: true,
             },
-            "[::ffff:127.0.0.2]:5".parse().unwrap(),
+            &ForwardChain::default(),
+            "::ffff:127.0.0.2".parse().unwrap(),
             "https",
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");

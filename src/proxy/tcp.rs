@@ -29,7 +29,7 @@ use crate::proxy::attempts::Attempts;
 use crate::queue;
 use crate::tls::{ServerTls, SniRouter};
 
-use super::headers::canonical_ip;
+use crate::admission::{Admission, ClientAddr};
 
 /// How long a passthrough listener waits for a client's ClientHello (to read its SNI).
 const SNI_WAIT: Duration = Duration::from_secs(10);
@@ -69,12 +69,15 @@ pub struct TcpRoute {
     tls: Option<(Arc<ServerTls>, TlsListenerMetrics)>,
     /// SNI passthrough routing, when the listener has `route_by_sni`.
     sni: Option<SniTable>,
+    /// Who the client is (inbound PROXY), who may connect, and how often.
+    pub admission: Arc<Admission>,
 }
 
 impl TcpRoute {
     /// Builds the route of `listener` over `pool`.
     pub fn new(listener: ListenerSettings, pool: Arc<Pool>, metrics: &Metrics) -> Self {
         let name = &*listener.name;
+        let listener_for_admission = listener.clone();
         TcpRoute {
             no_server: metrics.proxy_errors.with_label_values(&[name, "no_server"]),
             connect_failed: metrics.proxy_errors.with_label_values(&[name, "connect"]),
@@ -89,7 +92,15 @@ impl TcpRoute {
             access_log: None,
             tls: None,
             sni: None,
+            admission: Arc::new(Admission::new(&listener_for_admission, metrics, None)),
         }
+    }
+
+    /// Uses `admission` (a reload passes the listener's previous one on, so rate-limit
+    /// buckets survive).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Turns connection logging on (`Some`) or off.
@@ -154,10 +165,13 @@ enum Client {
 /// says so, reach a server (with retries), then relay.
 pub async fn serve(
     client: TcpStream,
-    peer: SocketAddr,
+    who: ClientAddr,
     route: Arc<TcpRoute>,
     hard_stop: CancellationToken,
 ) {
+    // The client as admission decided it (a trusted PROXY header's source, else the peer):
+    // the balancing key, the access log's client and the PROXY header sent on.
+    let peer = who.addr;
     let started = Instant::now();
     let mut pool = &route.pool;
     if let Some(sni) = &route.sni {
@@ -276,7 +290,7 @@ pub async fn serve(
 async fn reach<'p>(route: &TcpRoute, pool: &'p Arc<Pool>, peer: SocketAddr) -> Reached<'p> {
     let key = if pool.settings.algorithm.needs_key() {
         PickKey {
-            client_ip: Some(canonical_ip(peer.ip())),
+            client_ip: Some(peer.ip()),
             key_hash: None,
             pool_load: pool.inflight.load(std::sync::atomic::Ordering::Relaxed),
         }

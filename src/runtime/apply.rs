@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Fulcrum, HealthTask, Live, PoolEntry, PoolTls, Prepared, RuntimeError, Shared, Tls};
 use crate::access_log::AccessLog;
 use crate::admin::{AdminServer, Auth};
+use crate::admission::Admission;
 use crate::backend::{AdminState, BackendState};
 use crate::config::{Config, ListenerSettings, PoolSettings, Protocol};
 use crate::health::checker;
@@ -372,8 +373,9 @@ fn swap_listeners(
             Some(t) => metrics.set_tls_certificates(&l.name, t.certificates()),
             None => metrics.forget_tls_listener(&l.name),
         }
-        let http_route = || http_route(l, entry, &access, tls, metrics);
-        let tcp_route = || tcp_route(l, entry, pools, &access, tls, metrics);
+        let adm = admission(l, old.listeners.get(&l.name).map(|o| &o.route), metrics);
+        let http_route = || http_route(l, entry, &access, tls, adm.clone(), metrics);
+        let tcp_route = || tcp_route(l, entry, pools, &access, tls, adm.clone(), metrics);
         let listener = match prepared.sockets.remove(&l.name) {
             None => {
                 let existing = old
@@ -501,6 +503,7 @@ fn http_route(
     entry: &PoolEntry,
     access: &Option<Arc<AccessLog>>,
     tls: &Tls,
+    admission: Arc<Admission>,
     metrics: &Metrics,
 ) -> HttpRoute {
     HttpRoute::new(
@@ -511,6 +514,25 @@ fn http_route(
     )
     .with_access_log(access.clone())
     .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
+    .with_admission(admission)
+}
+
+/// The admission of listener `l`, keeping the rate-limit buckets of the one it had
+/// (`previous`), so a reload never lets a limited client off.
+fn admission(l: &ListenerSettings, previous: Option<&Route>, metrics: &Metrics) -> Arc<Admission> {
+    let prev = previous.map(|r| match r {
+        Route::Http(r) => r.load().admission.clone(),
+        Route::Tcp(r) => r.load().admission.clone(),
+    });
+    Arc::new(Admission::new(l, metrics, prev.as_deref()))
+}
+
+/// The admission a route has now.
+fn current_admission(r: &Route) -> Arc<Admission> {
+    match r {
+        Route::Http(r) => r.load().admission.clone(),
+        Route::Tcp(r) => r.load().admission.clone(),
+    }
 }
 
 /// The route of tcp listener `l` over the current generations of its pool and of the pools
@@ -521,6 +543,7 @@ fn tcp_route(
     pools: &HashMap<Arc<str>, PoolEntry>,
     access: &Option<Arc<AccessLog>>,
     tls: &Tls,
+    admission: Arc<Admission>,
     metrics: &Metrics,
 ) -> TcpRoute {
     let sni = l.sni_routes.as_ref().map(|r| {
@@ -534,6 +557,7 @@ fn tcp_route(
         .with_access_log(access.clone())
         .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
         .with_sni(sni)
+        .with_admission(admission)
 }
 
 /// Whether listener `l` sends traffic to pool `pool`.
@@ -597,12 +621,14 @@ pub(super) fn apply_one_pool(
             .filter(|l| uses_pool(&l.settings, &ps.name))
         {
             let own = &live.pools[&l.settings.pool];
+            let adm = current_admission(&l.route);
             match &l.route {
                 Route::Http(r) => r.store(Arc::new(http_route(
                     &l.settings,
                     own,
                     &live.access_log,
                     &live.tls,
+                    adm,
                     &shared.metrics,
                 ))),
                 Route::Tcp(r) => r.store(Arc::new(tcp_route(
@@ -611,6 +637,7 @@ pub(super) fn apply_one_pool(
                     &live.pools,
                     &live.access_log,
                     &live.tls,
+                    adm,
                     &shared.metrics,
                 ))),
             }

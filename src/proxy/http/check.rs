@@ -12,6 +12,7 @@ use http::{Method, Request, Uri, Version};
 use hyper::body::{Body, Incoming};
 
 use super::{ConnCtx, HttpRoute};
+use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::proxy::headers::{
     add_forwarded, asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade,
@@ -84,6 +85,7 @@ pub(super) fn prepare(
     parts: &mut Parts,
     route: &HttpRoute,
     cx: &ConnCtx,
+    (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
 ) {
@@ -109,10 +111,12 @@ pub(super) fn prepare(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
     add_forwarded(
         &mut parts.headers,
         route.listener.forwarded,
-        cx.client,
+        chain,
+        cx.client.sender().ip(),
         cx.scheme.as_str(),
     );
     match route.pool.settings.upstream_protocol {

@@ -16,6 +16,7 @@ use hyper::body::{Body, Incoming};
 use super::check::{prepare, upgrade_of, BodyShape};
 use super::respond::respond;
 use super::{ConnCtx, HttpRoute};
+use crate::admission::{ClientAddr, ForwardChain};
 use crate::backend::{FailureKind, Selection};
 use crate::balance::{hash_bytes, PickKey};
 use crate::config::{HashKey, UpstreamProtocol};
@@ -23,7 +24,7 @@ use crate::health::passive::{self, Outcome};
 use crate::pool::Server;
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
-use crate::proxy::headers::{canonical_ip, cookie};
+use crate::proxy::headers::cookie;
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream};
 use crate::proxy::ProxyError;
 use crate::queue;
@@ -36,7 +37,7 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn pick_key(route: &HttpRoute, parts: &Parts, cx: &ConnCtx) -> PickKey {
+fn pick_key(route: &HttpRoute, parts: &Parts, client: &ClientAddr) -> PickKey {
     let pool = &route.pool;
     if !pool.settings.algorithm.needs_key() {
         return PickKey::default();
@@ -55,7 +56,7 @@ fn pick_key(route: &HttpRoute, parts: &Parts, cx: &ConnCtx) -> PickKey {
         )),
     };
     PickKey {
-        client_ip: Some(canonical_ip(cx.client.ip())),
+        client_ip: Some(client.ip()),
         key_hash,
         pool_load: pool.inflight.load(std::sync::atomic::Ordering::Relaxed),
     }
@@ -100,6 +101,7 @@ fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
 /// learns the request body's state as soon as the body is wrapped.
 pub(super) async fn forward(
     mut req: Request<Incoming>,
+    who: &(ClientAddr, ForwardChain),
     route: &HttpRoute,
     cx: &ConnCtx,
     body_slot: &mut Option<Arc<BodyState>>,
@@ -109,7 +111,7 @@ pub(super) async fn forward(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
-    let key = pick_key(route, &parts, cx);
+    let key = pick_key(route, &parts, &who.0);
     let sticky = pool
         .settings
         .sticky_cookie
@@ -125,6 +127,7 @@ pub(super) async fn forward(
         &mut parts,
         route,
         cx,
+        who,
         upgrade.as_ref(),
         BodyShape::of(&body),
     );

@@ -12,7 +12,6 @@ mod forward;
 mod respond;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use super::body::{BodyEnd, BodyState, RespBody, ResponseEnd};
 use super::upstream::ServerUpstream;
 use super::{Blame, ProxyError};
 use crate::access_log::{AccessLog, RequestHead};
+use crate::admission::{Admission, ClientAddr, ForwardChain, Refused};
 use crate::config::ListenerSettings;
 use crate::listener::watch::ConnWatch;
 use crate::metrics::{AbortPhase, ListenerMetrics, Metrics, TlsListenerMetrics};
@@ -64,6 +64,8 @@ pub struct HttpRoute {
     pub h2: http2::Builder<TokioExecutor>,
     /// TLS termination, when the listener has `[listener.tls]`, and its handshake counters.
     pub tls: Option<(Arc<ServerTls>, TlsListenerMetrics)>,
+    /// Who the client is, who may come in, and how often.
+    pub admission: Arc<Admission>,
 }
 
 impl HttpRoute {
@@ -75,6 +77,7 @@ impl HttpRoute {
         metrics: &Metrics,
     ) -> Self {
         let name = &*listener.name;
+        let listener_for_admission = listener.clone();
         let sticky_set_cookie = pool.settings.sticky_cookie.as_ref().map(|c| {
             pool.servers
                 .iter()
@@ -103,7 +106,15 @@ impl HttpRoute {
             upstreams,
             access_log: None,
             tls: None,
+            admission: Arc::new(Admission::new(&listener_for_admission, metrics, None)),
         }
+    }
+
+    /// Uses `admission` (a reload passes the listener's previous one on, so rate-limit
+    /// buckets survive).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Terminates TLS with `tls` (`None`: plain HTTP).
@@ -132,9 +143,11 @@ impl HttpRoute {
                     self.errors[i].inc();
                 }
             }
-            Blame::Client => match e.rejection() {
-                Some(r) => self.metrics.rejected(r),
-                None => self.metrics.aborted(AbortPhase::RequestBody),
+            Blame::Client => match (e, e.rejection()) {
+                // Counted by admission, in its own series.
+                (ProxyError::Forbidden | ProxyError::RateLimited(_), _) => {}
+                (_, Some(r)) => self.metrics.rejected(r),
+                (_, None) => self.metrics.aborted(AbortPhase::RequestBody),
             },
         }
     }
@@ -197,8 +210,9 @@ impl Scheme {
 pub struct ConnCtx {
     /// The listener's current route.
     pub route: Arc<ArcSwap<HttpRoute>>,
-    /// The client.
-    pub client: SocketAddr,
+    /// The client as the connection tells it (its peer, or a trusted PROXY header's source);
+    /// each request may refine it from trusted forwarding headers.
+    pub client: ClientAddr,
     /// How the client reached us.
     pub scheme: Scheme,
     /// Whether the connection speaks h2.
@@ -288,7 +302,12 @@ pub async fn serve(
         .access_log
         .as_ref()
         .map(|_| RequestHead::capture(&req));
-    let mut resp = match handle(req, &route, &cx, &mut serving.body).await {
+    let admitted = route.admission.request(&cx.client, req.headers());
+    let client = match &admitted {
+        Ok((c, _)) => *c,
+        Err(_) => cx.client,
+    };
+    let mut resp = match handle(req, admitted, &route, &cx, &mut serving.body).await {
         Ok(r) => r,
         Err(ProxyError::ClientAbort) => {
             // Counted once, here; nobody is left to read an answer.
@@ -298,7 +317,7 @@ pub async fn serve(
         }
         Err(e) => {
             route.count(e);
-            tracing::debug!(listener = %route.listener.name, client = %cx.client, error = %e, "request failed");
+            tracing::debug!(listener = %route.listener.name, client = %client.addr, error = %e, "request failed");
             e.response()
         }
     };
@@ -318,7 +337,7 @@ pub async fn serve(
         log.response(
             &route.listener.name,
             pool,
-            cx.client,
+            client.addr,
             head,
             &resp,
             server,
@@ -329,13 +348,20 @@ pub async fn serve(
     Ok(resp)
 }
 
-/// The request path: check, then forward. `body` learns the request body's state.
+/// The request path: admit, check, then forward. `body` learns the request body's state.
 async fn handle(
     mut req: Request<Incoming>,
+    admitted: Result<(ClientAddr, ForwardChain), Refused>,
     route: &HttpRoute,
     cx: &ConnCtx,
     body: &mut Option<Arc<BodyState>>,
 ) -> Result<Response<RespBody>, ProxyError> {
+    let who = match admitted {
+        Ok(who) => who,
+        // Counted by admission already.
+        Err(Refused::RateLimited(r)) => return Err(ProxyError::RateLimited(r.secs())),
+        Err(_) => return Err(ProxyError::Forbidden),
+    };
     check::check(&mut req, &route.listener.limits)?;
-    forward::forward(req, route, cx, body).await
+    forward::forward(req, &who, route, cx, body).await
 }

@@ -27,6 +27,7 @@ pub mod pool;
 pub mod preview;
 pub mod proxy;
 pub mod queue;
+pub mod route;
 pub mod runtime;
 
 use std::fmt::Write as _;
@@ -44,11 +45,28 @@ pub fn summary(cfg: &Config) -> String {
     }
     let _ = writeln!(s, "listeners: {}", cfg.listeners.len());
     for l in &cfg.listeners {
+        if l.routes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {} {:?} on {} -> pool {}",
+                l.name, l.protocol, l.bind, l.pool
+            );
+            continue;
+        }
         let _ = writeln!(
             s,
-            "  {} {:?} on {} -> pool {}",
-            l.name, l.protocol, l.bind, l.pool
+            "  {} {:?} on {} -> {} routes, then {}",
+            l.name,
+            l.protocol,
+            l.bind,
+            l.routes.len(),
+            l.default_pool
+                .as_ref()
+                .map_or("404".to_string(), |p| format!("pool {p}"))
         );
+        for r in &l.routes {
+            let _ = writeln!(s, "    {}", r.describe());
+        }
     }
     let _ = writeln!(s, "pools: {}", cfg.pools.len());
     for p in &cfg.pools {

@@ -122,6 +122,14 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints a config's warnings (`PATH:LINE:COL: warning: ...`) on stderr; they do not change
+/// the exit status.
+fn print_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        eprintln!("{w}");
+    }
+}
+
 /// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
 /// its admin API, against a running fulcrum (whose own file may already hold the new text).
 fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
@@ -130,6 +138,7 @@ fn check_against(new_path: &std::path::Path, against: &str) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     println!("{}: configuration is valid", new.source.display());
+    print_warnings(&new);
     let live = against.starts_with("http://") || against.parse::<std::net::SocketAddr>().is_ok();
     if !live {
         return match config::load(std::path::Path::new(against)) {
@@ -185,6 +194,7 @@ fn main() -> ExitCode {
         } => match config::load(&config) {
             Ok(cfg) => {
                 print!("{}", fulcrum::summary(&cfg));
+                print_warnings(&cfg);
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
@@ -209,11 +219,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
+            // Logging first, so that the config's warnings, which loading logs, are seen.
+            init_logging(cli.log_level.as_deref(), cli.log_format);
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            init_logging(cli.log_level.as_deref(), cli.log_format);
             let rt = match runtime(&cfg) {
                 Ok(rt) => rt,
                 Err(e) => {

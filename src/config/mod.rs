@@ -5,6 +5,7 @@
 //! opens sockets or starts tasks: the runtime turns a `Config` into running objects.
 
 mod error;
+mod route;
 mod schema;
 mod types;
 mod validate;
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, ConfigWarning, Location};
+pub use route::{ErrorPages, RouteAction, RouteSettings};
 pub use types::parse_addr;
 
 use crate::balance::Algorithm;
@@ -34,6 +36,8 @@ pub struct Config {
     pub listeners: Vec<ListenerSettings>,
     /// Pools, in file order.
     pub pools: Vec<Arc<PoolSettings>>,
+    /// Things that are valid but probably not meant, in file order.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 impl Config {
@@ -141,8 +145,18 @@ pub struct ListenerSettings {
     pub bind: SocketAddr,
     /// http or tcp.
     pub protocol: Protocol,
-    /// Pool name (validated to exist).
+    /// The pool the request path serves today: `default_pool`, or for a routed listener
+    /// without one, the first pool its routes name. Transitional: once routing is wired in,
+    /// the proxy uses `default_pool` and `routes`, and this field goes.
     pub pool: Arc<str>,
+    /// http: the pool for requests no route matches; `None` (routed listeners only): 404.
+    pub default_pool: Option<Arc<str>>,
+    /// http: routes in config order; the first match wins.
+    pub routes: Vec<RouteSettings>,
+    /// http: what keeps a client on one side of a split; `None`: random.
+    pub split_key: Option<crate::route::SplitKey>,
+    /// http: custom bodies for the proxy's own 502, 503 and 504 answers.
+    pub error_pages: ErrorPages,
     /// Most connections at once.
     pub max_connections: usize,
     /// Forwarding headers (http).
@@ -328,16 +342,27 @@ pub struct PoolSettings {
     pub passive: PassiveSettings,
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`, and logs its warnings (once per load).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    let cfg = parse(&text, path)?;
+    for w in &cfg.warnings {
+        tracing::warn!(
+            config = %w.path.display(),
+            line = w.location.line,
+            column = w.location.column,
+            warning = %w.message,
+            "config warning"
+        );
+    }
+    Ok(cfg)
 }
 
-/// Validates config text; `path` is used in error messages and as the config's source.
+/// Validates config text; `path` is used in error messages and as the config's source, and
+/// its directory is where relative body files (`respond.file`, `error_pages`) are read.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);

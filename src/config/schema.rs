@@ -91,8 +91,9 @@ pub struct RawListener {
     pub bind: Spanned<Addr>,
     /// "http" or "tcp".
     pub protocol: RawProtocol,
-    /// The pool that serves this listener.
-    pub pool: Spanned<String>,
+    /// The pool that serves this listener: for an http listener with routes, the default
+    /// for requests no route matches (optional there: without it they get 404).
+    pub pool: Option<Spanned<String>>,
     /// Most client connections open at once; further ones wait in the kernel backlog. Default 10000.
     pub max_connections: Option<Spanned<i64>>,
     /// http only: which forwarding headers to add: "x-forwarded" (default), "rfc7239", "both", "none".
@@ -106,6 +107,14 @@ pub struct RawListener {
     pub tls: Option<Spanned<toml::Value>>,
     /// Reserved for per-client rate limiting (not supported yet: refused).
     pub rate_limit: Option<Spanned<toml::Value>>,
+    /// http only: routes (`[[listener.route]]`), tried in order; the first match wins.
+    #[serde(default)]
+    pub route: Vec<super::route::RawRoute>,
+    /// http only: what keeps a client on one side of a split: "client_ip", "header:NAME"
+    /// or "cookie:NAME". Default: none (each request placed at random).
+    pub split_key: Option<Spanned<String>>,
+    /// http only: custom bodies for the proxy's own 502, 503 and 504 answers.
+    pub error_pages: Option<Spanned<super::route::RawErrorPages>>,
 }
 
 /// `[listener.timeouts]`.

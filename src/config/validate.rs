@@ -2,6 +2,7 @@
 //! one value cannot check alone: unique names and binds, pool references, key combinations.
 //! The first problem found is reported, at its own line and column.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -16,18 +17,30 @@ use super::types::Dur;
 use super::*;
 use crate::balance::Algorithm;
 
-struct Ctx<'a> {
-    text: &'a str,
-    path: &'a Path,
+/// What every check needs: the text for positions, the path for messages, and the
+/// warnings found so far.
+pub(super) struct Ctx<'a> {
+    pub(super) text: &'a str,
+    pub(super) path: &'a Path,
+    warnings: RefCell<Vec<ConfigWarning>>,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
+    /// A warning at byte span `span`.
+    pub(super) fn warn(&self, span: Range<usize>, msg: impl Into<String>) {
+        self.warnings.borrow_mut().push(ConfigWarning {
+            path: self.path.to_path_buf(),
+            location: Location::of_offset(self.text, span.start),
+            message: msg.into(),
+        });
+    }
+
+    pub(super) fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
         ConfigError::at(self.path, self.text, span, msg)
     }
 
     /// A duration that must not be zero, or its default.
-    fn dur(
+    pub(super) fn dur(
         &self,
         v: &Option<Spanned<Dur>>,
         key: &str,
@@ -43,7 +56,7 @@ impl Ctx<'_> {
     }
 
     /// An integer within `range`, or its default.
-    fn int(
+    pub(super) fn int(
         &self,
         v: &Option<Spanned<i64>>,
         key: &str,
@@ -66,7 +79,7 @@ impl Ctx<'_> {
     }
 
     /// A string that must be one of `choices`.
-    fn choice<'s>(
+    pub(super) fn choice<'s>(
         &self,
         v: &'s Option<Spanned<String>>,
         key: &str,
@@ -90,7 +103,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn name(&self, v: &Spanned<String>, what: &str) -> Result<Arc<str>, ConfigError> {
+    pub(super) fn name(&self, v: &Spanned<String>, what: &str) -> Result<Arc<str>, ConfigError> {
         let n = v.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 64
@@ -108,7 +121,11 @@ impl Ctx<'_> {
 }
 
 pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let cx = Ctx { text, path };
+    let cx = Ctx {
+        text,
+        path,
+        warnings: RefCell::new(Vec::new()),
+    };
 
     let runtime = RuntimeSettings {
         worker_threads: match &raw.runtime.worker_threads {
@@ -220,26 +237,6 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
             }
             binds.insert(bind, format!("listener {:?}", &*name));
         }
-        if !pool_names.contains_key(l.pool.get_ref()) {
-            let known: Vec<_> = raw
-                .pool
-                .iter()
-                .map(|p| format!("{:?}", p.name.get_ref()))
-                .collect();
-            return Err(cx.err(
-                l.pool.span(),
-                format!(
-                    "listener {:?} names pool {:?}, which is not defined; defined pools: {}",
-                    &*name,
-                    l.pool.get_ref(),
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        }
         if let Some(tls) = &l.tls {
             return Err(cx.err(
                 tls.span(),
@@ -295,12 +292,19 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
                 "send_proxy applies only to protocol = \"tcp\" listeners",
             ));
         }
+        let defined: Vec<&Spanned<String>> = raw.pool.iter().map(|p| &p.name).collect();
+        let routing = super::route::routing(&cx, l, &name, protocol, &defined)?;
+        let pool = serving_pool(&cx, l, &routing)?;
         let t = &l.timeouts;
         listeners.push(ListenerSettings {
             name,
             bind,
             protocol,
-            pool: Arc::from(l.pool.get_ref().as_str()),
+            pool,
+            default_pool: routing.default_pool,
+            routes: routing.routes,
+            split_key: routing.split_key,
+            error_pages: routing.error_pages,
             max_connections: cx.int(
                 &l.max_connections,
                 "max_connections",
@@ -328,6 +332,34 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path) -> Result<Config
         access_log,
         listeners,
         pools,
+        warnings: {
+            let mut w = cx.warnings.into_inner();
+            w.sort_by_key(|w| (w.location.line, w.location.column));
+            w
+        },
+    })
+}
+
+/// The pool the request path serves until routing is wired into it: the default pool, else
+/// the first pool a route names. (Goes away with `ListenerSettings::pool`.)
+fn serving_pool(
+    cx: &Ctx,
+    l: &RawListener,
+    routing: &super::route::Routing,
+) -> Result<Arc<str>, ConfigError> {
+    let named = routing.routes.iter().find_map(|r| match &r.action {
+        RouteAction::Pool(p) => Some(p.clone()),
+        RouteAction::Split(t) => t.first().map(|t| t.pool.clone()),
+        _ => None,
+    });
+    routing.default_pool.clone().or(named).ok_or_else(|| {
+        cx.err(
+            l.name.span(),
+            format!(
+                "listener {:?} names no pool, in `pool` or in a route; a listener that only redirects or responds is not supported yet",
+                l.name.get_ref()
+            ),
+        )
     })
 }
 

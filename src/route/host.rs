@@ -109,21 +109,48 @@ impl fmt::Display for HostPattern {
 /// does not fit (then no named route can match it).
 pub fn normalize_host<'b>(host: &str, buf: &'b mut [u8; HOST_BUF]) -> Option<&'b [u8]> {
     let b = host.as_bytes();
-    let end = if b.first() == Some(&b'[') {
+    let mut end = b.len();
+    if b.first() == Some(&b'[') {
         // `[v6]:port`: the port follows the bracket.
-        b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1)
+        end = b.iter().position(|&c| c == b']').map_or(b.len(), |i| i + 1);
     } else {
-        b.iter().rposition(|&c| c == b':').unwrap_or(b.len())
-    };
+        // A port is the digits after the last `:`; scanning back over digits only, a name
+        // without a port costs one comparison.
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        if digits < b.len() && b[b.len() - digits - 1] == b':' {
+            end = b.len() - digits - 1;
+        }
+    }
     let mut name = &b[..end];
     if let [rest @ .., b'.'] = name {
         name = rest;
     }
     let out = buf.get_mut(..name.len())?;
-    for (o, c) in out.iter_mut().zip(name) {
-        *o = c.to_ascii_lowercase();
+    let mut from = name.chunks_exact(8);
+    let mut to = out.chunks_exact_mut(8);
+    for (o, i) in to.by_ref().zip(from.by_ref()) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(i);
+        o.copy_from_slice(&lower8(u64::from_le_bytes(w)).to_le_bytes());
+    }
+    for (o, i) in to.into_remainder().iter_mut().zip(from.remainder()) {
+        *o = i.to_ascii_lowercase();
     }
     Some(out)
+}
+
+/// ASCII lower-casing of 8 bytes at once: `A`..=`Z` gain 0x20, every other byte (non-ASCII
+/// included) stays. Per byte, on its low 7 bits (so no carry crosses bytes): adding 0x3f
+/// sets the top bit from `A` up, adding 0x25 from `[` (just past `Z`) up.
+#[inline]
+fn lower8(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const TOP: u64 = 0x8080_8080_8080_8080;
+    let b = w & LOW7;
+    let from_a = b + 0x3f3f_3f3f_3f3f_3f3f;
+    let past_z = b + 0x2525_2525_2525_2525;
+    let upper = from_a & !past_z & !w & TOP;
+    w | (upper >> 2)
 }
 
 #[cfg(test)]
@@ -145,7 +172,38 @@ mod tests {
         assert_eq!(norm("[::1]:443").as_deref(), Some("[::1]"));
         assert_eq!(norm("[::1]").as_deref(), Some("[::1]"));
         assert_eq!(norm("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
+        assert_eq!(norm("example.com:").as_deref(), Some("example.com"));
+        assert_eq!(
+            norm("10.0.0.1").as_deref(),
+            Some("10.0.0.1"),
+            "digits, but no port"
+        );
         assert_eq!(norm(&"a".repeat(300)), None, "too long for any named route");
+    }
+
+    proptest::proptest! {
+        /// Word-at-a-time lower-casing equals byte-at-a-time, for any bytes.
+        #[test]
+        fn lower8_is_ascii_lowercase(bytes in proptest::array::uniform8(proptest::num::u8::ANY)) {
+            let want = u64::from_le_bytes(bytes.map(|b| b.to_ascii_lowercase()));
+            proptest::prop_assert_eq!(lower8(u64::from_le_bytes(bytes)), want);
+        }
+    }
+
+    #[test]
+    fn lower8_on_the_edges() {
+        for b in 0..=255u8 {
+            let w = u64::from_le_bytes([b; 8]);
+            assert_eq!(
+                lower8(w),
+                u64::from_le_bytes([b.to_ascii_lowercase(); 8]),
+                "byte {b:#x}"
+            );
+        }
+        assert_eq!(
+            norm("ABCDEFGHIJKLMNOPQRSTUVWXYZ.Example").as_deref(),
+            Some("abcdefghijklmnopqrstuvwxyz.example")
+        );
     }
 
     #[test]

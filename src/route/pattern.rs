@@ -59,32 +59,70 @@ impl fmt::Display for PathMatch {
 
 /// A path regex, compiled once; two are equal when their sources are.
 #[derive(Clone, Debug)]
-pub struct PathRegex(regex::Regex);
+pub struct PathRegex {
+    regex: regex::Regex,
+    /// The literal every match starts with, for a regex anchored at `^` (see
+    /// `literal_prefix`).
+    prefix: Option<Box<str>>,
+}
 
 impl PathRegex {
     /// Compiles `source` (the `regex` crate's syntax; matching is linear in the path).
     pub fn new(source: &str) -> Result<PathRegex, regex::Error> {
-        regex::RegexBuilder::new(source)
+        let regex = regex::RegexBuilder::new(source)
             .size_limit(1 << 20)
-            .build()
-            .map(PathRegex)
+            .build()?;
+        Ok(PathRegex {
+            prefix: anchored_literal(source).map(Into::into),
+            regex,
+        })
     }
 
     /// Whether it matches somewhere in `path`.
     #[inline]
     pub fn is_match(&self, path: &str) -> bool {
-        self.0.is_match(path)
+        self.regex.is_match(path)
     }
 
     /// The source.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.regex.as_str()
     }
+
+    /// A non-empty literal that every path this regex matches starts with, when the source
+    /// says so plainly: `^` then plain characters (`^/u/[0-9]+$` → `/u/`). `None` when it
+    /// cannot be sure (no `^`, flags, or `|` anywhere in the source).
+    pub fn literal_prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+}
+
+/// See [`PathRegex::literal_prefix`]. Conservative by construction: any `|` (which could
+/// make the `^` apply to one branch only) or leading flag gives `None`, a character
+/// followed by a quantifier is left out, and the literal stops at the first other
+/// metacharacter.
+fn anchored_literal(source: &str) -> Option<String> {
+    let rest = source.strip_prefix('^')?;
+    if source.contains('|') {
+        return None;
+    }
+    let mut lit = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.+*?()[]{}^$|#".contains(c) || c.is_whitespace() {
+            break;
+        }
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        lit.push(c);
+    }
+    (!lit.is_empty()).then_some(lit)
 }
 
 impl PartialEq for PathRegex {
     fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
+        self.as_str() == other.as_str()
     }
 }
 
@@ -229,6 +267,31 @@ mod tests {
         assert!(re.within(&PathMatch::Regex(PathRegex::new("^/u/[0-9]+$").unwrap())));
         assert!(PathMatch::Exact("/u/7".into()).within(&re));
         assert!(re.within(&PathMatch::Any));
+    }
+
+    #[test]
+    fn anchored_literal_prefixes() {
+        let p = |s| {
+            PathRegex::new(s)
+                .unwrap()
+                .literal_prefix()
+                .map(str::to_string)
+        };
+        assert_eq!(p("^/u/[0-9]+$").as_deref(), Some("/u/"));
+        assert_eq!(p("^/static/.+").as_deref(), Some("/static/"));
+        assert_eq!(
+            p("^/ab?c").as_deref(),
+            Some("/a"),
+            "an optional char is left out"
+        );
+        assert_eq!(p("^/a*").as_deref(), Some("/"));
+        assert_eq!(p("^/a{0,2}").as_deref(), Some("/"));
+        assert_eq!(p("^a*"), None, "nothing is certain");
+        assert_eq!(p("/u/[0-9]+"), None, "unanchored");
+        assert_eq!(p("^/a|/b"), None, "| may unanchor a branch");
+        assert_eq!(p("(?i)^/a"), None);
+        assert_eq!(p("^\\.well-known"), None, "an escape ends the literal");
+        assert_eq!(p("^(/a)"), None);
     }
 
     #[test]

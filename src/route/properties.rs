@@ -91,7 +91,7 @@ const HOSTS: [&[&str]; 7] = [
     &["*.x.a.com"],
     &["a.com", "*.b.com"],
 ];
-const PATHS: [(Option<&str>, Option<&str>, Option<&str>); 10] = [
+const PATHS: [(Option<&str>, Option<&str>, Option<&str>); 13] = [
     (None, None, None),
     (Some("/"), None, None),
     (Some("/a"), None, None),
@@ -102,6 +102,10 @@ const PATHS: [(Option<&str>, Option<&str>, Option<&str>); 10] = [
     (None, Some("/ab"), None),
     (None, None, Some("^/a/[0-9]+$")),
     (None, None, Some("b")),
+    // Indexed at their literal start ("/a", "/a"), or not at all (alternation).
+    (None, None, Some("^/ab?/?$")),
+    (None, None, Some("^/a[0-9]*$")),
+    (None, None, Some("^/a$|^/b")),
 ];
 const METHODS: [Option<&[&str]>; 4] = [
     None,

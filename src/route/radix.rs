@@ -102,6 +102,28 @@ impl<T> Radix<T> {
         }
     }
 
+    /// [`Radix::walk`] over `key` read backwards (the tree's keys are stored reversed): the
+    /// suffix table of wildcard hosts, without copying the host.
+    #[inline]
+    pub(crate) fn walk_rev(&self, key: &[u8], mut f: impl FnMut(&T, bool)) {
+        let mut node = &self.nodes[0];
+        let mut rest = key;
+        loop {
+            f(&node.value, rest.is_empty());
+            let Some(&first) = rest.last() else { return };
+            let Ok(at) = node.children.binary_search_by_key(&first, |c| c.0) else {
+                return;
+            };
+            let child = &self.nodes[node.children[at].1 as usize];
+            let n = child.label.len();
+            if n > rest.len() || !child.label.iter().eq(rest[rest.len() - n..].iter().rev()) {
+                return;
+            }
+            rest = &rest[..rest.len() - n];
+            node = child;
+        }
+    }
+
     /// Number of nodes, the root included.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -137,6 +159,28 @@ mod tests {
         );
         assert_eq!(visited(&t, b"x"), vec![]);
         assert!(t.len() < 10, "edges are compressed");
+    }
+
+    #[test]
+    fn walks_reversed_keys_from_the_end() {
+        let mut t: Radix<Vec<u32>> = Radix::new();
+        for (i, suffix) in [".example.com", ".a.example.com", ".org"]
+            .iter()
+            .enumerate()
+        {
+            let key: Vec<u8> = suffix.bytes().rev().collect();
+            t.entry(&key).push(i as u32);
+        }
+        let mut got = Vec::new();
+        t.walk_rev(b"x.a.example.com", |v, exact| {
+            got.extend(v.iter().map(|&i| (i, exact)))
+        });
+        assert_eq!(got, vec![(0, false), (1, false)]);
+        got.clear();
+        t.walk_rev(b".example.com", |v, exact| {
+            got.extend(v.iter().map(|&i| (i, exact)))
+        });
+        assert_eq!(got, vec![(0, true)]);
     }
 
     proptest! {

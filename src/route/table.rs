@@ -78,30 +78,48 @@ impl Route {
     }
 }
 
-/// FNV-1a with a final fold, for the exact-host map. Lookups use keys from the network, but
-/// the map's contents come only from the config, so colliding keys cost nothing extra.
-struct Fnv(u64);
+/// A word-at-a-time multiply-rotate hash (as rustc's FxHash) with a final fold, for the
+/// exact-host map. Lookups use keys from the network, but the map's contents come only from
+/// the config, so keys chosen to collide cost nothing extra.
+#[derive(Default)]
+struct HostHasher(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
+const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl HostHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for HostHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
     }
 
     #[inline]
     fn finish(&self) -> u64 {
         // Fold the high bits down: the map takes its bucket from the low bits and its
         // control byte from the top ones.
-        let z = (self.0 ^ (self.0 >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z ^ (z >> 32)
+        self.0 ^ (self.0 >> 32)
     }
 }
 
@@ -144,7 +162,13 @@ impl PathIndex {
         match path {
             PathMatch::Exact(p) => push(&mut self.tree.entry(p.as_bytes()).exact, i),
             PathMatch::Prefix(p) => push(&mut self.tree.entry(p.as_bytes()).prefix, i),
-            PathMatch::Any | PathMatch::Regex(_) => push(&mut self.others, i),
+            // A regex anchored with a literal start only matches paths that begin with it:
+            // indexed there, it is only run on those paths (and checked as a candidate).
+            PathMatch::Regex(r) => match r.literal_prefix() {
+                Some(p) => push(&mut self.tree.entry(p.as_bytes()).prefix, i),
+                None => push(&mut self.others, i),
+            },
+            PathMatch::Any => push(&mut self.others, i),
         }
     }
 }
@@ -156,7 +180,7 @@ pub struct RouteTable {
     routes: Box<[Route]>,
     pools: Box<[Arc<str>]>,
     default: Option<PoolId>,
-    exact_hosts: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>>,
+    exact_hosts: HashMap<Box<[u8]>, u32, BuildHasherDefault<HostHasher>>,
     /// Keyed by the reversed `.suffix`, so a walk over the reversed host finds every
     /// wildcard that matches it.
     wildcard_hosts: Radix<Option<u32>>,
@@ -219,7 +243,8 @@ impl RouteTable {
         let default = default_pool.map(&mut pool_id);
         let mut states = states.into_iter();
         let mut routes = Vec::with_capacity(settings.len());
-        let mut exact_hosts: HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>> = HashMap::default();
+        let mut exact_hosts: HashMap<Box<[u8]>, u32, BuildHasherDefault<HostHasher>> =
+            HashMap::default();
         let mut wildcards: HashMap<Box<str>, u32> = HashMap::new();
         let mut buckets: Vec<PathIndex> = Vec::new();
         let mut any_host = PathIndex::default();
@@ -271,6 +296,7 @@ impl RouteTable {
         let mut wildcard_hosts = Radix::new();
         for (suffix, bucket) in &wildcards {
             let key: Vec<u8> = suffix.bytes().rev().chain([b'.']).collect();
+            // Walked from the host's end: the reversed `.suffix`.
             *wildcard_hosts.entry(&key) = Some(*bucket);
         }
         RouteTable {
@@ -296,17 +322,14 @@ impl RouteTable {
             _ => None,
         };
         if let Some(host) = host {
-            if let Some(&b) = self.exact_hosts.get(host) {
-                self.scan(&self.buckets[b as usize], req, &mut best);
+            if !self.exact_hosts.is_empty() {
+                if let Some(&b) = self.exact_hosts.get(host) {
+                    self.scan(&self.buckets[b as usize], req, &mut best);
+                }
             }
             if self.has_wildcards {
-                let mut rev = [0u8; HOST_BUF];
-                let rev = &mut rev[..host.len()];
-                for (r, h) in rev.iter_mut().zip(host.iter().rev()) {
-                    *r = *h;
-                }
                 // A wildcard needs at least one byte beyond its `.suffix`: not `exact`.
-                self.wildcard_hosts.walk(rev, |bucket, exact| {
+                self.wildcard_hosts.walk_rev(host, |bucket, exact| {
                     if let (Some(b), false) = (bucket, exact) {
                         self.scan(&self.buckets[*b as usize], req, &mut best);
                     }
@@ -326,13 +349,18 @@ impl RouteTable {
         if idx.min >= *best {
             return;
         }
+        // Most nodes of a path tree only join edges: skip their empty lists without a call.
         idx.tree.walk(req.path.as_bytes(), |node, exact| {
-            self.first(&node.prefix, req, best);
-            if exact {
+            if !node.prefix.is_empty() {
+                self.first(&node.prefix, req, best);
+            }
+            if exact && !node.exact.is_empty() {
                 self.first(&node.exact, req, best);
             }
         });
-        self.first(&idx.others, req, best);
+        if !idx.others.is_empty() {
+            self.first(&idx.others, req, best);
+        }
     }
 
     #[inline]

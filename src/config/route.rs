@@ -113,27 +113,36 @@ impl fmt::Display for RouteAction {
 impl RouteSettings {
     /// One line: name, what it matches, and what it does.
     pub fn describe(&self) -> String {
-        let mut s = format!("{}:", self.name);
+        format!(
+            "{}: {} -> {}",
+            self.name,
+            self.describe_match(),
+            self.action
+        )
+    }
+
+    /// What it matches, e.g. `host api.example.com path_prefix /v1/ methods GET`.
+    pub fn describe_match(&self) -> String {
+        let mut parts = Vec::new();
         if !self.hosts.is_empty() {
             let hosts: Vec<String> = self.hosts.iter().map(ToString::to_string).collect();
-            s.push_str(&format!(" host {}", hosts.join(",")));
+            parts.push(format!("host {}", hosts.join(",")));
         }
         if self.path != PathMatch::Any {
-            s.push_str(&format!(" {}", self.path));
+            parts.push(self.path.to_string());
         }
         if let Some(m) = &self.methods {
             let m: Vec<&str> = m.methods().iter().map(Method::as_str).collect();
-            s.push_str(&format!(" methods {}", m.join(",")));
+            parts.push(format!("methods {}", m.join(",")));
         }
         if !self.headers.is_empty() {
             let h: Vec<String> = self.headers.iter().map(ToString::to_string).collect();
-            s.push_str(&format!(" headers {}", h.join(",")));
+            parts.push(format!("headers {}", h.join(",")));
         }
-        if s.ends_with(':') {
-            s.push_str(" every request");
+        if parts.is_empty() {
+            return "every request".into();
         }
-        s.push_str(&format!(" -> {}", self.action));
-        s
+        parts.join(" ")
     }
 }
 

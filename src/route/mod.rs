@@ -28,7 +28,8 @@
 //!    ([`Rewrites::host_for`]).
 //! 4. On the response head: [`Rewrites::edit_response`] (removes, then sets), last.
 //!
-//! Split weight overrides outlive rebuilds in a [`SplitRegistry`].
+//! Split weight overrides outlive rebuilds in a [`SplitRegistry`]. [`RequestId`] makes
+//! `X-Request-ID` values (whether to trust an inbound one is the proxy's call).
 
 mod action;
 mod host;

@@ -39,6 +39,13 @@ fn table(routes: Vec<RouteSettings>, default: Option<&str>) -> RouteTable {
 }
 
 #[test]
+fn tables_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<RouteTable>();
+    shared::<SplitRegistry>();
+}
+
+#[test]
 fn two_hosts_go_to_two_pools_and_a_wildcard_matches() {
     let t = table(
         vec![

@@ -93,7 +93,7 @@ pub fn host_value(server_name: &str) -> Option<HeaderValue> {
 }
 
 /// `path` without `prefix` when it starts with it (a plain byte prefix, like `path_prefix`).
-pub fn strip_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+fn strip_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     path.strip_prefix(prefix)
 }
 

@@ -71,20 +71,30 @@ impl RequestHead {
 pub struct HttpEntry {
     /// When the response head was sent.
     pub at: SystemTime,
-    /// Listener name.
-    pub listener: Arc<str>,
-    /// The client.
-    pub client: SocketAddr,
-    /// The request head.
-    pub head: RequestHead,
     /// Response status.
     pub status: u16,
     /// Response body size, when the response declared it.
     pub bytes: Option<u64>,
-    /// Pool name.
-    pub pool: Arc<str>,
+    /// What the request path knew of it.
+    pub line: HttpLine,
+}
+
+/// What the request path tells the access log about one request.
+pub struct HttpLine {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// The client (as admission decided it).
+    pub client: SocketAddr,
+    /// The request head.
+    pub head: RequestHead,
+    /// The pool it went to; `None` when the proxy answered without one.
+    pub pool: Option<Arc<str>>,
+    /// The route that served it: its name, `(default)` or `(none)`.
+    pub route: Option<Arc<str>>,
     /// The server that answered; `None` when the proxy answered itself.
     pub server: Option<Arc<str>>,
+    /// Its `X-Request-ID`.
+    pub request_id: Option<HeaderValue>,
     /// From request head received to response head sent.
     pub duration: Duration,
 }
@@ -115,8 +125,8 @@ pub struct TcpEntry {
 /// One line. Not boxed: the channel's slots are allocated once, so queuing a line
 /// allocates nothing.
 pub enum Entry {
-    /// L7.
-    Http(HttpEntry),
+    /// L7 (boxed: an HTTP line is far larger than an L4 one, and entries queue).
+    Http(Box<HttpEntry>),
     /// L4.
     Tcp(TcpEntry),
 }
@@ -169,32 +179,21 @@ impl AccessLog {
 
     /// Logs an HTTP response about to be sent; `server` is the one that answered, if any.
     #[allow(clippy::too_many_arguments)]
-    pub fn response<B>(
-        &self,
-        listener: &Arc<str>,
-        pool: &Arc<str>,
-        client: SocketAddr,
-        head: RequestHead,
-        resp: &http::Response<B>,
-        server: Option<Arc<str>>,
-        duration: Duration,
-    ) {
+    pub fn response<B>(&self, mut line: HttpLine, resp: &http::Response<B>) {
         let bytes = resp
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        self.log(Entry::Http(HttpEntry {
+        if line.server.is_none() {
+            line.server = resp.extensions().get::<Upstream>().map(|u| u.0.clone());
+        }
+        self.log(Entry::Http(Box::new(HttpEntry {
             at: SystemTime::now(),
-            listener: listener.clone(),
-            client,
-            head,
             status: resp.status().as_u16(),
             bytes,
-            pool: pool.clone(),
-            server: server.or_else(|| resp.extensions().get::<Upstream>().map(|u| u.0.clone())),
-            duration,
-        }));
+            line,
+        })));
     }
 
     /// Asks the writer to reopen its file before the next line (after log rotation).
@@ -319,15 +318,16 @@ fn version_str(v: Version) -> &'static str {
 
 /// `client - - [time] "METHOD URI VERSION" status bytes "referer" "user-agent"` (the combined
 /// log format), then `listener=... upstream=pool/server duration=seconds`.
-fn http_combined(out: &mut String, h: &HttpEntry) {
+fn http_combined(out: &mut String, e: &HttpEntry) {
+    let h = &e.line;
     let _ = write!(out, "{} - - [", h.client.ip());
-    clf_time(out, h.at);
+    clf_time(out, e.at);
     out.push_str("] \"");
     quoted_text(out, h.head.method.as_str().as_bytes());
     out.push(' ');
     quoted_text(out, uri_str(&h.head.uri).as_bytes());
-    let _ = write!(out, " {}\" {} ", version_str(h.head.version), h.status);
-    match h.bytes {
+    let _ = write!(out, " {}\" {} ", version_str(h.head.version), e.status);
+    match e.bytes {
         Some(b) => {
             let _ = write!(out, "{b}");
         }
@@ -342,29 +342,34 @@ fn http_combined(out: &mut String, h: &HttpEntry) {
     );
     let _ = write!(
         out,
-        "\" listener={} upstream={}/{} duration={:.6}",
+        "\" listener={} route={} upstream={}/{} duration={:.6} request_id=",
         h.listener,
-        h.pool,
+        h.route.as_deref().unwrap_or("-"),
+        h.pool.as_deref().unwrap_or("-"),
         h.server.as_deref().unwrap_or("-"),
         h.duration.as_secs_f64()
     );
+    quoted_text(out, h.request_id.as_ref().map_or(b"-", |v| v.as_bytes()));
 }
 
-fn http_json(out: &mut String, h: &HttpEntry) {
+fn http_json(out: &mut String, e: &HttpEntry) {
+    let h = &e.line;
     let v = serde_json::json!({
-        "time": rfc3339(h.at),
+        "time": rfc3339(e.at),
         "type": "http",
         "listener": &*h.listener,
         "client": h.client.to_string(),
         "method": h.head.method.as_str(),
         "uri": uri_str(&h.head.uri),
         "version": version_str(h.head.version),
-        "status": h.status,
-        "bytes": h.bytes,
+        "status": e.status,
+        "bytes": e.bytes,
         "referer": h.head.referer.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
         "user_agent": h.head.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
-        "pool": &*h.pool,
+        "pool": h.pool.as_deref(),
+        "route": h.route.as_deref(),
         "server": h.server.as_deref(),
+        "request_id": h.request_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
         "duration_seconds": h.duration.as_secs_f64(),
     });
     let _ = write!(out, "{v}");
@@ -498,17 +503,21 @@ mod tests {
             .header("user-agent", "curl/8 \"x\"")
             .body(())
             .unwrap();
-        Entry::Http(HttpEntry {
+        Entry::Http(Box::new(HttpEntry {
             at: at(971_186_136),
-            listener: "web".into(),
-            client: "10.0.0.1:5555".parse().unwrap(),
-            head: RequestHead::capture(&req),
             status: 200,
             bytes: Some(12),
-            pool: "app".into(),
-            server: Some("o1".into()),
-            duration: Duration::from_micros(2500),
-        })
+            line: HttpLine {
+                listener: "web".into(),
+                client: "10.0.0.1:5555".parse().unwrap(),
+                head: RequestHead::capture(&req),
+                pool: Some("app".into()),
+                route: Some("api".into()),
+                server: Some("o1".into()),
+                request_id: Some(HeaderValue::from_static("abc123")),
+                duration: Duration::from_micros(2500),
+            },
+        }))
     }
 
     #[test]
@@ -517,7 +526,7 @@ mod tests {
         format_entry(&mut s, &http_entry(), AccessLogFormat::Combined);
         assert_eq!(
             s,
-            "10.0.0.1 - - [10/Oct/2000:13:55:36 +0000] \"GET /a/b?c=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\" listener=web upstream=app/o1 duration=0.002500\n"
+            "10.0.0.1 - - [10/Oct/2000:13:55:36 +0000] \"GET /a/b?c=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\" listener=web route=api upstream=app/o1 duration=0.002500 request_id=abc123\n"
         );
     }
 
@@ -529,6 +538,8 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["uri"], "/a/b?c=1");
         assert_eq!(v["server"], "o1");
+        assert_eq!(v["route"], "api");
+        assert_eq!(v["request_id"], "abc123");
         assert_eq!(v["user_agent"], "curl/8 \"x\"");
         assert_eq!(v["time"], "2000-10-10T13:55:36.123Z");
     }

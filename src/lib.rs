@@ -38,6 +38,7 @@ pub mod pool;
 pub mod preview;
 pub mod proxy;
 pub mod queue;
+pub mod route;
 mod run_demo;
 pub mod runtime;
 mod summary;

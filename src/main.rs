@@ -163,6 +163,14 @@ fn tls_preflight(cfg: &Config) -> Result<(), ExitCode> {
     }
 }
 
+/// Prints a config's warnings (`PATH:LINE:COL: warning: ...`) on stderr; they do not change
+/// the exit status.
+fn print_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        eprintln!("{w}");
+    }
+}
+
 /// `check --config NEW --against RUNNING`: the reload preview, against a file or, through
 /// its admin API, against a running fulcrum (whose own file may already hold the new text).
 fn check_against(
@@ -178,6 +186,7 @@ fn check_against(
         return code;
     }
     println!("{}: configuration is valid", new.source.display());
+    print_warnings(&new);
     let live = against.starts_with("http://") || against.parse::<std::net::SocketAddr>().is_ok();
     if !live {
         return match config::load(std::path::Path::new(against)) {
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
             Ok(cfg) => match tls_preflight(&cfg) {
                 Ok(()) => {
                     print!("{}", fulcrum::summary(&cfg));
+                    print_warnings(&cfg);
                     check_discovery(&cfg, strict)
                 }
                 Err(code) => code,
@@ -305,11 +315,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
+            // Logging first, so that the config's warnings, which loading logs, are seen.
+            init_logging(cli.log_level.as_deref(), cli.log_format);
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            init_logging(cli.log_level.as_deref(), cli.log_format);
             let rt = match runtime(&cfg) {
                 Ok(rt) => rt,
                 Err(e) => {

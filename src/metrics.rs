@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proxy::Rejection;
+use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -93,6 +94,8 @@ pub struct Metrics {
     pub access_denied: IntCounterVec,
     /// Connections closed for want of a valid PROXY header, by reason.
     pub proxy_protocol_rejected: IntCounterVec,
+    /// Requests per listener and the route that served them.
+    pub route_requests: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -320,6 +323,12 @@ impl Metrics {
                 "Server discovery failures (lookup failed, registry unreachable, malformed entry), by pool and source.",
                 &["pool", "source"],
             ),
+            route_requests: counter(
+                &r,
+                "fulcrum_route_requests_total",
+                "Requests by the route that served them; (default): no route matched, the default pool served; (none): no route matched and no default pool, 404.",
+                &["listener", "route"],
+            ),
             last_reload_ok,
             last_reload_success_time,
             access_log_dropped,
@@ -546,5 +555,145 @@ impl TlsListenerMetrics {
         {
             self.by_reason[i].inc();
         }
+    }
+}
+/// Pre-resolved `fulcrum_route_requests_total` handles for one listener's route table, so a
+/// request counts its route by index without hashing label values.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    listener: Arc<str>,
+    names: Box<[Arc<str>]>,
+    by_route: Box<[IntCounter]>,
+    /// `(default)` when the table has a default pool, else `(none)`: only the series that
+    /// can move is exported.
+    fallback: &'static str,
+    unmatched: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Resolves the handles of every route of `table`, for listener `listener`.
+    pub fn new(m: &Metrics, listener: &str, table: &crate::route::RouteTable) -> Self {
+        let names: Box<[Arc<str>]> = table.routes().iter().map(|r| r.name().clone()).collect();
+        let fallback = if table.default_pool().is_some() {
+            "(default)"
+        } else {
+            "(none)"
+        };
+        RouteMetrics {
+            by_route: names
+                .iter()
+                .map(|n| m.route_requests.with_label_values(&[listener, n]))
+                .collect(),
+            unmatched: m.route_requests.with_label_values(&[listener, fallback]),
+            fallback,
+            listener: listener.into(),
+            names,
+        }
+    }
+
+    /// Counts one routed request.
+    #[inline]
+    pub fn count(&self, matched: &crate::route::Match) {
+        match matched {
+            crate::route::Match::Route(r) => {
+                if let Some(c) = self.by_route.get(r.index()) {
+                    c.inc();
+                }
+            }
+            _ => self.unmatched.inc(),
+        }
+    }
+
+    /// After a reload: drops the series that `next` (the same listener's new handles;
+    /// `None` when the listener is gone) no longer has, so removed routes leave the scrape.
+    pub fn forget_removed(&self, m: &Metrics, next: Option<&RouteMetrics>) {
+        let kept = |label: &str| {
+            next.is_some_and(|n| n.fallback == label || n.names.iter().any(|k| &**k == label))
+        };
+        let labels = self.names.iter().map(|n| &**n).chain([self.fallback]);
+        for label in labels.filter(|l| !kept(l)) {
+            let _ = m
+                .route_requests
+                .remove_label_values(&[&self.listener, label]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{RequestView, RouteTable};
+
+    fn table(text: &str) -> RouteTable {
+        let cfg = crate::config::parse(text, std::path::Path::new("m.toml")).unwrap();
+        let l = &cfg.listeners[0];
+        RouteTable::compile(&l.routes, l.pool.as_ref())
+    }
+
+    const ROUTES: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "app"
+
+[[listener.route]]
+name = "api"
+path_prefix = "/api/"
+pool = "app"
+
+[[listener.route]]
+name = "old"
+path_prefix = "/old/"
+respond = { status = 410 }
+
+[[pool]]
+name = "app"
+servers = [ { addr = "127.0.0.1:1" } ]
+"#;
+
+    fn route<'t>(t: &'t RouteTable, path: &str) -> crate::route::Match<'t> {
+        t.find(&RequestView {
+            host: None,
+            path,
+            method: &http::Method::GET,
+            headers: &http::HeaderMap::new(),
+        })
+    }
+
+    #[test]
+    fn route_requests_count_each_route_and_the_default() {
+        let m = Metrics::new();
+        let t = table(ROUTES);
+        let rm = RouteMetrics::new(&m, "web", &t);
+        for path in ["/api/a", "/api/b", "/old/x", "/"] {
+            rm.count(&route(&t, path));
+        }
+        let text = m.render();
+        for line in [
+            "fulcrum_route_requests_total{listener=\"web\",route=\"api\"} 2",
+            "fulcrum_route_requests_total{listener=\"web\",route=\"old\"} 1",
+            "fulcrum_route_requests_total{listener=\"web\",route=\"(default)\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("route=\"(none)\""),
+            "a listener with a default pool never 404s"
+        );
+
+        // A reload that drops "old" and the default pool drops their series.
+        let next = table(&ROUTES.replacen("pool = \"app\"\n\n[[listener.route]]", "\n[[listener.route]]", 1).replace(
+            "[[listener.route]]\nname = \"old\"\npath_prefix = \"/old/\"\nrespond = { status = 410 }\n",
+            "",
+        ));
+        let next_rm = RouteMetrics::new(&m, "web", &next);
+        rm.forget_removed(&m, Some(&next_rm));
+        next_rm.count(&route(&next, "/nowhere"));
+        let text = m.render();
+        assert!(text.contains("route=\"api\"} 2"), "{text}");
+        assert!(!text.contains("route=\"old\""), "{text}");
+        assert!(!text.contains("route=\"(default)\""), "{text}");
+        assert!(text.contains("route=\"(none)\"} 1"), "{text}");
     }
 }

@@ -1,8 +1,9 @@
 //! Reload preview: what applying a new config would change, computed from two validated
 //! configs without touching a running process.
 //!
-//! It lists listeners added, removed or changed; pools added, removed or changed; servers
-//! added, removed, reweighted or moved between tiers; each server's expected share of new
+//! It lists listeners added, removed or changed; each listener's routes added, removed,
+//! changed or reordered, with split weights before and after; pools added, removed or
+//! changed; servers added, removed, reweighted or moved between tiers; each server's expected share of new
 //! traffic before and after; and, for hashing pools (consistent_hash, ip_hash), the share
 //! of keys that would land on a different server. Hash shares and moves are measured by
 //! building the same [`Tier`]s the proxy builds and sampling keys through them, so they are
@@ -15,7 +16,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use crate::balance::{hash_bytes, Algorithm, BackendIdx, Member, PickKey, Tier};
-use crate::config::{Config, HashKey, ListenerSettings, PoolSettings};
+use crate::config::{Config, HashKey, ListenerSettings, PoolSettings, RouteAction, RouteSettings};
 
 /// Keys sampled per hashing pool.
 pub const SAMPLES: u32 = 100_000;
@@ -31,6 +32,7 @@ pub fn preview(old: &Config, new: &Config) -> String {
     );
     let mut changes = 0usize;
     changes += listeners(&mut out, old, new);
+    changes += routes(&mut out, old, new);
     changes += process(&mut out, old, new);
     changes += pools(&mut out, old, new);
     if changes == 0 {
@@ -40,12 +42,22 @@ pub fn preview(old: &Config, new: &Config) -> String {
 }
 
 fn describe_listener(l: &ListenerSettings) -> String {
+    let proto = format!("{:?}", l.protocol).to_lowercase();
+    if l.routes.is_empty() {
+        return format!("{proto} on {} -> {}", l.bind, default_pool(l));
+    }
     format!(
-        "{} on {} -> pool {}",
-        format!("{:?}", l.protocol).to_lowercase(),
+        "{proto} on {} -> {} routes, then {}",
         l.bind,
-        l.pool
+        l.routes.len(),
+        default_pool(l)
     )
+}
+
+fn default_pool(l: &ListenerSettings) -> String {
+    l.pool
+        .as_ref()
+        .map_or("404".into(), |p| format!("pool {p}"))
 }
 
 fn listeners(out: &mut String, old: &Config, new: &Config) -> usize {
@@ -66,7 +78,27 @@ fn listeners(out: &mut String, old: &Config, new: &Config) -> usize {
                     ));
                 }
                 if o.pool != l.pool {
-                    what.push(format!("pool {} -> {}", o.pool, l.pool));
+                    what.push(format!(
+                        "unmatched requests: {} -> {}",
+                        default_pool(o),
+                        default_pool(l)
+                    ));
+                }
+                if o.routes != l.routes {
+                    what.push("routes changed (below)".into());
+                }
+                if o.split_key != l.split_key {
+                    let key = |k: &Option<crate::route::SplitKey>| {
+                        k.as_ref().map_or("random".into(), ToString::to_string)
+                    };
+                    what.push(format!(
+                        "split_key {} -> {}",
+                        key(&o.split_key),
+                        key(&l.split_key)
+                    ));
+                }
+                if o.error_pages != l.error_pages {
+                    what.push("error pages changed".into());
                 }
                 if o.max_connections != l.max_connections {
                     what.push(format!(
@@ -92,6 +124,98 @@ fn listeners(out: &mut String, old: &Config, new: &Config) -> usize {
         }
     }
     section(out, "listeners", &lines)
+}
+
+/// Per listener kept by the reload: routes added, removed, changed, reordered, and split
+/// weights before and after. (A new listener's routes are in the summary of `check`.)
+fn routes(out: &mut String, old: &Config, new: &Config) -> usize {
+    let mut n = 0;
+    for l in &new.listeners {
+        let Some(o) = old.listeners.iter().find(|o| o.name == l.name) else {
+            continue;
+        };
+        if o.routes == l.routes {
+            continue;
+        }
+        let _ = writeln!(out, "routes of {} (first match wins):", l.name);
+        let find = |list: &'_ [RouteSettings], name: &str| -> Option<usize> {
+            list.iter().position(|r| r.name == name.into())
+        };
+        for r in &l.routes {
+            match find(&o.routes, &r.name) {
+                None => {
+                    n += 1;
+                    let _ = writeln!(out, "  + {}", r.describe());
+                }
+                Some(i) if o.routes[i] != *r => {
+                    n += 1;
+                    route_change(out, &o.routes[i], r);
+                }
+                Some(_) => {}
+            }
+        }
+        for r in &o.routes {
+            if find(&l.routes, &r.name).is_none() {
+                n += 1;
+                let _ = writeln!(out, "  - {}", r.describe());
+            }
+        }
+        let kept = |a: &[RouteSettings], b: &[RouteSettings]| -> Vec<String> {
+            a.iter()
+                .filter(|r| find(b, &r.name).is_some())
+                .map(|r| r.name.to_string())
+                .collect()
+        };
+        let (before, after) = (kept(&o.routes, &l.routes), kept(&l.routes, &o.routes));
+        if before != after {
+            n += 1;
+            let _ = writeln!(
+                out,
+                "  ~ order: {} -> {}",
+                before.join(", "),
+                after.join(", ")
+            );
+        }
+    }
+    n
+}
+
+fn route_change(out: &mut String, o: &RouteSettings, r: &RouteSettings) {
+    let mut what = Vec::new();
+    if (&o.hosts, &o.path, &o.methods, &o.headers) != (&r.hosts, &r.path, &r.methods, &r.headers) {
+        what.push(format!(
+            "matches {} -> {}",
+            o.describe_match(),
+            r.describe_match()
+        ));
+    }
+    match (&o.action, &r.action) {
+        (RouteAction::Split(a), RouteAction::Split(b)) if a != b => {
+            what.push(format!("split {} -> {}", split_shares(a), split_shares(b)));
+        }
+        (a, b) if a != b => what.push(format!("{a} -> {b}")),
+        _ => {}
+    }
+    if o.rewrites != r.rewrites {
+        what.push("rewrites changed".into());
+    }
+    let _ = writeln!(out, "  ~ {}: {}", r.name, what.join("; "));
+}
+
+/// `api 95 (95.0%), api-next 5 (5.0%)`.
+fn split_shares(t: &[crate::route::SplitTarget]) -> String {
+    let total: u32 = t.iter().map(|t| t.weight).sum();
+    t.iter()
+        .map(|t| {
+            format!(
+                "{} {} ({:.1}%)",
+                t.pool,
+                t.weight,
+                f64::from(t.weight) * 100.0 / f64::from(total.max(1))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn process(out: &mut String, old: &Config, new: &Config) -> usize {
@@ -529,6 +653,91 @@ servers = [ { addr = "127.0.0.1:1", name = "a" }, { addr = "127.0.0.1:2", name =
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("a moved-keys line: {p}"));
         assert!(pct > 0.0 && pct <= 100.0, "{p}");
+    }
+
+    fn routed(routes: &str) -> Config {
+        let text = format!(
+            r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+protocol = "http"
+pool = "app"
+{routes}
+[[pool]]
+name = "app"
+{THREE}
+
+[[pool]]
+name = "next"
+{THREE}
+"#
+        );
+        crate::config::parse(&text, Path::new("r.toml")).unwrap()
+    }
+
+    const API: &str = "[[listener.route]]\nname = \"api\"\npath_prefix = \"/api/\"\nsplit = [ { pool = \"app\", weight = 95 }, { pool = \"next\", weight = 5 } ]\n";
+    const OLD: &str =
+        "[[listener.route]]\nname = \"old\"\npath_prefix = \"/old/\"\nrespond = { status = 410 }\n";
+    const DOCS: &str =
+        "[[listener.route]]\nname = \"docs\"\nhost = [\"docs.example.com\"]\npool = \"app\"\n";
+
+    #[test]
+    fn routes_added_removed_and_reordered() {
+        let a = routed(&format!("{API}{OLD}{DOCS}"));
+        let b = routed(&format!(
+            "{DOCS}\n{API}\n[[listener.route]]\nname = \"new\"\npath = \"/n\"\npool = \"next\"\n"
+        ));
+        let p = preview(&a, &b);
+        assert!(p.contains("~ web: routes changed (below)"), "{p}");
+        assert!(p.contains("routes of web (first match wins):"), "{p}");
+        assert!(p.contains("  + new: path /n -> pool next"), "{p}");
+        assert!(
+            p.contains("  - old: path_prefix /old/ -> respond 410"),
+            "{p}"
+        );
+        assert!(p.contains("  ~ order: api, docs -> docs, api"), "{p}");
+        assert!(!p.contains("~ api"), "api itself did not change: {p}");
+    }
+
+    #[test]
+    fn split_weights_before_and_after() {
+        let a = routed(API);
+        let b = routed(
+            &API.replace("weight = 95", "weight = 90")
+                .replace("weight = 5 ", "weight = 10 "),
+        );
+        let p = preview(&a, &b);
+        assert!(
+            p.contains(
+                "  ~ api: split app 95 (95.0%), next 5 (5.0%) -> app 90 (90.0%), next 10 (10.0%)"
+            ),
+            "{p}"
+        );
+        let c = routed(&API.replace("/api/", "/v2/"));
+        let p = preview(&a, &c);
+        assert!(
+            p.contains("  ~ api: matches path_prefix /api/ -> path_prefix /v2/"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn unmatched_requests_move_from_the_default_pool_to_404() {
+        let a = routed(API);
+        let text = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\n{API}\n[[pool]]\nname = \"app\"\n{THREE}\n\n[[pool]]\nname = \"next\"\n{THREE}\n"
+        );
+        let b = crate::config::parse(&text, Path::new("r.toml")).unwrap();
+        let p = preview(&a, &b);
+        assert!(
+            p.contains("~ web: unmatched requests: pool app -> 404"),
+            "{p}"
+        );
+        assert!(
+            !p.contains("routes of web"),
+            "the routes did not change: {p}"
+        );
     }
 
     #[test]

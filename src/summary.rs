@@ -18,14 +18,31 @@ pub fn summary(cfg: &Config) -> String {
     }
     let _ = writeln!(s, "listeners: {}", cfg.listeners.len());
     for l in &cfg.listeners {
+        let target = match (&l.pool, l.routes.len(), &l.sni_routes) {
+            (_, 0, Some(r)) => format!(
+                "{} SNI routes, then {}",
+                r.routes.len(),
+                l.pool
+                    .as_ref()
+                    .map_or("close".to_string(), |p| format!("pool {p}"))
+            ),
+            (Some(p), 0, None) => format!("pool {p}"),
+            (p, n, _) => format!(
+                "{n} routes, then {}",
+                p.as_ref()
+                    .map_or("404".to_string(), |p| format!("pool {p}"))
+            ),
+        };
         let _ = writeln!(
             s,
-            "  {} {} on {} -> pool {}",
+            "  {} {} on {} -> {target}",
             l.name,
             protocol(l.protocol),
-            l.bind,
-            l.pool
+            l.bind
         );
+        for r in &l.routes {
+            let _ = writeln!(s, "    {}", r.describe());
+        }
     }
     let _ = writeln!(s, "pools: {}", cfg.pools.len());
     for p in &cfg.pools {

@@ -26,7 +26,12 @@ pub fn status(shared: &Shared) -> Value {
                 "name": &*l.name,
                 "bind": addrs.get(&l.name).map(|a| a.to_string()),
                 "protocol": format!("{:?}", l.protocol).to_lowercase(),
-                "pool": &*l.pool,
+                "pool": l.pool.as_deref(),
+                "routes": l.routes.iter().map(|r| json!({
+                    "name": &*r.name,
+                    "match": r.describe_match(),
+                    "action": r.describe(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

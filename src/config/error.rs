@@ -78,6 +78,31 @@ impl ConfigError {
     }
 }
 
+/// Something in a valid config that is probably not what was meant (a route that can never
+/// match, say). `fulcrum check` prints each; loading logs each once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The file.
+    pub path: PathBuf,
+    /// Where in the file.
+    pub location: Location,
+    /// What looks wrong, and what would fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: warning: {}",
+            self.path.display(),
+            self.location.line,
+            self.location.column,
+            self.message
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

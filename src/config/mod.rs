@@ -6,6 +6,7 @@
 
 mod admission;
 mod error;
+mod route;
 mod schema;
 mod sni_routes;
 mod tls;
@@ -24,7 +25,8 @@ pub use admission::{
     parse_rate_key, AdmissionSettings, RateKey, RateLimitSettings, DEFAULT_ACCEPT_PROXY_TIMEOUT,
     DEFAULT_MAX_KEYS,
 };
-pub use error::{ConfigError, Location};
+pub use error::{ConfigError, ConfigWarning, Location};
+pub use route::{ErrorPages, RouteAction, RouteSettings};
 pub use sni_routes::{SniPattern, SniRoutes};
 pub use tls::{
     CertificateFiles, ClientAuth, ClientAuthMode, ConfigSpot, ListenerTls, TlsVersion, UpstreamTls,
@@ -48,6 +50,43 @@ pub struct Config {
     pub listeners: Vec<ListenerSettings>,
     /// Pools, in file order.
     pub pools: Vec<Arc<PoolSettings>>,
+    /// Things that are valid but probably not meant, in file order.
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl ListenerSettings {
+    /// Every pool this listener sends traffic to: its default pool, the pools its routes
+    /// and splits name, and those its SNI routes name (each once, in that order).
+    pub fn pools(&self) -> Vec<Arc<str>> {
+        let mut v: Vec<Arc<str>> = Vec::new();
+        let mut add = |p: &Arc<str>| {
+            if !v.contains(p) {
+                v.push(p.clone());
+            }
+        };
+        if let Some(p) = &self.pool {
+            add(p);
+        }
+        for r in &self.routes {
+            match &r.action {
+                RouteAction::Pool(p) => add(p),
+                RouteAction::Split(ts) => ts.iter().for_each(|t| add(&t.pool)),
+                _ => {}
+            }
+        }
+        if let Some(sni) = &self.sni_routes {
+            sni.routes.iter().for_each(|(_, p)| add(p));
+            if let Some(p) = &sni.default_pool {
+                add(p);
+            }
+        }
+        v
+    }
+
+    /// Whether this listener sends traffic to pool `name`.
+    pub fn uses_pool(&self, name: &str) -> bool {
+        self.pools().iter().any(|p| **p == *name)
+    }
 }
 
 impl Config {
@@ -278,8 +317,18 @@ pub struct ListenerSettings {
     pub bind: SocketAddr,
     /// http or tcp.
     pub protocol: Protocol,
-    /// Pool name (validated to exist).
-    pub pool: Arc<str>,
+    /// The default pool: http, for requests no route matches (`None`, routed listeners only:
+    /// 404); tcp, the pool (with `route_by_sni`, of a missing or unknown name; `None`: such
+    /// connections are closed).
+    pub pool: Option<Arc<str>>,
+    /// http: routes in config order; the first match wins.
+    pub routes: Vec<RouteSettings>,
+    /// http: give each request an `X-Request-ID`.
+    pub request_id: bool,
+    /// http: what keeps a client on one side of a split; `None`: random.
+    pub split_key: Option<crate::route::SplitKey>,
+    /// http: custom bodies for the proxy's own 502, 503 and 504 answers.
+    pub error_pages: ErrorPages,
     /// Most connections at once.
     pub max_connections: usize,
     /// Forwarding headers (http).
@@ -484,16 +533,27 @@ pub struct PoolSettings {
     pub discovery: Option<Arc<DiscoverySettings>>,
 }
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`, and logs its warnings (once per load).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    let cfg = parse(&text, path)?;
+    for w in &cfg.warnings {
+        tracing::warn!(
+            config = %w.path.display(),
+            line = w.location.line,
+            column = w.location.column,
+            warning = %w.message,
+            "config warning"
+        );
+    }
+    Ok(cfg)
 }
 
-/// Validates config text; `path` is used in error messages and as the config's source.
+/// Validates config text; `path` is used in error messages and as the config's source, and
+/// its directory is where relative body files (`respond.file`, `error_pages`) are read.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: schema::RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);

@@ -129,8 +129,10 @@ pub struct RawListener {
     pub bind: Spanned<Addr>,
     /// "http" or "tcp".
     pub protocol: RawProtocol,
-    /// The pool that serves this listener. Required, except on a tcp listener with
-    /// `route_by_sni`, where it is the pool of a missing or unknown SNI (same as `default_pool`).
+    /// The pool that serves this listener. Required on a tcp listener (except with
+    /// `route_by_sni`, where it is the pool of a missing or unknown SNI, same as
+    /// `default_pool`); on an http listener with routes, the default for requests no route
+    /// matches (optional there: without it they get 404).
     pub pool: Option<Spanned<String>>,
     /// tcp with `route_by_sni` only: the pool of a missing or unknown SNI; default none (such
     /// connections are closed). Same meaning as `pool`: set one of them.
@@ -156,6 +158,17 @@ pub struct RawListener {
     pub timeouts: RawListenerTimeouts,
     /// TLS termination (`[listener.tls]`).
     pub tls: Option<Spanned<RawListenerTls>>,
+    /// http only: routes (`[[listener.route]]`), tried in order; the first match wins.
+    #[serde(default)]
+    pub route: Vec<super::route::RawRoute>,
+    /// http only: give each request an `X-Request-ID` (kept when a trusted proxy sent one),
+    /// echoed in the response and written in the access log; default true.
+    pub request_id: Option<Spanned<bool>>,
+    /// http only: what keeps a client on one side of a split: "client_ip", "header:NAME"
+    /// or "cookie:NAME". Default: none (each request placed at random).
+    pub split_key: Option<Spanned<String>>,
+    /// http only: custom bodies for the proxy's own 502, 503 and 504 answers.
+    pub error_pages: Option<Spanned<super::route::RawErrorPages>>,
     /// Per-key rate limit (`[listener.rate_limit]`).
     pub rate_limit: Option<RawRateLimit>,
     /// Peers whose PROXY header and forwarding headers are believed: CIDRs; default none.

@@ -258,7 +258,7 @@ fn route_by_sni_and_its_default() {
         Some("app"),
         "pool is the default"
     );
-    assert_eq!(&*l.pool, "app");
+    assert_eq!(l.pool.as_deref(), Some("app"));
 
     let cfg = parse(&tcp_routes("default_pool = \"pool_b\"", routes)).unwrap();
     let l = &cfg.listeners[0];
@@ -266,7 +266,7 @@ fn route_by_sni_and_its_default() {
         l.sni_routes.as_ref().unwrap().default_pool.as_deref(),
         Some("pool_b")
     );
-    assert_eq!(&*l.pool, "pool_b");
+    assert_eq!(l.pool.as_deref(), Some("pool_b"));
 
     let cfg = parse(&tcp_routes("", routes)).unwrap();
     let l = &cfg.listeners[0];
@@ -275,7 +275,7 @@ fn route_by_sni_and_its_default() {
         None,
         "no default: close"
     );
-    assert_eq!(&*l.pool, "pool_a", "pool names the first route's pool");
+    assert_eq!(l.pool, None, "no default pool");
 }
 
 #[test]
@@ -334,7 +334,7 @@ fn route_by_sni_errors() {
         ),
         (
             http_tls(ONE_CERT).replace("pool = \"app\"\n[listener.tls]", "[listener.tls]"),
-            ":2:8: listener needs pool = \"NAME\"",
+            ":2:8: listener \"web\" needs `pool`",
         ),
     ];
     for (text, want) in cases {

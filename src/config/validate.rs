@@ -2,6 +2,7 @@
 //! one value cannot check alone: unique names and binds, pool references, key combinations.
 //! The first problem found is reported, at its own line and column.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -18,12 +19,24 @@ use crate::balance::Algorithm;
 
 mod discovery;
 
+/// What every check needs: the text for positions, the path for messages, and the
+/// warnings found so far.
 pub(super) struct Ctx<'a> {
     pub(super) text: &'a str,
     pub(super) path: &'a Path,
+    warnings: RefCell<Vec<ConfigWarning>>,
 }
 
 impl Ctx<'_> {
+    /// A warning at byte span `span`.
+    pub(super) fn warn(&self, span: Range<usize>, msg: impl Into<String>) {
+        self.warnings.borrow_mut().push(ConfigWarning {
+            path: self.path.to_path_buf(),
+            location: Location::of_offset(self.text, span.start),
+            message: msg.into(),
+        });
+    }
+
     pub(super) fn err(&self, span: Range<usize>, msg: impl Into<String>) -> ConfigError {
         ConfigError::at(self.path, self.text, span, msg)
     }
@@ -92,7 +105,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn name(&self, v: &Spanned<String>, what: &str) -> Result<Arc<str>, ConfigError> {
+    pub(super) fn name(&self, v: &Spanned<String>, what: &str) -> Result<Arc<str>, ConfigError> {
         let n = v.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 64
@@ -121,7 +134,11 @@ pub(super) fn validate_with(
     path: &Path,
     served: crate::tls::Served,
 ) -> Result<Config, ConfigError> {
-    let cx = Ctx { text, path };
+    let cx = Ctx {
+        text,
+        path,
+        warnings: RefCell::new(Vec::new()),
+    };
 
     let runtime = RuntimeSettings {
         worker_threads: match &raw.runtime.worker_threads {
@@ -285,16 +302,37 @@ pub(super) fn validate_with(
             RawProtocol::Http => Protocol::Http,
             RawProtocol::Tcp => Protocol::Tcp,
         };
-        let (pool, sni_routes) = sni_routes::listener_pools(
-            &cx,
-            protocol,
-            l.pool.as_ref(),
-            l.default_pool.as_ref(),
-            l.route_by_sni.as_ref(),
-            l.tls.as_ref().map(|t| t.span()),
-            l.name.span(),
-            &pool_exists,
-        )?;
+        let defined: Vec<&Spanned<String>> = raw.pool.iter().map(|p| &p.name).collect();
+        if protocol == Protocol::Http {
+            if let Some(r) = &l.route_by_sni {
+                return Err(cx.err(r.span(), "route_by_sni applies only to protocol = \"tcp\" listeners (an http listener routes after TLS termination, with [[listener.route]])"));
+            }
+            if let Some(d) = &l.default_pool {
+                return Err(cx.err(d.span(), "default_pool applies only with route_by_sni; an http listener's default pool is `pool`"));
+            }
+        }
+        let routing = super::route::routing(&cx, l, &name, protocol, &defined)?;
+        // tcp: `pool`, or `route_by_sni` with its default; http: routes and a default pool.
+        let (pool, sni_routes) = match protocol {
+            Protocol::Tcp => {
+                let (p, sni) = sni_routes::listener_pools(
+                    &cx,
+                    protocol,
+                    l.pool.as_ref(),
+                    l.default_pool.as_ref(),
+                    l.route_by_sni.as_ref(),
+                    l.tls.as_ref().map(|t| t.span()),
+                    l.name.span(),
+                    &pool_exists,
+                )?;
+                let default = match &sni {
+                    Some(r) => r.default_pool.clone(),
+                    None => Some(p),
+                };
+                (default, sni)
+            }
+            Protocol::Http => (routing.default_pool.clone(), None),
+        };
         let tls = match &l.tls {
             None => None,
             Some(t) => {
@@ -372,6 +410,10 @@ pub(super) fn validate_with(
             bind,
             protocol,
             pool,
+            request_id: l.request_id.as_ref().map_or(true, |b| *b.get_ref()),
+            routes: routing.routes,
+            split_key: routing.split_key,
+            error_pages: routing.error_pages,
             max_connections: cx.int(
                 &l.max_connections,
                 "max_connections",
@@ -409,6 +451,11 @@ pub(super) fn validate_with(
         access_log,
         listeners,
         pools,
+        warnings: {
+            let mut w = cx.warnings.into_inner();
+            w.sort_by_key(|w| (w.location.line, w.location.column));
+            w
+        },
     })
 }
 
@@ -450,14 +497,9 @@ fn refuse_l4_only_upstream_tls(
     for p in pools {
         let Some(t) = &p.tls else { continue };
         let uses = |proto| {
-            listeners.iter().any(|l| {
-                l.protocol == proto
-                    && (l.pool == p.name
-                        || l.sni_routes.as_ref().is_some_and(|r| {
-                            r.routes.iter().any(|(_, n)| *n == p.name)
-                                || r.default_pool.as_ref() == Some(&p.name)
-                        }))
-            })
+            listeners
+                .iter()
+                .any(|l| l.protocol == proto && l.uses_pool(&p.name))
         };
         if uses(Protocol::Tcp) && !uses(Protocol::Http) {
             return Err(ConfigError::Invalid {
@@ -478,6 +520,7 @@ fn refuse_http_only(cx: &Ctx, l: &RawListener) -> Result<(), ConfigError> {
     let (lim, t) = (&l.limits, &l.timeouts);
     let keys = [
         ("upgrades", l.upgrades.as_ref().map(|s| s.span())),
+        ("request_id", l.request_id.as_ref().map(|s| s.span())),
         (
             "max_header_bytes",
             lim.max_header_bytes.as_ref().map(|s| s.span()),

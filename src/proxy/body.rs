@@ -426,6 +426,11 @@ impl RespBody {
         Self::local(None)
     }
 
+    /// A body of these bytes (a route's fixed answer, an error page).
+    pub fn bytes(b: Bytes) -> Self {
+        Self::local((!b.is_empty()).then_some(b))
+    }
+
     fn local(b: Option<Bytes>) -> Self {
         RespBody {
             kind: Kind::Local(b),

@@ -73,6 +73,9 @@ pub enum ProxyError {
     /// The client is over the listener's rate limit; it may retry after this many seconds.
     #[error("client over the rate limit")]
     RateLimited(u64),
+    /// No route matched and the listener has no default pool.
+    #[error("no route for this request")]
+    NoRoute,
 }
 
 impl From<QueueError> for ProxyError {
@@ -111,7 +114,8 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::ClientAbort
             | ProxyError::Forbidden
-            | ProxyError::RateLimited(_) => Blame::Client,
+            | ProxyError::RateLimited(_)
+            | ProxyError::NoRoute => Blame::Client,
         }
     }
 
@@ -149,6 +153,7 @@ impl ProxyError {
             ProxyError::ClientAbort => "client_abort",
             ProxyError::Forbidden => "forbidden",
             ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::NoRoute => "no_route",
         }
     }
 
@@ -169,6 +174,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 
@@ -203,6 +209,7 @@ impl ProxyError {
             }
             ProxyError::Forbidden => "403 Forbidden\n",
             ProxyError::RateLimited(_) => "429 Too Many Requests: slow down\n",
+            ProxyError::NoRoute => "404 Not Found: no route for this request\n",
         }
     }
 

@@ -54,8 +54,9 @@ impl SniTable {
 pub struct TcpRoute {
     /// The listener's settings.
     pub listener: ListenerSettings,
-    /// Its pool (the default one, with SNI routing).
-    pub pool: Arc<Pool>,
+    /// Its pool (with SNI routing, the one for a missing or unknown name; `None`: such
+    /// connections are closed).
+    pub pool: Option<Arc<Pool>>,
     /// Listener metrics.
     pub metrics: ListenerMetrics,
     no_server: IntCounter,
@@ -75,7 +76,7 @@ pub struct TcpRoute {
 
 impl TcpRoute {
     /// Builds the route of `listener` over `pool`.
-    pub fn new(listener: ListenerSettings, pool: Arc<Pool>, metrics: &Metrics) -> Self {
+    pub fn new(listener: ListenerSettings, pool: Option<Arc<Pool>>, metrics: &Metrics) -> Self {
         let name = &*listener.name;
         let listener_for_admission = listener.clone();
         TcpRoute {
@@ -124,7 +125,7 @@ impl TcpRoute {
     /// Logs one finished connection, when the access log is on.
     fn log(
         &self,
-        pool: &Pool,
+        pool: Option<&Pool>,
         client: SocketAddr,
         server: Option<&Arc<str>>,
         (bytes_in, bytes_out): (u64, u64),
@@ -136,7 +137,7 @@ impl TcpRoute {
                 at: SystemTime::now(),
                 listener: self.listener.name.clone(),
                 client,
-                pool: pool.settings.name.clone(),
+                pool: pool.map_or_else(|| Arc::from("-"), |p| p.settings.name.clone()),
                 server: server.cloned(),
                 bytes_in,
                 bytes_out,
@@ -173,7 +174,7 @@ pub async fn serve(
     // the balancing key, the access log's client and the PROXY header sent on.
     let peer = who.addr;
     let started = Instant::now();
-    let mut pool = &route.pool;
+    let mut pool = route.pool.as_ref();
     if let Some(sni) = &route.sni {
         let name = match crate::tls::peek_sni(&client, crate::tls::sni::MAX_CLIENT_HELLO, SNI_WAIT)
             .await
@@ -182,7 +183,14 @@ pub async fn serve(
             Err(e) => {
                 tracing::debug!(listener = %route.listener.name, client = %peer, error = %e, "no ClientHello to route by; closing");
                 route.no_route.inc();
-                route.log(pool, peer, None, (0, 0), started, "no_client_hello");
+                route.log(
+                    pool.map(|p| &**p),
+                    peer,
+                    None,
+                    (0, 0),
+                    started,
+                    "no_client_hello",
+                );
                 return;
             }
         };
@@ -191,11 +199,11 @@ pub async fn serve(
             .route(name.as_deref())
             .and_then(|p| sni.pools.get(p))
         {
-            Some(p) => pool = p,
+            Some(p) => pool = Some(p),
             None => {
                 tracing::debug!(listener = %route.listener.name, client = %peer, sni = ?name, "no route and no default pool for this name; closing");
                 route.no_route.inc();
-                route.log(pool, peer, None, (0, 0), started, "no_route");
+                route.log(pool.map(|p| &**p), peer, None, (0, 0), started, "no_route");
                 return;
             }
         }
@@ -213,10 +221,16 @@ pub async fn serve(
             }
         }
     };
+    let Some(pool) = pool else {
+        // A passthrough listener without a default pool, for a client without a route.
+        route.no_route.inc();
+        route.log(None, peer, None, (0, 0), started, "no_route");
+        return;
+    };
     let (mut upstream, server, load) = match reach(&route, pool, peer).await {
         Reached::Server(up, server, load) => (up, server, load),
         Reached::Nowhere(outcome) => {
-            route.log(pool, peer, None, (0, 0), started, outcome);
+            route.log(Some(pool), peer, None, (0, 0), started, outcome);
             return;
         }
     };
@@ -232,7 +246,7 @@ pub async fn serve(
         if let Err(e) = upstream.write_all(&hdr).await {
             tracing::debug!(error = %e, "writing PROXY header failed");
             route.log(
-                pool,
+                Some(pool),
                 peer,
                 Some(&server.state.name),
                 (0, 0),
@@ -263,7 +277,7 @@ pub async fn serve(
         Err(cut) => (cut.moved, cut.end.outcome()),
     };
     route.log(
-        pool,
+        Some(pool),
         peer,
         Some(&server.state.name),
         moved,

@@ -21,7 +21,7 @@ use crate::health::checker;
 use crate::listener::{self, Listener, Route};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSlot};
-use crate::proxy::http::HttpRoute;
+use crate::proxy::http::{HttpRoute, Target};
 use crate::proxy::tcp::{SniTable, TcpRoute};
 use crate::proxy::upstream::ServerUpstream;
 
@@ -367,15 +367,14 @@ fn swap_listeners(
     let mut sockets = HashMap::new();
     let mut addrs = HashMap::new();
     for l in &cfg.listeners {
-        let entry = &pools[&l.pool];
         let tls = &prepared.tls;
         match tls.listeners.get(&l.name) {
             Some(t) => metrics.set_tls_certificates(&l.name, t.certificates()),
             None => metrics.forget_tls_listener(&l.name),
         }
         let adm = admission(l, old.listeners.get(&l.name).map(|o| &o.route), metrics);
-        let http_route = || http_route(l, entry, &access, tls, adm.clone(), metrics);
-        let tcp_route = || tcp_route(l, entry, pools, &access, tls, adm.clone(), metrics);
+        let http_route = || http_route(l, pools, &access, tls, adm.clone(), shared);
+        let tcp_route = || tcp_route(l, pools, &access, tls, adm.clone(), metrics);
         let listener = match prepared.sockets.remove(&l.name) {
             None => {
                 let existing = old
@@ -383,7 +382,11 @@ fn swap_listeners(
                     .remove(&l.name)
                     .expect("a listener without a new socket is kept");
                 match &existing.route {
-                    Route::Http(r) => r.store(Arc::new(http_route())),
+                    Route::Http(r) => {
+                        let new = http_route();
+                        r.load().routes.forget_removed(metrics, Some(&new.routes));
+                        r.store(Arc::new(new))
+                    }
                     Route::Tcp(r) => r.store(Arc::new(tcp_route())),
                 }
                 if let Some(dup) = old.sockets.remove(&l.name) {
@@ -404,11 +407,16 @@ fn swap_listeners(
         listeners.insert(l.name.clone(), listener);
     }
     let drain = cfg.runtime.drain_timeout;
-    for name in old.listeners.keys() {
-        if !cfg.listeners.iter().any(|l| l.name == *name) {
+    for (name, l) in &old.listeners {
+        if !cfg.listeners.iter().any(|c| c.name == *name) {
             metrics.forget_tls_listener(name);
+            if let Route::Http(r) = &l.route {
+                r.load().routes.forget_removed(metrics, None);
+            }
         }
     }
+    let names: Vec<&str> = cfg.listeners.iter().map(|l| &*l.name).collect();
+    shared.splits.retain_listeners(&names);
     for (name, l) in old.listeners.drain() {
         tracing::info!(listener = %name, drain_timeout = ?drain, "listener removed or restarted; its open connections drain");
         shared.retiring.spawn(async move {
@@ -497,24 +505,29 @@ fn log_kept_overrides(pools: &HashMap<Arc<str>, PoolEntry>) {
     }
 }
 
-/// The route of http listener `l` over the current generation of its pool.
+/// The route of http listener `l` over the current generations of the pools it names.
 fn http_route(
     l: &ListenerSettings,
-    entry: &PoolEntry,
+    pools: &HashMap<Arc<str>, PoolEntry>,
     access: &Option<Arc<AccessLog>>,
     tls: &Tls,
     admission: Arc<Admission>,
-    metrics: &Metrics,
+    shared: &Shared,
 ) -> HttpRoute {
-    HttpRoute::new(
-        l.clone(),
-        entry.slot.load(),
-        entry.upstreams.clone(),
-        metrics,
-    )
-    .with_access_log(access.clone())
-    .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
-    .with_admission(admission)
+    let metrics = &shared.metrics;
+    let pool_of = |name: &str| {
+        pools
+            .get(name)
+            .map(|e| Target::new(e.slot.load(), e.upstreams.clone(), metrics))
+    };
+    let (route, dropped) = HttpRoute::new(l.clone(), &pool_of, &shared.splits, metrics);
+    for d in dropped {
+        tracing::warn!(listener = %d.listener, route = %d.route, weights = ?d.weights, reason = d.reason, "split weight override dropped");
+    }
+    route
+        .with_access_log(access.clone())
+        .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
+        .with_admission(admission)
 }
 
 /// The admission of listener `l`, keeping the rate-limit buckets of the one it had
@@ -539,7 +552,6 @@ fn current_admission(r: &Route) -> Arc<Admission> {
 /// its SNI routes name.
 fn tcp_route(
     l: &ListenerSettings,
-    entry: &PoolEntry,
     pools: &HashMap<Arc<str>, PoolEntry>,
     access: &Option<Arc<AccessLog>>,
     tls: &Tls,
@@ -553,19 +565,16 @@ fn tcp_route(
             .collect();
         SniTable::new(r, by_name)
     });
-    TcpRoute::new(l.clone(), entry.slot.load(), metrics)
+    let pool = l
+        .pool
+        .as_ref()
+        .and_then(|p| pools.get(p))
+        .map(|e| e.slot.load());
+    TcpRoute::new(l.clone(), pool, metrics)
         .with_access_log(access.clone())
         .with_tls(tls.listeners.get(&l.name).cloned(), metrics)
         .with_sni(sni)
         .with_admission(admission)
-}
-
-/// Whether listener `l` sends traffic to pool `pool`.
-fn uses_pool(l: &ListenerSettings, pool: &str) -> bool {
-    *l.pool == *pool
-        || l.sni_routes.as_ref().is_some_and(|r| {
-            r.routes.iter().any(|(_, p)| **p == *pool) || r.default_pool.as_deref() == Some(pool)
-        })
 }
 
 /// Applies new settings to one running pool exactly as a reload that changed only that pool
@@ -618,22 +627,20 @@ pub(super) fn apply_one_pool(
         for l in live
             .listeners
             .values()
-            .filter(|l| uses_pool(&l.settings, &ps.name))
+            .filter(|l| l.settings.uses_pool(&ps.name))
         {
-            let own = &live.pools[&l.settings.pool];
             let adm = current_admission(&l.route);
             match &l.route {
                 Route::Http(r) => r.store(Arc::new(http_route(
                     &l.settings,
-                    own,
+                    &live.pools,
                     &live.access_log,
                     &live.tls,
                     adm,
-                    &shared.metrics,
+                    shared,
                 ))),
                 Route::Tcp(r) => r.store(Arc::new(tcp_route(
                     &l.settings,
-                    own,
                     &live.pools,
                     &live.access_log,
                     &live.tls,

@@ -133,6 +133,9 @@ pub struct Shared {
     pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
     /// Who may change state through the admin API.
     pub admin_auth: ArcSwap<Auth>,
+    /// Split states and their run-time weight overrides, by (listener, route): they outlive
+    /// reloads that keep a split's pools.
+    pub splits: crate::route::SplitRegistry,
     /// The certificates each TLS listener serves now, for `/status`.
     pub certificates: ArcSwap<Vec<(Arc<str>, crate::tls::CertInfo)>>,
     /// The configuration generation and the last reload's outcome, for `/status`.
@@ -172,6 +175,7 @@ impl Fulcrum {
             listener_addrs: ArcSwap::from_pointee(HashMap::new()),
             admin_auth: ArcSwap::from_pointee(Auth::default()),
             certificates: ArcSwap::from_pointee(Vec::new()),
+            splits: crate::route::SplitRegistry::new(),
             history: admin::ConfigHistory::default(),
             discovery: crate::discovery::Discovery::default(),
             live: Mutex::new(None),

@@ -14,6 +14,7 @@ use hyper::body::{Body, Incoming};
 use super::{ConnCtx, HttpRoute};
 use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
+use crate::pool::Pool;
 use crate::proxy::headers::{
     add_forwarded, asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade,
 };
@@ -81,9 +82,11 @@ impl BodyShape {
 /// Rewrites the request head for the server: hop-by-hop and inbound forwarding headers
 /// out, forwarding headers in, the upgrade (if allowed) re-added, and the target in the
 /// form the upstream protocol needs.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     parts: &mut Parts,
     route: &HttpRoute,
+    pool: &Pool,
     cx: &ConnCtx,
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
@@ -119,7 +122,7 @@ pub(super) fn prepare(
         cx.client.sender().ip(),
         cx.scheme.as_str(),
     );
-    match route.pool.settings.upstream_protocol {
+    match pool.settings.upstream_protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
             if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {

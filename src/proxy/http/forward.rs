@@ -15,19 +15,20 @@ use hyper::body::{Body, Incoming};
 
 use super::check::{prepare, upgrade_of, BodyShape};
 use super::respond::respond;
-use super::{ConnCtx, HttpRoute};
+use super::{ConnCtx, HttpRoute, Target};
 use crate::admission::{ClientAddr, ForwardChain};
 use crate::backend::{FailureKind, Selection};
 use crate::balance::{hash_bytes, PickKey};
 use crate::config::{HashKey, UpstreamProtocol};
 use crate::health::passive::{self, Outcome};
-use crate::pool::Server;
+use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
 use crate::proxy::headers::cookie;
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream};
 use crate::proxy::ProxyError;
 use crate::queue;
+use crate::route::Rewrites;
 
 /// Whether a request may be sent again after it reached a server (RFC 9110 §9.2.2).
 fn idempotent(m: &Method) -> bool {
@@ -37,8 +38,7 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn pick_key(route: &HttpRoute, parts: &Parts, client: &ClientAddr) -> PickKey {
-    let pool = &route.pool;
+fn pick_key(pool: &Pool, parts: &Parts, client: &ClientAddr) -> PickKey {
     if !pool.settings.algorithm.needs_key() {
         return PickKey::default();
     }
@@ -99,19 +99,23 @@ fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
 
 /// Sends `req` to a server of the route's pool, retrying on others where safe. `body_slot`
 /// learns the request body's state as soon as the body is wrapped.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     mut req: Request<Incoming>,
     who: &(ClientAddr, ForwardChain),
+    target: &Target,
+    rewrites: Option<&Rewrites>,
     route: &HttpRoute,
     cx: &ConnCtx,
     body_slot: &mut Option<Arc<BodyState>>,
 ) -> Result<Response<RespBody>, ProxyError> {
-    let pool = &route.pool;
+    let pool = &target.pool;
+    let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
     let upgrade = upgrade_of(&req, &route.listener.upgrades);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
-    let key = pick_key(route, &parts, &who.0);
+    let key = pick_key(pool, &parts, &who.0);
     let sticky = pool
         .settings
         .sticky_cookie
@@ -126,6 +130,7 @@ pub(super) async fn forward(
     prepare(
         &mut parts,
         route,
+        pool,
         cx,
         who,
         upgrade.as_ref(),
@@ -168,7 +173,7 @@ pub(super) async fn forward(
         server.state.metrics.selected(why);
         server.state.metrics.requests.inc();
         let pool_load = pool.enter();
-        let up = &route.upstreams[server.idx.get()];
+        let up = &target.upstreams[server.idx.get()];
 
         let failure = match up.checkout().await {
             Err(ConnectError::Local(e)) => {
@@ -190,7 +195,12 @@ pub(super) async fn forward(
                 if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
                     *req.uri_mut() = uri;
                 }
-                match send(lease, req, up, route, server, state.as_deref()).await {
+                if host_rewrite {
+                    // The route sends the chosen server's own name as Host.
+                    req.headers_mut()
+                        .insert(http::header::HOST, target.host_of(server.idx));
+                }
+                match send(lease, req, up, route, pool, server, state.as_deref()).await {
                     Ok((resp, lease)) => {
                         let outcome = if resp.status().is_server_error() {
                             server.state.metrics.error(FailureKind::Status5xx);
@@ -205,7 +215,7 @@ pub(super) async fn forward(
                             (load, pool_load),
                             server,
                             why,
-                            route,
+                            (route, target),
                             cx,
                             client_upgrade,
                             state,
@@ -247,14 +257,14 @@ pub(super) async fn forward(
             Ok(()) => {}
             Err(budget) => {
                 if budget {
-                    route.budget_exhausted.inc();
+                    target.budget_exhausted.inc();
                 }
                 return Err(failure);
             }
         }
         match pool.pick_other(&key, attempts.tried()) {
             Some(next) => {
-                route.retries.inc();
+                target.retries.inc();
                 server = next;
                 why = Selection::Retry;
             }
@@ -300,10 +310,11 @@ async fn send(
     mut req: Request<ReqBody>,
     up: &Arc<ServerUpstream>,
     route: &HttpRoute,
+    pool: &Pool,
     server: &Server,
     body: Option<&BodyState>,
 ) -> Result<(Response<Incoming>, Lease), SendFailure> {
-    let timeout = route.pool.settings.timeouts.response_header;
+    let timeout = pool.settings.timeouts.response_header;
     let epoch = server.state.sever_epoch();
     for _ in 0..2 {
         let started = Instant::now();
@@ -362,7 +373,7 @@ async fn send(
                 }
                 back => {
                     let (kind, error) = classify(e.error());
-                    tracing::debug!(pool = %route.pool.name(), server = %server.state.name, error = %e.error(), "request to server failed");
+                    tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e.error(), "request to server failed");
                     return Err(SendFailure::new(kind, error, back));
                 }
             },

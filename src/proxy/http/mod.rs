@@ -10,6 +10,7 @@
 mod check;
 mod forward;
 mod respond;
+mod routing;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,33 +30,90 @@ use tokio_util::task::TaskTracker;
 use super::body::{BodyEnd, BodyState, RespBody, ResponseEnd};
 use super::upstream::ServerUpstream;
 use super::{Blame, ProxyError};
-use crate::access_log::{AccessLog, RequestHead};
+use crate::access_log::{AccessLog, HttpLine, RequestHead};
 use crate::admission::{Admission, ClientAddr, ForwardChain, Refused};
 use crate::config::ListenerSettings;
 use crate::listener::watch::ConnWatch;
+use crate::metrics::RouteMetrics;
 use crate::metrics::{AbortPhase, ListenerMetrics, Metrics, TlsListenerMetrics};
 use crate::pool::Pool;
+use crate::route::{Compiled, DroppedOverride, RequestId, RouteTable, SplitRegistry, X_REQUEST_ID};
 use crate::tls::ServerTls;
 
 /// How often hyper pings an idle h2 client, to find dead peers (not activity: idle time
 /// is counted by requests in flight).
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
+/// A pool a listener's routes send requests to, with what the request path needs of it.
+pub struct Target {
+    /// The pool (the generation current when the route was built).
+    pub pool: Arc<Pool>,
+    /// Connections to each server of the pool, indexed like `pool.servers`.
+    pub upstreams: Arc<[Arc<ServerUpstream>]>,
+    retries: IntCounter,
+    budget_exhausted: IntCounter,
+    sticky_set_cookie: Option<Vec<HeaderValue>>,
+    /// Each server's name as a Host value, for routes with `host_rewrite`.
+    hosts: Box<[HeaderValue]>,
+}
+
+impl Target {
+    /// The target for `pool` and its connections.
+    pub fn new(pool: Arc<Pool>, upstreams: Arc<[Arc<ServerUpstream>]>, metrics: &Metrics) -> Self {
+        let sticky_set_cookie = pool.settings.sticky_cookie.as_ref().map(|c| {
+            pool.servers
+                .iter()
+                .map(|s| {
+                    HeaderValue::try_from(format!(
+                        "{c}={}; Path=/; HttpOnly; SameSite=Lax",
+                        s.cookie_id
+                    ))
+                    .expect("cookie names are validated and ids are hex")
+                })
+                .collect()
+        });
+        let hosts = pool
+            .servers
+            .iter()
+            .map(|s| {
+                crate::route::host_value(&s.settings.name)
+                    .unwrap_or_else(|| HeaderValue::from_static("localhost"))
+            })
+            .collect();
+        Target {
+            hosts,
+            retries: metrics.retries.with_label_values(&[pool.name()]),
+            budget_exhausted: metrics
+                .retries_budget_exhausted
+                .with_label_values(&[pool.name()]),
+            sticky_set_cookie,
+            pool,
+            upstreams,
+        }
+    }
+}
+
+impl Target {
+    /// The Host a `host_rewrite` route sends to server `idx`.
+    pub fn host_of(&self, idx: crate::balance::BackendIdx) -> HeaderValue {
+        self.hosts[idx.get()].clone()
+    }
+}
+
 /// Everything a request on one listener needs, swapped whole on reload.
 pub struct HttpRoute {
     /// The listener's settings.
     pub listener: ListenerSettings,
-    /// Its pool.
-    pub pool: Arc<Pool>,
-    /// Connections to each server of the pool, indexed like `pool.servers`.
-    pub upstreams: Arc<[Arc<ServerUpstream>]>,
+    /// Its routes, compiled for this generation.
+    pub table: RouteTable,
+    /// The pools the table names, indexed by `PoolId`.
+    pub targets: Box<[Target]>,
+    /// Requests per route.
+    pub routes: RouteMetrics,
     /// Listener metrics.
     pub metrics: ListenerMetrics,
     /// Server-side errors, indexed by `ProxyError::server_index`.
     errors: [IntCounter; ProxyError::SERVER_SIDE.len()],
-    retries: IntCounter,
-    budget_exhausted: IntCounter,
-    sticky_set_cookie: Option<Vec<HeaderValue>>,
     /// Where request lines go, when the access log is on.
     pub access_log: Option<Arc<AccessLog>>,
     /// HTTP/1.1 serving settings (limits from `[listener.limits]`).
@@ -69,45 +127,41 @@ pub struct HttpRoute {
 }
 
 impl HttpRoute {
-    /// Builds the route of `listener` over `pool`.
+    /// Builds the route of `listener`: its route table (split states and overrides from
+    /// `splits`) over the pools `pool_of` finds by name. Returns the split overrides the
+    /// rebuild dropped (to log). Call only where a reload can no longer fail: it updates
+    /// `splits`.
     pub fn new(
         listener: ListenerSettings,
-        pool: Arc<Pool>,
-        upstreams: Arc<[Arc<ServerUpstream>]>,
+        pool_of: &dyn Fn(&str) -> Option<Target>,
+        splits: &SplitRegistry,
         metrics: &Metrics,
-    ) -> Self {
+    ) -> (Self, Vec<DroppedOverride>) {
         let name = &*listener.name;
-        let listener_for_admission = listener.clone();
-        let sticky_set_cookie = pool.settings.sticky_cookie.as_ref().map(|c| {
-            pool.servers
-                .iter()
-                .map(|s| {
-                    HeaderValue::try_from(format!(
-                        "{c}={}; Path=/; HttpOnly; SameSite=Lax",
-                        s.cookie_id
-                    ))
-                    .expect("cookie names are validated and ids are hex")
-                })
-                .collect()
-        });
-        HttpRoute {
+        let Compiled { table, dropped } =
+            RouteTable::compile_shared(name, &listener.routes, listener.pool.as_ref(), splits);
+        let targets = table
+            .pools()
+            .iter()
+            .map(|p| {
+                pool_of(p).expect("validation checked that every pool a listener names exists")
+            })
+            .collect();
+        let route = HttpRoute {
             errors: ProxyError::SERVER_SIDE
                 .map(|e| metrics.proxy_errors.with_label_values(&[name, e.as_str()])),
-            retries: metrics.retries.with_label_values(&[pool.name()]),
-            budget_exhausted: metrics
-                .retries_budget_exhausted
-                .with_label_values(&[pool.name()]),
             metrics: ListenerMetrics::new(metrics, name),
-            sticky_set_cookie,
+            routes: RouteMetrics::new(metrics, name, &table),
             h1: h1_builder(&listener),
             h2: h2_builder(&listener),
+            admission: Arc::new(Admission::new(&listener, metrics, None)),
+            table,
+            targets,
             listener,
-            pool,
-            upstreams,
             access_log: None,
             tls: None,
-            admission: Arc::new(Admission::new(&listener_for_admission, metrics, None)),
-        }
+        };
+        (route, dropped)
     }
 
     /// Uses `admission` (a reload passes the listener's previous one on, so rate-limit
@@ -144,8 +198,8 @@ impl HttpRoute {
                 }
             }
             Blame::Client => match (e, e.rejection()) {
-                // Counted by admission, in its own series.
-                (ProxyError::Forbidden | ProxyError::RateLimited(_), _) => {}
+                // Counted by admission, or by the route metrics as (none).
+                (ProxyError::Forbidden | ProxyError::RateLimited(_) | ProxyError::NoRoute, _) => {}
                 (_, Some(r)) => self.metrics.rejected(r),
                 (_, None) => self.metrics.aborted(AbortPhase::RequestBody),
             },
@@ -292,22 +346,35 @@ impl Drop for Serving {
 
 /// hyper's entry point: one request in, one response out, never an error.
 pub async fn serve(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     cx: Arc<ConnCtx>,
 ) -> Result<Response<RespBody>, Infallible> {
     let mut serving = Serving::begin(cx.clone());
     let route = cx.route.load_full();
     let started = Instant::now();
-    let head = route
-        .access_log
-        .as_ref()
-        .map(|_| RequestHead::capture(&req));
     let admitted = route.admission.request(&cx.client, req.headers());
     let client = match &admitted {
         Ok((c, _)) => *c,
         Err(_) => cx.client,
     };
-    let mut resp = match handle(req, admitted, &route, &cx, &mut serving.body).await {
+    let request_id = request_id(&mut req, &route, &cx);
+    let head = route
+        .access_log
+        .as_ref()
+        .map(|_| RequestHead::capture(&req));
+    let mut label = "(none)";
+    let mut pool = None;
+    let result = handle(
+        req,
+        admitted,
+        &route,
+        &cx,
+        &mut serving.body,
+        &mut label,
+        &mut pool,
+    )
+    .await;
+    let mut resp = match result {
         Ok(r) => r,
         Err(ProxyError::ClientAbort) => {
             // Counted once, here; nobody is left to read an answer.
@@ -318,7 +385,7 @@ pub async fn serve(
         Err(e) => {
             route.count(e);
             tracing::debug!(listener = %route.listener.name, client = %client.addr, error = %e, "request failed");
-            e.response()
+            routing::error_page(&route, e).unwrap_or_else(|| e.response())
         }
     };
     if !cx.h2
@@ -328,33 +395,61 @@ pub async fn serve(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let Some(id) = &request_id {
+        resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+    }
     route.metrics.count_status(resp.status().as_u16());
     let took = started.elapsed();
     route.metrics.duration.observe(took.as_secs_f64());
     if let (Some(log), Some(head)) = (&route.access_log, head) {
         let server = resp.body().finish().map(|f| f.load.state().name.clone());
-        let pool = &route.pool.settings.name;
         log.response(
-            &route.listener.name,
-            pool,
-            client.addr,
-            head,
+            HttpLine {
+                listener: route.listener.name.clone(),
+                client: client.addr,
+                head,
+                pool: pool.cloned(),
+                route: Some(Arc::from(label)),
+                server,
+                request_id,
+                duration: took,
+            },
             &resp,
-            server,
-            took,
         );
     }
     serving.hand_over(&mut resp);
     Ok(resp)
 }
 
-/// The request path: admit, check, then forward. `body` learns the request body's state.
-async fn handle(
+/// The request's `X-Request-ID`: the one it carries when its sender is a trusted proxy,
+/// else a new one, set on the request; `None` when the listener does not use them.
+fn request_id(req: &mut Request<Incoming>, route: &HttpRoute, cx: &ConnCtx) -> Option<HeaderValue> {
+    if !route.listener.request_id {
+        return None;
+    }
+    let trusted = route
+        .admission
+        .settings()
+        .trusted_proxies
+        .matches(cx.client.sender().ip());
+    let id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if trusted && !v.is_empty() && v.len() <= 200 => v.clone(),
+        _ => RequestId::next().to_header_value(),
+    };
+    req.headers_mut().insert(X_REQUEST_ID, id.clone());
+    Some(id)
+}
+
+/// The request path: admit, check, route, then forward. `body` learns the request body's
+/// state; `label` the route that served it and `pool` the pool it went to.
+async fn handle<'r>(
     mut req: Request<Incoming>,
     admitted: Result<(ClientAddr, ForwardChain), Refused>,
-    route: &HttpRoute,
+    route: &'r HttpRoute,
     cx: &ConnCtx,
     body: &mut Option<Arc<BodyState>>,
+    label: &mut &'r str,
+    pool: &mut Option<&'r Arc<str>>,
 ) -> Result<Response<RespBody>, ProxyError> {
     let who = match admitted {
         Ok(who) => who,
@@ -363,5 +458,14 @@ async fn handle(
         Err(_) => return Err(ProxyError::Forbidden),
     };
     check::check(&mut req, &route.listener.limits)?;
-    forward::forward(req, &who, route, cx, body).await
+    let (target, rewrites) = match routing::route(&mut req, who.0.ip(), route, label)? {
+        routing::Routed::Answer(r) => return Ok(*r),
+        routing::Routed::Forward(t, rw) => (t, rw),
+    };
+    *pool = Some(&target.pool.settings.name);
+    let mut resp = forward::forward(req, &who, target, rewrites, route, cx, body).await?;
+    if let Some(rw) = rewrites {
+        rw.edit_response(resp.headers_mut());
+    }
+    Ok(resp)
 }

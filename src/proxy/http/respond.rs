@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Incoming};
 
-use super::{ConnCtx, HttpRoute};
+use super::{ConnCtx, HttpRoute, Target};
 use crate::access_log::Upstream;
 use crate::backend::{LoadGuard, Selection};
 use crate::pool::{PoolLoad, Server};
@@ -24,7 +24,7 @@ pub(super) fn respond(
     (load, pool_load): (LoadGuard, PoolLoad),
     server: &Server,
     why: Selection,
-    route: &HttpRoute,
+    (route, target): (&HttpRoute, &Target),
     cx: &ConnCtx,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     request_body: Option<Arc<BodyState>>,
@@ -41,7 +41,7 @@ pub(super) fn respond(
         h.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(h);
-    if let (Some(cookies), false) = (&route.sticky_set_cookie, why == Selection::Sticky) {
+    if let (Some(cookies), false) = (&target.sticky_set_cookie, why == Selection::Sticky) {
         h.append(header::SET_COOKIE, cookies[server.idx.get()].clone());
     }
     let (parts, inner) = resp.into_parts();
@@ -50,7 +50,7 @@ pub(super) fn respond(
         load,
         pool: pool_load,
         request: request_body,
-        read_idle: route.pool.settings.timeouts.upstream_read_idle,
+        read_idle: target.pool.settings.timeouts.upstream_read_idle,
     };
     if inner.is_end_stream() {
         // hyper will not poll an empty body, so give the connection back now.

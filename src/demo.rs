@@ -240,6 +240,11 @@ async fn route(
     let _inflight = InFlight::new(shared.clone());
     let name = &shared.name;
     let path = req.uri().path().to_string();
+    // What the origin saw, for tests of path rewrites: `x-path` on every answer.
+    let seen = req
+        .uri()
+        .path_and_query()
+        .and_then(|p| HeaderValue::from_str(p.as_str()).ok());
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if segs.as_slice() == ["healthz"] {
         return Ok(health_reply(&shared));
@@ -341,6 +346,10 @@ async fn route(
         }
         _ => reply(StatusCode::OK, name, format!("hello from {name}\n")),
     };
+    let mut r = r;
+    if let Some(v) = seen {
+        r.headers_mut().insert("x-path", v);
+    }
     Ok(r)
 }
 

@@ -1,4 +1,5 @@
-//! The runtime API: operator changes to servers, reloads, and reload previews.
+//! The runtime API: operator changes to servers and split weights, reloads, and reload
+//! previews.
 //!
 //! A server change is written to the server's live state (which the registry keeps across
 //! reloads, so an operator's drain survives a reload for a server that stays) and then
@@ -180,6 +181,82 @@ pub fn server_action(
     v["pool"] = pool_name.into();
     v["eligible"] = slot.load().eligible().contains(server.idx).into();
     Ok(json(StatusCode::OK, &v))
+}
+
+/// The weights of a split override: `?weights=95,5`, or a body of `95,5`, `weights=95,5`
+/// or `{"weights": [95, 5]}`.
+fn split_weights(query: Option<&str>, body: &[u8]) -> Result<Vec<u32>, AdminError> {
+    let body = std::str::from_utf8(body).unwrap_or("").trim();
+    let raw: String = match query_param(query, "weights") {
+        Some(v) => v.replace("%2C", ",").replace("%2c", ","),
+        None if body.starts_with('{') => serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("weights").and_then(|w| w.as_array()).cloned())
+            .map(|a| {
+                a.iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        None => body.strip_prefix("weights=").unwrap_or(body).to_string(),
+    };
+    let parsed: Result<Vec<u32>, _> = raw.split(',').map(|w| w.trim().parse::<u32>()).collect();
+    match parsed {
+        Ok(v) if !raw.trim().is_empty() => Ok(v),
+        _ => Err(AdminError::BadRequest(format!(
+            "weights must be integers, one per pool of the split in its order (as ?weights=95,5 or a body of 95,5), got {raw:?}"
+        ))),
+    }
+}
+
+/// `POST /routes/{listener}/{route}/(split|reset)`: overrides a split route's weights (0
+/// takes a pool out), or goes back to the configured ones. The override lives in the split
+/// registry, so it holds across reloads that keep the route splitting between the same
+/// pools; a reload that changes them drops it, with a warning.
+pub fn split_action(
+    shared: &Shared,
+    listener: &str,
+    route: &str,
+    action: &str,
+    query: Option<&str>,
+    body: &Bytes,
+    peer: SocketAddr,
+) -> Result<AdminResponse, AdminError> {
+    let state = shared.splits.get(listener, route).ok_or_else(|| {
+        AdminError::NotFound(format!(
+            "no split route {route:?} on listener {listener:?} (only routes with `split` take weights)"
+        ))
+    })?;
+    let before = state.override_weights();
+    match action {
+        "split" => {
+            let weights = split_weights(query, body)?;
+            state
+                .set(&weights)
+                .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        }
+        "reset" => state.reset(),
+        other => {
+            return Err(AdminError::NotFound(format!(
+                "unknown route action {other:?}; expected split or reset"
+            )))
+        }
+    }
+    let after = state.override_weights();
+    tracing::warn!(
+        listener,
+        route,
+        action,
+        from_weights = ?before,
+        to_weights = ?after,
+        client = %peer,
+        "admin: split weights changed at run time"
+    );
+    Ok(json(
+        StatusCode::OK,
+        &status::split_json(shared, listener, route),
+    ))
 }
 
 /// `POST /reload`: re-reads the config file and applies it, like SIGHUP.

@@ -244,9 +244,18 @@ async fn route(
             let body = read_body(req.into_body()).await?;
             api::server_action(shared, &pool, &server, action, query.as_deref(), &body, peer)
         }
-        ["preview" | "reload"] | ["servers", _, _, _] => Err(AdminError::MethodNotAllowed("POST")),
+        ["routes", listener, route, action] if post => {
+            authorize(shared, &req, peer, action)?;
+            let query = req.uri().query().map(str::to_string);
+            let (listener, route, action) = (listener.to_string(), route.to_string(), *action);
+            let body = read_body(req.into_body()).await?;
+            api::split_action(shared, &listener, &route, action, query.as_deref(), &body, peer)
+        }
+        ["preview" | "reload"] | ["servers", _, _, _] | ["routes", _, _, _] => {
+            Err(AdminError::MethodNotAllowed("POST"))
+        }
         _ => Err(AdminError::NotFound(format!(
-            "no admin endpoint {path}; try GET / (the status page), /healthz, /metrics, /status or POST /servers/POOL/SERVER/(drain|enable|disable|weight|reset), /reload, /preview"
+            "no admin endpoint {path}; try GET / (the status page), /healthz, /metrics, /status or POST /servers/POOL/SERVER/(drain|enable|disable|weight|reset), /routes/LISTENER/ROUTE/(split|reset), /reload, /preview"
         ))),
     }
 }

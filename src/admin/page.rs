@@ -162,11 +162,18 @@ fn routes(s: &Value) -> String {
                 } else {
                     &r["action"]
                 };
+                let mut action = describe(action);
+                if r["split"]["overridden"] == Value::Bool(true) {
+                    action.push_str(&format!(
+                        " (admin override: {})",
+                        describe(&r["split"]["weights"])
+                    ));
+                }
                 format!(
                     "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td></tr>",
                     i + 1,
                     esc(&describe(&r["match"])),
-                    esc(&describe(action))
+                    esc(&action)
                 )
             })
             .collect();

@@ -10,8 +10,39 @@ use prometheus::Histogram;
 use serde_json::{json, Value};
 
 use crate::backend::{now_ms, AdminState, BackendState};
+use crate::config::RouteAction;
 use crate::pool::Server;
 use crate::runtime::Shared;
+
+/// A split route's pools with their configured and effective weights, and whether an
+/// admin override is in force.
+pub fn split_json(shared: &Shared, listener: &str, route: &str) -> Value {
+    let cfg = shared.config.load();
+    let configured: Vec<u32> = cfg
+        .listeners
+        .iter()
+        .find(|l| &*l.name == listener)
+        .and_then(|l| l.routes.iter().find(|r| &*r.name == route))
+        .and_then(|r| match &r.action {
+            RouteAction::Split(t) => Some(t.iter().map(|t| t.weight).collect()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let state = shared.splits.get(listener, route);
+    let pools: Vec<&str> = state
+        .as_ref()
+        .map(|s| s.pools().iter().map(|p| &**p).collect())
+        .unwrap_or_default();
+    let over = state.as_ref().and_then(|s| s.override_weights());
+    json!({
+        "listener": listener,
+        "route": route,
+        "pools": pools,
+        "configured_weights": configured,
+        "weights": over.clone().unwrap_or_else(|| configured.clone()),
+        "overridden": over.is_some(),
+    })
+}
 
 /// The `/status` document.
 pub fn status(shared: &Shared) -> Value {
@@ -27,11 +58,17 @@ pub fn status(shared: &Shared) -> Value {
                 "bind": addrs.get(&l.name).map(|a| a.to_string()),
                 "protocol": format!("{:?}", l.protocol).to_lowercase(),
                 "pool": l.pool.as_deref(),
-                "routes": l.routes.iter().map(|r| json!({
-                    "name": &*r.name,
-                    "match": r.describe_match(),
-                    "action": r.describe(),
-                })).collect::<Vec<_>>(),
+                "routes": l.routes.iter().map(|r| {
+                    let mut v = json!({
+                        "name": &*r.name,
+                        "match": r.describe_match(),
+                        "action": r.describe(),
+                    });
+                    if matches!(r.action, RouteAction::Split(_)) {
+                        v["split"] = split_json(shared, &l.name, &r.name);
+                    }
+                    v
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -105,7 +105,8 @@
       if (!Array.isArray(l.routes) || l.routes.length === 0) continue;
       const rrows = l.routes.map((r, i) => el('tr', {},
         el('th', { scope: 'row', text: String(i + 1) }), el('td', { text: describe(r.match) }),
-        el('td', { text: describe(r.action != null ? r.action : r.pool) })));
+        el('td', { text: describe(r.action != null ? r.action : r.pool) +
+          (r.split && r.split.overridden ? ` (admin override: ${describe(r.split.weights)})` : '') })));
       routes.push(table(`Routes of listener ${l.name}`, ['#', 'Match', 'Action'], rrows));
     }
     byId('routes').replaceChildren(...routes);

@@ -118,6 +118,9 @@ async fn req(
         .expect("request completes")
 }
 
+/// (method, path, host, headers, the origin that must answer)
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 const MATCH_ROUTES: &str = r#"
 [[listener.route]]
 name = "api-host"
@@ -166,7 +169,7 @@ async fn routes_match_host_path_method_and_header_the_same_for_h1_and_h2() {
     let o = fleet(3).await;
     let p = Proxy::start(&routed(&o, "default", "", MATCH_ROUTES)).await;
     // (method, path, host, headers) -> origin
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         ("GET", "/anything", "api.test", &[], "o1"),
         ("GET", "/anything", "API.TEST:8080", &[], "o1"),
         ("GET", "/anything", "api.test.", &[], "o1"),

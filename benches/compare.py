@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""fulcrum beside HAProxy and nginx, on this machine, in one run.
+
+Two measures:
+
+  benches/compare.py load [options]          wrk through each proxy; req/s, p99, CPU per request
+                                             and peak RSS, medians over interleaved rounds, with
+                                             ratios to HAProxy and nginx.
+  benches/compare.py instructions [options]  user-space instructions per request under valgrind's
+                                             callgrind: the A/B figure for hot-path changes, since
+                                             it does not move with machine noise.
+
+Everything listens on 127.0.0.1. Every process started is stopped on exit, every load run is
+bounded by wrk's duration (or h2load's request count). The origins are `fulcrum origin` processes
+(hyper, one worker each), the same for every proxy.
+
+Load: by default the proxy is pinned to core 0 with one worker (HAProxy `nbthread 1`, nginx one
+worker process), and wrk and the origins share core 1. `--unpinned` runs the way most people do:
+no pinning, two workers each, wrk with two threads. The fulcrum variants switch features on
+one at a time: `fulcrum+log` (access log to a file), `fulcrum+ratelimit` (a limit no client
+reaches, so every request pays for the check), `fulcrum+routes` (100 routes, the request served
+by the last). HAProxy checks its servers every 2 s like fulcrum does; nginx has no active checks.
+
+Needs wrk, haproxy, nginx (with the stream module) and, for `instructions`, valgrind and
+h2load. Debian: apt-get install wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FULCRUM = os.path.join(ROOT, "target", "release", "fulcrum")
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+SCENARIOS = ["http-small-c50", "http-small-c200", "http-16k-c50", "tcp-small-c50"]
+TARGETS = ["haproxy", "nginx", "fulcrum", "fulcrum+log", "fulcrum+ratelimit", "fulcrum+routes"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, limit=15.0):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before opening {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {limit}s")
+
+
+class Procs:
+    """Started processes, stopped (TERM, then KILL) by stop() or on exit."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, cpu=None, log=None):
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        p = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(self.procs):
+            self.stop(p)
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process and its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proxy_pid(p):
+    """The proxy itself when started under taskset (taskset execs, so it is the same pid)."""
+    return p.pid
+
+
+# ---------------------------------------------------------------------------------------------
+# configurations
+
+
+def fulcrum_config(work, variant, mode, port, origins, workers):
+    admin = free_port()
+    servers = ", ".join(f'{{ addr = "127.0.0.1:{o}" }}' for o in origins)
+    extra, routes, top = "", "", ""
+    if variant == "fulcrum+log":
+        top = f'[access_log]\nenabled = true\npath = "{work}/access.log"\n'
+    if variant == "fulcrum+ratelimit":
+        extra = "[listener.rate_limit]\nrate = 100000000\nburst = 100000000\n"
+    if variant == "fulcrum+routes" and mode == "http":
+        parts = []
+        for i in range(99):
+            if i % 3 == 0:
+                m = f'host = ["site{i}.example.com", "*.site{i}.example.org"]'
+            elif i % 3 == 1:
+                m = f'path_prefix = "/service-{i}/"'
+            else:
+                m = f'path_regex = "^/user/{i}/[0-9]+$"'
+            parts.append(f'[[listener.route]]\nname = "r{i}"\n{m}\npool = "bench"\n')
+        parts.append('[[listener.route]]\nname = "last"\npath_prefix = "/"\npool = "bench"\n')
+        routes = "\n".join(parts)
+    return f"""{top}
+[runtime]
+worker_threads = {workers}
+
+[admin]
+bind = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:{port}"
+protocol = "{mode}"
+pool = "bench"
+{extra}
+{routes}
+
+[[pool]]
+name = "bench"
+servers = [ {servers} ]
+
+[pool.health]
+kind = "tcp"
+interval = "2s"
+"""
+
+
+def haproxy_config(mode, port, origins, workers):
+    servers = "\n".join(f"  server s{i} 127.0.0.1:{o} check inter 2s" for i, o in enumerate(origins))
+    http = "  option http-keep-alive\n" if mode == "http" else ""
+    return f"""global
+  nbthread {workers}
+  maxconn 8000
+defaults
+  mode {mode}
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+{http}frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  balance roundrobin
+{servers}
+"""
+
+
+def nginx_config(work, mode, port, origins, workers):
+    ups = " ".join(f"server 127.0.0.1:{o};" for o in origins)
+    if mode == "http":
+        block = (
+            f"http {{ access_log off; upstream u {{ {ups} keepalive 64; }} "
+            f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; "
+            f'proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}'
+        )
+    else:
+        block = f"stream {{ upstream u {{ {ups} }} server {{ listen 127.0.0.1:{port}; proxy_pass u; }} }}"
+    module = f"load_module {STREAM_MODULE};" if os.path.exists(STREAM_MODULE) else ""
+    return (
+        f"{module}\ndaemon off; master_process {'on' if workers > 1 else 'off'}; "
+        f"worker_processes {workers}; error_log {work}/nginx.err; pid {work}/nginx.pid;\n"
+        f"events {{ worker_connections 8000; }}\n{block}\n"
+    )
+
+
+def start_target(procs, work, target, mode, origins, cpu, workers):
+    """Starts `target` for `mode`; returns (process, port, pids to measure)."""
+    port = free_port()
+    if target.startswith("fulcrum"):
+        path = f"{work}/{target}.{mode}.toml"
+        with open(path, "w") as f:
+            f.write(fulcrum_config(work, target, mode, port, origins, workers))
+        p = procs.start([FULCRUM, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
+    elif target == "haproxy":
+        path = f"{work}/haproxy.{mode}.cfg"
+        with open(path, "w") as f:
+            f.write(haproxy_config(mode, port, origins, workers))
+        p = procs.start(["haproxy", "-db", "-f", path], cpu, f"{work}/haproxy.log")
+    elif target == "nginx":
+        path = f"{work}/nginx.{mode}.conf"
+        with open(path, "w") as f:
+            f.write(nginx_config(work, mode, port, origins, workers))
+        p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/nginx.log")
+    else:
+        raise SystemExit(f"unknown target {target}")
+    wait_port(port, p)
+    time.sleep(0.3)
+    return p, port
+
+
+def measured_pids(p):
+    """The proxy and, for nginx with a master, its workers."""
+    pids = [proxy_pid(p)]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout
+        pids += [int(x) for x in out.split()]
+    except FileNotFoundError:
+        pass
+    return pids
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+LAT = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    m = LAT.search(out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors += sum(int(x) for x in m.groups()) if m else 0
+    return rps, total, p99, errors
+
+
+def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
+    path = "/bytes/16384" if body == "16k" else "/"
+    url = f"http://127.0.0.1:{port}{path}"
+    wrk = ["wrk", f"-t{wrk_threads}", f"-c{conns}", "--timeout", "5s", "--latency"]
+    if load_cpu is not None:
+        wrk = ["taskset", "-c", str(load_cpu)] + wrk
+    if args.warmup:
+        subprocess.run(wrk + [f"-d{args.warmup}s", url], capture_output=True, check=True)
+    before = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True, check=True).stdout
+    cpu = sum(cpu_seconds(p) for p in pids) - before
+    rps, total, p99, errors = parse_wrk(out)
+    rss = sum(peak_rss_mib(p) for p in pids)
+    return {"rps": rps, "p99_ms": p99, "us_per_req": cpu * 1e6 / max(total, 1), "rss_mib": rss,
+            "errors": errors, "requests": total}
+
+
+def load(args):
+    need = ["wrk", "haproxy", "nginx"] + (["taskset"] if not args.unpinned else [])
+    for c in need:
+        if not shutil.which(c):
+            raise SystemExit(f"compare.py: needs {c}")
+    workers = 2 if args.unpinned else 1
+    proxy_cpu, load_cpu = (None, None) if args.unpinned else (0, 1)
+    wrk_threads = 2 if args.unpinned else 1
+    procs = Procs()
+    work = tempfile.mkdtemp(prefix="fulcrum-bench-")
+    results = {}
+    try:
+        origins = [free_port() for _ in range(3)]
+        for i, o in enumerate(origins):
+            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"], load_cpu)
+            wait_port(o, p)
+        for rnd in range(args.rounds):
+            for scen in args.scenarios:
+                mode, body, c = scen.split("-")
+                conns = int(c[1:])
+                for target in args.targets:
+                    if target == "fulcrum+routes" and mode == "tcp":
+                        continue
+                    p, port = start_target(procs, work, target, mode, origins, proxy_cpu, workers)
+                    try:
+                        r = run_load(args, mode, body, conns, port, measured_pids(p), load_cpu, wrk_threads)
+                    finally:
+                        procs.stop(p)
+                    results.setdefault(scen, {}).setdefault(target, []).append(r)
+                    print(f"round {rnd + 1} {scen:16} {target:18} {r['rps']:>10.0f} req/s "
+                          f"p99 {r['p99_ms']:.2f} ms {r['us_per_req']:.2f} us/req "
+                          f"rss {r['rss_mib']:.1f} MiB errors {r['errors']}", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    table = report(results, args)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "runs": results}, f, indent=1)
+
+
+def report(results, args):
+    keys = [("rps", "req/s", "{:.0f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+            ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}")]
+    lines = [f"{'unpinned, 2 workers each' if args.unpinned else 'proxy pinned to core 0, 1 worker'}; "
+             f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx", "",
+             "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for scen, by_target in results.items():
+        med = {t: {k: statistics.median(r[k] for r in runs) for k, _, _ in keys}
+               for t, runs in by_target.items()}
+        for t, runs in by_target.items():
+            cells = []
+            for k, _, fmt in keys:
+                v = fmt.format(med[t][k])
+                if not t.startswith(("haproxy", "nginx")):
+                    ratios = [med[t][k] / med[b][k] for b in ("haproxy", "nginx") if b in med and med[b][k]]
+                    v += " (" + " / ".join(f"{x:.2f}×" for x in ratios) + ")"
+                cells.append(v)
+            errors = sum(r["errors"] for r in runs)
+            lines.append(f"| {scen} | {t} | " + " | ".join(cells) + f" | {errors} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# instructions
+
+
+def instructions(args):
+    for c in ["valgrind", "h2load", "haproxy", "nginx"]:
+        if not shutil.which(c):
+            raise SystemExit(f"compare.py: needs {c}")
+    procs = Procs()
+    work = tempfile.mkdtemp(prefix="fulcrum-callgrind-")
+    rows = []
+    try:
+        origin = free_port()
+        p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
+        wait_port(origin, p)
+
+        def count(target, mode, n):
+            port = free_port()
+            if target == "fulcrum":
+                path = f"{work}/f.toml"
+                with open(path, "w") as f:
+                    f.write(fulcrum_config(work, target, mode, port, [origin], 1).replace(
+                        'kind = "tcp"\ninterval = "2s"', 'kind = "none"'))
+                cmd = [FULCRUM, "run", "--config", path, "--log-level", "warn"]
+            elif target == "haproxy":
+                path = f"{work}/h.cfg"
+                with open(path, "w") as f:
+                    f.write(haproxy_config(mode, port, [origin], 1).replace(" check inter 2s", ""))
+                cmd = ["haproxy", "-db", "-f", path]
+            else:
+                path = f"{work}/n.conf"
+                with open(path, "w") as f:
+                    f.write(nginx_config(work, mode, port, [origin], 1))
+                cmd = ["nginx", "-p", work, "-c", path]
+            out = f"{work}/cg.out.%p"
+            v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
+                            log=f"{work}/valgrind.log")
+            wait_port(port, v, 60)
+            r = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
+                               capture_output=True, text=True)
+            if f"{n} succeeded" not in r.stdout:
+                raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
+            procs.stop(v)
+            total = 0
+            for name in os.listdir(work):
+                if name.startswith("cg.out."):
+                    with open(os.path.join(work, name)) as f:
+                        for line in f:
+                            if line.startswith("summary:"):
+                                total += int(line.split()[1])
+                    os.remove(os.path.join(work, name))
+            return total
+
+        for mode in args.modes:
+            for target in args.targets:
+                lo, hi = count(target, mode, args.low), count(target, mode, args.high)
+                per = (hi - lo) / (args.high - args.low)
+                rows.append((target, mode, per))
+                print(f"{target:8} {mode:5} {per:>10.0f} instructions/request", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    print("| proxy | mode | instructions per request |\n|---|---|---|")
+    for t, m, per in rows:
+        print(f"| {t} | {m} | {per / 1000:.1f}k |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-build", action="store_true", help="use target/release/fulcrum as it is")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    lo = sub.add_parser("load", help="wrk through each proxy, side by side")
+    lo.add_argument("--rounds", type=int, default=5)
+    lo.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    lo.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
+    lo.add_argument("--scenarios", type=lambda s: s.split(","), default=SCENARIOS)
+    lo.add_argument("--targets", type=lambda s: s.split(","), default=TARGETS)
+    lo.add_argument("--unpinned", action="store_true", help="no pinning, 2 workers each")
+    lo.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke test")
+    lo.add_argument("--json", help="write every run to this file")
+    ins = sub.add_parser("instructions", help="instructions per request under callgrind")
+    ins.add_argument("--targets", type=lambda s: s.split(","), default=["fulcrum", "haproxy", "nginx"])
+    ins.add_argument("--modes", type=lambda s: s.split(","), default=["http", "tcp"])
+    ins.add_argument("--low", type=int, default=2000)
+    ins.add_argument("--high", type=int, default=12000)
+    args = ap.parse_args()
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fulcrum"], cwd=ROOT, check=True)
+    if args.cmd == "load":
+        if args.quick:
+            args.rounds, args.duration, args.warmup = 1, 3, 1
+        load(args)
+    else:
+        instructions(args)
+
+
+if __name__ == "__main__":
+    main()

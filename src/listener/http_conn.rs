@@ -90,6 +90,14 @@ pub(super) async fn serve(
     route: Arc<ArcSwap<HttpRoute>>,
     ctl: Control,
 ) {
+    // Tokens of this connection's own: each poll of `cancelled()` then locks only its own
+    // waiter list, not the one every connection of the listener shares (a contended lock
+    // per I/O event with several workers).
+    let ctl = Control {
+        drain: ctl.drain.child_token(),
+        hard_stop: ctl.hard_stop.child_token(),
+        tracker: ctl.tracker,
+    };
     let peer = client.addr;
     let cur = route.load_full();
     let metrics = cur.metrics.clone();
@@ -176,6 +184,7 @@ async fn serve_http<T>(
     let cx = Arc::new(ConnCtx {
         route,
         client: conn.client,
+        sender: crate::proxy::headers::Sender::new(conn.client.sender().ip()),
         scheme: conn.scheme,
         h2: conn.proto == Proto::H2,
         tracker: ctl.tracker.clone(),

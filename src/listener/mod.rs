@@ -284,7 +284,9 @@ impl Acceptor {
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop).await;
+                    // A token of its own: the relay polls it on every I/O event.
+                    let stop = ctl.hard_stop.child_token();
+                    crate::proxy::tcp::serve(stream, client, r, stop).await;
                     active.dec();
                 }
                 // Boxed: the HTTP connection's state is large, and it would otherwise size

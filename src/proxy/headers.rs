@@ -17,12 +17,36 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+fn fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == HTTP2_SETTINGS
+}
+
+/// Removes every header whose name `doomed` picks. The names present are scanned once: a
+/// request or response carries a handful of names, so comparing them costs less than
+/// hashing every candidate name for a `remove`, and usually finds nothing to remove.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&doomed) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
 /// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays, so trailers can follow the body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1), in every Connection
     // field, not just the first. The common tokens (close, keep-alive, upgrade) are in the
-    // fixed list below; collect the rest (nothing is allocated when there are none).
+    // fixed list; collect the rest (nothing is allocated when there are none).
     let mut extra: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         let Ok(list) = v.to_str() else { continue };
@@ -39,20 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in extra {
-        headers.remove(name);
-    }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &HTTP2_SETTINGS,
-    ] {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| fixed_hop_by_hop(k) || extra.contains(k));
 }
 
 /// The forwarding headers a client may not set for itself.
@@ -81,26 +92,15 @@ fn underscore_forwarding(name: &str) -> bool {
 /// Removes inbound forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, and their
 /// underscore spellings): a client must not be able to claim another address or scheme.
 pub fn strip_inbound_forwarding(headers: &mut HeaderMap) {
-    for name in [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_HOST,
-        &X_FORWARDED_PORT,
-        &X_REAL_IP,
-        &header::FORWARDED,
-    ] {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| underscore_forwarding(k.as_str())) {
-        let odd: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| underscore_forwarding(k.as_str()))
-            .cloned()
-            .collect();
-        for name in odd {
-            headers.remove(name);
-        }
-    }
+    remove_where(headers, |k| {
+        k == header::FORWARDED
+            || k == X_FORWARDED_FOR
+            || k == X_FORWARDED_PROTO
+            || k == X_FORWARDED_HOST
+            || k == X_FORWARDED_PORT
+            || k == X_REAL_IP
+            || underscore_forwarding(k.as_str())
+    });
 }
 
 /// Whether the request says it accepts trailers (`TE: trailers`).
@@ -136,17 +136,19 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Adds the forwarding headers for a request that `sender` sent over `scheme`, for the Host
 /// it now carries: `chain` (what a trusted sender's own header said, empty otherwise) and
 /// then the sender. Inbound ones were removed first, so these are the only ones.
+/// `sender` is the connection's [`Sender`]: its address, and that address as header text,
+/// formatted once per connection rather than once per request.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     mode: Forwarded,
     chain: &ForwardChain,
-    sender: IpAddr,
+    sender: &Sender,
     scheme: &'static str,
 ) {
-    let ip = canonical_ip(sender);
+    let ip = sender.ip;
     if mode.x_forwarded {
         let v = if chain.is_empty() {
-            HeaderValue::try_from(ip.to_string())
+            Ok(sender.text.clone())
         } else {
             HeaderValue::try_from(format!("{chain}, {ip}"))
         };
@@ -181,6 +183,25 @@ pub fn add_forwarded(
         if let Ok(v) = HeaderValue::try_from(elem) {
             headers.insert(header::FORWARDED, v);
         }
+    }
+}
+
+/// The peer that sent a connection's requests, as forwarding headers name it.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    /// Its address, IPv4-mapped IPv6 as plain IPv4.
+    pub ip: IpAddr,
+    /// The same, as header text.
+    pub text: HeaderValue,
+}
+
+impl Sender {
+    /// The sender at `ip`.
+    pub fn new(ip: IpAddr) -> Sender {
+        let ip = canonical_ip(ip);
+        let text = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Sender { ip, text }
     }
 }
 
@@ -273,7 +294,7 @@ mod tests {
                 rfc7239: true,
             },
             &ForwardChain::default(),
-            "::ffff:127.0.0.2".parse().unwrap(),
+            &Sender::new("::ffff:127.0.0.2".parse().unwrap()),
             "https",
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");

@@ -119,7 +119,7 @@ pub(super) fn prepare(
         &mut parts.headers,
         route.listener.forwarded,
         chain,
-        cx.client.sender().ip(),
+        &cx.sender,
         cx.scheme.as_str(),
     );
     match pool.settings.upstream_protocol {

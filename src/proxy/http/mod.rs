@@ -267,6 +267,8 @@ pub struct ConnCtx {
     /// The client as the connection tells it (its peer, or a trusted PROXY header's source);
     /// each request may refine it from trusted forwarding headers.
     pub client: ClientAddr,
+    /// The connection's sender as forwarding headers name it (formatted once).
+    pub sender: crate::proxy::headers::Sender,
     /// How the client reached us.
     pub scheme: Scheme,
     /// Whether the connection speaks h2.

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
 use super::Control;
+use crate::proxy::cancel::cancelled;
 use crate::admission::ClientAddr;
 use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
 use crate::proxy::Rejection;
@@ -107,7 +108,7 @@ pub(super) async fn serve(
         None => {
             let sniffed = tokio::select! {
                 p = sniff(&stream, cur.listener.timeouts.first_byte) => p,
-                _ = ctl.hard_stop.cancelled() => Err(Silent::Closed),
+                _ = cancelled(&ctl.hard_stop) => Err(Silent::Closed),
             };
             match sniffed {
                 Ok(proto) => {
@@ -129,7 +130,7 @@ pub(super) async fn serve(
         Some((tls, tls_metrics)) => {
             let handshake = tokio::select! {
                 h = crate::tls::accept(stream, tls.server_config(), tls.handshake_timeout()) => Some(h),
-                _ = ctl.hard_stop.cancelled() => None,
+                _ = cancelled(&ctl.hard_stop) => None,
             };
             match handshake {
                 Some(Ok((stream, negotiated))) => {
@@ -280,7 +281,7 @@ where
     let w = &*cx.watch;
     let fired = tokio::select! {
         r = conn.as_mut() => return End::Done(r),
-        _ = ctl.drain.cancelled() => None,
+        _ = cancelled(&ctl.drain) => None,
         f = watch(w, d) => Some(f),
     };
     match fired {
@@ -294,7 +295,7 @@ where
             tokio::select! {
                 r = conn.as_mut() => End::Done(r),
                 f = watch(w, bound) => match f { Fired::Idle => End::Closed, f => f.into() },
-                _ = ctl.hard_stop.cancelled() => End::Closed,
+                _ = cancelled(&ctl.hard_stop) => End::Closed,
             }
         }
         Some(f) => f.into(),
@@ -313,7 +314,7 @@ where
                 tokio::select! {
                     r = conn.as_mut() => return End::Done(r),
                     f = watch(w, quiet) => if f != Fired::Idle { return f.into() },
-                    _ = ctl.hard_stop.cancelled() => return End::Closed,
+                    _ = cancelled(&ctl.hard_stop) => return End::Closed,
                 }
             }
             // h1: closes when idle, else after the response in progress (Connection:
@@ -326,7 +327,7 @@ where
             tokio::select! {
                 r = conn.as_mut() => End::Done(r),
                 f = watch(w, no_idle) => f.into(),
-                _ = ctl.hard_stop.cancelled() => End::Closed,
+                _ = cancelled(&ctl.hard_stop) => End::Closed,
             }
         }
     }

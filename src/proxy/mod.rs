@@ -4,6 +4,7 @@
 
 pub mod attempts;
 pub mod body;
+pub mod cancel;
 pub mod error;
 pub mod headers;
 pub mod http;

@@ -270,7 +270,7 @@ pub async fn serve(
     };
     let relayed = tokio::select! {
         r = relay => r,
-        _ = sever.cancelled() => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
+        _ = crate::proxy::cancel::cancelled(&sever) => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
     };
     let (moved, outcome) = match &relayed {
         Ok(m) => (*m, "closed"),

@@ -241,7 +241,7 @@ impl ServerUpstream {
                         r = conn.with_upgrades() => if let Err(e) = r {
                             tracing::trace!(error = %e, "upstream connection ended");
                         },
-                        _ = sever.cancelled() => {}
+                        _ = crate::proxy::cancel::cancelled(&sever) => {}
                     }
                 });
                 Ok(Sender::H1(tx))
@@ -258,7 +258,7 @@ impl ServerUpstream {
                         r = conn => if let Err(e) = r {
                             tracing::trace!(error = %e, "upstream h2 connection ended");
                         },
-                        _ = sever.cancelled() => {}
+                        _ = crate::proxy::cancel::cancelled(&sever) => {}
                     }
                 });
                 self.h2.store(Some(Arc::new(tx.clone())));

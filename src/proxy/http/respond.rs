@@ -92,7 +92,7 @@ fn tunnel_upgrade(
                 Ok((up, down)) => tracing::trace!(up, down, "upgraded tunnel done"),
                 Err(cut) => tracing::debug!(error = ?cut.end, up = cut.moved.0, down = cut.moved.1, "upgraded tunnel ended"),
             },
-            _ = sever.cancelled() => tracing::debug!("upgraded tunnel severed at a drain deadline"),
+            _ = crate::proxy::cancel::cancelled(&sever) => tracing::debug!("upgraded tunnel severed at a drain deadline"),
         }
     });
     let (mut parts, _) = resp.into_parts();

@@ -119,7 +119,7 @@ async fn run<A: Side, B: Side>(
     let end = tokio::select! {
         r = copy => r.err().map(RelayEnd::Io),
         _ = idle_for(&ticks, idle) => Some(RelayEnd::Idle),
-        _ = cancel.cancelled() => Some(RelayEnd::Cancelled),
+        _ = crate::proxy::cancel::cancelled(cancel) => Some(RelayEnd::Cancelled),
     };
     let moved = (ab.moved, ba.moved);
     match end {

@@ -1,0 +1,65 @@
+//! Waiting for a [`CancellationToken`] inside a `select!` that every I/O event of a
+//! connection wakes.
+//!
+//! `token.cancelled()` re-registers its waker on each poll, taking the token's waiter lock
+//! every time: a few hundred instructions per wake of a busy relay or keep-alive
+//! connection, for a signal that fires once in the connection's life. [`cancelled`]
+//! registers once, on its first poll, and afterwards only reads the token's flag: the
+//! waker it registered belongs to the task that polls it, which is woken when the token
+//! fires whichever branch of its `select!` it happens to be in.
+
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+
+use tokio_util::sync::CancellationToken;
+
+/// Completes when `token` is cancelled. Must be polled from one task for its whole life
+/// (as a `select!` branch is): the waker of its first poll is the one woken.
+pub fn cancelled(token: &CancellationToken) -> impl Future<Output = ()> + '_ {
+    let mut wait = Box::pin(token.cancelled());
+    let mut registered = false;
+    poll_fn(move |cx| {
+        if token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if !registered {
+            registered = true;
+            return wait.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn fires_after_registering_once_while_other_branches_keep_waking() {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            t.cancel();
+        });
+        let wait = cancelled(&token);
+        tokio::pin!(wait);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => ticks += 1,
+            }
+            assert!(ticks < 10_000, "never fired");
+        }
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn an_already_cancelled_token_is_ready_at_once() {
+        let token = CancellationToken::new();
+        token.cancel();
+        cancelled(&token).await;
+    }
+}

@@ -90,7 +90,8 @@ pub struct RawAdmin {
     /// File holding the bearer token for state-changing admin calls.
     pub token_file: Option<Spanned<String>>,
     /// Allow state-changing calls without a token when bound to loopback; default false.
-    pub allow_unauthenticated_loopback: Option<bool>,
+    /// Refused with `token_file` (the token applies even on loopback) or a non-loopback bind.
+    pub allow_unauthenticated_loopback: Option<Spanned<bool>>,
     /// Require the token for `/status` and `/metrics` too (`/healthz` stays open); default false.
     pub read_auth: Option<Spanned<bool>>,
 }
@@ -102,7 +103,7 @@ pub struct RawAccessLog {
     /// Write one line per request (L7) or connection (L4); default false.
     pub enabled: Option<bool>,
     /// "stderr" (default) or a file path.
-    pub path: Option<String>,
+    pub path: Option<Spanned<String>>,
     /// "combined" (default) or "json".
     pub format: Option<Spanned<String>>,
     /// Lines buffered before new ones are dropped (and counted); default 4096.
@@ -311,14 +312,23 @@ pub struct RawServer {
     pub addr: Spanned<ServerAddr>,
     /// Name in metrics, logs and the admin API; default: the address.
     pub name: Option<Spanned<String>>,
-    /// Weight 1..=256; default 1.
-    #[serde(default)]
-    pub weight: Weight,
+    /// Weight 1..=256; default 1. Ignored by round_robin (a warning).
+    pub weight: Option<Spanned<Weight>>,
     /// Only used when no primary server is eligible; default false.
     #[serde(default)]
     pub backup: bool,
     /// Per-server limit overriding the pool's `max_conns`.
     pub max_conns: Option<Spanned<i64>>,
+}
+
+impl RawServer {
+    /// The weight as written, else the default.
+    pub fn weight(&self) -> u32 {
+        self.weight
+            .as_ref()
+            .map_or(Weight::default(), |w| *w.get_ref())
+            .0
+    }
 }
 
 /// `sticky = { cookie = "NAME" }`.
@@ -360,9 +370,9 @@ pub struct RawHealth {
     /// Probe timeout; default 1s.
     pub timeout: Option<Spanned<Dur>>,
     /// Consecutive successes to mark a server up; default 2.
-    pub rise: Option<Count>,
+    pub rise: Option<Spanned<Count>>,
     /// Consecutive failures to mark a server down; default 3.
-    pub fall: Option<Count>,
+    pub fall: Option<Spanned<Count>>,
     /// "down" (default: no traffic before a first successful probe) or "up".
     pub initial_state: Option<Spanned<String>>,
     /// http: request path; default "/".
@@ -388,7 +398,7 @@ pub struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub struct RawFlapDamping {
     /// Default true when the table is present.
-    pub enabled: Option<bool>,
+    pub enabled: Option<Spanned<bool>>,
     /// Penalty added per up→down transition; default 1000.
     pub penalty: Option<Spanned<f64>>,
     /// A server above this penalty is held out; default 2000.
@@ -406,7 +416,7 @@ pub struct RawPassive {
     /// Default true.
     pub enabled: Option<bool>,
     /// Consecutive failures that eject a server; default 5.
-    pub consecutive_failures: Option<Count>,
+    pub consecutive_failures: Option<Spanned<Count>>,
     /// What counts as a failure: any of "connect", "reset", "timeout", "5xx"; default the first three.
     pub count: Option<Spanned<Vec<Spanned<String>>>>,
     /// First ejection time; it doubles with each repeated ejection; default 10s.

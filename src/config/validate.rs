@@ -18,6 +18,8 @@ use super::*;
 use crate::balance::Algorithm;
 
 mod discovery;
+mod no_effect;
+mod pool_users;
 
 /// What every check needs: the text for positions, the path for messages, and the
 /// warnings found so far.
@@ -167,6 +169,7 @@ pub(super) fn validate_with(
         dns: discovery::resolver(&cx, &raw.runtime.dns)?,
     };
 
+    no_effect::admin(&cx, &raw.admin)?;
     let admin = if raw.admin.enabled == Some(false) {
         None
     } else {
@@ -184,7 +187,8 @@ pub(super) fn validate_with(
             allow_unauthenticated_loopback: raw
                 .admin
                 .allow_unauthenticated_loopback
-                .unwrap_or(false),
+                .as_ref()
+                .is_some_and(|a| *a.get_ref()),
             read_auth: match &raw.admin.read_auth {
                 Some(r) if *r.get_ref() && raw.admin.token_file.is_none() => {
                     return Err(cx.err(
@@ -198,6 +202,7 @@ pub(super) fn validate_with(
         })
     };
 
+    no_effect::access_log(&cx, &raw.access_log)?;
     let access_log = if raw.access_log.enabled == Some(true) {
         let format = match cx.choice(
             &raw.access_log.format,
@@ -208,7 +213,7 @@ pub(super) fn validate_with(
             _ => AccessLogFormat::Combined,
         };
         Some(AccessLogSettings {
-            target: match raw.access_log.path.as_deref() {
+            target: match raw.access_log.path.as_ref().map(|p| p.get_ref().as_str()) {
                 None | Some("stderr") => AccessLogTarget::Stderr,
                 Some(p) => AccessLogTarget::File(PathBuf::from(p)),
             },
@@ -235,6 +240,7 @@ pub(super) fn validate_with(
         }
         pool_names.insert(p.name.get_ref().clone(), p.name.span());
         let settings = pool(&cx, p)?;
+        no_effect::pool(&cx, p, &settings)?;
         if let (Some(t), false) = (&p.tls, served.upstream_tls) {
             return Err(cx.err(
                 t.span(),
@@ -388,9 +394,7 @@ pub(super) fn validate_with(
                 "send_proxy applies only to protocol = \"tcp\" listeners",
             ));
         }
-        if protocol == Protocol::Tcp {
-            refuse_http_only(&cx, l)?;
-        }
+        no_effect::listener(&cx, l, protocol)?;
         let admission = super::admission::validate(
             &super::admission::RawAdmission {
                 trusted_proxies: &l.trusted_proxies,
@@ -441,7 +445,7 @@ pub(super) fn validate_with(
             admission,
         });
     }
-    refuse_l4_only_upstream_tls(&pools, &listeners)?;
+    pool_users::check(&cx, &raw.pool, &listeners)?;
 
     discovery::refuse_unused_resolver(&cx, &raw.runtime.dns, &pools)?;
     Ok(Config {
@@ -466,6 +470,7 @@ fn reload_guard(
     let Some(g) = g else { return Ok(None) };
     let r = g.get_ref();
     if r.enabled == Some(false) {
+        no_effect::reload_guard(cx, r)?;
         return Ok(None);
     }
     let max_error_ratio = match &r.max_error_ratio {
@@ -486,72 +491,6 @@ fn reload_guard(
         max_error_ratio,
         min_requests: cx.int(&r.min_requests, "min_requests", 1..=1_000_000_000, 50)? as u64,
     }))
-}
-
-/// A pool's `tls` is spoken by the L7 proxy; a tcp listener relays the client's bytes as
-/// they are. A pool that only tcp listeners use would ignore it: refused.
-fn refuse_l4_only_upstream_tls(
-    pools: &[Arc<PoolSettings>],
-    listeners: &[ListenerSettings],
-) -> Result<(), ConfigError> {
-    for p in pools {
-        let Some(t) = &p.tls else { continue };
-        let uses = |proto| {
-            listeners
-                .iter()
-                .any(|l| l.protocol == proto && l.uses_pool(&p.name))
-        };
-        if uses(Protocol::Tcp) && !uses(Protocol::Http) {
-            return Err(ConfigError::Invalid {
-                path: t.at.file.clone(),
-                location: t.at.location,
-                message: format!(
-                    "pool {:?}: tls applies to http listeners; the tcp listeners that use this pool relay the client's bytes as they are (terminate TLS with [listener.tls], or pass it through)",
-                    &*p.name
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Keys that only an http listener reads: refused on a tcp listener, never ignored.
-fn refuse_http_only(cx: &Ctx, l: &RawListener) -> Result<(), ConfigError> {
-    let (lim, t) = (&l.limits, &l.timeouts);
-    let keys = [
-        ("upgrades", l.upgrades.as_ref().map(|s| s.span())),
-        ("request_id", l.request_id.as_ref().map(|s| s.span())),
-        (
-            "max_header_bytes",
-            lim.max_header_bytes.as_ref().map(|s| s.span()),
-        ),
-        ("max_headers", lim.max_headers.as_ref().map(|s| s.span())),
-        (
-            "max_request_body",
-            lim.max_request_body.as_ref().map(|s| s.span()),
-        ),
-        (
-            "min_body_rate",
-            lim.min_body_rate.as_ref().map(|s| s.span()),
-        ),
-        (
-            "h2_max_concurrent_streams",
-            lim.h2_max_concurrent_streams.as_ref().map(|s| s.span()),
-        ),
-        ("h2_window", lim.h2_window.as_ref().map(|s| s.span())),
-        ("first_byte", t.first_byte.as_ref().map(|s| s.span())),
-        ("body_read", t.body_read.as_ref().map(|s| s.span())),
-        ("send_stall", t.send_stall.as_ref().map(|s| s.span())),
-    ];
-    for (key, span) in keys {
-        if let Some(span) = span {
-            return Err(cx.err(
-                span,
-                format!("{key} applies only to protocol = \"http\" listeners"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A size within `range` bytes, or its default.
@@ -718,7 +657,7 @@ fn pool(cx: &Ctx, p: &RawPool) -> Result<PoolSettings, ConfigError> {
         servers.push(ServerSettings {
             name: sname,
             addr,
-            weight: s.weight.0,
+            weight: s.weight(),
             backup: s.backup,
             max_conns,
             origin: ServerOrigin::File,
@@ -976,7 +915,7 @@ fn health(cx: &Ctx, h: &RawHealth) -> Result<HealthSettings, ConfigError> {
     let timeout = cx.dur(&h.timeout, "timeout", Duration::from_secs(1))?;
     let initial_up = cx.choice(&h.initial_state, "initial_state", &["down", "up"])? == Some("up");
     let flap_damping = match &h.flap_damping {
-        Some(f) if f.enabled != Some(false) => {
+        Some(f) if f.enabled.as_ref().map_or(true, |e| *e.get_ref()) => {
             let num = |v: &Option<Spanned<f64>>, key: &str, d: f64| -> Result<f64, ConfigError> {
                 match v {
                     None => Ok(d),
@@ -1021,8 +960,8 @@ fn health(cx: &Ctx, h: &RawHealth) -> Result<HealthSettings, ConfigError> {
         )?,
         down_interval: cx.dur(&h.down_interval, "down_interval", interval)?,
         timeout,
-        rise: h.rise.map_or(2, |c| c.0),
-        fall: h.fall.map_or(3, |c| c.0),
+        rise: h.rise.as_ref().map_or(2, |c| c.get_ref().0),
+        fall: h.fall.as_ref().map_or(3, |c| c.get_ref().0),
         initial_up,
         flap_damping,
     })
@@ -1127,12 +1066,19 @@ fn passive(cx: &Ctx, p: &RawPassive) -> Result<PassiveSettings, ConfigError> {
     let base = cx.dur(&p.base_ejection, "base_ejection", Duration::from_secs(10))?;
     let max = cx.dur(&p.max_ejection, "max_ejection", Duration::from_secs(300))?;
     if max < base {
-        let span = p.max_ejection.as_ref().map_or(0..0, |s| s.span());
-        return Err(cx.err(span, "max_ejection must not be shorter than base_ejection"));
+        return Err(match &p.max_ejection {
+            Some(m) => cx.err(m.span(), "max_ejection must not be shorter than base_ejection"),
+            // A defaulted max_ejection has no position: the base_ejection that passed it has
+            // (the defaults alone are in order, so base_ejection was written).
+            None => cx.err(
+                p.base_ejection.as_ref().map_or(0..0, |b| b.span()),
+                format!("base_ejection ({base:?}) must not be longer than max_ejection (default {max:?}); lower it or set max_ejection"),
+            ),
+        });
     }
     Ok(PassiveSettings {
         enabled: p.enabled.unwrap_or(true),
-        consecutive_failures: p.consecutive_failures.map_or(5, |c| c.0),
+        consecutive_failures: p.consecutive_failures.as_ref().map_or(5, |c| c.get_ref().0),
         count_connect: c,
         count_reset: r,
         count_timeout: t,

@@ -97,7 +97,7 @@ pub(super) fn dns_server(
         host: host.to_string(),
         port,
         name,
-        weight: s.weight.0,
+        weight: s.weight(),
         backup: s.backup,
         max_conns,
     })

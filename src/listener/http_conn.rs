@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
 use super::Control;
-use crate::proxy::cancel::cancelled;
 use crate::admission::ClientAddr;
+use crate::proxy::cancel::cancelled;
 use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
 use crate::proxy::Rejection;
 use crate::tls::Alpn;

@@ -1,34 +1,13 @@
 //! The daemon's life: signals (SIGHUP reloads; SIGTERM/SIGINT drain and stop, a second one
-//! stops at once) and systemd notifications (READY, RELOADING, STOPPING, WATCHDOG). Outside
-//! systemd every notification is a no-op.
+//! stops at once), the watchdog, and the READY/STOPPING notifications of `crate::notify`.
 
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::notify::notify;
 use crate::runtime::Fulcrum;
-
-/// Tells systemd a reload has begun (RELOADING=1 with MONOTONIC_USEC, as Type=notify-reload wants).
-pub fn notify_reloading() {
-    let mut states = vec![NotifyState::Reloading];
-    if let Ok(now) = NotifyState::monotonic_usec_now() {
-        states.push(now);
-    }
-    notify(&states);
-}
-
-/// Tells systemd the service is ready (again), with a status line.
-pub fn notify_ready(status: String) {
-    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-}
-
-fn notify(states: &[NotifyState]) {
-    // Not under systemd (no NOTIFY_SOCKET): nothing to do, and nothing worth logging.
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::debug!(error = %e, "systemd notification failed");
-    }
-}
 
 /// Runs until a stop signal (or an admin shutdown) and returns the exit code.
 pub async fn run(f: Fulcrum) -> std::io::Result<i32> {

@@ -34,6 +34,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod preview;
 pub mod proxy;

@@ -154,7 +154,7 @@ impl Fulcrum {
     /// Puts `previous` back in force after a reload the guard judged harmful.
     async fn roll_back(&self, previous: Arc<Config>, reason: &str) {
         tracing::error!(reason, config = %previous.source.display(), "reload guard: the new configuration made things worse; putting the previous one back");
-        crate::daemon::notify_reloading();
+        crate::notify::notify_reloading();
         let result = self.apply((*previous).clone()).await;
         let shared = &self.shared;
         match &result {
@@ -171,7 +171,7 @@ impl Fulcrum {
                 tracing::error!(error = %e, "reload guard: the previous configuration could not be put back; the new one stays");
             }
         }
-        crate::daemon::notify_ready(match &result {
+        crate::notify::notify_ready(match &result {
             Ok(()) => format!("serving; last reload rolled back: {reason}"),
             Err(e) => format!("serving; rollback failed: {e}"),
         });

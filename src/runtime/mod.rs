@@ -239,7 +239,7 @@ impl Fulcrum {
     /// error (`file:line:col: message` for an invalid file) is logged and counted, and the
     /// previous config keeps serving.
     pub async fn reload(&self) -> Result<(), RuntimeError> {
-        crate::daemon::notify_reloading();
+        crate::notify::notify_reloading();
         let path = self.shared.config.load().source.clone();
         let result = match config::load(&path) {
             Ok(cfg) => {
@@ -270,7 +270,7 @@ impl Fulcrum {
                 tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
             }
         }
-        crate::daemon::notify_ready(match &result {
+        crate::notify::notify_ready(match &result {
             Ok(()) => "serving; last reload succeeded".to_string(),
             Err(e) => format!("serving; last reload failed: {e}"),
         });

@@ -1,5 +1,6 @@
-//! Cost of one `Tier::pick` per algorithm at 3, 100 and 1000 members, and of rebuilding the
-//! tables a health change or reload triggers.
+//! Cost of one `Tier::pick` per algorithm at 3, 100 and 1000 members (least_conn also at 10),
+//! of a least_conn pick together with the load changes a request makes around it, and of
+//! rebuilding the tables a health change or reload triggers.
 //!
 //! Targets on the reference 2-core machine: under 50 ns a pick at 100 members for every
 //! algorithm, under 150 ns for consistent_hash at 1000, under 50 ms to rebuild a 1000-member
@@ -9,13 +10,23 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use fulcrum::balance::{hash_bytes, Algorithm, BackendIdx, Member, PickKey, Tier};
+use fulcrum::balance::{hash_bytes, Algorithm, BackendIdx, LoadGauge, Member, PickKey, Tier};
 
 const SIZES: [usize; 3] = [3, 100, 1000];
+
+/// least_conn's cost grows with the pool, so it gets a point between the two small sizes.
+const LEAST_CONN_SIZES: [usize; 4] = [3, 10, 100, 1000];
+
+fn sizes(name: &str) -> &'static [usize] {
+    if name.starts_with("least_conn") {
+        &LEAST_CONN_SIZES
+    } else {
+        &SIZES
+    }
+}
 
 fn algorithms() -> Vec<(&'static str, Algorithm)> {
     vec![
@@ -50,7 +61,7 @@ fn members(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Member> {
             idx: BackendIdx(i as u32),
             weight: weight(i),
             id_hash: hash_bytes(format!("10.0.{}.{}:8080", i / 256, i % 256).as_bytes()),
-            load: Arc::new(AtomicU32::new((i as u32).wrapping_mul(7) % 11)),
+            load: Arc::new(LoadGauge::new((i as u32).wrapping_mul(7) % 11)),
         })
         .collect()
 }
@@ -67,7 +78,7 @@ fn key(i: u64, pool_load: u32) -> PickKey {
 fn pick(c: &mut Criterion) {
     for (name, algorithm) in algorithms() {
         let mut group = c.benchmark_group(format!("pick/{name}"));
-        for n in SIZES {
+        for &n in sizes(name) {
             // Weights cycle 1..=4, so rings hold 250 points per server and WRR has a real period.
             let m = members(n, |i| 1 + (i % 4) as u32);
             let pool_load = m.iter().map(Member::current_load).sum();
@@ -84,10 +95,42 @@ fn pick(c: &mut Criterion) {
     }
     // least_conn skips its per-member multiply when all weights are equal, the common case.
     let mut group = c.benchmark_group("pick/least_conn_equal_weights");
-    for n in SIZES {
+    for n in LEAST_CONN_SIZES {
         let tier = Tier::build(&Algorithm::LeastConn, members(n, |_| 1));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| tier.pick(black_box(&PickKey::default())))
+        });
+    }
+    group.finish();
+}
+
+/// A request's whole life as least_conn sees it: a pick, the chosen server's gauge going up,
+/// and the gauge of the request placed `IN_FLIGHT` picks earlier coming down. Loads move
+/// between picks here, as they do in the proxy, so a structure that caches them pays its
+/// upkeep inside this figure.
+fn pick_acquire_release(c: &mut Criterion) {
+    const IN_FLIGHT: usize = 64;
+    let mut group = c.benchmark_group("pick_acquire_release/least_conn");
+    for n in LEAST_CONN_SIZES {
+        let tier = Tier::build(&Algorithm::LeastConn, members(n, |i| 1 + (i % 4) as u32));
+        let m = tier.members();
+        let mut ring = [0usize; IN_FLIGHT];
+        for (k, slot) in ring.iter_mut().enumerate() {
+            *slot = k % n;
+            m[*slot].load.fetch_add(1);
+        }
+        let mut next = 0;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let Some(idx) = tier.pick(black_box(&PickKey::default())) else {
+                    return;
+                };
+                // Members are built with idx == position.
+                m[idx.get()].load.fetch_add(1);
+                let done = std::mem::replace(&mut ring[next], idx.get());
+                m[done].load.fetch_sub(1);
+                next = (next + 1) % IN_FLIGHT;
+            })
         });
     }
     group.finish();
@@ -121,5 +164,5 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, rebuild);
+criterion_group!(benches, pick, pick_acquire_release, rebuild);
 criterion_main!(benches);

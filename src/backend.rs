@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter};
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::LoadGauge;
 use crate::config::ServerSettings;
 use crate::metrics::Metrics;
 
@@ -295,7 +296,7 @@ pub struct BackendState {
     /// Address.
     pub addr: SocketAddr,
     /// In-flight requests (L7) or open connections (L4): the balancer's load gauge.
-    pub load: Arc<AtomicU32>,
+    pub load: Arc<LoadGauge>,
     /// Metric handles.
     pub metrics: BackendMetrics,
     health_up: AtomicBool,
@@ -369,7 +370,7 @@ impl BackendState {
             pool,
             name: s.name.clone(),
             addr: s.addr,
-            load: Arc::new(AtomicU32::new(0)),
+            load: Arc::new(LoadGauge::new(0)),
             health_up: AtomicBool::new(initial_up),
             admin: AtomicU8::new(AdminState::Enabled as u8),
             weight_override: AtomicU32::new(0),
@@ -586,7 +587,7 @@ impl LoadGuard {
     /// Takes one unit.
     #[inline]
     pub fn new(state: Arc<BackendState>) -> Self {
-        state.load.fetch_add(1, Ordering::Relaxed);
+        state.load.fetch_add(1);
         LoadGuard {
             state,
             waiters: None,
@@ -607,10 +608,8 @@ impl LoadGuard {
             if cur >= max {
                 return None;
             }
-            match state
-                .load
-                .compare_exchange_weak(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
+            // The gauge's changes are SeqCst.
+            match state.load.compare_exchange_weak(cur, cur + 1) {
                 Ok(_) => {
                     return Some(LoadGuard {
                         state: state.clone(),
@@ -630,14 +629,10 @@ impl LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        match &self.waiters {
-            None => {
-                self.state.load.fetch_sub(1, Ordering::Relaxed);
-            }
-            Some(w) => {
-                self.state.load.fetch_sub(1, Ordering::SeqCst);
-                w.slot_freed();
-            }
+        // SeqCst (every change of the gauge is), which the waiters' Dekker pairing needs.
+        self.state.load.fetch_sub(1);
+        if let Some(w) = &self.waiters {
+            w.slot_freed();
         }
     }
 }

@@ -12,10 +12,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use crate::balance::{hash_bytes, Algorithm, BackendIdx, Member, PickKey, Tier};
+use crate::balance::{hash_bytes, Algorithm, BackendIdx, LoadGauge, Member, PickKey, Tier};
 use crate::config::{Config, HashKey, ListenerSettings, PoolSettings, RouteAction, RouteSettings};
 
 /// Keys sampled per hashing pool.
@@ -508,7 +507,7 @@ fn tier(p: &PoolSettings) -> Tier {
             idx: BackendIdx(i as u32),
             weight: s.weight,
             id_hash: hash_bytes(s.name.as_bytes()),
-            load: Arc::new(AtomicU32::new(0)),
+            load: Arc::new(LoadGauge::new(0)),
         })
         .collect();
     Tier::build(&p.algorithm, members)

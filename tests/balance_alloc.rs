@@ -8,10 +8,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use fulcrum::balance::{hash_bytes, Algorithm, BackendIdx, Member, PickKey, Tier};
+use fulcrum::balance::{hash_bytes, Algorithm, BackendIdx, LoadGauge, Member, PickKey, Tier};
 
 struct Counting;
 
@@ -61,7 +60,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
             idx: BackendIdx(i as u32),
             weight,
             id_hash: hash_bytes(format!("10.0.0.{i}:80").as_bytes()),
-            load: Arc::new(AtomicU32::new(i as u32 % 3)),
+            load: Arc::new(LoadGauge::new(i as u32 % 3)),
         })
         .collect()
 }
@@ -115,4 +114,33 @@ fn picks_never_allocate() {
             algorithm.name()
         );
     }
+}
+
+/// least_conn's larger tables keep a tree that every load change marks and the next pick
+/// brings up to date: neither side may allocate either.
+#[test]
+fn least_conn_upkeep_never_allocates() {
+    let tier = Tier::build(&Algorithm::LeastConn, members(&[1, 2, 3, 4].repeat(250)));
+    let m = tier.members();
+    let key = PickKey::default();
+    // The first watched change on a thread registers it with `arc-swap`'s reader list, once.
+    m[0].load.fetch_add(1);
+    m[0].load.fetch_sub(1);
+
+    let mut held = Vec::with_capacity(64);
+    let before = allocations();
+    for i in 0..10_000 {
+        let idx = tier.pick(&key).expect("a member");
+        m[idx.get()].load.fetch_add(1);
+        if held.len() == held.capacity() {
+            let done: usize = held.swap_remove(i % held.len());
+            m[done].load.fetch_sub(1);
+        }
+        held.push(idx.get());
+    }
+    let made = allocations() - before;
+    assert_eq!(
+        made, 0,
+        "least_conn allocated {made} times in 10000 requests"
+    );
 }

@@ -143,7 +143,6 @@ fn lighter(a: &Member, b: &Member) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use proptest::prelude::*;
 
@@ -198,7 +197,7 @@ mod tests {
         let k = key(42);
         let owner = ch.pick(&m, &k).unwrap();
         // Pool of 8 in flight, cap ceil(1.25 × 9 / 4) = 3: the owner at 3 is full.
-        m[owner].load.store(3, Ordering::Relaxed);
+        m[owner].load.store(3);
         let busy = PickKey { pool_load: 8, ..k };
         let spilled = ch.pick(&m, &busy).unwrap();
         assert_ne!(spilled, owner);
@@ -217,7 +216,7 @@ mod tests {
     fn gives_up_to_the_least_loaded_when_all_are_full() {
         let m = members(&[1, 1, 1]);
         for (member, load) in m.iter().zip([5, 2, 7]) {
-            member.load.store(load, Ordering::Relaxed);
+            member.load.store(load);
         }
         // pool_load 0 understates reality: nobody has room under cap 1.
         let ch = ConsistentHash::build(&m, 100, Some(1.5));
@@ -322,7 +321,7 @@ mod tests {
                     ..PickKey::default()
                 };
                 let pos = ch.pick(&m, &k).unwrap();
-                m[pos].load.fetch_add(1, Ordering::Relaxed);
+                m[pos].load.fetch_add(1);
                 for (member, &w) in m.iter().zip(&weights) {
                     // ceil(c × assigned × w / W)
                     let d = den * total_weight;

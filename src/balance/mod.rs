@@ -3,15 +3,18 @@
 //! This module is pure. It knows nothing of sockets, tokio, clocks or config files: a
 //! [`Tier`] is built from a list of [`Member`]s (precomputing whatever its algorithm needs,
 //! such as a hash ring or a weighted schedule) and then asked for picks. Live load figures
-//! enter only through the `Arc<AtomicU32>` gauges the members carry and the pool-wide total
-//! in [`PickKey`]. A pick never allocates, never locks and never blocks.
+//! enter only through the [`LoadGauge`]s the members carry (which tell a table that watches
+//! them when they move) and the pool-wide total in [`PickKey`]. A pick never allocates, never
+//! locks and never blocks.
 //!
 //! One file per algorithm; the closed set is an enum dispatched with a `match`.
 
 mod consistent_hash;
+mod gauge;
 mod hash;
 mod ip_hash;
 mod least_conn;
+mod min_tree;
 mod p2c;
 #[cfg(test)]
 mod properties;
@@ -21,9 +24,10 @@ mod round_robin;
 mod weighted_round_robin;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+pub use gauge::LoadGauge;
 pub use hash::{hash_bytes, hash_ip};
 
 /// Index of a server in its pool's server list (stable for the lifetime of one pool build).
@@ -48,7 +52,7 @@ pub struct Member {
     /// server keeps its ring points across rebuilds and reloads.
     pub id_hash: u64,
     /// In-flight requests (L7) or open connections (L4) on this server right now.
-    pub load: Arc<AtomicU32>,
+    pub load: Arc<LoadGauge>,
 }
 
 impl Member {
@@ -225,7 +229,7 @@ pub(crate) mod test_support {
                 idx: BackendIdx(i as u32),
                 weight: *w,
                 id_hash: hash_bytes(format!("server-{i}").as_bytes()),
-                load: Arc::new(AtomicU32::new(0)),
+                load: Arc::new(LoadGauge::new(0)),
             })
             .collect()
     }

@@ -40,7 +40,6 @@ impl P2c {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use proptest::prelude::*;
 
@@ -63,7 +62,7 @@ mod tests {
     fn of_two_takes_the_less_loaded() {
         let m = members(&[1, 1]);
         let t = P2c::build(&m);
-        m[0].load.store(5, Ordering::Relaxed);
+        m[0].load.store(5);
         for _ in 0..100 {
             assert_eq!(t.pick(&m), Some(1));
         }
@@ -73,7 +72,7 @@ mod tests {
     fn never_picks_the_most_loaded_of_three_or_more() {
         let m = members(&[1, 1, 1, 1]);
         let t = P2c::build(&m);
-        m[2].load.store(9, Ordering::Relaxed);
+        m[2].load.store(9);
         for _ in 0..1000 {
             assert_ne!(t.pick(&m), Some(2), "it loses every duel");
         }
@@ -84,8 +83,8 @@ mod tests {
         let m = members(&[1, 4]);
         let t = P2c::build(&m);
         // (3 + 1) / 4 = 1 < (1 + 1) / 1 = 2.
-        m[0].load.store(1, Ordering::Relaxed);
-        m[1].load.store(3, Ordering::Relaxed);
+        m[0].load.store(1);
+        m[1].load.store(3);
         assert_eq!(t.pick(&m), Some(1));
     }
 

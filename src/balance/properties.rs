@@ -4,8 +4,6 @@
 //! Tiers here are built from random subsets of a random pool, as the health checker would build
 //! them when servers come and go, including the empty subset.
 
-use std::sync::atomic::Ordering;
-
 use proptest::prelude::*;
 
 use super::test_support::members;
@@ -46,11 +44,11 @@ pub(crate) fn slow_server_sim(
     let mut finishing: Vec<Vec<usize>> = vec![Vec::new(); TICKS + SLOW_TICKS];
     for tick in 0..TICKS {
         for pos in std::mem::take(&mut finishing[tick]) {
-            m[pos].load.fetch_sub(1, Ordering::Relaxed);
+            m[pos].load.fetch_sub(1);
         }
         for _ in 0..per_tick {
             let pos = pick();
-            m[pos].load.fetch_add(1, Ordering::Relaxed);
+            m[pos].load.fetch_add(1);
             counts[pos] += 1;
             let hold = if pos == slow { SLOW_TICKS } else { 1 };
             finishing[tick + hold].push(pos);
@@ -77,7 +75,7 @@ proptest! {
             .map(|(m, _)| m.clone())
             .collect();
         for (m, &l) in eligible.iter().zip(&loads) {
-            m.load.store(l, Ordering::Relaxed);
+            m.load.store(l);
         }
         let pool_load = loads.iter().take(eligible.len()).sum();
         for algorithm in algorithms() {

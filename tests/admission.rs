@@ -10,26 +10,9 @@ use std::time::Duration;
 use common::*;
 use fulcrum::config::ProxyProtocol;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// A connection to `to` from source address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
-    s.connect(to).await.unwrap()
-}
-
-/// One raw HTTP/1.1 request from `from`; the head (lower-case) and body of the answer.
-async fn request_from(from: &str, to: SocketAddr, extra_headers: &str) -> (String, String) {
-    let mut s = connect_from(from, to).await;
-    s.write_all(format!("GET /headers HTTP/1.1\r\nHost: t\r\n{extra_headers}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut s).await;
-    (head, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn with_listener(cfg: String, extra: &str) -> String {
     cfg.replacen("pool = \"app\"\n", &format!("pool = \"app\"\n{extra}\n"), 1)

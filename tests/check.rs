@@ -1,25 +1,12 @@
 //! `fulcrum check`: valid configs pass with a summary; each broken one exits 2 with
 //! `PATH:LINE:COL: message` pointing at the offending line.
 
+#[path = "support/check.rs"]
+mod check_cmd;
+
 use std::process::Command;
 
-fn check(text: &str) -> (i32, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        stdout,
-        stderr.replace(&*path.to_string_lossy(), "F"),
-    )
-}
+use check_cmd::check;
 
 const BASE: &str = r#"[[listener]]
 name = "web"

@@ -5,22 +5,13 @@
 //! Each case marks the expected position in its config with `|` in a needle: the needle,
 //! without the mark, occurs once in the config, and the mark stands where the error points.
 
-use std::process::Command;
+#[path = "support/check.rs"]
+mod check_cmd;
 
 /// (exit code, stderr with the file's path replaced by `F`).
 fn check(text: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "F"),
-    )
+    let (code, _, err) = check_cmd::check(text);
+    (code, err)
 }
 
 /// `F:LINE:COL:` of the `|` in `needle`, which (without the mark) must occur once in `text`.

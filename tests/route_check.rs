@@ -2,34 +2,13 @@
 //! summary; each broken route config exits 2 with `PATH:LINE:COL: message` at the offending
 //! line; unreachable routes are warnings with their line, and the exit stays 0.
 
-use std::process::Command;
+#[path = "support/check.rs"]
+mod check_cmd;
+
+use check_cmd::{check, check_files};
 
 use fulcrum::config::{self, RouteAction};
 use fulcrum::route::{HostPattern, PathMatch};
-
-/// (exit code, stdout, stderr with the file's path replaced by `F`).
-fn check_files(text: &str, files: &[(&str, &str)]) -> (i32, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, body) in files {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    let path = dir.path().join("f.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fulcrum"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "F"),
-    )
-}
-
-fn check(text: &str) -> (i32, String, String) {
-    check_files(text, &[])
-}
 
 const BASE: &str = r#"[[listener]]
 name = "web"

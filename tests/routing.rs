@@ -13,8 +13,7 @@ use bytes::Bytes;
 use common::*;
 use fulcrum::demo::Origin;
 use http_body_util::Full;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -503,23 +502,6 @@ async fn a_sticky_split_keeps_each_client_on_one_side() {
     assert_eq!(sides.len(), 2, "40 users all on one side: {sides:?}");
 }
 
-/// A connection to `to` from source address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
-    s.connect(to).await.unwrap()
-}
-
-/// The response head (lower-case) and body of one raw request from `from`.
-async fn raw_from(from: &str, to: SocketAddr, extra: &str) -> (String, String) {
-    let mut s = connect_from(from, to).await;
-    s.write_all(format!("GET /headers HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut s).await;
-    (head, String::from_utf8_lossy(&body).into_owned())
-}
-
 fn header_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
@@ -541,7 +523,7 @@ async fn request_ids_are_generated_echoed_logged_and_kept_from_trusted_senders()
     let p = Proxy::start(&cfg).await;
     let web = p.addr("web");
     // None sent: one is made, the origin gets it and the client sees it.
-    let (head, body) = raw_from("127.0.0.1", web, "").await;
+    let (head, body) = request_from("127.0.0.1", web, "").await;
     let id = header_of(&head, "x-request-id")
         .expect("echoed")
         .to_string();
@@ -552,10 +534,10 @@ async fn request_ids_are_generated_echoed_logged_and_kept_from_trusted_senders()
         "{body}"
     );
     // From an untrusted client, its own id is replaced.
-    let (head, _) = raw_from("127.0.0.1", web, "X-Request-ID: spoofed-1\r\n").await;
+    let (head, _) = request_from("127.0.0.1", web, "X-Request-ID: spoofed-1\r\n").await;
     assert_ne!(header_of(&head, "x-request-id"), Some("spoofed-1"));
     // From a trusted proxy it is passed through.
-    let (head, body) = raw_from("127.0.0.2", web, "X-Request-ID: edge-77\r\n").await;
+    let (head, body) = request_from("127.0.0.2", web, "X-Request-ID: edge-77\r\n").await;
     assert_eq!(header_of(&head, "x-request-id"), Some("edge-77"));
     assert_eq!(header_of(&body, "x-request-id"), Some("edge-77"));
     // Both are in the access log.

@@ -91,14 +91,6 @@ pub(super) async fn serve(
     route: Arc<ArcSwap<HttpRoute>>,
     ctl: Control,
 ) {
-    // Tokens of this connection's own: each poll of `cancelled()` then locks only its own
-    // waiter list, not the one every connection of the listener shares (a contended lock
-    // per I/O event with several workers).
-    let ctl = Control {
-        drain: ctl.drain.child_token(),
-        hard_stop: ctl.hard_stop.child_token(),
-        tracker: ctl.tracker,
-    };
     let peer = client.addr;
     let cur = route.load_full();
     let metrics = cur.metrics.clone();

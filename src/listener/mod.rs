@@ -284,9 +284,7 @@ impl Acceptor {
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    // A token of its own: the relay polls it on every I/O event.
-                    let stop = ctl.hard_stop.child_token();
-                    crate::proxy::tcp::serve(stream, client, r, stop).await;
+                    crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop).await;
                     active.dec();
                 }
                 // Boxed: the HTTP connection's state is large, and it would otherwise size

@@ -872,3 +872,23 @@ pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Op
     tokio::time::timeout(limit, read_all).await.ok()?;
     Some(all)
 }
+
+/// A connection to `to` from source address `from` (any of 127.0.0.0/8 is loopback, so
+/// 127.0.0.2 is a second client).
+pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// One raw HTTP/1.1 `GET /headers` from `from` with `extra_headers`; the answer's head
+/// (lower-case) and body (the demo origin lists the headers it received).
+pub async fn request_from(from: &str, to: SocketAddr, extra_headers: &str) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = connect_from(from, to).await;
+    s.write_all(format!("GET /headers HTTP/1.1\r\nHost: t\r\n{extra_headers}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    (head, String::from_utf8_lossy(&body).into_owned())
+}

@@ -39,7 +39,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FULCRUM = os.path.join(ROOT, "target", "release", "fulcrum")
+# FULCRUM_BIN runs another build (an A/B against a saved binary, say).
+FULCRUM = os.environ.get("FULCRUM_BIN") or os.path.join(ROOT, "target", "release", "fulcrum")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

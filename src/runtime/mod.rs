@@ -297,6 +297,10 @@ impl Fulcrum {
             futures_util::future::join_all(stops),
             tokio::time::timeout(grace, retiring.wait())
         );
+        if let Some(log) = live.access_log.clone() {
+            // The writer lingers between batches: write what is queued before exiting.
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
+        }
         if clean.iter().all(|c| *c) && retired.is_ok() {
             tracing::info!("all connections finished; stopped");
         } else {

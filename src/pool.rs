@@ -5,7 +5,7 @@
 //! rebuilds the table from the servers' atomics under a small lock so two concurrent
 //! publishers cannot store tables out of order.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -82,13 +82,22 @@ pub struct Pool {
 /// checks, ejection timers) publish into whichever generation is current.
 pub struct PoolSlot {
     current: ArcSwap<Pool>,
+    /// A rebuild off the workers is queued and has not yet read the servers' states: a
+    /// publish meanwhile needs no rebuild of its own (that one will see its change).
+    queued: AtomicBool,
 }
+
+/// From this many servers on, a health change rebuilds the pool's table on a blocking
+/// thread rather than on the runtime worker that saw the change (a hash ring of 1000
+/// servers takes milliseconds; one of a few servers, microseconds).
+pub const OFF_WORKER_SERVERS: usize = 32;
 
 impl PoolSlot {
     /// A slot holding `pool`.
     pub fn new(pool: Arc<Pool>) -> Arc<Self> {
         let slot = Arc::new(PoolSlot {
             current: ArcSwap::new(pool.clone()),
+            queued: AtomicBool::new(false),
         });
         let _ = pool.slot.set(Arc::downgrade(&slot));
         slot
@@ -106,10 +115,30 @@ impl PoolSlot {
         pool.publish();
     }
 
-    /// Republishes the current generation.
-    pub fn publish(&self) {
-        self.current.load().publish();
+    /// Republishes the current generation. A large pool is rebuilt on a blocking thread
+    /// (when on a multi-threaded runtime), so the worker that saw a health change goes on
+    /// serving; publishes that come while one is queued are folded into it.
+    pub fn publish(self: &Arc<Self>) {
+        let pool = self.current.load();
+        if pool.servers.len() < OFF_WORKER_SERVERS || !on_multi_thread_runtime() {
+            pool.publish();
+            return;
+        }
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let slot = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // Cleared before the states are read: a change after this gets its own rebuild.
+            slot.queued.store(false, Ordering::Release);
+            slot.current.load().publish();
+        });
     }
+}
+
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 impl Pool {
@@ -360,5 +389,83 @@ impl RetryBudget {
         }
         w.retries[s].fetch_add(1, Ordering::Relaxed);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AdminState;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn pool_of(n: usize) -> (Arc<PoolSlot>, Registry) {
+        let servers: Vec<String> = (0..n)
+            .map(|i| format!("{{ addr = \"127.0.0.1:{}\" }}", 20000 + i))
+            .collect();
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\n\
+             [[pool]]\nname = \"p\"\nalgorithm = \"consistent_hash\"\nhash_key = \"client_ip\"\n\
+             servers = [{}]\n[pool.health]\nkind = \"none\"\n",
+            servers.join(", ")
+        );
+        let cfg = crate::config::parse(&text, Path::new("t.toml")).unwrap();
+        let registry = Registry::default();
+        let metrics = Metrics::new();
+        let pool = Pool::new(
+            cfg.pools[0].clone(),
+            &registry,
+            &metrics,
+            PoolCarry::default(),
+        );
+        (PoolSlot::new(Arc::new(pool)), registry)
+    }
+
+    async fn wait_for(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_pool_is_rebuilt_off_the_workers_and_every_change_lands() {
+        let (slot, _registry) = pool_of(OFF_WORKER_SERVERS + 8);
+        let pool = slot.load();
+        assert_eq!(
+            pool.eligible().primary.members().len(),
+            OFF_WORKER_SERVERS + 8
+        );
+        // A burst of changes, each followed by a publish: they may fold into fewer
+        // rebuilds, but the table must end up with every one of them.
+        for s in &pool.servers[..10] {
+            s.state.set_admin_state(AdminState::Disabled);
+            slot.publish();
+        }
+        wait_for("all ten out of the table", || {
+            pool.eligible().primary.members().len() == OFF_WORKER_SERVERS - 2
+        })
+        .await;
+        for s in &pool.servers[..10] {
+            assert!(!pool.eligible().contains(s.idx));
+        }
+        pool.servers[3].state.set_admin_state(AdminState::Enabled);
+        slot.publish();
+        wait_for("the one enabled back", || {
+            pool.eligible().contains(pool.servers[3].idx)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_small_pool_is_rebuilt_at_once() {
+        let (slot, _registry) = pool_of(3);
+        let pool = slot.load();
+        pool.servers[0].state.set_admin_state(AdminState::Disabled);
+        slot.publish();
+        assert!(!pool.eligible().contains(pool.servers[0].idx));
     }
 }

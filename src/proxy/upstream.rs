@@ -1,5 +1,11 @@
 //! Connections to servers for the L7 proxy: one small pool of idle HTTP/1.1 connections per
-//! server (a lock-free queue), or one shared h2 connection per server.
+//! server, or one shared h2 connection per server.
+//!
+//! The idle pool is a stack: the connection released last is reused first. Under steady
+//! load the same few stay warm and the rest age out, so fewer connections stay open, and a
+//! reused one is rarely old enough for the server to be closing it as it is picked (the
+//! race a queue, which reuses the oldest, invites). Expired ones leave from the bottom, on
+//! release and on a timer, so the pool shrinks back when load falls.
 //!
 //! Connecting is a separate step from sending, so a connect failure never consumes the
 //! request: the caller can try another server with the same request. A pooled connection
@@ -13,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::VecDeque;
+use std::sync::{Mutex, Weak};
 use tokio::net::TcpStream;
 
 use super::body::ReqBody;
@@ -66,7 +73,9 @@ pub struct ServerUpstream {
     /// the server keeps its pooled connections and only retimes them.
     connect_ms: AtomicU64,
     idle_ms: AtomicU64,
-    idle: ArrayQueue<Idle>,
+    /// Idle connections, oldest at the front. The lock is held for a push or a pop only;
+    /// connections are dropped (which wakes their tasks) after it is released.
+    idle: Mutex<VecDeque<Idle>>,
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
     /// TLS towards the server, when the pool has `tls`; replaced by reloads.
     tls: ArcSwapOption<ClientTls>,
@@ -92,16 +101,67 @@ impl ServerUpstream {
         timeouts: PoolTimeouts,
         tls: Option<Arc<ClientTls>>,
     ) -> Arc<Self> {
-        Arc::new(ServerUpstream {
+        let up = Arc::new(ServerUpstream {
             addr: state.addr,
             state,
             protocol,
             connect_ms: AtomicU64::new(timeouts.connect.as_millis() as u64),
             idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
-            idle: ArrayQueue::new(IDLE_PER_SERVER),
+            idle: Mutex::new(VecDeque::new()),
             h2: ArcSwapOption::empty(),
             tls: ArcSwapOption::new(tls),
-        })
+        });
+        if protocol == UpstreamProtocol::Http1 {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(reaper(Arc::downgrade(&up)));
+            }
+        }
+        up
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expired(&self, i: &Idle, now: u64) -> bool {
+        now.saturating_sub(i.since_ms) > self.idle_ms.load(Ordering::Relaxed)
+    }
+
+    /// The newest idle connection that is still open and young enough. Finding an expired
+    /// one empties the pool: everything under it is older still.
+    fn take_idle(&self) -> Option<Idle> {
+        let now = now_ms();
+        let mut q = self.idle();
+        while let Some(i) = q.pop_back() {
+            if self.expired(&i, now) {
+                let old = std::mem::take(&mut *q);
+                drop(q);
+                drop((i, old));
+                return None;
+            }
+            if !i.tx.is_closed() {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Closes idle connections that expired or that the server closed, from the bottom of
+    /// the stack up to the first live one; returns how many are left.
+    fn reap_idle(&self) -> usize {
+        let now = now_ms();
+        let mut gone = Vec::new();
+        let mut q = self.idle();
+        while q
+            .front()
+            .is_some_and(|i| i.tx.is_closed() || self.expired(i, now))
+        {
+            gone.extend(q.pop_front());
+        }
+        let left = q.len();
+        drop(q);
+        drop(gone);
+        left
     }
 
     /// The server address.
@@ -145,12 +205,7 @@ impl ServerUpstream {
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         match self.protocol {
             UpstreamProtocol::Http1 => {
-                let now = now_ms();
-                let max_idle = self.idle_ms.load(Ordering::Relaxed);
-                while let Some(mut idle) = self.idle.pop() {
-                    if idle.tx.is_closed() || now.saturating_sub(idle.since_ms) > max_idle {
-                        continue;
-                    }
+                while let Some(mut idle) = self.take_idle() {
                     // A connection released at end of body may still be finishing that
                     // response for a moment; ready() waits for that or reports it closed,
                     // within the connect timeout at most.
@@ -269,8 +324,36 @@ impl ServerUpstream {
 
     /// Closes idle connections (after a reload removed the server, say).
     pub fn clear_idle(&self) {
-        while self.idle.pop().is_some() {}
+        let old = std::mem::take(&mut *self.idle());
+        drop(old);
         self.h2.store(None);
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+}
+
+/// Closes a server's expired idle connections now and then, until the server's upstream is
+/// dropped (a reload removed the server).
+async fn reaper(up: Weak<ServerUpstream>) {
+    loop {
+        let every = match up.upgrade() {
+            Some(u) => {
+                let ms = u.idle_ms.load(Ordering::Relaxed);
+                Duration::from_millis(ms / 4)
+                    .clamp(Duration::from_millis(250), Duration::from_secs(5))
+            }
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        match up.upgrade() {
+            Some(u) => {
+                u.reap_idle();
+            }
+            None => return,
+        }
     }
 }
 
@@ -294,13 +377,129 @@ impl Lease {
     /// Gives the connection back for reuse, if it can carry another request.
     pub fn release(self) {
         if let Sender::H1(tx) = self.sender {
-            if !tx.is_closed() {
-                // A full queue drops the connection, which closes it: the cap on idle ones.
-                let _ = self.home.idle.push(Idle {
-                    tx,
-                    since_ms: now_ms(),
+            if tx.is_closed() {
+                return;
+            }
+            let home = &self.home;
+            let now = now_ms();
+            let idle = Idle { tx, since_ms: now };
+            let mut q = home.idle();
+            // The bottom one leaves if it expired: the pool sheds what load no longer needs
+            // as it goes, not only when the reaper passes.
+            let stale = match q.front() {
+                Some(i) if home.expired(i, now) => q.pop_front(),
+                _ => None,
+            };
+            // A full pool drops the connection, which closes it: the cap on idle ones.
+            let over = if q.len() < IDLE_PER_SERVER {
+                q.push_back(idle);
+                None
+            } else {
+                Some(idle)
+            };
+            drop(q);
+            drop((stale, over));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ServerOrigin, ServerSettings};
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An origin that answers every request on its n-th connection with the body "n".
+    async fn numbered_origin() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while let Ok((mut s, _)) = l.accept().await {
+                n += 1;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = Vec::new();
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => have.extend_from_slice(&buf[..k]),
+                        }
+                        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                            have.drain(..end + 4);
+                            let body = n.to_string();
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                 });
             }
-        }
+        });
+        addr
+    }
+
+    fn upstream(addr: SocketAddr, idle: Duration) -> Arc<ServerUpstream> {
+        let settings = ServerSettings {
+            name: Arc::from("s"),
+            addr,
+            weight: 1,
+            backup: false,
+            max_conns: None,
+            origin: ServerOrigin::File,
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let state = BackendState::detached("p", &settings, &metrics);
+        let t = PoolTimeouts {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(5),
+            upstream_idle: idle,
+            upstream_read_idle: Duration::from_secs(5),
+        };
+        ServerUpstream::new(state, UpstreamProtocol::Http1, t, None)
+    }
+
+    /// Sends a GET on `lease` and returns the body (the origin's connection number).
+    async fn get(lease: &mut Lease) -> String {
+        let req = Request::get("/").body(ReqBody::Empty).unwrap();
+        let resp = lease.send(req).await.ok().expect("sent");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_connection_released_last_is_reused_first_and_expired_ones_are_reaped() {
+        let up = upstream(numbered_origin().await, Duration::from_secs(60));
+        let mut a = up.connect().await.unwrap();
+        let mut b = up.connect().await.unwrap();
+        assert_eq!(get(&mut a).await, "1");
+        assert_eq!(get(&mut b).await, "2");
+        a.release();
+        b.release();
+        assert_eq!(up.idle_count(), 2);
+        let mut again = up.checkout().await.unwrap();
+        assert!(again.reused());
+        assert_eq!(get(&mut again).await, "2", "the newest idle connection");
+        again.release();
+        let mut next = up.checkout().await.unwrap();
+        assert_eq!(get(&mut next).await, "2", "still the warm one");
+        next.release();
+        // Once they expire, the reaper closes them from the bottom up.
+        up.retime(PoolTimeouts {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(5),
+            upstream_idle: Duration::ZERO,
+            upstream_read_idle: Duration::from_secs(5),
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(up.reap_idle(), 0, "expired connections closed");
+        let mut fresh = up.checkout().await.unwrap();
+        assert!(!fresh.reused(), "nothing left to reuse");
+        assert_eq!(get(&mut fresh).await, "3");
     }
 }

@@ -154,8 +154,10 @@ pub(super) async fn forward(
         None => ReqBody::Empty,
     };
     // Only a request without a body can be sent again after it reached a server, and only
-    // if its method is idempotent; keep a copy of its head for that case.
-    let replay = (idempotent(&parts.method) && state.is_none() && upgrade.is_none())
+    // if its method is idempotent; keep a copy of its head for that case, unless the pool
+    // could never retry it elsewhere (no retries, or no other server).
+    let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
+    let replay = (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
         .then(|| copy_head(&parts));
     let mut pending = Some(Request::from_parts(parts, body));
 

@@ -282,7 +282,7 @@ def load(args):
     for c in need:
         if not shutil.which(c):
             raise SystemExit(f"compare.py: needs {c}")
-    workers = 2 if args.unpinned else 1
+    workers = args.workers or (2 if args.unpinned else 1)
     proxy_cpu, load_cpu = (None, None) if args.unpinned else (0, 1)
     wrk_threads = 2 if args.unpinned else 1
     procs = Procs()
@@ -322,7 +322,8 @@ def load(args):
 def report(results, args):
     keys = [("rps", "req/s", "{:.0f}"), ("p99_ms", "p99 ms", "{:.2f}"),
             ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}")]
-    lines = [f"{'unpinned, 2 workers each' if args.unpinned else 'proxy pinned to core 0, 1 worker'}; "
+    workers = args.workers or (2 if args.unpinned else 1)
+    lines = [f"{'unpinned' if args.unpinned else 'proxy pinned to core 0'}, {workers} worker{'s' if workers > 1 else ''} each; "
              f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx", "",
              "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | errors |",
              "|---|---|---|---|---|---|---|"]
@@ -420,6 +421,8 @@ def main():
     lo.add_argument("--scenarios", type=lambda s: s.split(","), default=SCENARIOS)
     lo.add_argument("--targets", type=lambda s: s.split(","), default=TARGETS)
     lo.add_argument("--unpinned", action="store_true", help="no pinning, 2 workers each")
+    lo.add_argument("--workers", type=int, help="worker threads (processes for nginx) for every proxy "
+                    "(default: 1 pinned, 2 unpinned)")
     lo.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke test")
     lo.add_argument("--json", help="write every run to this file")
     ins = sub.add_parser("instructions", help="instructions per request under callgrind")

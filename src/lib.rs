@@ -17,6 +17,8 @@
 //!   up to date, through the same one-pool path a reload takes.
 //! - The command line's own words live beside it: [`summary`] is what `fulcrum check`
 //!   prints, [`run_demo`] is `fulcrum demo`, over the origins of [`demo`].
+//! - [`workers`] are the threads that serve connections, one single-threaded runtime each;
+//!   a connection stays on the worker that accepted it.
 //! - [`tls`] loads certificates and builds rustls configurations, performs handshakes for
 //!   the listener and the proxy, and reads SNI for passthrough routing.
 
@@ -44,6 +46,7 @@ mod run_demo;
 pub mod runtime;
 mod summary;
 pub mod tls;
+pub mod workers;
 
 pub use config::Config;
 pub use run_demo::run_demo;

@@ -128,17 +128,13 @@ fn runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
         .runtime
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tracing::info!(workers, "starting runtime");
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
+    tracing::info!(workers, "starting worker threads");
+    fulcrum::workers::start(workers)?;
+    // The main thread's runtime runs the control plane: admin API, health checks,
+    // discovery, reloads. Connections are served on the workers.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

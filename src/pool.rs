@@ -136,9 +136,12 @@ impl PoolSlot {
     }
 }
 
+/// Whether a rebuild may go to a blocking thread: on a worker thread, or on a
+/// multi-threaded runtime (a single-threaded test runtime rebuilds inline, at once).
 fn on_multi_thread_runtime() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    crate::workers::current().is_some()
+        || tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 impl Pool {

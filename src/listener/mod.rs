@@ -93,12 +93,14 @@ impl Listener {
         let drain = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let acceptor = Acceptor {
+        let limit = Arc::new(Semaphore::new(settings.max_connections));
+        let clients = Arc::new(ClientCounts::default());
+        let acceptor = |listener| Acceptor {
             listener,
             route: route.clone(),
-            limit: Arc::new(Semaphore::new(settings.max_connections)),
-            process,
-            clients: Arc::new(ClientCounts::default()),
+            limit: limit.clone(),
+            process: process.clone(),
+            clients: clients.clone(),
             ctl: Control {
                 drain: drain.clone(),
                 hard_stop: hard_stop.clone(),
@@ -106,7 +108,19 @@ impl Listener {
             },
             name: settings.name.clone(),
         };
-        tracker.spawn(acceptor.run());
+        match on_workers(listener) {
+            // One accept loop per worker thread, each on its own duplicate of the socket,
+            // registered with that worker's runtime: a connection stays where it was
+            // accepted (see crate::workers).
+            Ok(per_worker) => {
+                for (worker, listener) in per_worker {
+                    worker.spawn(tracker.track_future(acceptor(listener).run()));
+                }
+            }
+            Err(listener) => {
+                tracker.spawn(acceptor(listener).run());
+            }
+        }
         tracing::info!(listener = %settings.name, addr = %local_addr, protocol = ?settings.protocol, "listening");
         Listener {
             settings,
@@ -144,6 +158,51 @@ impl Listener {
         self.drain.cancel();
         self.hard_stop.cancel();
     }
+}
+
+/// The listening socket duplicated for each worker thread and registered with its runtime;
+/// the socket back unchanged when no workers run or it cannot be shared.
+fn on_workers(
+    listener: TcpListener,
+) -> Result<Vec<(&'static tokio::runtime::Handle, TcpListener)>, TcpListener> {
+    let workers = crate::workers::handles();
+    if workers.is_empty() {
+        return Err(listener);
+    }
+    let addr = listener.local_addr().ok();
+    let std = match listener.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            // into_std only fails if the socket is already gone; nothing could accept on it.
+            tracing::error!(addr = ?addr, error = %e, "cannot hand a listening socket to the workers");
+            return Ok(Vec::new());
+        }
+    };
+    let mut out = Vec::with_capacity(workers.len());
+    for w in workers {
+        let registered = std.try_clone().and_then(|dup| {
+            let _in_worker = w.enter();
+            TcpListener::from_std(dup)
+        });
+        match registered {
+            Ok(l) => out.push((w, l)),
+            // A worker that cannot take a duplicate (EMFILE) leaves accepting to the others.
+            Err(e) => {
+                tracing::warn!(addr = ?addr, error = %e, "a worker cannot accept on a listener")
+            }
+        }
+    }
+    if out.is_empty() {
+        // No worker could take it: accept where we are.
+        return match TcpListener::from_std(std) {
+            Ok(l) => Err(l),
+            Err(e) => {
+                tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
+                Ok(Vec::new())
+            }
+        };
+    }
+    Ok(out)
 }
 
 /// What a connection task needs to know of its listener's life.

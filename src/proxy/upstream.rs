@@ -73,9 +73,12 @@ pub struct ServerUpstream {
     /// the server keeps its pooled connections and only retimes them.
     connect_ms: AtomicU64,
     idle_ms: AtomicU64,
-    /// Idle connections, oldest at the front. The lock is held for a push or a pop only;
-    /// connections are dropped (which wakes their tasks) after it is released.
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections, one stack per worker thread (a connection's task runs on the
+    /// worker that opened it, so reusing it there keeps the request on one thread), oldest
+    /// at the front. A lock is held for a push or a pop only, and is only ever contended
+    /// by the control thread's reaper; connections are dropped (which wakes their tasks)
+    /// after it is released.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
     /// TLS towards the server, when the pool has `tls`; replaced by reloads.
     tls: ArcSwapOption<ClientTls>,
@@ -107,7 +110,9 @@ impl ServerUpstream {
             protocol,
             connect_ms: AtomicU64::new(timeouts.connect.as_millis() as u64),
             idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..crate::workers::count().max(1))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
             h2: ArcSwapOption::empty(),
             tls: ArcSwapOption::new(tls),
         });
@@ -119,8 +124,10 @@ impl ServerUpstream {
         up
     }
 
+    /// This worker's idle stack.
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        let i = crate::workers::current().unwrap_or(0) % self.idle.len();
+        lock(&self.idle[i])
     }
 
     fn expired(&self, i: &Idle, now: u64) -> bool {
@@ -150,17 +157,20 @@ impl ServerUpstream {
     /// the stack up to the first live one; returns how many are left.
     fn reap_idle(&self) -> usize {
         let now = now_ms();
-        let mut gone = Vec::new();
-        let mut q = self.idle();
-        while q
-            .front()
-            .is_some_and(|i| i.tx.is_closed() || self.expired(i, now))
-        {
-            gone.extend(q.pop_front());
+        let mut left = 0;
+        for stack in &self.idle {
+            let mut gone = Vec::new();
+            let mut q = lock(stack);
+            while q
+                .front()
+                .is_some_and(|i| i.tx.is_closed() || self.expired(i, now))
+            {
+                gone.extend(q.pop_front());
+            }
+            left += q.len();
+            drop(q);
+            drop(gone);
         }
-        let left = q.len();
-        drop(q);
-        drop(gone);
         left
     }
 
@@ -324,15 +334,21 @@ impl ServerUpstream {
 
     /// Closes idle connections (after a reload removed the server, say).
     pub fn clear_idle(&self) {
-        let old = std::mem::take(&mut *self.idle());
-        drop(old);
+        for stack in &self.idle {
+            let old = std::mem::take(&mut *lock(stack));
+            drop(old);
+        }
         self.h2.store(None);
     }
 
     /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle().len()
+        self.idle.iter().map(|s| lock(s).len()).sum()
     }
+}
+
+fn lock(m: &Mutex<VecDeque<Idle>>) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Closes a server's expired idle connections now and then, until the server's upstream is

@@ -14,6 +14,7 @@ pub mod client;
 mod collector;
 mod history;
 mod page;
+mod state;
 mod status;
 mod timed;
 
@@ -32,11 +33,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminSettings;
-use crate::runtime::Shared;
 
 pub use auth::{Auth, AuthError};
 pub use collector::register_collectors;
 pub use history::{ConfigHistory, ReloadOutcome};
+pub use state::{Control, ReloadResult, Shared};
 pub use status::status;
 
 /// How long an admin connection may take to send its request head.
@@ -54,8 +55,13 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves the admin API on `socket`.
-    pub fn start(settings: AdminSettings, listener: TcpListener, shared: Arc<Shared>) -> Self {
+    /// Serves the admin API on `socket`; `control` carries out reloads asked for there.
+    pub fn start(
+        settings: AdminSettings,
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        control: Arc<dyn Control>,
+    ) -> Self {
         // A socket bound by this process always has an address; 0 would only mislabel logs.
         let local_addr = listener
             .local_addr()
@@ -79,9 +85,11 @@ impl AdminServer {
                     }
                 };
                 let shared = shared.clone();
+                let control = control.clone();
                 let token = token.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, shared.clone(), peer));
+                    let svc =
+                        service_fn(move |req| handle(req, shared.clone(), control.clone(), peer));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ)
@@ -184,15 +192,17 @@ impl AdminError {
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    control: Arc<dyn Control>,
     peer: SocketAddr,
 ) -> Result<AdminResponse, Infallible> {
-    let r = route(req, &shared, peer).await;
+    let r = route(req, &shared, &*control, peer).await;
     Ok(r.unwrap_or_else(|e| e.response()))
 }
 
 async fn route(
     req: Request<Incoming>,
     shared: &Arc<Shared>,
+    control: &dyn Control,
     peer: SocketAddr,
 ) -> Result<AdminResponse, AdminError> {
     let path = req.uri().path().to_string();
@@ -235,7 +245,7 @@ async fn route(
         }
         ["reload"] if post => {
             authorize(shared, &req, peer, "reload")?;
-            api::reload(shared, peer).await
+            api::reload(shared, control, peer).await
         }
         ["servers", pool, server, action] if post => {
             authorize(shared, &req, peer, action)?;

@@ -4,12 +4,12 @@
 //! `POST /preview` (what a reload to the posted config would change).
 //!
 //! It binds to loopback unless configured otherwise, and it is never on the request path:
-//! gauges that mirror live server state are computed here at scrape time ([`collector`]),
+//! gauges that mirror live server state are computed here at scrape time (`collector`),
 //! and runtime changes are written to the servers' atomics and published like a health
-//! change. Who may change state is decided in [`auth`].
+//! change. Who may change state is decided in `auth`.
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod client;
 mod collector;
 mod history;
@@ -35,10 +35,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AdminSettings;
 
 pub use auth::{Auth, AuthError};
-pub use collector::register_collectors;
-pub use history::{ConfigHistory, ReloadOutcome};
-pub use state::{Control, ReloadResult, Shared};
-pub use status::status;
+pub(crate) use collector::register_collectors;
+pub(crate) use history::ConfigHistory;
+pub(crate) use state::{Control, ReloadResult, Shared};
+use status::status;
 
 /// How long an admin connection may take to send its request head.
 const HEADER_READ: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ const HEADER_READ: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 1 << 20;
 
 /// A running admin listener.
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     /// Settings in force.
     pub settings: AdminSettings,
     /// Bound address.
@@ -119,10 +119,10 @@ impl AdminServer {
 }
 
 /// An admin response.
-pub type AdminResponse = Response<Full<Bytes>>;
+pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -133,7 +133,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
+pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -147,7 +147,7 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
 
 /// Why an admin call failed; each maps to exactly one status.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// No such route, pool or server.
     #[error("{0}")]
     NotFound(String),

@@ -37,7 +37,7 @@ fn same_accept_loop(a: &ListenerSettings, b: &ListenerSettings) -> bool {
 
 impl Fulcrum {
     /// Applies a validated config: the first start, or a reload.
-    pub async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
+    pub(crate) async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
         let mut guard = self.inner.live.lock().await;
         if self.inner.shutdown.is_cancelled() {
             return Err(RuntimeError::ShuttingDown);

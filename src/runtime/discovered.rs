@@ -13,7 +13,7 @@ impl Fulcrum {
     /// state, new ones start with their health checks (no traffic before the first pass,
     /// unless `initial_state = "up"`), removed ones stop taking new requests. Returns once
     /// the new servers have had their first probe, bounded by the probe timeout.
-    pub async fn publish_discovered(&self, pool: &str, found: Arc<[DiscoveredServer]>) {
+    pub(crate) async fn publish_discovered(&self, pool: &str, found: Arc<[DiscoveredServer]>) {
         let first_round = {
             let mut guard = self.inner.live.lock().await;
             let Some(live) = guard.as_mut() else {

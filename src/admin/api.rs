@@ -6,19 +6,16 @@
 //! published like a health change: the pool's eligible table is rebuilt at once, and new
 //! requests see it on their next pick. Every change is logged with who asked.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use std::time::Duration;
 
-use super::{json, status, text, timed, AdminError, AdminResponse};
+use super::{json, status, text, timed, AdminError, AdminResponse, Control, Shared};
 use crate::backend::AdminState;
-use crate::runtime::{Fulcrum, Shared};
 
 /// Largest weight an override may set (the same bound as a configured weight).
 const MAX_WEIGHT: u32 = 256;
@@ -260,12 +257,15 @@ pub fn split_action(
 }
 
 /// `POST /reload`: re-reads the config file and applies it, like SIGHUP.
-pub async fn reload(shared: &Arc<Shared>, peer: SocketAddr) -> Result<AdminResponse, AdminError> {
+pub async fn reload(
+    shared: &Shared,
+    control: &dyn Control,
+    peer: SocketAddr,
+) -> Result<AdminResponse, AdminError> {
     tracing::info!(client = %peer, "admin: reload requested");
-    let f = Fulcrum::from_shared(shared.clone());
     // Run the reload in its own task: if the client hangs up, the reload still completes
     // rather than being dropped half-way.
-    let result = tokio::spawn(async move { f.reload().await.map_err(|e| e.to_string()) })
+    let result = tokio::spawn(control.reload())
         .await
         .map_err(|e| AdminError::ReloadFailed(format!("reload task failed: {e}")))?;
     match result {

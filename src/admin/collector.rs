@@ -9,8 +9,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
+use super::Shared;
 use crate::backend::{now_ms, AdminState};
-use crate::runtime::Shared;
 
 /// Registers the scrape-time collectors of live server state.
 pub fn register_collectors(shared: &Arc<Shared>) {

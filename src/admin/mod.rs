@@ -4,16 +4,17 @@
 //! `POST /preview` (what a reload to the posted config would change).
 //!
 //! It binds to loopback unless configured otherwise, and it is never on the request path:
-//! gauges that mirror live server state are computed here at scrape time ([`collector`]),
+//! gauges that mirror live server state are computed here at scrape time (`collector`),
 //! and runtime changes are written to the servers' atomics and published like a health
-//! change. Who may change state is decided in [`auth`].
+//! change. Who may change state is decided in `auth`.
 
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod client;
 mod collector;
 mod history;
 mod page;
+mod state;
 mod status;
 mod timed;
 
@@ -32,12 +33,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AdminSettings;
-use crate::runtime::Shared;
 
 pub use auth::{Auth, AuthError};
-pub use collector::register_collectors;
-pub use history::{ConfigHistory, ReloadOutcome};
-pub use status::status;
+pub(crate) use collector::register_collectors;
+pub(crate) use history::ConfigHistory;
+pub(crate) use state::{Control, ReloadResult, Shared};
+use status::status;
 
 /// How long an admin connection may take to send its request head.
 const HEADER_READ: Duration = Duration::from_secs(10);
@@ -45,7 +46,7 @@ const HEADER_READ: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 1 << 20;
 
 /// A running admin listener.
-pub struct AdminServer {
+pub(crate) struct AdminServer {
     /// Settings in force.
     pub settings: AdminSettings,
     /// Bound address.
@@ -54,8 +55,13 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves the admin API on `socket`.
-    pub fn start(settings: AdminSettings, listener: TcpListener, shared: Arc<Shared>) -> Self {
+    /// Serves the admin API on `socket`; `control` carries out reloads asked for there.
+    pub fn start(
+        settings: AdminSettings,
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        control: Arc<dyn Control>,
+    ) -> Self {
         // A socket bound by this process always has an address; 0 would only mislabel logs.
         let local_addr = listener
             .local_addr()
@@ -79,9 +85,11 @@ impl AdminServer {
                     }
                 };
                 let shared = shared.clone();
+                let control = control.clone();
                 let token = token.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, shared.clone(), peer));
+                    let svc =
+                        service_fn(move |req| handle(req, shared.clone(), control.clone(), peer));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ)
@@ -111,10 +119,10 @@ impl AdminServer {
 }
 
 /// An admin response.
-pub type AdminResponse = Response<Full<Bytes>>;
+pub(crate) type AdminResponse = Response<Full<Bytes>>;
 
 /// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -125,7 +133,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> AdminResponse {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
+pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
     let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -139,7 +147,7 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> AdminResponse {
 
 /// Why an admin call failed; each maps to exactly one status.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// No such route, pool or server.
     #[error("{0}")]
     NotFound(String),
@@ -184,15 +192,17 @@ impl AdminError {
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    control: Arc<dyn Control>,
     peer: SocketAddr,
 ) -> Result<AdminResponse, Infallible> {
-    let r = route(req, &shared, peer).await;
+    let r = route(req, &shared, &*control, peer).await;
     Ok(r.unwrap_or_else(|e| e.response()))
 }
 
 async fn route(
     req: Request<Incoming>,
     shared: &Arc<Shared>,
+    control: &dyn Control,
     peer: SocketAddr,
 ) -> Result<AdminResponse, AdminError> {
     let path = req.uri().path().to_string();
@@ -235,7 +245,7 @@ async fn route(
         }
         ["reload"] if post => {
             authorize(shared, &req, peer, "reload")?;
-            api::reload(shared, peer).await
+            api::reload(shared, control, peer).await
         }
         ["servers", pool, server, action] if post => {
             authorize(shared, &req, peer, action)?;

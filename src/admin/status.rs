@@ -9,10 +9,10 @@ use prometheus::core::Metric as _;
 use prometheus::Histogram;
 use serde_json::{json, Value};
 
+use super::Shared;
 use crate::backend::{now_ms, AdminState, BackendState};
 use crate::config::RouteAction;
 use crate::pool::Server;
-use crate::runtime::Shared;
 
 /// A split route's pools with their configured and effective weights, and whether an
 /// admin override is in force.

@@ -9,15 +9,15 @@
 //! [`ClientAddr`] to everything downstream (balancing keys, logs, forwarding headers,
 //! `send_proxy`).
 //!
-//! The pure parts live in their own files: [`cidr`] (prefix sets), [`proxy_in`] (inbound
-//! PROXY protocol), [`forwarded`] (forwarding headers), [`access`] (allow/deny) and [`rate`]
+//! The pure parts live in their own files: [`cidr`] (prefix sets), `proxy_in` (inbound
+//! PROXY protocol), [`forwarded`] (forwarding headers), `access` (allow/deny) and [`rate`]
 //! (the limiter). This module counts each refusal once, in the listener's metrics; it never
 //! answers or closes anything itself: the caller maps a [`Refused`] to 403, 429 or a close.
 
-pub mod access;
+pub(crate) mod access;
 pub mod cidr;
 pub mod forwarded;
-pub mod proxy_in;
+pub(crate) mod proxy_in;
 pub mod rate;
 
 use std::net::{IpAddr, SocketAddr};

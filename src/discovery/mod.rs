@@ -1,8 +1,8 @@
 //! Server discovery: DNS names, SRV records and etcd registrations that publish server sets
 //! into pools while fulcrum runs, through the same path a reload of one pool takes.
 //!
-//! Each pool with dynamic sources gets one task ([`task`]) that runs its [`Source`]s
-//! ([`dns`], [`etcd`]), keeps each source's last good set, and publishes their union through
+//! Each pool with dynamic sources gets one task (`task`) that runs its [`Source`]s
+//! (`dns`, `etcd`), keeps each source's last good set, and publishes their union through
 //! the one function the runtime gives it ([`Publish`]: `Fulcrum::publish_discovered`). The
 //! runtime merges that union with the pool's static servers ([`merge`]) and swaps the pool as a
 //! reload would: servers that stay keep their state in the backend registry (health,
@@ -13,9 +13,9 @@
 //! or touch a pool directly: pools change only through `Publish`.
 
 pub mod check;
-pub mod dns;
-pub mod etcd;
-pub mod gateway;
+pub(crate) mod dns;
+pub(crate) mod etcd;
+pub(crate) mod gateway;
 mod task;
 
 use std::collections::HashMap;

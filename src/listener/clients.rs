@@ -43,6 +43,7 @@ impl ClientCounts {
     }
 
     /// Connections open from `ip` now.
+    #[cfg(test)]
     pub fn open(&self, ip: IpAddr) -> u32 {
         let map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
         map.get(&ip).copied().unwrap_or(0)

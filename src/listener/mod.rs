@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ListenerSettings, Protocol};
+use crate::config::ListenerSettings;
 use crate::proxy::http::HttpRoute;
 use crate::proxy::tcp::TcpRoute;
 use crate::proxy::Rejection;
@@ -151,12 +151,6 @@ impl Listener {
     /// completes the job. A reload calls this before another accept loop takes the socket.
     pub fn begin_drain(&self) {
         self.drain.cancel();
-    }
-
-    /// Closes everything at once.
-    pub fn abort(&self) {
-        self.drain.cancel();
-        self.hard_stop.cancel();
     }
 }
 
@@ -351,13 +345,5 @@ impl Acceptor {
                 Route::Http(r) => Box::pin(http_conn::serve(stream, client, r, ctl)).await,
             }
         }
-    }
-}
-
-/// The protocol of a route, for reload decisions.
-pub fn protocol_of(route: &Route) -> Protocol {
-    match route {
-        Route::Http(_) => Protocol::Http,
-        Route::Tcp(_) => Protocol::Tcp,
     }
 }

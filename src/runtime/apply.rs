@@ -11,9 +11,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use super::{Fulcrum, HealthTask, Live, PoolEntry, PoolTls, Prepared, RuntimeError, Shared, Tls};
+use super::{Fulcrum, HealthTask, Inner, Live, PoolEntry, PoolTls, Prepared, RuntimeError, Tls};
 use crate::access_log::AccessLog;
-use crate::admin::{AdminServer, Auth};
+use crate::admin::{AdminServer, Auth, Shared};
 use crate::admission::Admission;
 use crate::backend::{AdminState, BackendState};
 use crate::config::{Config, ListenerSettings, PoolSettings, Protocol};
@@ -37,12 +37,12 @@ fn same_accept_loop(a: &ListenerSettings, b: &ListenerSettings) -> bool {
 
 impl Fulcrum {
     /// Applies a validated config: the first start, or a reload.
-    pub async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
-        let mut guard = self.shared.live.lock().await;
-        if self.shared.shutdown.is_cancelled() {
+    pub(crate) async fn apply(&self, cfg: Config) -> Result<(), RuntimeError> {
+        let mut guard = self.inner.live.lock().await;
+        if self.inner.shutdown.is_cancelled() {
             return Err(RuntimeError::ShuttingDown);
         }
-        let shared = &self.shared;
+        let shared = self.shared();
         // 1. Everything that can fail, before touching what runs.
         let mut prepared = self.prepare(&cfg, guard.as_ref())?;
         let mut old = guard.take().unwrap_or_default();
@@ -61,9 +61,9 @@ impl Fulcrum {
         wait_for_first_probes(&first_round).await;
         // 4. Listeners: swap routes of kept ones, start new ones, retire removed ones.
         let (listeners, sockets, addrs) =
-            swap_listeners(&cfg, &pools, &mut old, &mut prepared, shared);
+            swap_listeners(&cfg, &pools, &mut old, &mut prepared, &self.inner);
         // 5. Admin listener.
-        let admin = swap_admin(&cfg, prepared.admin_socket.take(), old.admin.take(), shared);
+        let admin = swap_admin(&cfg, prepared.admin_socket.take(), old.admin.take(), self);
         self.resize_connection_cap(cfg.runtime.max_connections);
         let mut certs: Vec<(Arc<str>, crate::tls::CertInfo)> = Vec::new();
         for l in &cfg.listeners {
@@ -159,7 +159,7 @@ impl Fulcrum {
             }
             (Some(s), _) => Some(AccessLog::open(
                 s,
-                self.shared.metrics.access_log_dropped.clone(),
+                self.shared().metrics.access_log_dropped.clone(),
             )?),
         };
         let tls = load_tls(cfg, live.map(|lv| &lv.tls))?;
@@ -348,12 +348,13 @@ fn swap_listeners(
     pools: &HashMap<Arc<str>, PoolEntry>,
     old: &mut Live,
     prepared: &mut Prepared,
-    shared: &Arc<Shared>,
+    inner: &Inner,
 ) -> (
     HashMap<Arc<str>, Listener>,
     HashMap<Arc<str>, std::net::TcpListener>,
     HashMap<Arc<str>, SocketAddr>,
 ) {
+    let shared = &inner.shared;
     let metrics = &shared.metrics;
     for (name, l) in &old.listeners {
         let kept =
@@ -400,7 +401,7 @@ fn swap_listeners(
                     Protocol::Tcp => Route::Tcp(Arc::new(ArcSwap::from_pointee(tcp_route()))),
                 };
                 sockets.insert(l.name.clone(), dup);
-                Listener::start(l.clone(), sock, route, shared.connections.clone())
+                Listener::start(l.clone(), sock, route, inner.connections.clone())
             }
         };
         addrs.insert(l.name.clone(), listener.local_addr);
@@ -419,7 +420,7 @@ fn swap_listeners(
     shared.splits.retain_listeners(&names);
     for (name, l) in old.listeners.drain() {
         tracing::info!(listener = %name, drain_timeout = ?drain, "listener removed or restarted; its open connections drain");
-        shared.retiring.spawn(async move {
+        inner.retiring.spawn(async move {
             if !l.stop(drain).await {
                 tracing::warn!(listener = %name, "drain timeout over; closed the remaining connections");
             }
@@ -435,14 +436,19 @@ fn swap_admin(
     cfg: &Config,
     socket: Option<tokio::net::TcpListener>,
     mut old: Option<AdminServer>,
-    shared: &Arc<Shared>,
+    f: &Fulcrum,
 ) -> Option<AdminServer> {
     match (&cfg.admin, socket) {
         (Some(a), Some(sock)) => {
             if let Some(o) = old.take() {
                 o.stop();
             }
-            Some(AdminServer::start(a.clone(), sock, shared.clone()))
+            Some(AdminServer::start(
+                a.clone(),
+                sock,
+                f.shared().clone(),
+                Arc::new(f.clone()),
+            ))
         }
         (Some(a), None) => old.take().map(|mut o| {
             o.settings = a.clone();

@@ -13,19 +13,19 @@ impl Fulcrum {
     /// state, new ones start with their health checks (no traffic before the first pass,
     /// unless `initial_state = "up"`), removed ones stop taking new requests. Returns once
     /// the new servers have had their first probe, bounded by the probe timeout.
-    pub async fn publish_discovered(&self, pool: &str, found: Arc<[DiscoveredServer]>) {
+    pub(crate) async fn publish_discovered(&self, pool: &str, found: Arc<[DiscoveredServer]>) {
         let first_round = {
-            let mut guard = self.shared.live.lock().await;
+            let mut guard = self.inner.live.lock().await;
             let Some(live) = guard.as_mut() else {
                 return; // shut down
             };
-            let cfg = self.shared.config.load();
+            let cfg = self.shared().config.load();
             let Some(ps) = cfg.pool(pool).filter(|p| p.discovery.is_some()) else {
                 return; // a reload removed the pool or its sources meanwhile
             };
-            self.shared.discovery.set_found(&ps.name, found.clone());
+            self.shared().discovery.set_found(&ps.name, found.clone());
             let merged = Arc::new(discovery::merge(ps, &found));
-            apply::apply_one_pool(&merged, live, &self.shared)
+            apply::apply_one_pool(&merged, live, self.shared())
         };
         apply::wait_for_first_probes(&first_round).await;
     }
@@ -33,14 +33,12 @@ impl Fulcrum {
     /// `publish_discovered` as the discovery tasks call it; holds the runtime weakly, so
     /// that a task never keeps a stopped fulcrum alive.
     pub(super) fn discovery_publisher(&self) -> Publish {
-        let weak = Arc::downgrade(&self.shared);
+        let weak = Arc::downgrade(&self.inner);
         Arc::new(move |pool, found| {
             let weak = weak.clone();
             Box::pin(async move {
-                if let Some(shared) = weak.upgrade() {
-                    Fulcrum::from_shared(shared)
-                        .publish_discovered(&pool, found)
-                        .await;
+                if let Some(inner) = weak.upgrade() {
+                    Fulcrum { inner }.publish_discovered(&pool, found).await;
                 }
             })
         })

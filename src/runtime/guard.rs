@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Fulcrum, Shared};
+use super::{Fulcrum, Inner};
+use crate::admin::Shared;
 use crate::config::{Config, Protocol, ReloadGuard};
 
 /// How often the guard looks.
@@ -82,9 +83,9 @@ impl Before {
 
 /// Starts watching the configuration just applied, replacing any watch in progress.
 pub(super) fn start(f: &Fulcrum, before: Before, guard: ReloadGuard) {
-    let cancel = f.shared.shutdown.child_token();
+    let cancel = f.inner.shutdown.child_token();
     if let Some(old) = f
-        .shared
+        .inner
         .guard
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -95,7 +96,7 @@ pub(super) fn start(f: &Fulcrum, before: Before, guard: ReloadGuard) {
     let f = f.clone();
     tokio::spawn(async move {
         let reason = tokio::select! {
-            r = watch(&f.shared, &before, guard) => r,
+            r = watch(f.shared(), &before, guard) => r,
             _ = cancel.cancelled() => None,
         };
         if let Some(reason) = reason {
@@ -156,7 +157,7 @@ impl Fulcrum {
         tracing::error!(reason, config = %previous.source.display(), "reload guard: the new configuration made things worse; putting the previous one back");
         crate::notify::notify_reloading();
         let result = self.apply((*previous).clone()).await;
-        let shared = &self.shared;
+        let shared = self.shared();
         match &result {
             Ok(()) => {
                 shared.metrics.rollbacks.inc();
@@ -179,13 +180,8 @@ impl Fulcrum {
 }
 
 /// Stops any watch in progress (a newer reload, or shutdown).
-pub(super) fn stop(shared: &Shared) {
-    if let Some(c) = shared
-        .guard
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
+pub(super) fn stop(inner: &Inner) {
+    if let Some(c) = inner.guard.lock().unwrap_or_else(|e| e.into_inner()).take() {
         c.cancel();
     }
 }

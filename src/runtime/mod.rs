@@ -9,7 +9,9 @@
 //! runtime overrides across reloads.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLog, AccessLogError};
-use crate::admin::{self, AdminServer, Auth, AuthError};
+use crate::admin::{self, AdminServer, Auth, AuthError, Shared};
 use crate::backend::Registry;
 use crate::config::{self, Config, ConfigError, HealthSettings};
 use crate::listener::Listener;
@@ -119,33 +121,15 @@ struct Prepared {
     tls: Tls,
 }
 
-/// Shared by the supervisor and the admin API.
-pub struct Shared {
-    /// Metric families.
-    pub metrics: Arc<Metrics>,
-    /// Server states across generations.
-    pub registry: Arc<Registry>,
-    /// The config in force.
-    pub config: ArcSwap<Config>,
-    /// Pools by name (current generations), for the admin API.
-    pub pools: ArcSwap<HashMap<Arc<str>, Arc<PoolSlot>>>,
-    /// Listener addresses by name.
-    pub listener_addrs: ArcSwap<HashMap<Arc<str>, SocketAddr>>,
-    /// Who may change state through the admin API.
-    pub admin_auth: ArcSwap<Auth>,
-    /// Split states and their run-time weight overrides, by (listener, route): they outlive
-    /// reloads that keep a split's pools.
-    pub splits: crate::route::SplitRegistry,
-    /// The certificates each TLS listener serves now, for `/status`.
-    pub certificates: ArcSwap<Vec<(Arc<str>, crate::tls::CertInfo)>>,
-    /// The configuration generation and the last reload's outcome, for `/status`.
-    pub history: admin::ConfigHistory,
-    /// Server discovery: its tasks and the servers they last published.
-    pub discovery: crate::discovery::Discovery,
+/// The supervisor's own state: what it publishes for the admin API ([`Shared`]), and what
+/// only it touches.
+struct Inner {
+    /// Published for the admin API.
+    shared: Arc<Shared>,
     live: Mutex<Option<Live>>,
     /// The process-wide connection cap (`runtime.max_connections`), shared by every
     /// listener and resized by reloads; its size is kept beside it.
-    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<tokio::sync::Semaphore>,
     connections_size: std::sync::atomic::AtomicUsize,
     /// Ends the reload guard's watch in progress, if any. A `std` mutex: touched once per
     /// reload, never across an `.await`.
@@ -158,7 +142,7 @@ pub struct Shared {
 /// A running fulcrum.
 #[derive(Clone)]
 pub struct Fulcrum {
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
 impl Fulcrum {
@@ -178,6 +162,10 @@ impl Fulcrum {
             splits: crate::route::SplitRegistry::new(),
             history: admin::ConfigHistory::default(),
             discovery: crate::discovery::Discovery::default(),
+        });
+        admin::register_collectors(&shared);
+        let inner = Arc::new(Inner {
+            shared,
             live: Mutex::new(None),
             connections: Arc::new(tokio::sync::Semaphore::new(config.runtime.max_connections)),
             connections_size: std::sync::atomic::AtomicUsize::new(config.runtime.max_connections),
@@ -185,37 +173,31 @@ impl Fulcrum {
             retiring: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
-        admin::register_collectors(&shared);
-        let f = Fulcrum { shared };
+        let f = Fulcrum { inner };
         f.apply(config).await?;
         // Pools of discovered servers start empty: give their sources a first round.
-        f.shared.discovery.ready(DISCOVERY_START_WAIT).await;
+        f.shared().discovery.ready(DISCOVERY_START_WAIT).await;
         Ok(f)
     }
 
-    /// The handle of a running fulcrum, for the admin API.
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Fulcrum {
-        Fulcrum { shared }
-    }
-
-    /// Shared state, for the admin API.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// What the supervisor publishes for the admin API.
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// Metric families.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
+        &self.shared().metrics
     }
 
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.shared.listener_addrs.load().get(name).copied()
+        self.shared().listener_addrs.load().get(name).copied()
     }
 
     /// The bound admin address.
     pub async fn admin_addr(&self) -> Option<SocketAddr> {
-        self.shared
+        self.inner
             .live
             .lock()
             .await
@@ -227,12 +209,12 @@ impl Fulcrum {
 
     /// The current generation of pool `name`.
     pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
-        self.shared.pools.load().get(name).map(|s| s.load())
+        self.shared().pools.load().get(name).map(|s| s.load())
     }
 
     /// Fires when shutdown has been requested (by a signal or the admin API).
     pub fn shutdown_requested(&self) -> CancellationToken {
-        self.shared.shutdown.clone()
+        self.inner.shutdown.clone()
     }
 
     /// Re-reads the config file in force and applies it. On error nothing changes: the
@@ -240,12 +222,12 @@ impl Fulcrum {
     /// previous config keeps serving.
     pub async fn reload(&self) -> Result<(), RuntimeError> {
         crate::notify::notify_reloading();
-        let path = self.shared.config.load().source.clone();
+        let path = self.shared().config.load().source.clone();
         let result = match config::load(&path) {
             Ok(cfg) => {
                 let guard = cfg.runtime.reload_guard;
-                let before = guard::Before::take(&self.shared);
-                guard::stop(&self.shared);
+                let before = guard::Before::take(self.shared());
+                guard::stop(&self.inner);
                 let applied = self.apply(cfg).await;
                 if let (Ok(()), Some(g)) = (&applied, guard) {
                     guard::start(self, before, g);
@@ -254,17 +236,17 @@ impl Fulcrum {
             }
             Err(e) => Err(RuntimeError::Config(e)),
         };
-        let m = &self.shared.metrics;
+        let m = &self.shared().metrics;
         match &result {
             Ok(()) => {
-                self.shared.history.reload_succeeded();
+                self.shared().history.reload_succeeded();
                 m.reloads.with_label_values(&["success"]).inc();
                 m.last_reload_ok.set(1);
                 m.last_reload_success_time.set(crate::metrics::unix_now());
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
             Err(e) => {
-                self.shared.history.reload_failed(e);
+                self.shared().history.reload_failed(e);
                 m.reloads.with_label_values(&["failure"]).inc();
                 m.last_reload_ok.set(0);
                 tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
@@ -279,10 +261,10 @@ impl Fulcrum {
 
     /// Stops accepting, lets in-flight work finish for up to `grace`, then closes the rest.
     pub async fn shutdown(&self, grace: Duration) {
-        self.shared.shutdown.cancel();
-        guard::stop(&self.shared);
-        self.shared.discovery.stop();
-        let live = self.shared.live.lock().await.take();
+        self.inner.shutdown.cancel();
+        guard::stop(&self.inner);
+        self.shared().discovery.stop();
+        let live = self.inner.live.lock().await.take();
         let Some(live) = live else { return };
         if let Some(a) = &live.admin {
             a.stop();
@@ -291,7 +273,7 @@ impl Fulcrum {
             t.cancel.cancel();
         }
         let stops = live.listeners.values().map(|l| l.stop(grace));
-        let retiring = &self.shared.retiring;
+        let retiring = &self.inner.retiring;
         retiring.close();
         let (clean, retired) = tokio::join!(
             futures_util::future::join_all(stops),
@@ -312,15 +294,15 @@ impl Fulcrum {
     /// takes back free permits at once and the rest as connections close.
     fn resize_connection_cap(&self, size: usize) {
         use std::sync::atomic::Ordering;
-        let shared = &self.shared;
-        let old = shared.connections_size.swap(size, Ordering::AcqRel);
+        let inner = &self.inner;
+        let old = inner.connections_size.swap(size, Ordering::AcqRel);
         if size > old {
-            shared.connections.add_permits(size - old);
+            inner.connections.add_permits(size - old);
         } else if size < old {
-            let rest = (old - size) - shared.connections.forget_permits(old - size);
+            let rest = (old - size) - inner.connections.forget_permits(old - size);
             if rest > 0 {
-                let sem = shared.connections.clone();
-                let stop = shared.shutdown.clone();
+                let sem = inner.connections.clone();
+                let stop = inner.shutdown.clone();
                 tokio::spawn(async move {
                     tokio::select! {
                         p = sem.acquire_many_owned(rest as u32) => if let Ok(p) = p { p.forget() },
@@ -333,6 +315,13 @@ impl Fulcrum {
 
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
-        self.shared.config.load_full()
+        self.shared().config.load_full()
+    }
+}
+
+impl admin::Control for Fulcrum {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = admin::ReloadResult> + Send + 'static>> {
+        let f = self.clone();
+        Box::pin(async move { Fulcrum::reload(&f).await.map_err(|e| e.to_string()) })
     }
 }

@@ -8,7 +8,7 @@
 //!   which only ever sees the eligible servers of the current table.
 //! - [`backend`] holds each server's live state in atomics that survive reloads (one file per
 //!   concern: the clock, the state, its metrics, the availability record, the load a request
-//!   holds, the registry); [`health`] (active probes, passive detection) changes it and
+//!   holds, the registry); `health` (active probes, passive detection) changes it and
 //!   republishes the pool's table; `queue` admits each request to a server slot
 //!   (`max_conns`) or queues it, bounded.
 //! - [`config`] parses and validates TOML (`config::validate` checks one section per
@@ -42,7 +42,7 @@ pub mod demo;
 pub mod discovery;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
+pub(crate) mod health;
 pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod notify;

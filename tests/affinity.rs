@@ -44,11 +44,21 @@ fn worker_threads_follow_cpu_affinity() {
     while Instant::now() < deadline {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
             let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
-            if v["message"] == "starting runtime" {
+            if v["message"] == "starting worker threads" {
                 workers = v["workers"].as_u64();
                 break;
             }
         }
+    }
+    // taskset execs fulcrum, so the child's pid is fulcrum's: count its worker threads.
+    let mut threads = 0;
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        threads = worker_threads(child.id());
+        if threads > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -57,4 +67,17 @@ fn worker_threads_follow_cpu_affinity() {
         Some(1),
         "pinned to one CPU, the runtime runs one worker"
     );
+    assert_eq!(threads, 1, "one fulcrum-worker thread serves connections");
+}
+
+/// Threads of `pid` named fulcrum-worker-N.
+fn worker_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fulcrum-worker"))
+        .count()
 }

@@ -21,7 +21,6 @@ use super::probe::Prober;
 use super::ramp;
 use super::rise_fall::{jitter, RiseFall};
 use crate::backend::{now_ms, BackendState};
-use crate::balance::BackendIdx;
 use crate::config::{HealthKind, HealthSettings};
 use crate::metrics::Metrics;
 use crate::pool::PoolSlot;
@@ -30,8 +29,6 @@ use crate::pool::PoolSlot;
 pub struct Target {
     /// The pool (current generation).
     pub slot: Arc<PoolSlot>,
-    /// The server's position in the pool when the task started.
-    pub idx: BackendIdx,
     /// The server's live state.
     pub state: Arc<BackendState>,
     /// Probe settings.

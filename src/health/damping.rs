@@ -55,6 +55,7 @@ impl Damping {
     }
 
     /// Whether the server is held out.
+    #[cfg(test)]
     pub fn suppressed(&self) -> bool {
         self.suppressed
     }

@@ -84,11 +84,6 @@ impl Watch {
         }
     }
 
-    /// The episode in progress, if any.
-    pub fn open(&self) -> Option<Disagreement> {
-        self.open
-    }
-
     fn judge(&mut self, t: TrafficCounters) -> Option<Traffic> {
         if t.ejected {
             return Some(Traffic::Failing);

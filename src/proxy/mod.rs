@@ -11,6 +11,6 @@ pub(crate) mod http;
 pub mod proxy_protocol;
 pub(crate) mod tcp;
 pub mod tunnel;
-pub mod upstream;
+pub(crate) mod upstream;
 
 pub use error::{local_error_kind, Blame, ProxyError, Rejection};

@@ -36,15 +36,19 @@ use crate::tls::ClientTls;
 const IDLE_PER_SERVER: usize = 256;
 
 /// How a connection attempt failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// Refused, unreachable, reset during the handshake: the server's side.
+    #[error("{0}")]
     Io(io::Error),
     /// No answer within the connect timeout.
+    #[error("no answer within the connect timeout")]
     Timeout,
     /// A local resource ran out (EMFILE, EADDRNOTAVAIL, ...): not the server's fault.
+    #[error("{0}")]
     Local(io::Error),
     /// The TLS handshake failed (certificate not trusted, no shared protocol, ...).
+    #[error("TLS handshake: {0}")]
     Tls(io::Error),
 }
 
@@ -342,6 +346,7 @@ impl ServerUpstream {
     }
 
     /// Idle HTTP/1.1 connections held now.
+    #[cfg(test)]
     pub fn idle_count(&self) -> usize {
         self.idle.iter().map(|s| lock(s).len()).sum()
     }

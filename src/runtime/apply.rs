@@ -299,7 +299,6 @@ fn sync_pool_health(
                 checker::spawn(
                     checker::Target {
                         slot: entry.slot.clone(),
-                        idx: s.idx,
                         state: s.state.clone(),
                         settings: ps.health.clone(),
                         metrics: metrics.clone(),

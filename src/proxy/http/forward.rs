@@ -185,7 +185,7 @@ pub(super) async fn forward(
             }
             Err(e) => {
                 // Refused and timed out both count as connect failures.
-                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = ?e, "connect failed");
+                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed");
                 fail(pool, server, FailureKind::Connect);
                 // The request was not consumed: any method may go to another server.
                 ProxyError::Connect

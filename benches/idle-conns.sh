@@ -37,7 +37,7 @@ if (( n > max )); then
 fi
 
 cargo build --release --quiet --bin fulcrum --example idle_conns
-bin=target/release/fulcrum
+bin=${FULCRUM_BIN:-target/release/fulcrum}
 helper=target/release/examples/idle_conns
 
 work=$(mktemp -d)
@@ -85,6 +85,9 @@ max_connections = 100000
 [listener.timeouts]
 keepalive_idle = "1h"
 header_read = "1h"
+[listener.limits]
+# Every connection comes from 127.0.0.1: lift the per-client cap (default 1000).
+max_connections_per_client = 100000
 
 [[listener]]
 name = "relay"
@@ -94,6 +97,8 @@ pool = "app"
 max_connections = 100000
 [listener.timeouts]
 tunnel_idle = "1h"
+[listener.limits]
+max_connections_per_client = 100000
 
 [[pool]]
 name = "app"

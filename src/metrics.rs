@@ -43,7 +43,6 @@ pub struct Metrics {
     /// Local resource errors (descriptors, ports, buffers), by kind.
     pub local_errors: IntCounterVec,
     /// Requests (L7) or connections (L4) sent to each server.
-    pub backend_requests: IntCounterVec,
     /// Failures per server by kind.
     pub backend_errors: IntCounterVec,
     /// Response-head latency per server.
@@ -232,12 +231,6 @@ impl Metrics {
                 "fulcrum_local_errors_total",
                 "Local resource errors (file descriptors, ephemeral ports, kernel buffers), by kind.",
                 &["kind"],
-            ),
-            backend_requests: counter(
-                &r,
-                "fulcrum_server_requests_total",
-                "Requests (L7) or connections (L4) sent to a server.",
-                &["pool", "server"],
             ),
             backend_errors: counter(
                 &r,

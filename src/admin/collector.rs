@@ -1,6 +1,8 @@
 //! Scrape-time metrics: gauges that mirror live server and pool state (health, eligibility,
 //! in-flight, weights, runtime overrides, the availability record) are read from the current
-//! pool generations when Prometheus scrapes, so the request path never updates them.
+//! pool generations when Prometheus scrapes, so the request path never updates them. So is
+//! `fulcrum_server_requests_total`, the sum of the per-reason selection counters the request
+//! path does keep: one count per request, not two.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -36,6 +38,7 @@ struct StateCollector {
     pool_inflight: IntGaugeVec,
     pool_eligible: IntGaugeVec,
     failures: IntCounterVec,
+    requests: IntCounterVec,
     up_seconds: GaugeVec,
     down_seconds: GaugeVec,
     availability: GaugeVec,
@@ -107,6 +110,15 @@ impl StateCollector {
                 SERVER,
             )
             .expect("metric definition is valid"),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "fulcrum_server_requests_total",
+                    "Requests (L7) or connections (L4) sent to a server: the sum of \
+                     fulcrum_selections_total over reasons.",
+                ),
+                SERVER,
+            )
+            .expect("metric definition is valid"),
             up_seconds: gauge(
                 "fulcrum_server_up_seconds",
                 "Time the server has been up since it was configured.",
@@ -138,6 +150,7 @@ impl StateCollector {
             descs.extend(v.desc().into_iter().cloned());
         }
         descs.extend(c.failures.desc().into_iter().cloned());
+        descs.extend(c.requests.desc().into_iter().cloned());
         c.descs = descs;
         c
     }
@@ -214,6 +227,9 @@ impl StateCollector {
                         .set(i64::from(state == current));
                 }
                 self.failures.with_label_values(&l).inc_by(a.failures);
+                self.requests
+                    .with_label_values(&l)
+                    .inc_by(st.metrics.requests());
                 self.up_seconds
                     .with_label_values(&l)
                     .set(up_ms as f64 / 1000.0);
@@ -243,6 +259,7 @@ impl Collector for StateCollector {
             v.reset();
         }
         self.failures.reset();
+        self.requests.reset();
         if let Some(shared) = self.shared.upgrade() {
             self.fill(&shared);
         }
@@ -254,6 +271,7 @@ impl Collector for StateCollector {
             out.extend(v.collect());
         }
         out.extend(self.failures.collect());
+        out.extend(self.requests.collect());
         out
     }
 }

@@ -175,7 +175,7 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
         "ejections": st.metrics.ejections.get(),
         "flap_suppressed": st.suppressed(),
         "inflight": st.load.load(Ordering::Relaxed),
-        "requests": st.metrics.requests.get(),
+        "requests": st.metrics.requests(),
         "errors": st.metrics.errors_total(|_| true),
         "latency": latency(&st.metrics.response),
         "availability": {

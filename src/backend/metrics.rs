@@ -81,8 +81,6 @@ impl Selection {
 
 /// Pre-resolved metric handles of one server.
 pub struct BackendMetrics {
-    /// Requests or connections sent.
-    pub requests: IntCounter,
     errors: [IntCounter; FailureKind::ALL.len()],
     /// Response-head latency.
     pub response: Histogram,
@@ -100,7 +98,6 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     pub(super) fn new(m: &Metrics, pool: &str, server: &str) -> Self {
         BackendMetrics {
-            requests: m.backend_requests.with_label_values(&[pool, server]),
             errors: FailureKind::ALL.map(|k| {
                 m.backend_errors
                     .with_label_values(&[pool, server, k.as_str()])
@@ -138,10 +135,18 @@ impl BackendMetrics {
         self.errors[kind as usize].inc();
     }
 
-    /// Counts a selection.
+    /// Counts a selection: a request (L7) or connection (L4) sent to the server, and why.
+    /// The only per-request count of the server; `fulcrum_server_requests_total` is their
+    /// sum, computed at scrape time.
     #[inline]
     pub fn selected(&self, why: Selection) {
         self.selections[why as usize].inc();
+    }
+
+    /// Requests (L7) or connections (L4) sent so far: the sum of the selections (read by
+    /// the health checker, `/status` and scrapes, never per request).
+    pub fn requests(&self) -> u64 {
+        self.selections.iter().map(IntCounter::get).sum()
     }
 }
 

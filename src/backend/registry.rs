@@ -74,7 +74,6 @@ impl Registry {
 
 fn forget_series(m: &Metrics, s: &BackendState) {
     let (p, n) = (&*s.pool, &*s.name);
-    let _ = m.backend_requests.remove_label_values(&[p, n]);
     let _ = m.backend_response.remove_label_values(&[p, n]);
     for k in FailureKind::ALL {
         let _ = m.backend_errors.remove_label_values(&[p, n, k.as_str()]);

@@ -122,7 +122,7 @@ impl Checker {
             tracing::info!(pool = %st.pool, server = %st.name, "flap damping off; hold released");
             t.slot.publish();
         }
-        let watch = Watch::new(st.metrics.requests.get(), traffic_failures(&t));
+        let watch = Watch::new(st.metrics.requests(), traffic_failures(&t));
         Checker {
             probe: Prober::new(&t.settings.kind, st.addr, t.tls.clone(), t.h2),
             rf,
@@ -235,7 +235,7 @@ impl Checker {
             probe_ok,
         };
         let traffic = TrafficCounters {
-            attempts: st.metrics.requests.get(),
+            attempts: st.metrics.requests(),
             failures: traffic_failures(&self.t),
             ejected: st.ejected_until() > now_ms(),
         };

@@ -335,7 +335,6 @@ async fn reach<'p>(route: &TcpRoute, pool: &'p Arc<Pool>, peer: SocketAddr) -> R
         server = admitted;
         attempts.record(server.idx);
         server.state.metrics.selected(why);
-        server.state.metrics.requests.inc();
         let connected =
             tokio::time::timeout(connect_timeout, TcpStream::connect(server.settings.addr)).await;
         match connected {

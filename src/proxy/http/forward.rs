@@ -173,7 +173,6 @@ pub(super) async fn forward(
         server = admitted;
         attempts.record(server.idx);
         server.state.metrics.selected(why);
-        server.state.metrics.requests.inc();
         let pool_load = pool.enter();
         let up = &target.upstreams[server.idx.get()];
 

@@ -181,7 +181,7 @@ async fn dns_records_added_changed_and_removed_under_load_fail_no_request() {
         "dns: a new address served its first request {took:?} after the record changed (TTL 1s)"
     );
     let kept = p.server("app.test#127.0.0.3");
-    let served_before = kept.metrics.requests.get();
+    let served_before = kept.metrics.requests();
 
     // Changed: .2 leaves as .4 arrives; .3 stays, with its state.
     dns.set_a("app.test", &["127.0.0.3", "127.0.0.4"], 1);
@@ -196,7 +196,7 @@ async fn dns_records_added_changed_and_removed_under_load_fail_no_request() {
         "a server whose address survives keeps its state"
     );
     assert!(
-        same.metrics.requests.get() >= served_before,
+        same.metrics.requests() >= served_before,
         "its counters carry on"
     );
 

@@ -377,10 +377,14 @@ fn main() -> ExitCode {
         }
         Command::Demo { port, admin_port } => {
             init_logging(cli.log_level.as_deref(), cli.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // The demo serves the way `run` does: on worker threads, the control plane (and
+            // the demo's origins) on this thread's runtime.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let rt = match fulcrum::workers::start(workers).and_then(|()| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            }) {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("fulcrum: cannot start the async runtime: {e}");

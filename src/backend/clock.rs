@@ -2,10 +2,47 @@
 //! server's state (ejections, ramps, drains, the availability record) is on this clock.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
-/// Milliseconds since the process started, from a monotonic clock.
+/// Milliseconds since the process first read this clock (1 at that first read), from
+/// `CLOCK_MONOTONIC`, the clock `Instant` reads. Read a few times per request: one vDSO call
+/// and integer arithmetic, where `Instant::elapsed` added a checked timespec subtraction
+/// and a 128-bit millisecond conversion.
+#[inline]
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    static START: OnceLock<u64> = OnceLock::new();
+    let now = monotonic_ms();
+    let start = *START.get_or_init(|| now);
+    // Another thread may have set the start a moment after this one read the clock.
+    now.saturating_sub(start) + 1
+}
+
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec, and CLOCK_MONOTONIC exists on every kernel
+    // fulcrum runs on; the call cannot fail with these arguments.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::now_ms;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn counts_milliseconds_in_step_with_instant() {
+        let outer = Instant::now();
+        let a = now_ms();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = now_ms();
+        let span = outer.elapsed().as_millis() as u64;
+        assert!(a >= 1);
+        // At least the sleep lies between the two reads, and at most the span around them
+        // (each read rounds down to a whole millisecond, hence the 1 either way).
+        assert!(b - a + 1 >= 30, "{a} -> {b}");
+        assert!(b - a <= span + 1, "{a} -> {b}, span {span}");
+    }
 }

@@ -282,7 +282,7 @@ def load(args):
     for c in need:
         if not shutil.which(c):
             raise SystemExit(f"compare.py: needs {c}")
-    workers = args.workers or (2 if args.unpinned else 1)
+    workers = worker_count(args)
     proxy_cpu, load_cpu = (None, None) if args.unpinned else (0, 1)
     wrk_threads = 2 if args.unpinned else 1
     procs = Procs()
@@ -319,10 +319,15 @@ def load(args):
             json.dump({"args": vars(args), "runs": results}, f, indent=1)
 
 
+def worker_count(args):
+    """Workers per proxy: --workers, else 2 unpinned and 1 pinned."""
+    return args.workers or (2 if args.unpinned else 1)
+
+
 def report(results, args):
     keys = [("rps", "req/s", "{:.0f}"), ("p99_ms", "p99 ms", "{:.2f}"),
             ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}")]
-    workers = args.workers or (2 if args.unpinned else 1)
+    workers = worker_count(args)
     lines = [f"{'unpinned' if args.unpinned else 'proxy pinned to core 0'}, {workers} worker{'s' if workers > 1 else ''} each; "
              f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx", "",
              "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | errors |",

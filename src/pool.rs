@@ -120,7 +120,7 @@ impl PoolSlot {
     /// serving; publishes that come while one is queued are folded into it.
     pub fn publish(self: &Arc<Self>) {
         let pool = self.current.load();
-        if pool.servers.len() < OFF_WORKER_SERVERS || !on_multi_thread_runtime() {
+        if pool.servers.len() < OFF_WORKER_SERVERS || !may_rebuild_off_worker() {
             pool.publish();
             return;
         }
@@ -138,7 +138,7 @@ impl PoolSlot {
 
 /// Whether a rebuild may go to a blocking thread: on a worker thread, or on a
 /// multi-threaded runtime (a single-threaded test runtime rebuilds inline, at once).
-fn on_multi_thread_runtime() -> bool {
+fn may_rebuild_off_worker() -> bool {
     crate::workers::current().is_some()
         || tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)

@@ -4,9 +4,10 @@
 //! single-threaded tokio runtime of its own: its own epoll, timer wheel and run queue. Every
 //! listener runs one accept loop per worker, on a duplicate of its socket, and whichever
 //! worker accepts a connection keeps it, with every task the connection spawns (its upstream
-//! connections, tunnels) and, through per-worker idle pools, the upstream connections it
-//! reuses. Nothing on the request path moves between threads: no work stealing, no wake-ups
-//! across cores, no run queue shared by the workers. The control plane (admin API, health
+//! connections, tunnels) and, through per-worker idle pools, the HTTP/1.1 upstream
+//! connections it reuses. An HTTP/1.1 or L4 request never moves between threads: no work
+//! stealing, no wake-ups across cores, no run queue shared by the workers. (An h2 upstream is
+//! one connection per server, shared by every worker; its requests do cross.) The control plane (admin API, health
 //! checks, discovery, reloads) runs on the main thread's own runtime.
 //!
 //! A work-stealing runtime with two workers served fewer requests than one worker did on

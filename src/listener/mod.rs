@@ -154,8 +154,9 @@ impl Listener {
     }
 }
 
-/// The listening socket duplicated for each worker thread and registered with its runtime;
-/// the socket back unchanged when no workers run or it cannot be shared.
+/// The listening socket duplicated for each worker thread and registered with its runtime
+/// (`Ok`); the socket back, to accept where we are, when no workers run or none could take
+/// it (`Err`). `Ok` with no worker means the socket itself was lost; that is logged.
 fn on_workers(
     listener: TcpListener,
 ) -> Result<Vec<(&'static tokio::runtime::Handle, TcpListener)>, TcpListener> {

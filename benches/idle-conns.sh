@@ -14,7 +14,9 @@
 # client that opens and holds the connections; all three are stopped on exit. Timeouts in
 # the generated config are far above the run's length, so nothing is closed while measured.
 # N is lowered when the open-file limit cannot give fulcrum the descriptors it needs
-# (an l4 connection costs fulcrum two).
+# (an l4 connection costs fulcrum two). RSS is read SETTLE seconds (default 3) after every
+# connection is open, past the 1 s after which an idle HTTP/1 connection parks; the
+# script prints how many are parked.
 set -euo pipefail
 
 kind=${1:-}
@@ -139,8 +141,11 @@ for (( i = 0; i < 300; i++ )); do
   sleep 0.1
 done
 (( ${a:-0} >= n )) || { echo "fulcrum has ${a:-0} of $n connections active" >&2; exit 1; }
-sleep 3 # let the allocator settle (mimalloc purges freed pages after a delay)
+sleep "${SETTLE:-3}" # let the allocator settle (mimalloc purges freed pages after a delay)
 held=$(rss_kib "$fpid")
+parked=$(curl -sf "http://$admin/metrics" |
+  awk -v l="$listener" '$1 == "fulcrum_listener_connections_parked{listener=\"" l "\"}" { print $2 }')
+echo "open: $(active); parked (idle HTTP/1 connections holding no buffers): ${parked:-0}"
 
 awk -v k="$kind" -v n="$n" -v i="$idle" -v h="$held" 'BEGIN {
   d = h - i

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub listener_connections: IntCounterVec,
     /// Connections open per listener.
     pub listener_active: IntGaugeVec,
+    /// HTTP/1 connections parked while idle, per listener.
+    pub listener_parked: IntGaugeVec,
     /// Responses per listener by status class.
     pub listener_requests: IntCounterVec,
     /// Request duration per listener.
@@ -129,6 +131,16 @@ impl Metrics {
         .expect("metric definition is valid");
         r.register(Box::new(listener_active.clone()))
             .expect("metric names are unique");
+        let listener_parked = IntGaugeVec::new(
+            Opts::new(
+                "fulcrum_listener_connections_parked",
+                "Idle HTTP/1 client connections parked now: open, holding no buffers.",
+            ),
+            &["listener"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(listener_parked.clone()))
+            .expect("metric names are unique");
         let last_reload_ok = IntGauge::new(
             "fulcrum_config_last_reload_successful",
             "1 if the last configuration reload succeeded (or none was tried), else 0.",
@@ -196,6 +208,7 @@ impl Metrics {
                 &["listener"],
             ),
             listener_active,
+            listener_parked,
             listener_requests: counter(
                 &r,
                 "fulcrum_listener_requests_total",
@@ -444,6 +457,8 @@ pub struct ListenerMetrics {
     pub connections: IntCounter,
     /// Open connections.
     pub active: IntGauge,
+    /// Open HTTP/1 connections parked while idle (holding no buffers).
+    pub parked: IntGauge,
     /// Responses by class: index 0 = 1xx ... 4 = 5xx.
     pub by_class: [IntCounter; 5],
     /// Request duration.
@@ -471,6 +486,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             connections: m.listener_connections.with_label_values(&[name]),
             active: m.listener_active.with_label_values(&[name]),
+            parked: m.listener_parked.with_label_values(&[name]),
             by_class: [
                 class("1xx"),
                 class("2xx"),

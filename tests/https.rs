@@ -668,3 +668,68 @@ async fn check_warns_of_expiry_refuses_a_missing_key_and_status_lists_certificat
     let left = certs[0]["not_after_unix"].as_f64().unwrap() - fulcrum::metrics::unix_now();
     assert!(left > 3.0 * 86_400.0 && left <= 6.0 * 86_400.0, "{left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_https_keepalive_connection_parks_and_serves_again_on_the_same_session() {
+    let o = fleet(1).await;
+    let c = certs(&[&["a.test"]]);
+    let cfg = https_config(&servers(&[&o[0]]), &c.pairs(), "", "").replacen(
+        "pool = \"app\"\n",
+        "pool = \"app\"\n[listener.timeouts]\nkeepalive_idle = \"60s\"\n",
+        1,
+    );
+    let p = Proxy::start(&cfg).await;
+    let parked = || {
+        metric(
+            &p.f.metrics().render(),
+            "fulcrum_listener_connections_parked",
+            &[("listener", "web")],
+        )
+        .unwrap_or(0.0)
+    };
+    let tcp = TcpStream::connect(p.addr("web")).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(tls_client(&c.ca, &["http/1.1"])))
+        .connect(name("a.test"), tcp)
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    for round in 0..3 {
+        let req = http::Request::get(format!("/headers?round={round}"))
+            .header("host", "a.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(LIMIT, tx.send_request(req))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "round {round}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("x-forwarded-proto: https"),
+            "round {round}"
+        );
+        // Between requests the connection parks: TLS session kept, hyper let go.
+        wait_until("the idle TLS connection is parked", LIMIT, || async {
+            parked() == 1.0
+        })
+        .await;
+    }
+    // One TLS connection served all three.
+    assert_eq!(
+        metric(
+            &p.f.metrics().render(),
+            "fulcrum_listener_connections_total",
+            &[("listener", "web")],
+        ),
+        Some(1.0)
+    );
+    drop(tx);
+    let _ = tokio::time::timeout(LIMIT, conn).await;
+    wait_until("the closed connection is gone", LIMIT, || async {
+        parked() == 0.0
+    })
+    .await;
+}

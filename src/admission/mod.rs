@@ -260,6 +260,26 @@ impl Admission {
                 }
             }
         }
+        self.accept_with(peer, proxied)
+    }
+
+    /// Whether [`Admission::accept`] reads from the connection (a PROXY header is expected);
+    /// if not, [`Admission::accept_direct`] decides the same without a future.
+    pub fn reads_proxy_header(&self) -> bool {
+        self.settings.accept_proxy.is_some()
+    }
+
+    /// [`Admission::accept`] for a listener that expects no PROXY header.
+    pub fn accept_direct(&self, peer: SocketAddr) -> Result<ClientAddr, Refused> {
+        debug_assert!(!self.reads_proxy_header());
+        self.accept_with(peer, None)
+    }
+
+    fn accept_with(
+        &self,
+        peer: SocketAddr,
+        proxied: Option<SocketAddr>,
+    ) -> Result<ClientAddr, Refused> {
         let (client, _) = decide(peer, proxied, None, &self.settings);
         if self.protocol == Protocol::Tcp {
             self.admit(&client, None)?;

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -37,6 +38,14 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 
 /// How long an idle connection gets to finish a graceful close before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an HTTP/1 connection with nothing in flight keeps its hyper connection (with
+/// its read and write buffers and the slot for a request future, about 30 KiB) before it
+/// is parked: hyper is let go without closing the socket, and the connection waits for
+/// its client's next bytes holding no buffer at all. A client that speaks again gets a
+/// fresh hyper connection on the same socket. Long enough that a busy keep-alive
+/// connection never parks; short enough that a crowd of idle ones costs little.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The h2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -91,11 +100,9 @@ pub(super) async fn serve(
     route: Arc<ArcSwap<HttpRoute>>,
     ctl: Control,
 ) {
-    let peer = client.addr;
     let cur = route.load_full();
-    let metrics = cur.metrics.clone();
-    metrics.connections.inc();
-    metrics.active.inc();
+    cur.metrics.connections.inc();
+    cur.metrics.active.inc();
     match &cur.tls {
         None => {
             let sniffed = tokio::select! {
@@ -113,45 +120,69 @@ pub(super) async fn serve(
                     serve_http(stream, conn, route, &cur, &ctl).await;
                 }
                 Err(Silent::Timeout) => {
-                    metrics.rejected(Rejection::FirstByteTimeout);
-                    tracing::debug!(listener = %cur.listener.name, client = %peer, "no request within first_byte; closed");
+                    cur.metrics.rejected(Rejection::FirstByteTimeout);
+                    tracing::debug!(listener = %cur.listener.name, client = %client.addr, "no request within first_byte; closed");
                 }
                 Err(Silent::Closed) => {}
             }
         }
         Some((tls, tls_metrics)) => {
-            let handshake = tokio::select! {
-                h = crate::tls::accept(stream, tls.server_config(), tls.handshake_timeout()) => Some(h),
-                _ = cancelled(&ctl.hard_stop) => None,
-            };
-            match handshake {
-                Some(Ok((stream, negotiated))) => {
-                    // ALPN decides; a client that offered none speaks HTTP/1.1.
-                    let proto = match negotiated.alpn {
-                        Alpn::H2 => Proto::H2,
-                        _ => Proto::H1,
-                    };
-                    let conn = Conn {
-                        client,
-                        proto,
-                        scheme: Scheme::Https,
-                        client_cert: negotiated
-                            .client_cert
-                            .and_then(|c| HeaderValue::from_str(&c).ok()),
-                    };
-                    serve_http(stream, conn, route, &cur, &ctl).await;
-                }
-                Some(Err(e)) => {
-                    // Counted, and logged at debug only: a flood of bad handshakes must not
-                    // flood the log.
-                    tls_metrics.count(e.kind());
-                    tracing::debug!(listener = %cur.listener.name, client = %peer, reason = e.reason(), sni = ?e.sni(), "TLS handshake failed");
-                }
-                None => {}
-            }
+            // Boxed, handshake and all: a TLS stream and its handshake are large, and
+            // inline they would size every plain connection's task too.
+            Box::pin(serve_tls(
+                stream,
+                client,
+                tls,
+                tls_metrics,
+                route,
+                &cur,
+                &ctl,
+            ))
+            .await;
         }
     }
-    metrics.active.dec();
+    cur.metrics.active.dec();
+}
+
+/// The TLS side of [`serve`]: the handshake (bounded by `handshake_timeout`), then HTTP as
+/// ALPN chose.
+async fn serve_tls(
+    stream: TcpStream,
+    client: ClientAddr,
+    tls: &crate::tls::ServerTls,
+    tls_metrics: &crate::metrics::TlsListenerMetrics,
+    route: Arc<ArcSwap<HttpRoute>>,
+    cur: &HttpRoute,
+    ctl: &Control,
+) {
+    let handshake = tokio::select! {
+        h = crate::tls::accept(stream, tls.server_config(), tls.handshake_timeout()) => h,
+        _ = cancelled(&ctl.hard_stop) => return,
+    };
+    match handshake {
+        Ok((stream, negotiated)) => {
+            // ALPN decides; a client that offered none speaks HTTP/1.1.
+            let proto = match negotiated.alpn {
+                Alpn::H2 => Proto::H2,
+                _ => Proto::H1,
+            };
+            let conn = Conn {
+                client,
+                proto,
+                scheme: Scheme::Https,
+                client_cert: negotiated
+                    .client_cert
+                    .and_then(|c| HeaderValue::from_str(&c).ok()),
+            };
+            serve_http(stream, conn, route, cur, ctl).await;
+        }
+        Err(e) => {
+            // Counted, and logged at debug only: a flood of bad handshakes must not flood
+            // the log.
+            tls_metrics.count(e.kind());
+            tracing::debug!(listener = %cur.listener.name, client = %client.addr, reason = e.reason(), sni = ?e.sni(), "TLS handshake failed");
+        }
+    }
 }
 
 /// What is known of a connection once its protocol is settled.
@@ -186,33 +217,35 @@ async fn serve_http<T>(
         watch: watch_state.clone(),
         client_cert: conn.client_cert,
     });
-    let svc_cx = cx.clone();
-    let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
-    let io = TokioIo::new(Watched {
-        io,
-        watch: watch_state,
-    });
+    let io = Watched::new(io, watch_state);
     let deadlines = Deadlines {
         idle: t.keepalive_idle,
         head: t.header_read,
         stall: t.send_stall,
     };
-    let end = match conn.proto {
-        Proto::H1 => {
-            let c = cur.h1.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(c);
-            drive(c, |c| c.graceful_shutdown(), &cx, ctl, deadlines).await
-        }
+    let proto = conn.proto;
+    let end = match proto {
+        Proto::H1 => serve_h1(io, cur, &cx, ctl, deadlines).await,
         Proto::H2 => {
-            let c = cur.h2.serve_connection(io, svc);
-            tokio::pin!(c);
-            drive(c, |c| c.graceful_shutdown(), &cx, ctl, deadlines).await
+            let svc_cx = cx.clone();
+            let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
+            // Boxed, as the HTTP/1 one is: inline, it would size every connection's task.
+            let mut c = Box::pin(cur.h2.serve_connection(TokioIo::new(io), svc));
+            Box::pin(drive(
+                c.as_mut(),
+                |c| c.graceful_shutdown(),
+                &cx,
+                ctl,
+                deadlines,
+                false,
+            ))
+            .await
         }
     };
     let route = cx.route.load();
-    let peer = conn.client.addr;
+    let peer = cx.client.addr;
     match end {
-        End::Done(Ok(())) | End::Closed => {}
+        End::Done(Ok(())) | End::Closed | End::Parked => {}
         End::Done(Err(e)) => {
             if let Some(r) = rejection_of(&e) {
                 route.metrics.rejected(r);
@@ -224,6 +257,131 @@ async fn serve_http<T>(
             tracing::debug!(client = %peer, reason = why.as_str(), "http connection cut off");
         }
     }
+}
+
+/// Serves HTTP/1 on a connection: a hyper connection while requests come, parked between
+/// bursts (see [`PARK_AFTER`]).
+async fn serve_h1<T>(
+    io: Watched<T>,
+    cur: &HttpRoute,
+    cx: &Arc<ConnCtx>,
+    ctl: &Control,
+    d: Deadlines,
+) -> End
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_cx = cx.clone();
+    let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
+    // Parking only pays where the connection would otherwise stay open longer.
+    let park = d.idle > PARK_AFTER;
+    let mut io = TokioIo::new(io);
+    loop {
+        // Boxed: dropping it at a park gives back all of hyper's memory, not just its
+        // buffers.
+        let mut c = Box::new(cur.h1.serve_connection(io, svc.clone()).with_upgrades());
+        // The watchdog boxed too: a parked connection's task then holds only what parking
+        // needs.
+        match Box::pin(drive(
+            Pin::new(&mut *c),
+            |c| c.graceful_shutdown(),
+            cx,
+            ctl,
+            d,
+            park,
+        ))
+        .await
+        {
+            End::Parked => {}
+            end => return end,
+        }
+        // Out of the box first, so that its memory is given back now, not when the loop
+        // comes round; hyper's read buffer goes too unless it holds bytes.
+        let read_ahead = match unbox(c).into_parts() {
+            Some(parts) => {
+                io = parts.io;
+                if parts.read_buf.is_empty() {
+                    false
+                } else {
+                    // hyper had read ahead: the next hyper connection gets those bytes first.
+                    let w = io.inner_mut();
+                    w.unread = join(parts.read_buf, std::mem::take(&mut w.unread));
+                    true
+                }
+            }
+            None => return End::Closed,
+        };
+        if read_ahead {
+            continue;
+        }
+        // The gauge's handle only (the listener's metrics are large, and this task lives
+        // as long as the connection).
+        let gauge = cx.route.load().metrics.parked.clone();
+        gauge.inc();
+        let woke = parked(io.inner_mut(), cx, ctl, d).await;
+        gauge.dec();
+        if let Some(end) = woke {
+            return end;
+        }
+    }
+}
+
+/// The value out of its box, the box freed on return.
+#[allow(clippy::boxed_local)] // the point: take the box and free it here
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+/// `a` then `b`.
+fn join(a: Bytes, b: Bytes) -> Bytes {
+    if b.is_empty() {
+        return a;
+    }
+    let mut v = Vec::with_capacity(a.len() + b.len());
+    v.extend_from_slice(&a);
+    v.extend_from_slice(&b);
+    v.into()
+}
+
+/// Holds a parked HTTP/1 connection until its client speaks again (`None`: serve it) or
+/// it ends: idle past `keepalive_idle` (closed gracefully), closed by the client, quiet for
+/// [`DRAIN_QUIET`] once the listener drains, or the hard stop.
+async fn parked<T>(io: &mut Watched<T>, cx: &ConnCtx, ctl: &Control, d: Deadlines) -> Option<End>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let idle_ms = d.idle.as_millis() as u64;
+    let mut until = cx.watch.idle_since_ms().saturating_add(idle_ms);
+    let mut draining = false;
+    // Small: it lives in the task for as long as the connection is parked. The rest of a
+    // request stays in the socket for hyper to read.
+    let mut first = [0u8; 64];
+    loop {
+        let left = Duration::from_millis(until.saturating_sub(crate::backend::now_ms()));
+        let read = tokio::select! {
+            r = io.io.read(&mut first) => r,
+            _ = tokio::time::sleep(left) => break,
+            _ = cancelled(&ctl.drain), if !draining => {
+                // As for a connection hyper holds: whatever arrives in a moment is
+                // answered (with `Connection: close`), then the connection closes.
+                draining = true;
+                until = until.min(crate::backend::now_ms() + DRAIN_QUIET.as_millis() as u64);
+                continue;
+            }
+            _ = cancelled(&ctl.hard_stop) => return Some(End::Closed),
+        };
+        return match read {
+            Ok(0) | Err(_) => Some(End::Closed),
+            Ok(n) => {
+                io.unread = Bytes::copy_from_slice(&first[..n]);
+                io.watch.read_some();
+                None
+            }
+        };
+    }
+    // Idle too long (or quiet on drain): close as hyper would have.
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+    Some(End::Closed)
 }
 
 /// The refusal hyper made itself (it has already answered 431 or 400), if any.
@@ -247,6 +405,8 @@ enum End {
     Closed,
     /// Cut off for breaking a deadline.
     Cut(Rejection),
+    /// HTTP/1 idle long enough to park: hyper has let go without closing the socket.
+    Parked,
 }
 
 impl From<Fired> for End {
@@ -259,24 +419,52 @@ impl From<Fired> for End {
     }
 }
 
-/// Runs a hyper connection under its watchdog, the drain signal and the hard stop.
+/// Runs a hyper connection under its watchdog, the drain signal and the hard stop. With
+/// `park`, an HTTP/1 connection idle for [`PARK_AFTER`] ends as [`End::Parked`].
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
     cx: &ConnCtx,
     ctl: &Control,
     d: Deadlines,
+    park: bool,
 ) -> End
 where
     C: Future<Output = hyper::Result<()>>,
 {
     let w = &*cx.watch;
+    let first = if park {
+        Deadlines {
+            idle: PARK_AFTER,
+            ..d
+        }
+    } else {
+        d
+    };
     let fired = tokio::select! {
         r = conn.as_mut() => return End::Done(r),
         _ = cancelled(&ctl.drain) => None,
-        f = watch(w, d) => Some(f),
+        f = watch(w, first) => Some(f),
     };
     match fired {
+        Some(Fired::Idle) if park && w.quiet() => {
+            // Nothing in flight and no head begun: hyper closes an idle connection at once
+            // on a graceful shutdown, holding no request bytes. Its shutdown of the socket
+            // is skipped, so the socket outlives it.
+            w.set_parking(true);
+            graceful(conn.as_mut());
+            let end = tokio::select! {
+                biased;
+                r = conn.as_mut() => match r {
+                    Ok(()) => End::Parked,
+                    Err(e) => End::Done(Err(e)),
+                },
+                _ = tokio::time::sleep(CLOSE_GRACE) => End::Closed,
+                _ = cancelled(&ctl.hard_stop) => End::Closed,
+            };
+            w.set_parking(false);
+            end
+        }
         Some(Fired::Idle) => {
             // Nothing in flight: HTTP/1 closes at once, h2 says GOAWAY.
             graceful(conn.as_mut());
@@ -285,6 +473,9 @@ where
                 ..d
             };
             tokio::select! {
+                // hyper first: the connection has been idle for longer than the bound, so
+                // the watch fires at once and would cut the graceful close short.
+                biased;
                 r = conn.as_mut() => End::Done(r),
                 f = watch(w, bound) => match f { Fired::Idle => End::Closed, f => f.into() },
                 _ = cancelled(&ctl.hard_stop) => End::Closed,

@@ -254,11 +254,12 @@ impl Acceptor {
                         backoff = ACCEPT_BACKOFF.0;
                         tracing::info!(listener = %self.name, "accepting again");
                     }
-                    let conn = self.connection(stream, peer);
-                    self.ctl.tracker.spawn(async move {
-                        conn.await;
-                        drop(permits);
-                    });
+                    // The permits go into the connection's future rather than a wrapper
+                    // around it: an async block that awaits a captured future holds it
+                    // twice (rustc keeps the capture and the awaited value apart).
+                    self.ctl
+                        .tracker
+                        .spawn(self.connection(stream, peer, permits));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off (doubling, capped) instead of spinning,
@@ -286,15 +287,19 @@ impl Acceptor {
         };
     }
 
-    fn connection(
+    /// Serves one accepted connection; `permits` (the process's and the listener's room)
+    /// are held until it ends.
+    fn connection<P: Send + 'static>(
         &self,
         mut stream: TcpStream,
         peer: SocketAddr,
+        permits: P,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = self.route.clone();
         let ctl = self.ctl.clone();
         let clients = self.clients.clone();
         async move {
+            let _permits = permits;
             let _ = stream.set_nodelay(true);
             let (admission, metrics, max) = match &route {
                 Route::Http(r) => {
@@ -309,7 +314,15 @@ impl Acceptor {
                 }
             };
             // Who the client is (a trusted peer's PROXY header says), and whether it may in.
-            let client = match admission.accept(&mut stream, peer).await {
+            // Without a PROXY header to read there is nothing to wait for; with one, the
+            // reading is boxed so that its state does not size the task for the
+            // connection's whole life.
+            let accepted = if admission.reads_proxy_header() {
+                Box::pin(admission.accept(&mut stream, peer)).await
+            } else {
+                admission.accept_direct(peer)
+            };
+            let client = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Counted by admission.
@@ -338,11 +351,12 @@ impl Acceptor {
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop).await;
+                    Box::pin(crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop)).await;
                     active.dec();
                 }
-                // Boxed: the HTTP connection's state is large, and it would otherwise size
-                // every connection task, L4 ones included (3.0 KiB against 1.3 KiB each).
+                // Both kinds boxed: each one's state is large (HTTP 2.0 KiB, L4 3.4 KiB)
+                // and inline would size every connection's task, of either kind, to the
+                // larger.
                 Route::Http(r) => Box::pin(http_conn::serve(stream, client, r, ctl)).await,
             }
         }

@@ -11,11 +11,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::backend::now_ms;
@@ -32,6 +33,9 @@ pub struct ConnWatch {
     blocked_since: AtomicU64,
     /// Whether head timing applies (HTTP/1; h2 reads control frames while idle).
     h1: bool,
+    /// Set while hyper is let go of an idle HTTP/1 connection that is to be parked: its
+    /// shutdown of the socket is then skipped, so the socket outlives the hyper connection.
+    parking: AtomicBool,
 }
 
 impl ConnWatch {
@@ -44,7 +48,24 @@ impl ConnWatch {
             head_since: AtomicU64::new(if h1 { now } else { 0 }),
             blocked_since: AtomicU64::new(0),
             h1,
+            parking: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the next shutdown of the socket is to be skipped (see [`Watched`]).
+    pub fn set_parking(&self, on: bool) {
+        self.parking.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether nothing is in flight and no request head has begun: hyper holds no part of
+    /// a request, so letting it go loses nothing.
+    pub fn quiet(&self) -> bool {
+        self.inflight() == 0 && (!self.h1 || self.head_since.load(Ordering::Relaxed) == 0)
+    }
+
+    /// When the connection last became idle.
+    pub fn idle_since_ms(&self) -> u64 {
+        self.idle_since.load(Ordering::Relaxed)
     }
 
     /// A request is being served.
@@ -70,7 +91,7 @@ impl ConnWatch {
     }
 
     #[inline]
-    fn read_some(&self) {
+    pub(super) fn read_some(&self) {
         if self.h1
             && self.head_since.load(Ordering::Relaxed) == 0
             && self.inflight.load(Ordering::Acquire) == 0
@@ -157,6 +178,21 @@ pub struct Watched<T> {
     pub io: T,
     /// What it reports to.
     pub watch: Arc<ConnWatch>,
+    /// Bytes already taken from `io` that the next reads return first: what a parked
+    /// connection read to learn that its client spoke again, or what hyper had buffered
+    /// when it was let go.
+    pub unread: Bytes,
+}
+
+impl<T> Watched<T> {
+    /// `io` reporting to `watch`.
+    pub fn new(io: T, watch: Arc<ConnWatch>) -> Self {
+        Watched {
+            io,
+            watch,
+            unread: Bytes::new(),
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -165,6 +201,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() && buf.remaining() > 0 {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -215,6 +257,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.watch.parking.load(Ordering::Relaxed) {
+            // hyper is being let go of an idle connection; the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

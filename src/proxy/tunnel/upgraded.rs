@@ -18,31 +18,47 @@ use crate::listener::watch::Watched;
 
 /// A connection type that is a TCP stream underneath and can give it back.
 pub trait TcpInside: Sized {
-    /// The TCP stream, without the wrappers.
-    fn into_tcp(self) -> TcpStream;
+    /// The TCP stream, without the wrappers, and what a wrapper had already taken from it
+    /// and not yet handed on (it comes after anything hyper read).
+    fn into_tcp(self) -> (TcpStream, Bytes);
 }
 
 impl TcpInside for TcpStream {
-    fn into_tcp(self) -> TcpStream {
-        self
+    fn into_tcp(self) -> (TcpStream, Bytes) {
+        (self, Bytes::new())
     }
 }
 
 impl<T: TcpInside> TcpInside for TokioIo<T> {
-    fn into_tcp(self) -> TcpStream {
+    fn into_tcp(self) -> (TcpStream, Bytes) {
         self.into_inner().into_tcp()
     }
 }
 
 impl<T: TcpInside, C> TcpInside for Active<T, C> {
-    fn into_tcp(self) -> TcpStream {
+    fn into_tcp(self) -> (TcpStream, Bytes) {
         self.io.into_tcp()
     }
 }
 
 impl<T: TcpInside> TcpInside for Watched<T> {
-    fn into_tcp(self) -> TcpStream {
-        self.io.into_tcp()
+    fn into_tcp(self) -> (TcpStream, Bytes) {
+        let (tcp, inner) = self.io.into_tcp();
+        (tcp, join(self.unread, inner))
+    }
+}
+
+/// `a` then `b`, copying only when both hold bytes.
+fn join(a: Bytes, b: Bytes) -> Bytes {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a,
+        (true, false) => b,
+        (false, false) => {
+            let mut v = Vec::with_capacity(a.len() + b.len());
+            v.extend_from_slice(&a);
+            v.extend_from_slice(&b);
+            v.into()
+        }
     }
 }
 
@@ -96,7 +112,10 @@ where
     T: TcpInside + hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     match up.downcast::<T>() {
-        Ok(parts) => Unwrapped::Tcp(parts.io.into_tcp(), parts.read_buf),
+        Ok(parts) => {
+            let (tcp, unread) = parts.io.into_tcp();
+            Unwrapped::Tcp(tcp, join(parts.read_buf, unread))
+        }
         // A failed downcast hands back the `Upgraded` whole, replay buffer included.
         Err(up) => Unwrapped::Other(TokioIo::new(up)),
     }
@@ -203,10 +222,10 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             let (stream, _) = l.accept().await.unwrap();
-            let io: ClientIo = TokioIo::new(Watched {
-                io: stream,
-                watch: std::sync::Arc::new(crate::listener::watch::ConnWatch::new(true)),
-            });
+            let io: ClientIo = TokioIo::new(Watched::new(
+                stream,
+                std::sync::Arc::new(crate::listener::watch::ConnWatch::new(true)),
+            ));
             let tx = std::sync::Mutex::new(Some(tx));
             let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let tx = tx.lock().unwrap().take();

@@ -14,7 +14,7 @@
 # client that opens and holds the connections; all three are stopped on exit. Timeouts in
 # the generated config are far above the run's length, so nothing is closed while measured.
 # N is lowered when the open-file limit cannot give fulcrum the descriptors it needs
-# (an l4 connection costs fulcrum two). RSS is read SETTLE seconds (default 3) after every
+# (an l4 connection costs fulcrum two). RSS is read SETTLE seconds (default 6) after every
 # connection is open, past the 1 s after which an idle HTTP/1 connection parks; the
 # script prints how many are parked.
 set -euo pipefail
@@ -141,7 +141,7 @@ for (( i = 0; i < 300; i++ )); do
   sleep 0.1
 done
 (( ${a:-0} >= n )) || { echo "fulcrum has ${a:-0} of $n connections active" >&2; exit 1; }
-sleep "${SETTLE:-3}" # let the allocator settle (mimalloc purges freed pages after a delay)
+sleep "${SETTLE:-6}" # parking is 1-2 s after idle; mimalloc gives freed pages back lazily
 held=$(rss_kib "$fpid")
 parked=$(curl -sf "http://$admin/metrics" |
   awk -v l="$listener" '$1 == "fulcrum_listener_connections_parked{listener=\"" l "\"}" { print $2 }')

@@ -801,40 +801,46 @@ async fn a_server_that_stalls_mid_body_is_cut_off_and_blamed() {
     assert_eq!(p.server("raw").load.load(Ordering::SeqCst), 0);
 }
 
+/// A metric of listener "web" (0 when absent).
+fn web_metric(p: &Proxy, name: &str) -> f64 {
+    metric(&p.f.metrics().render(), name, &[("listener", "web")]).unwrap_or(0.0)
+}
+
 /// The listener's gauge of parked connections (idle HTTP/1 connections holding no buffers).
 fn parked(p: &Proxy) -> f64 {
-    metric(
-        &p.f.metrics().render(),
-        "fulcrum_listener_connections_parked",
-        &[("listener", "web")],
-    )
-    .unwrap_or(0.0)
+    web_metric(p, "fulcrum_listener_connections_parked")
 }
 
 fn accepted(p: &Proxy) -> f64 {
-    metric(
-        &p.f.metrics().render(),
-        "fulcrum_listener_connections_total",
-        &[("listener", "web")],
-    )
-    .unwrap_or(0.0)
+    web_metric(p, "fulcrum_listener_connections_total")
+}
+
+/// A proxy in front of one origin with `keepalive_idle`.
+async fn parking_proxy(keepalive_idle: &str) -> (Vec<Origin>, Proxy) {
+    let o = fleet(1).await;
+    let cfg = with_listener(
+        http_config(&servers(&[&o[0]]), "", NO_HEALTH),
+        &format!("[listener.timeouts]\nkeepalive_idle = \"{keepalive_idle}\""),
+    );
+    let p = Proxy::start(&cfg).await;
+    (o, p)
+}
+
+/// GET `path` on `s` (answered 200), then wait until the connection is parked.
+async fn get_then_park(p: &Proxy, s: &mut TcpStream, path: &str) {
+    let (head, _) = raw_get(s, path).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    wait_until("the idle connection is parked", LIMIT, || async {
+        parked(p) == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_connection_parks_and_serves_its_next_request_in_pieces() {
-    let o = fleet(1).await;
-    let cfg = with_listener(
-        http_config(&servers(&[&o[0]]), "", NO_HEALTH),
-        "[listener.timeouts]\nkeepalive_idle = \"60s\"",
-    );
-    let p = Proxy::start(&cfg).await;
+    let (_o, p) = parking_proxy("60s").await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    let (head, _) = raw_get(&mut s, "/").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    wait_until("the idle connection is parked", LIMIT, || async {
-        parked(&p) == 1.0
-    })
-    .await;
+    get_then_park(&p, &mut s, "/").await;
     // The next request arrives in two pieces: the first wakes the parked connection, the
     // rest follows while a fresh hyper connection reads the head.
     s.write_all(b"GET /again HTTP/1.1\r\nHo").await.unwrap();
@@ -845,40 +851,24 @@ async fn an_idle_keepalive_connection_parks_and_serves_its_next_request_in_piece
     assert!(!head.contains("connection: close"), "{head}");
     // Two requests over one client connection.
     assert_eq!(accepted(&p), 1.0);
-    // Parked again after the second request; a third one in a single write.
+    // Parked again after the second request; a third one in a single write, and parked
+    // once more.
     wait_until("parked again", LIMIT, || async { parked(&p) == 1.0 }).await;
-    let (head, _) = raw_get(&mut s, "/third").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
+    get_then_park(&p, &mut s, "/third").await;
     assert_eq!(accepted(&p), 1.0);
     // The client goes away while parked: the connection ends and the gauge falls.
-    wait_until("parked a third time", LIMIT, || async { parked(&p) == 1.0 }).await;
     drop(s);
     wait_until("the closed connection is gone", LIMIT, || async {
-        parked(&p) == 0.0
-            && metric(
-                &p.f.metrics().render(),
-                "fulcrum_listener_connections_active",
-                &[("listener", "web")],
-            ) == Some(0.0)
+        parked(&p) == 0.0 && web_metric(&p, "fulcrum_listener_connections_active") == 0.0
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_still_closes_at_keepalive_idle_and_at_shutdown() {
-    let o = fleet(1).await;
-    let cfg = with_listener(
-        http_config(&servers(&[&o[0]]), "", NO_HEALTH),
-        "[listener.timeouts]\nkeepalive_idle = \"2500ms\"",
-    );
-    let p = Proxy::start(&cfg).await;
+    let (_o, p) = parking_proxy("2500ms").await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    let (head, _) = raw_get(&mut s, "/").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    wait_until("the idle connection is parked", LIMIT, || async {
-        parked(&p) == 1.0
-    })
-    .await;
+    get_then_park(&p, &mut s, "/").await;
     // keepalive_idle still holds: the proxy closes the parked connection (EOF, no bytes).
     let rest = read_to_close(&mut s, LIMIT)
         .await
@@ -888,9 +878,7 @@ async fn a_parked_connection_still_closes_at_keepalive_idle_and_at_shutdown() {
 
     // A parked connection does not hold up a shutdown.
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    let (head, _) = raw_get(&mut s, "/").await;
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    wait_until("parked", LIMIT, || async { parked(&p) == 1.0 }).await;
+    get_then_park(&p, &mut s, "/").await;
     tokio::time::timeout(LIMIT, p.f.shutdown(Duration::from_secs(3600)))
         .await
         .expect("shutdown finished");

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::watch::{watch, ConnWatch, Deadlines, Fired, Watched};
+use super::watch::{join, watch, ConnWatch, Deadlines, Fired, Watched};
 use super::Control;
 use crate::admission::ClientAddr;
 use crate::proxy::cancel::cancelled;
@@ -332,17 +332,6 @@ fn unbox<T>(b: Box<T>) -> T {
     *b
 }
 
-/// `a` then `b`.
-fn join(a: Bytes, b: Bytes) -> Bytes {
-    if b.is_empty() {
-        return a;
-    }
-    let mut v = Vec::with_capacity(a.len() + b.len());
-    v.extend_from_slice(&a);
-    v.extend_from_slice(&b);
-    v.into()
-}
-
 /// Holds a parked HTTP/1 connection until its client speaks again (`None`: serve it) or
 /// it ends: idle past `keepalive_idle` (closed gracefully), closed by the client, quiet for
 /// [`DRAIN_QUIET`] once the listener drains, or the hard stop.
@@ -447,10 +436,11 @@ where
         f = watch(w, first) => Some(f),
     };
     match fired {
-        Some(Fired::Idle) if park && w.quiet() => {
-            // Nothing in flight and no head begun: hyper closes an idle connection at once
-            // on a graceful shutdown, holding no request bytes. Its shutdown of the socket
-            // is skipped, so the socket outlives it.
+        Some(Fired::Idle) if park => {
+            // `Idle` means nothing in flight and no head begun (the watch checked both just
+            // now, in this task): hyper closes an idle connection at once on a graceful
+            // shutdown, holding no request bytes. Its shutdown of the socket is skipped, so
+            // the socket outlives it.
             w.set_parking(true);
             graceful(conn.as_mut());
             let end = tokio::select! {

@@ -57,12 +57,6 @@ impl ConnWatch {
         self.parking.store(on, Ordering::Relaxed);
     }
 
-    /// Whether nothing is in flight and no request head has begun: hyper holds no part of
-    /// a request, so letting it go loses nothing.
-    pub fn quiet(&self) -> bool {
-        self.inflight() == 0 && (!self.h1 || self.head_since.load(Ordering::Relaxed) == 0)
-    }
-
     /// When the connection last became idle.
     pub fn idle_since_ms(&self) -> u64 {
         self.idle_since.load(Ordering::Relaxed)
@@ -182,6 +176,20 @@ pub struct Watched<T> {
     /// connection read to learn that its client spoke again, or what hyper had buffered
     /// when it was let go.
     pub unread: Bytes,
+}
+
+/// `a` then `b`, copying only when both hold bytes.
+pub fn join(a: Bytes, b: Bytes) -> Bytes {
+    match (a.is_empty(), b.is_empty()) {
+        (_, true) => a,
+        (true, false) => b,
+        (false, false) => {
+            let mut v = Vec::with_capacity(a.len() + b.len());
+            v.extend_from_slice(&a);
+            v.extend_from_slice(&b);
+            v.into()
+        }
+    }
 }
 
 impl<T> Watched<T> {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flow::{Flow, Stream};
 use super::{run, Active, Cut, Moved};
-use crate::listener::watch::Watched;
+use crate::listener::watch::{join, Watched};
 
 /// A connection type that is a TCP stream underneath and can give it back.
 pub trait TcpInside: Sized {
@@ -45,20 +45,6 @@ impl<T: TcpInside> TcpInside for Watched<T> {
     fn into_tcp(self) -> (TcpStream, Bytes) {
         let (tcp, inner) = self.io.into_tcp();
         (tcp, join(self.unread, inner))
-    }
-}
-
-/// `a` then `b`, copying only when both hold bytes.
-fn join(a: Bytes, b: Bytes) -> Bytes {
-    match (a.is_empty(), b.is_empty()) {
-        (_, true) => a,
-        (true, false) => b,
-        (false, false) => {
-            let mut v = Vec::with_capacity(a.len() + b.len());
-            v.extend_from_slice(&a);
-            v.extend_from_slice(&b);
-            v.into()
-        }
     }
 }
 

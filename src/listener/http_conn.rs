@@ -94,15 +94,52 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
 
 /// Serves one client connection to its end: TLS first if the listener terminates it, then
 /// HTTP/1.1 or h2 (by ALPN over TLS, by the preface in plain text).
-pub(super) async fn serve(
+///
+/// A plain HTTP/1 connection that parks (see [`PARK_AFTER`]) waits here, in the
+/// connection's own task, holding only what [`Parked`] keeps: the serving itself is boxed
+/// and its box is freed for as long as the connection is parked. `keep` (the connection's
+/// permits) is dropped when the connection ends.
+pub(super) fn run(
     stream: TcpStream,
     client: ClientAddr,
     route: Arc<ArcSwap<HttpRoute>>,
     ctl: Control,
-) {
+    keep: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let active = {
+        let cur = route.load();
+        cur.metrics.connections.inc();
+        cur.metrics.active.inc();
+        cur.metrics.active.clone()
+    };
+    // Boxed before the task's future is built, so that the task does not keep room for the
+    // arguments it hands on: a future keeps what it captures for its whole life.
+    let first = Box::pin(serve(stream, client, route, ctl.clone()));
+    async move {
+        let mut next = first.await;
+        while let Some(p) = next.as_mut() {
+            if let Some(end) = p.wait(&ctl).await {
+                ended(&p.cx, end);
+                break;
+            }
+            let Some(p) = next.take() else { break };
+            next = Box::pin(p.resume(&ctl)).await;
+        }
+        active.dec();
+        drop(keep);
+    }
+}
+
+/// Serves a connection until it ends, or until it parks (plain HTTP/1 only: a parked TLS
+/// connection waits inside, its TLS session being part of what is kept).
+async fn serve(
+    stream: TcpStream,
+    client: ClientAddr,
+    route: Arc<ArcSwap<HttpRoute>>,
+    ctl: Control,
+) -> Option<Parked<TcpStream>> {
+    let ctl = &ctl;
     let cur = route.load_full();
-    cur.metrics.connections.inc();
-    cur.metrics.active.inc();
     match &cur.tls {
         None => {
             let sniffed = tokio::select! {
@@ -117,13 +154,14 @@ pub(super) async fn serve(
                         scheme: Scheme::Http,
                         client_cert: None,
                     };
-                    serve_http(stream, conn, route, &cur, &ctl).await;
+                    serve_http(stream, conn, route, &cur, ctl).await
                 }
                 Err(Silent::Timeout) => {
                     cur.metrics.rejected(Rejection::FirstByteTimeout);
                     tracing::debug!(listener = %cur.listener.name, client = %client.addr, "no request within first_byte; closed");
+                    None
                 }
-                Err(Silent::Closed) => {}
+                Err(Silent::Closed) => None,
             }
         }
         Some((tls, tls_metrics)) => {
@@ -136,12 +174,12 @@ pub(super) async fn serve(
                 tls_metrics,
                 route,
                 &cur,
-                &ctl,
+                ctl,
             ))
             .await;
+            None
         }
     }
-    cur.metrics.active.dec();
 }
 
 /// The TLS side of [`serve`]: the handshake (bounded by `handshake_timeout`), then HTTP as
@@ -174,7 +212,16 @@ async fn serve_tls(
                     .client_cert
                     .and_then(|c| HeaderValue::from_str(&c).ok()),
             };
-            serve_http(stream, conn, route, cur, ctl).await;
+            let mut next = serve_http(stream, conn, route, cur, ctl).await;
+            while let Some(mut p) = next {
+                next = match p.wait(ctl).await {
+                    Some(end) => {
+                        ended(&p.cx, end);
+                        None
+                    }
+                    None => p.resume(ctl).await,
+                };
+            }
         }
         Err(e) => {
             // Counted, and logged at debug only: a flood of bad handshakes must not flood
@@ -193,14 +240,16 @@ struct Conn {
     client_cert: Option<HeaderValue>,
 }
 
-/// Serves HTTP on a connection (plain or TLS) under its deadlines.
+/// Serves HTTP on a connection (plain or TLS) under its deadlines, until it ends or (HTTP/1)
+/// parks.
 async fn serve_http<T>(
     io: T,
     conn: Conn,
     route: Arc<ArcSwap<HttpRoute>>,
     cur: &HttpRoute,
     ctl: &Control,
-) where
+) -> Option<Parked<T>>
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let t = cur.listener.timeouts;
@@ -218,56 +267,161 @@ async fn serve_http<T>(
         client_cert: conn.client_cert,
     });
     let io = Watched::new(io, watch_state);
-    let deadlines = Deadlines {
+    let d = Deadlines {
         idle: t.keepalive_idle,
         head: t.header_read,
         stall: t.send_stall,
     };
-    let proto = conn.proto;
-    let end = match proto {
-        Proto::H1 => serve_h1(io, cur, &cx, ctl, deadlines).await,
+    match conn.proto {
+        Proto::H1 => Parked::first(TokioIo::new(io), cx, d, cur, ctl).await,
         Proto::H2 => {
             let svc_cx = cx.clone();
             let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
             // Boxed, as the HTTP/1 one is: inline, it would size every connection's task.
             let mut c = Box::pin(cur.h2.serve_connection(TokioIo::new(io), svc));
-            Box::pin(drive(
+            let end = Box::pin(drive(
                 c.as_mut(),
                 |c| c.graceful_shutdown(),
                 &cx,
                 ctl,
-                deadlines,
+                d,
                 false,
             ))
-            .await
+            .await;
+            ended(&cx, end);
+            None
         }
-    };
-    let route = cx.route.load();
+    }
+}
+
+/// Counts and logs how a connection ended.
+fn ended(cx: &ConnCtx, end: End) {
     let peer = cx.client.addr;
     match end {
         End::Done(Ok(())) | End::Closed | End::Parked => {}
         End::Done(Err(e)) => {
             if let Some(r) = rejection_of(&e) {
-                route.metrics.rejected(r);
+                cx.route.load().metrics.rejected(r);
             }
             tracing::debug!(client = %peer, error = %e, "http connection ended with an error");
         }
         End::Cut(why) => {
-            route.metrics.rejected(why);
+            cx.route.load().metrics.rejected(why);
             tracing::debug!(client = %peer, reason = why.as_str(), "http connection cut off");
         }
     }
 }
 
-/// Serves HTTP/1 on a connection: a hyper connection while requests come, parked between
-/// bursts (see [`PARK_AFTER`]).
+/// What is kept of an HTTP/1 connection between bursts of requests: the socket (with any
+/// bytes read ahead), the connection's context and its deadlines. No hyper connection, no
+/// buffer.
+pub(super) struct Parked<T> {
+    io: TokioIo<Watched<T>>,
+    cx: Arc<ConnCtx>,
+    d: Deadlines,
+}
+
+impl<T> Parked<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves the first burst of an HTTP/1 connection.
+    async fn first(
+        io: TokioIo<Watched<T>>,
+        cx: Arc<ConnCtx>,
+        d: Deadlines,
+        cur: &HttpRoute,
+        ctl: &Control,
+    ) -> Option<Parked<T>> {
+        match serve_h1(io, cur, &cx, ctl, d).await {
+            Ok(io) => Some(Parked { io, cx, d }),
+            Err(end) => {
+                ended(&cx, end);
+                None
+            }
+        }
+    }
+
+    /// Serves the burst that woke a parked connection, until it parks again or ends.
+    #[allow(clippy::manual_async_fn)] // deliberate, as said inside
+    fn resume(self, ctl: &Control) -> impl Future<Output = Option<Parked<T>>> + '_ {
+        // Not an `async fn`: that would keep `self` twice in its state (the argument and
+        // its binding), and this future is boxed for the connection's busy spells.
+        async move {
+            let cur = self.cx.route.load_full();
+            match serve_h1(self.io, &cur, &self.cx, ctl, self.d).await {
+                Ok(io) => Some(Parked { io, ..self }),
+                Err(end) => {
+                    ended(&self.cx, end);
+                    None
+                }
+            }
+        }
+    }
+
+    /// Waits, counted as parked, until the client speaks again (`None`: resume) or the
+    /// connection ends: idle past `keepalive_idle` (closed gracefully), closed by the
+    /// client, quiet for [`DRAIN_QUIET`] once the listener drains, or the hard stop.
+    #[allow(clippy::manual_async_fn)] // deliberate, as said inside
+    fn wait<'a>(&'a mut self, ctl: &'a Control) -> impl Future<Output = Option<End>> + 'a {
+        // Not an `async fn`, which would keep its arguments twice: this future is what a
+        // parked connection's task holds.
+        async move {
+            // The gauge's handle only (the listener's metrics are large).
+            let gauge = self.cx.route.load().metrics.parked.clone();
+            gauge.inc();
+            let idle_ms = self.d.idle.as_millis() as u64;
+            let mut until = self.cx.watch.idle_since_ms().saturating_add(idle_ms);
+            let mut draining = false;
+            // Small: the rest of a request stays in the socket for hyper to read.
+            let mut first = [0u8; 32];
+            let io = self.io.inner_mut();
+            let end = loop {
+                let left = Duration::from_millis(until.saturating_sub(crate::backend::now_ms()));
+                // One token waited on at a time: the hard stop only ever follows the drain.
+                let signal = if draining { &ctl.hard_stop } else { &ctl.drain };
+                let read = tokio::select! {
+                    r = io.io.read(&mut first) => r,
+                    _ = tokio::time::sleep(left) => {
+                        // Idle too long (or quiet on drain): close as hyper would have.
+                        let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+                        break Some(End::Closed);
+                    }
+                    _ = cancelled(signal) => {
+                        if draining {
+                            break Some(End::Closed);
+                        }
+                        // As for a connection hyper holds: whatever arrives in a moment is
+                        // answered (with `Connection: close`), then the connection closes.
+                        draining = true;
+                        until = until.min(crate::backend::now_ms() + DRAIN_QUIET.as_millis() as u64);
+                        continue;
+                    }
+                };
+                break match read {
+                    Ok(0) | Err(_) => Some(End::Closed),
+                    Ok(n) => {
+                        io.unread = Bytes::copy_from_slice(&first[..n]);
+                        io.watch.read_some();
+                        None
+                    }
+                };
+            };
+            gauge.dec();
+            end
+        }
+    }
+}
+
+/// Serves HTTP/1 on a connection with a hyper connection until it ends (`Err`) or has been
+/// idle for [`PARK_AFTER`] and parks (`Ok`, the socket handed back).
 async fn serve_h1<T>(
-    io: Watched<T>,
+    mut io: TokioIo<Watched<T>>,
     cur: &HttpRoute,
     cx: &Arc<ConnCtx>,
     ctl: &Control,
     d: Deadlines,
-) -> End
+) -> Result<TokioIo<Watched<T>>, End>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -275,13 +429,11 @@ where
     let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
     // Parking only pays where the connection would otherwise stay open longer.
     let park = d.idle > PARK_AFTER;
-    let mut io = TokioIo::new(io);
     loop {
         // Boxed: dropping it at a park gives back all of hyper's memory, not just its
         // buffers.
         let mut c = Box::new(cur.h1.serve_connection(io, svc.clone()).with_upgrades());
-        // The watchdog boxed too: a parked connection's task then holds only what parking
-        // needs.
+        // The watchdog boxed too: only the socket outlives this burst.
         match Box::pin(drive(
             Pin::new(&mut *c),
             |c| c.graceful_shutdown(),
@@ -293,35 +445,22 @@ where
         .await
         {
             End::Parked => {}
-            end => return end,
+            end => return Err(end),
         }
-        // Out of the box first, so that its memory is given back now, not when the loop
-        // comes round; hyper's read buffer goes too unless it holds bytes.
-        let read_ahead = match unbox(c).into_parts() {
+        // Out of the box first, so that its memory is given back now; hyper's read buffer
+        // goes too unless it holds bytes.
+        match unbox(c).into_parts() {
             Some(parts) => {
                 io = parts.io;
                 if parts.read_buf.is_empty() {
-                    false
-                } else {
-                    // hyper had read ahead: the next hyper connection gets those bytes first.
-                    let w = io.inner_mut();
-                    w.unread = join(parts.read_buf, std::mem::take(&mut w.unread));
-                    true
+                    return Ok(io);
                 }
+                // hyper had read ahead: a fresh hyper connection gets those bytes first,
+                // at once.
+                let w = io.inner_mut();
+                w.unread = join(parts.read_buf, std::mem::take(&mut w.unread));
             }
-            None => return End::Closed,
-        };
-        if read_ahead {
-            continue;
-        }
-        // The gauge's handle only (the listener's metrics are large, and this task lives
-        // as long as the connection).
-        let gauge = cx.route.load().metrics.parked.clone();
-        gauge.inc();
-        let woke = parked(io.inner_mut(), cx, ctl, d).await;
-        gauge.dec();
-        if let Some(end) = woke {
-            return end;
+            None => return Err(End::Closed),
         }
     }
 }
@@ -330,47 +469,6 @@ where
 #[allow(clippy::boxed_local)] // the point: take the box and free it here
 fn unbox<T>(b: Box<T>) -> T {
     *b
-}
-
-/// Holds a parked HTTP/1 connection until its client speaks again (`None`: serve it) or
-/// it ends: idle past `keepalive_idle` (closed gracefully), closed by the client, quiet for
-/// [`DRAIN_QUIET`] once the listener drains, or the hard stop.
-async fn parked<T>(io: &mut Watched<T>, cx: &ConnCtx, ctl: &Control, d: Deadlines) -> Option<End>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let idle_ms = d.idle.as_millis() as u64;
-    let mut until = cx.watch.idle_since_ms().saturating_add(idle_ms);
-    let mut draining = false;
-    // Small: it lives in the task for as long as the connection is parked. The rest of a
-    // request stays in the socket for hyper to read.
-    let mut first = [0u8; 64];
-    loop {
-        let left = Duration::from_millis(until.saturating_sub(crate::backend::now_ms()));
-        let read = tokio::select! {
-            r = io.io.read(&mut first) => r,
-            _ = tokio::time::sleep(left) => break,
-            _ = cancelled(&ctl.drain), if !draining => {
-                // As for a connection hyper holds: whatever arrives in a moment is
-                // answered (with `Connection: close`), then the connection closes.
-                draining = true;
-                until = until.min(crate::backend::now_ms() + DRAIN_QUIET.as_millis() as u64);
-                continue;
-            }
-            _ = cancelled(&ctl.hard_stop) => return Some(End::Closed),
-        };
-        return match read {
-            Ok(0) | Err(_) => Some(End::Closed),
-            Ok(n) => {
-                io.unread = Bytes::copy_from_slice(&first[..n]);
-                io.watch.read_some();
-                None
-            }
-        };
-    }
-    // Idle too long (or quiet on drain): close as hyper would have.
-    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-    Some(End::Closed)
 }
 
 /// The refusal hyper made itself (it has already answered 431 or 400), if any.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::{Either, FutureExt, OptionFuture};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -289,6 +290,11 @@ impl Acceptor {
 
     /// Serves one accepted connection; `permits` (the process's and the listener's room)
     /// are held until it ends.
+    ///
+    /// Two futures, one after the other, rather than one `async` block: a task keeps room
+    /// for every local its future holds across an await until the local's scope ends,
+    /// moved-from or not, and for everything the future captured. Admission's state goes
+    /// when admission ends, so a parked connection's task does not carry it.
     fn connection<P: Send + 'static>(
         &self,
         mut stream: TcpStream,
@@ -298,8 +304,7 @@ impl Acceptor {
         let route = self.route.clone();
         let ctl = self.ctl.clone();
         let clients = self.clients.clone();
-        async move {
-            let _permits = permits;
+        let admit = async move {
             let _ = stream.set_nodelay(true);
             let (admission, metrics, max) = match &route {
                 Route::Http(r) => {
@@ -327,12 +332,12 @@ impl Acceptor {
                 Err(e) => {
                     // Counted by admission.
                     tracing::debug!(client = %peer, error = %e, "connection refused at accept");
-                    return;
+                    return None;
                 }
             };
             // The per-client cap, on the client the connection speaks for; a trusted proxy's
             // connection carries many clients and is not capped as one.
-            let _hold = if admission.settings().trusted_proxies.matches(client.ip()) {
+            let hold = if admission.settings().trusted_proxies.matches(client.ip()) {
                 None
             } else {
                 match clients.try_open(client.ip(), max) {
@@ -340,25 +345,32 @@ impl Acceptor {
                     None => {
                         metrics.rejected(Rejection::ClientConnections);
                         tracing::debug!(client = %client.addr, max, "client over max_connections_per_client; closed");
-                        return;
+                        return None;
                     }
                 }
             };
-            drop((admission, metrics));
-            match route {
+            // The permits and the client's hold go with the serving, and are released
+            // when it ends.
+            let keep = (hold, permits);
+            Some(match route {
+                // Boxed: its state is 3.4 KiB, and inline it would size every
+                // connection's task.
                 Route::Tcp(r) => {
                     let r = r.load_full();
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    Box::pin(crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop)).await;
-                    active.dec();
+                    let relay = crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop);
+                    Either::Left(Box::pin(relay).map(move |()| {
+                        active.dec();
+                        drop(keep);
+                    }))
                 }
-                // Both kinds boxed: each one's state is large (HTTP 2.0 KiB, L4 3.4 KiB)
-                // and inline would size every connection's task, of either kind, to the
-                // larger.
-                Route::Http(r) => Box::pin(http_conn::serve(stream, client, r, ctl)).await,
-            }
-        }
+                // HTTP boxes its serving itself and keeps inline only what a parked
+                // connection holds (see http_conn::run).
+                Route::Http(r) => Either::Right(http_conn::run(stream, client, r, ctl, keep)),
+            })
+        };
+        admit.then(OptionFuture::from).map(drop)
     }
 }

@@ -865,6 +865,30 @@ async fn an_idle_keepalive_connection_parks_and_serves_its_next_request_in_piece
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_meets_a_parked_connection_as_the_listener_drains_is_answered() {
+    let (_o, p) = parking_proxy("60s").await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    get_then_park(&p, &mut s, "/").await;
+    // The client sends its next request as the shutdown begins: whether the parked
+    // connection sees the drain before the request or after, the request is answered (not
+    // met by a closed socket), and the connection then closes.
+    let client = async {
+        tokio::task::yield_now().await;
+        let (head, _) = raw_get(&mut s, "/late").await;
+        (head, read_to_close(&mut s, LIMIT).await)
+    };
+    let (stopped, (head, rest)) = tokio::join!(
+        tokio::time::timeout(LIMIT, p.f.shutdown(Duration::from_secs(3600))),
+        client
+    );
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let rest = rest.expect("the connection was closed after the answer");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    stopped.expect("shutdown finished without waiting out its grace");
+    assert_eq!(accepted(&p), 1.0, "one client connection throughout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_still_closes_at_keepalive_idle_and_at_shutdown() {
     let (_o, p) = parking_proxy("2500ms").await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();

@@ -889,6 +889,40 @@ async fn a_request_that_meets_a_parked_connection_as_the_listener_drains_is_answ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_upgrades_to_a_websocket_and_loses_no_byte_sent_with_the_request() {
+    let (_o, p) = parking_proxy("60s").await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    get_then_park(&p, &mut s, "/").await;
+    // The upgrade request and the tunnel's first bytes in one write: the parked connection
+    // reads the start of it, a fresh hyper connection the rest of the head, and the bytes
+    // after the head must reach the origin once the tunnel is up.
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nping",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping", "the bytes sent with the request came back");
+    s.write_all(b"pong").await.unwrap();
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"pong");
+    assert_eq!(accepted(&p), 1.0, "one client connection throughout");
+    assert_eq!(parked(&p), 0.0, "a tunnel is not parked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_still_closes_at_keepalive_idle_and_at_shutdown() {
     let (_o, p) = parking_proxy("2500ms").await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();

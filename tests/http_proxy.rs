@@ -100,17 +100,7 @@ async fn upgrade_echoes_both_ways() {
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut b).await.unwrap(),
-            1,
-            "connection open while reading the 101"
-        );
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_head(&mut s).await;
     assert!(
         head.starts_with("http/1.1 101"),
         "switching protocols: {head}"

@@ -98,7 +98,7 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
 /// A plain HTTP/1 connection that parks (see [`PARK_AFTER`]) waits here, in the
 /// connection's own task, holding only what [`Parked`] keeps: the serving itself is boxed
 /// and its box is freed for as long as the connection is parked. `keep` (the connection's
-/// permits) is dropped when the connection ends.
+/// permits and its client's hold) is dropped when the connection ends.
 pub(super) fn run(
     stream: TcpStream,
     client: ClientAddr,
@@ -116,17 +116,33 @@ pub(super) fn run(
     // arguments it hands on: a future keeps what it captures for its whole life.
     let first = Box::pin(serve(stream, client, route, ctl.clone()));
     async move {
-        let mut next = first.await;
-        while let Some(p) = next.as_mut() {
-            if let Some(end) = p.wait(&ctl).await {
-                ended(&p.cx, end);
-                break;
-            }
-            let Some(p) = next.take() else { break };
-            next = Box::pin(p.resume(&ctl)).await;
-        }
+        between_bursts(first.await, &ctl).await;
         active.dec();
         drop(keep);
+    }
+}
+
+/// Holds a parked connection between bursts of requests and serves each burst, until the
+/// connection ends. Each burst is boxed, so that what waits is only [`Parked`] and its wait.
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep `next` twice
+fn between_bursts<'a, T>(
+    mut next: Option<Parked<T>>,
+    ctl: &'a Control,
+) -> impl Future<Output = ()> + Send + 'a
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        // Waited on in place (`as_mut`), not moved out, so that the future keeps one slot
+        // for the parked connection, not two.
+        while let Some(p) = next.as_mut() {
+            if let Some(end) = p.wait(ctl).await {
+                ended(&p.cx, end);
+                return;
+            }
+            let Some(p) = next.take() else { return };
+            next = Box::pin(p.burst(ctl)).await;
+        }
     }
 }
 
@@ -212,16 +228,7 @@ async fn serve_tls(
                     .client_cert
                     .and_then(|c| HeaderValue::from_str(&c).ok()),
             };
-            let mut next = serve_http(stream, conn, route, cur, ctl).await;
-            while let Some(mut p) = next {
-                next = match p.wait(ctl).await {
-                    Some(end) => {
-                        ended(&p.cx, end);
-                        None
-                    }
-                    None => p.resume(ctl).await,
-                };
-            }
+            between_bursts(serve_http(stream, conn, route, cur, ctl).await, ctl).await;
         }
         Err(e) => {
             // Counted, and logged at debug only: a flood of bad handshakes must not flood
@@ -273,7 +280,14 @@ where
         stall: t.send_stall,
     };
     match conn.proto {
-        Proto::H1 => Parked::first(TokioIo::new(io), cx, d, cur, ctl).await,
+        Proto::H1 => {
+            let first = Parked {
+                io: TokioIo::new(io),
+                cx,
+                d,
+            };
+            first.burst(ctl).await
+        }
         Proto::H2 => {
             let svc_cx = cx.clone();
             let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
@@ -325,28 +339,12 @@ impl<T> Parked<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Serves the first burst of an HTTP/1 connection.
-    async fn first(
-        io: TokioIo<Watched<T>>,
-        cx: Arc<ConnCtx>,
-        d: Deadlines,
-        cur: &HttpRoute,
-        ctl: &Control,
-    ) -> Option<Parked<T>> {
-        match serve_h1(io, cur, &cx, ctl, d).await {
-            Ok(io) => Some(Parked { io, cx, d }),
-            Err(end) => {
-                ended(&cx, end);
-                None
-            }
-        }
-    }
-
-    /// Serves the burst that woke a parked connection, until it parks again or ends.
+    /// Serves a burst of requests (a connection's first, or the one that woke it from a
+    /// park) until the connection parks again or ends.
     #[allow(clippy::manual_async_fn)] // deliberate, as said inside
-    fn resume(self, ctl: &Control) -> impl Future<Output = Option<Parked<T>>> + '_ {
+    fn burst(self, ctl: &Control) -> impl Future<Output = Option<Parked<T>>> + '_ {
         // Not an `async fn`: that would keep `self` twice in its state (the argument and
-        // its binding), and this future is boxed for the connection's busy spells.
+        // its binding).
         async move {
             let cur = self.cx.route.load_full();
             match serve_h1(self.io, &cur, &self.cx, ctl, self.d).await {

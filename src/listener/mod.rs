@@ -46,6 +46,33 @@ pub enum Route {
     Tcp(Arc<ArcSwap<TcpRoute>>),
 }
 
+impl Route {
+    /// Runs `f` on the listener's current metrics (read where they are used: a copy of
+    /// them is some twenty counter handles to clone).
+    fn with_metrics<R>(&self, f: impl FnOnce(&crate::metrics::ListenerMetrics) -> R) -> R {
+        match self {
+            Route::Http(r) => f(&r.load().metrics),
+            Route::Tcp(r) => f(&r.load().metrics),
+        }
+    }
+
+    /// The listener's admission, and its cap on connections per client.
+    fn admission(&self) -> (Arc<crate::admission::Admission>, u32) {
+        match self {
+            Route::Http(r) => {
+                let r = r.load();
+                let max = r.listener.limits.max_connections_per_client;
+                (r.admission.clone(), max)
+            }
+            Route::Tcp(r) => {
+                let r = r.load();
+                let max = r.listener.limits.max_connections_per_client;
+                (r.admission.clone(), max)
+            }
+        }
+    }
+}
+
 /// Binds `addr` with SO_REUSEADDR and a deep backlog; synchronous, so a reload can bind
 /// every new socket before it changes anything.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -282,10 +309,7 @@ impl Acceptor {
     }
 
     fn metrics_local_error(&self, e: &io::Error) {
-        match &self.route {
-            Route::Http(r) => r.load().metrics.local_error(e),
-            Route::Tcp(r) => r.load().metrics.local_error(e),
-        };
+        self.route.with_metrics(|m| m.local_error(e));
     }
 
     /// Serves one accepted connection; `permits` (the process's and the listener's room)
@@ -306,18 +330,7 @@ impl Acceptor {
         let clients = self.clients.clone();
         let admit = async move {
             let _ = stream.set_nodelay(true);
-            let (admission, metrics, max) = match &route {
-                Route::Http(r) => {
-                    let r = r.load();
-                    let max = r.listener.limits.max_connections_per_client;
-                    (r.admission.clone(), r.metrics.clone(), max)
-                }
-                Route::Tcp(r) => {
-                    let r = r.load();
-                    let max = r.listener.limits.max_connections_per_client;
-                    (r.admission.clone(), r.metrics.clone(), max)
-                }
-            };
+            let (admission, max) = route.admission();
             // Who the client is (a trusted peer's PROXY header says), and whether it may in.
             // Without a PROXY header to read there is nothing to wait for; with one, the
             // reading is boxed so that its state does not size the task for the
@@ -343,7 +356,7 @@ impl Acceptor {
                 match clients.try_open(client.ip(), max) {
                     Some(h) => Some(h),
                     None => {
-                        metrics.rejected(Rejection::ClientConnections);
+                        route.with_metrics(|m| m.rejected(Rejection::ClientConnections));
                         tracing::debug!(client = %client.addr, max, "client over max_connections_per_client; closed");
                         return None;
                     }

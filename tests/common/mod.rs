@@ -763,6 +763,24 @@ pub async fn read_response(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
     (head, body)
 }
 
+/// Reads a response head (status line and headers, lower-cased) from a raw connection a
+/// byte at a time, so that nothing after it is consumed: for a 101, whose tunnel's bytes
+/// follow the head.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.expect("read response head"),
+            1,
+            "connection open while reading a response head: {head:?}"
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
 /// Sends a GET on a raw connection and reads the response.
 pub async fn raw_get(s: &mut tokio::net::TcpStream, path: &str) -> (String, Vec<u8>) {
     use tokio::io::AsyncWriteExt;

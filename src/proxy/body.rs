@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
-use super::upstream::Lease;
+use super::upstream::{Lease, UpBody, UpError};
 use crate::backend::{FailureKind, LoadGuard};
 use crate::health::passive::{self, Outcome};
 use crate::pool::PoolLoad;
@@ -320,14 +320,17 @@ pub struct Finish {
 
 impl Finish {
     /// The response ended cleanly: the connection may carry another request, if the
-    /// request's body went out whole too.
-    pub fn release_connection(&mut self) {
-        if let Some(lease) = self.lease.take() {
+    /// request's body went out whole too. `body` holds an HTTP/1.1 connection until then.
+    pub fn release_connection(&mut self, body: &mut UpBody) {
+        if let Some(mut lease) = self.lease.take() {
             if self
                 .request
                 .as_ref()
                 .map_or(true, |s| s.end() == BodyEnd::Done)
             {
+                if let Some(conn) = body.take_reusable() {
+                    lease.restore(conn);
+                }
                 lease.release();
             }
         }
@@ -350,9 +353,9 @@ impl Finish {
 }
 
 /// Releases `finish` after a clean end of the response.
-fn finish_clean(finish: &mut Option<Finish>) {
+fn finish_clean(finish: &mut Option<Finish>, body: &mut UpBody) {
     if let Some(mut f) = finish.take() {
-        f.release_connection();
+        f.release_connection(body);
     }
 }
 
@@ -372,7 +375,7 @@ impl StdError for UpstreamStalled {}
 #[derive(Debug)]
 pub enum RespBodyError {
     /// The upstream connection failed.
-    Upstream(hyper::Error),
+    Upstream(UpError),
     /// The server stalled (`upstream_read_idle`).
     Stalled(UpstreamStalled),
 }
@@ -398,7 +401,7 @@ pub trait ResponseEnd: Send + Sync {
 enum Kind {
     /// The server's body, streamed; `finish` is released at its end.
     Upstream {
-        inner: Incoming,
+        inner: UpBody,
         finish: Option<Finish>,
         watch: Option<IdleWatch>,
     },
@@ -440,7 +443,7 @@ impl RespBody {
     }
 
     /// The server's body, with what must be released at its end.
-    pub fn upstream(inner: Incoming, finish: Finish) -> Self {
+    pub fn upstream(inner: UpBody, finish: Finish) -> Self {
         RespBody {
             kind: Kind::Upstream {
                 inner,
@@ -493,7 +496,7 @@ impl Body for RespBody {
             } => {
                 match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(None) => {
-                        finish_clean(finish);
+                        finish_clean(finish, inner);
                         this.ended = true;
                         Poll::Ready(None)
                     }
@@ -505,7 +508,7 @@ impl Body for RespBody {
                     }
                     Poll::Ready(Some(Ok(frame))) => {
                         if inner.is_end_stream() {
-                            finish_clean(finish);
+                            finish_clean(finish, inner);
                             this.ended = true;
                         } else if let Some(w) = watch {
                             w.progress();

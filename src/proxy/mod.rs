@@ -6,6 +6,7 @@ pub(crate) mod attempts;
 pub(crate) mod body;
 pub(crate) mod cancel;
 pub(crate) mod error;
+pub(crate) mod h1;
 pub(crate) mod headers;
 pub(crate) mod http;
 pub mod proxy_protocol;

@@ -8,9 +8,12 @@
 //! release and on a timer, so the pool shrinks back when load falls.
 //!
 //! Connecting is a separate step from sending, so a connect failure never consumes the
-//! request: the caller can try another server with the same request. A pooled connection
-//! that turns out to be closed hands the request back (`try_send_request`) and the caller
-//! sends it on a fresh one.
+//! request: the caller can try another server with the same request. A send that failed
+//! before writing a byte hands the request back, and the caller sends it on a fresh
+//! connection.
+//!
+//! HTTP/1.1 is spoken by the request's own task ([`super::h1`]): an idle connection is a
+//! socket in the pool and nothing more. h2 connections are hyper's, each driven by a task.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,15 +22,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::VecDeque;
 use std::sync::{Mutex, Weak};
 use tokio::net::TcpStream;
 
 use super::body::ReqBody;
+use super::h1;
 use crate::backend::{now_ms, BackendState};
 use crate::config::{PoolTimeouts, UpstreamProtocol};
 use crate::tls::ClientTls;
@@ -63,7 +69,7 @@ impl ConnectError {
 }
 
 struct Idle {
-    tx: http1::SendRequest<ReqBody>,
+    conn: Box<h1::Conn>,
     since_ms: u64,
 }
 
@@ -89,8 +95,91 @@ pub struct ServerUpstream {
 }
 
 enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+    /// The connection; out while a request is on it, back once its response ended cleanly.
+    H1(Option<Box<h1::Conn>>),
     H2(http2::SendRequest<ReqBody>),
+}
+
+/// Why a request to a server failed.
+#[derive(Debug)]
+pub enum UpError {
+    /// On an HTTP/1.1 connection.
+    H1(h1::Error),
+    /// On an h2 connection.
+    H2(hyper::Error),
+}
+
+impl UpError {
+    /// Whether the server broke the protocol (an unparsable response), as opposed to the
+    /// connection failing.
+    pub fn is_protocol(&self) -> bool {
+        match self {
+            UpError::H1(e) => matches!(e, h1::Error::Protocol(_)),
+            UpError::H2(e) => e.is_parse() || e.is_parse_status(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpError::H1(e) => e.fmt(f),
+            UpError::H2(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for UpError {}
+
+/// A server's response body, from either protocol.
+pub enum UpBody {
+    /// Read by the request's task from its HTTP/1.1 connection.
+    H1(h1::RespIn),
+    /// From hyper's h2 client.
+    H2(Incoming),
+}
+
+impl UpBody {
+    /// The HTTP/1.1 connection, once the body ended cleanly and it may carry another request.
+    pub fn take_reusable(&mut self) -> Option<Box<h1::Conn>> {
+        match self {
+            UpBody::H1(b) => b.take_reusable(),
+            UpBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = UpError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, UpError>>> {
+        match self.get_mut() {
+            UpBody::H1(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(UpError::H1))),
+            UpBody::H2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(UpError::H2))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H1(b) => b.is_end_stream(),
+            UpBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H1(b) => b.size_hint(),
+            UpBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A connection taken for one request; give it back with [`Lease::release`].
@@ -143,14 +232,14 @@ impl ServerUpstream {
     fn take_idle(&self) -> Option<Idle> {
         let now = now_ms();
         let mut q = self.idle();
-        while let Some(i) = q.pop_back() {
+        while let Some(mut i) = q.pop_back() {
             if self.expired(&i, now) {
                 let old = std::mem::take(&mut *q);
                 drop(q);
                 drop((i, old));
                 return None;
             }
-            if !i.tx.is_closed() {
+            if i.conn.is_usable() {
                 return Some(i);
             }
         }
@@ -166,8 +255,8 @@ impl ServerUpstream {
             let mut gone = Vec::new();
             let mut q = lock(stack);
             while q
-                .front()
-                .is_some_and(|i| i.tx.is_closed() || self.expired(i, now))
+                .front_mut()
+                .is_some_and(|i| self.expired(i, now) || !i.conn.is_usable())
             {
                 gone.extend(q.pop_front());
             }
@@ -218,22 +307,14 @@ impl ServerUpstream {
     /// A connection ready to send: an idle one if any, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => {
-                while let Some(mut idle) = self.take_idle() {
-                    // A connection released at end of body may still be finishing that
-                    // response for a moment; ready() waits for that or reports it closed,
-                    // within the connect timeout at most.
-                    let ready = tokio::time::timeout(self.connect_timeout(), idle.tx.ready());
-                    if matches!(ready.await, Ok(Ok(()))) {
-                        return Ok(Lease {
-                            sender: Sender::H1(idle.tx),
-                            home: self.clone(),
-                            reused: true,
-                        });
-                    }
-                }
-                self.connect().await
-            }
+            UpstreamProtocol::Http1 => match self.take_idle() {
+                Some(idle) => Ok(Lease {
+                    sender: Sender::H1(Some(idle.conn)),
+                    home: self.clone(),
+                    reused: true,
+                }),
+                None => self.connect().await,
+            },
             UpstreamProtocol::H2 => {
                 if let Some(tx) = self.h2.load_full() {
                     if !tx.is_closed() {
@@ -265,6 +346,10 @@ impl ServerUpstream {
         let tls = self.tls.load_full();
         let hs = async {
             match tls {
+                None if self.protocol == UpstreamProtocol::Http1 => {
+                    let sever = self.state.sever_token().child_token();
+                    Ok(Sender::H1(Some(h1::Conn::new(h1::Io::Tcp(stream), sever))))
+                }
                 None => self.handshake(TokioIo::new(stream)).await,
                 Some(tls) => {
                     let name = tls.server_name(self.addr);
@@ -277,6 +362,13 @@ impl ServerUpstream {
                         return Err(ConnectError::Tls(io::Error::other(
                             "the server did not agree to h2 over ALPN",
                         )));
+                    }
+                    if self.protocol == UpstreamProtocol::Http1 {
+                        let sever = self.state.sever_token().child_token();
+                        return Ok(Sender::H1(Some(h1::Conn::new(
+                            h1::Io::Tls(Box::new(s)),
+                            sever,
+                        ))));
                     }
                     self.handshake(TokioIo::new(s)).await
                 }
@@ -292,48 +384,29 @@ impl ServerUpstream {
         }
     }
 
-    /// The HTTP handshake on a connected stream (plain or TLS); its connection task ends when
+    /// The h2 handshake on a connected stream (plain or TLS); its connection task ends when
     /// the server closes, the last sender is dropped, or the server's connections are severed.
     async fn handshake<T>(self: &Arc<Self>, io: T) -> Result<Sender, ConnectError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let sever = self.state.sever_token();
-        match self.protocol {
-            UpstreamProtocol::Http1 => {
-                let (tx, conn) = http1::Builder::new()
-                    .handshake(io)
-                    .await
-                    .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        r = conn.with_upgrades() => if let Err(e) = r {
-                            tracing::trace!(error = %e, "upstream connection ended");
-                        },
-                        _ = crate::proxy::cancel::cancelled(&sever) => {}
-                    }
-                });
-                Ok(Sender::H1(tx))
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(io)
+            .await
+            .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::trace!(error = %e, "upstream h2 connection ended");
+                },
+                _ = crate::proxy::cancel::cancelled(&sever) => {}
             }
-            UpstreamProtocol::H2 => {
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(20))
-                    .handshake(io)
-                    .await
-                    .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
-                tokio::spawn(async move {
-                    tokio::select! {
-                        r = conn => if let Err(e) = r {
-                            tracing::trace!(error = %e, "upstream h2 connection ended");
-                        },
-                        _ = crate::proxy::cancel::cancelled(&sever) => {}
-                    }
-                });
-                self.h2.store(Some(Arc::new(tx.clone())));
-                Ok(Sender::H2(tx))
-            }
-        }
+        });
+        self.h2.store(Some(Arc::new(tx.clone())));
+        Ok(Sender::H2(tx))
     }
 
     /// Closes idle connections (after a reload removed the server, say).
@@ -384,26 +457,52 @@ impl Lease {
         self.reused
     }
 
-    /// Sends a request; if it could not be written at all, the error hands it back.
+    /// Sends the request in `req`; if not a byte of it could be written, it is left there.
     pub async fn send(
         &mut self,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        req: &mut Option<Request<ReqBody>>,
+    ) -> Result<Response<UpBody>, UpError> {
         match &mut self.sender {
-            Sender::H1(tx) => tx.try_send_request(req).await,
-            Sender::H2(tx) => tx.try_send_request(req).await,
+            Sender::H1(conn) => {
+                let Some(c) = conn.take() else {
+                    return Err(UpError::H1(h1::Error::Closed));
+                };
+                match h1::send(c, req).await {
+                    Ok(resp) => Ok(resp.map(UpBody::H1)),
+                    Err(e) => Err(UpError::H1(e)),
+                }
+            }
+            Sender::H2(tx) => {
+                let Some(r) = req.take() else {
+                    return Err(UpError::H1(h1::Error::Closed));
+                };
+                match tx.try_send_request(r).await {
+                    Ok(resp) => Ok(resp.map(UpBody::H2)),
+                    Err(mut e) => {
+                        *req = e.take_message();
+                        Err(UpError::H2(e.into_error()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts back the HTTP/1.1 connection a response body gave up at its clean end.
+    pub fn restore(&mut self, conn: Box<h1::Conn>) {
+        if let Sender::H1(slot) = &mut self.sender {
+            *slot = Some(conn);
         }
     }
 
     /// Gives the connection back for reuse, if it can carry another request.
     pub fn release(self) {
-        if let Sender::H1(tx) = self.sender {
-            if tx.is_closed() {
-                return;
-            }
+        if let Sender::H1(Some(conn)) = self.sender {
             let home = &self.home;
             let now = now_ms();
-            let idle = Idle { tx, since_ms: now };
+            let idle = Idle {
+                conn,
+                since_ms: now,
+            };
             let mut q = home.idle();
             // The bottom one leaves if it expired: the pool sheds what load no longer needs
             // as it goes, not only when the reaper passes.
@@ -488,9 +587,13 @@ mod tests {
     /// Sends a GET on `lease` and returns the body (the origin's connection number).
     async fn get(lease: &mut Lease) -> String {
         let req = Request::get("/").body(ReqBody::Empty).unwrap();
-        let resp = lease.send(req).await.ok().expect("sent");
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
+        let resp = lease.send(&mut Some(req)).await.expect("sent");
+        let mut body = resp.into_body();
+        let bytes = (&mut body).collect().await.unwrap().to_bytes();
+        if let Some(c) = body.take_reusable() {
+            lease.restore(c);
+        }
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
 use crate::proxy::headers::cookie;
-use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream};
+use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream, UpBody, UpError};
 use crate::proxy::ProxyError;
 use crate::queue;
 use crate::route::Rewrites;
@@ -190,8 +190,8 @@ pub(super) async fn forward(
                 ProxyError::Connect
             }
             Ok(lease) => {
-                let mut req = pending
-                    .take()
+                let req = pending
+                    .as_mut()
                     .expect("a request is pending at each attempt");
                 if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
                     *req.uri_mut() = uri;
@@ -201,7 +201,17 @@ pub(super) async fn forward(
                     req.headers_mut()
                         .insert(http::header::HOST, target.host_of(server.idx));
                 }
-                match send(lease, req, up, route, pool, server, state.as_deref()).await {
+                match send(
+                    lease,
+                    &mut pending,
+                    up,
+                    route,
+                    pool,
+                    server,
+                    state.as_deref(),
+                )
+                .await
+                {
                     Ok((resp, lease)) => {
                         let outcome = if resp.status().is_server_error() {
                             server.state.metrics.error(FailureKind::Status5xx);
@@ -230,22 +240,17 @@ pub(super) async fn forward(
                             return Err(f.error);
                         }
                         fail(pool, server, f.kind);
-                        match f.back {
-                            // Never written: safe to send anywhere.
-                            Some(r) => pending = Some(r),
-                            None => {
-                                if f.error == ProxyError::Timeout {
-                                    return Err(ProxyError::Timeout);
+                        // A request still pending was never written: safe to send anywhere.
+                        if pending.is_none() {
+                            if f.error == ProxyError::Timeout {
+                                return Err(ProxyError::Timeout);
+                            }
+                            match &replay {
+                                Some(head) => {
+                                    pending =
+                                        Some(Request::from_parts(copy_head(head), ReqBody::Empty))
                                 }
-                                match &replay {
-                                    Some(head) => {
-                                        pending = Some(Request::from_parts(
-                                            copy_head(head),
-                                            ReqBody::Empty,
-                                        ))
-                                    }
-                                    None => return Err(f.error),
-                                }
+                                None => return Err(f.error),
                             }
                         }
                         f.error
@@ -280,41 +285,41 @@ fn fail(pool: &Arc<crate::pool::Pool>, server: &Server, kind: FailureKind) {
     passive::observe(pool, server, Outcome::Failure(kind));
 }
 
-/// A failed send: its metric kind, the error to report if no retry succeeds, and the
-/// request back if it was never written.
+/// A failed send: its metric kind, and the error to report if no retry succeeds. The
+/// request is still pending if it was never written.
 struct SendFailure {
     kind: FailureKind,
     error: ProxyError,
-    back: Option<Request<ReqBody>>,
 }
 
 impl SendFailure {
-    fn new(kind: FailureKind, error: ProxyError, back: Option<Request<ReqBody>>) -> Self {
-        SendFailure { kind, error, back }
+    fn new(kind: FailureKind, error: ProxyError) -> Self {
+        SendFailure { kind, error }
     }
 }
 
-/// What a hyper client error says about the server.
-fn classify(e: &hyper::Error) -> (FailureKind, ProxyError) {
-    if e.is_parse() || e.is_parse_status() {
+/// What a failed exchange says about the server.
+fn classify(e: &UpError) -> (FailureKind, ProxyError) {
+    if e.is_protocol() {
         (FailureKind::Protocol, ProxyError::Protocol)
     } else {
         (FailureKind::Reset, ProxyError::Reset)
     }
 }
 
-/// Sends on `lease`; a pooled connection found closed before the request was written is
-/// replaced once by a fresh one. The `response_header` timer starts when the request has
-/// been sent whole; the head's latency is recorded for the server.
+/// Sends the request in `req` on `lease`; a pooled connection that fails before the request
+/// was written is replaced once by a fresh one. The request stays in `req` for as long as
+/// it has not been written. The `response_header` timer starts when the request has been
+/// sent whole; the head's latency is recorded for the server.
 async fn send(
     mut lease: Lease,
-    mut req: Request<ReqBody>,
+    req: &mut Option<Request<ReqBody>>,
     up: &Arc<ServerUpstream>,
     route: &HttpRoute,
     pool: &Pool,
     server: &Server,
     body: Option<&BodyState>,
-) -> Result<(Response<Incoming>, Lease), SendFailure> {
+) -> Result<(Response<UpBody>, Lease), SendFailure> {
     let timeout = pool.settings.timeouts.response_header;
     let epoch = server.state.sever_epoch();
     for _ in 0..2 {
@@ -329,7 +334,7 @@ async fn send(
             biased;
             r = lease.send(req) => r,
             _ = sent_then_timeout => {
-                return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout, None));
+                return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout));
             }
         };
         match r {
@@ -341,48 +346,29 @@ async fn send(
                     .observe(started.elapsed().as_secs_f64());
                 return Ok((resp, lease));
             }
-            Err(mut e) => match e.take_message() {
-                Some(back) if lease.reused() => {
-                    req = back;
-                    lease = match up.connect().await {
-                        Ok(l) => l,
-                        Err(ConnectError::Local(err)) => {
-                            route.metrics.local_error(&err);
-                            return Err(SendFailure::new(
-                                FailureKind::Connect,
-                                ProxyError::Local,
-                                Some(req),
-                            ));
-                        }
-                        Err(_) => {
-                            return Err(SendFailure::new(
-                                FailureKind::Connect,
-                                ProxyError::Connect,
-                                Some(req),
-                            ));
-                        }
-                    };
-                }
-                back if server.state.sever_epoch() != epoch => {
-                    // An operator's drain deadline closed the connection: not the server's
-                    // failure.
-                    return Err(SendFailure::new(
-                        FailureKind::Reset,
-                        ProxyError::Drained,
-                        back,
-                    ));
-                }
-                back => {
-                    let (kind, error) = classify(e.error());
-                    tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e.error(), "request to server failed");
-                    return Err(SendFailure::new(kind, error, back));
-                }
-            },
+            Err(_) if req.is_some() && lease.reused() => {
+                lease = match up.connect().await {
+                    Ok(l) => l,
+                    Err(ConnectError::Local(err)) => {
+                        route.metrics.local_error(&err);
+                        return Err(SendFailure::new(FailureKind::Connect, ProxyError::Local));
+                    }
+                    Err(_) => {
+                        return Err(SendFailure::new(FailureKind::Connect, ProxyError::Connect));
+                    }
+                };
+            }
+            Err(_) if server.state.sever_epoch() != epoch => {
+                // An operator's drain deadline closed the connection: not the server's
+                // failure.
+                return Err(SendFailure::new(FailureKind::Reset, ProxyError::Drained));
+            }
+            Err(e) => {
+                let (kind, error) = classify(&e);
+                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "request to server failed");
+                return Err(SendFailure::new(kind, error));
+            }
         }
     }
-    Err(SendFailure::new(
-        FailureKind::Reset,
-        ProxyError::Reset,
-        None,
-    ))
+    Err(SendFailure::new(FailureKind::Reset, ProxyError::Reset))
 }

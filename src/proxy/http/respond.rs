@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use super::{ConnCtx, HttpRoute, Target};
 use crate::access_log::Upstream;
@@ -14,12 +14,12 @@ use crate::pool::{PoolLoad, Server};
 use crate::proxy::body::{BodyState, Finish, RespBody};
 use crate::proxy::headers::strip_hop_by_hop;
 use crate::proxy::tunnel;
-use crate::proxy::upstream::Lease;
+use crate::proxy::upstream::{Lease, UpBody};
 
 /// Turns the server's response into the client's.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn respond(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpBody>,
     lease: Lease,
     (load, pool_load): (LoadGuard, PoolLoad),
     server: &Server,
@@ -44,7 +44,7 @@ pub(super) fn respond(
     if let (Some(cookies), false) = (&target.sticky_set_cookie, why == Selection::Sticky) {
         h.append(header::SET_COOKIE, cookies[server.idx.get()].clone());
     }
-    let (parts, inner) = resp.into_parts();
+    let (parts, mut inner) = resp.into_parts();
     let mut finish = Finish {
         lease: Some(lease),
         load,
@@ -54,7 +54,7 @@ pub(super) fn respond(
     };
     if inner.is_end_stream() {
         // hyper will not poll an empty body, so give the connection back now.
-        finish.release_connection();
+        finish.release_connection(&mut inner);
     }
     Response::from_parts(parts, RespBody::upstream(inner, finish))
 }
@@ -62,14 +62,17 @@ pub(super) fn respond(
 /// Completes a WebSocket-style upgrade: the 101 goes to the client, and once both sides
 /// have switched, a tunnel task relays bytes until either closes or the tunnel idles out.
 fn tunnel_upgrade(
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpBody>,
     client_up: hyper::upgrade::OnUpgrade,
     load: LoadGuard,
     pool_load: PoolLoad,
     route: &HttpRoute,
     cx: &ConnCtx,
 ) -> Response<RespBody> {
-    let server_up = hyper::upgrade::on(&mut resp);
+    let server_conn = match resp.body_mut() {
+        UpBody::H1(b) => b.take_upgraded(),
+        UpBody::H2(_) => None,
+    };
     if route.access_log.is_some() {
         // The 101's body carries no guards to name the server by; tell the access log here.
         resp.extensions_mut()
@@ -80,15 +83,20 @@ fn tunnel_upgrade(
     let sever = load.state().sever_token();
     cx.tracker.spawn(async move {
         let _hold = (load, pool_load);
-        let (client, server) = match tokio::try_join!(client_up, server_up) {
-            Ok(pair) => pair,
+        let Some(server) = server_conn else {
+            tracing::debug!("upgrade failed: the server's connection cannot switch protocols");
+            return;
+        };
+        let client = match client_up.await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 return;
             }
         };
+        let (server, to_client) = (*server).into_parts();
         tokio::select! {
-            r = tunnel::relay_upgraded(client, server, idle, &stop) => match r {
+            r = tunnel::relay_upgraded_to(client, server, to_client, idle, &stop) => match r {
                 Ok((up, down)) => tracing::trace!(up, down, "upgraded tunnel done"),
                 Err(cut) => tracing::debug!(error = ?cut.end, up = cut.moved.0, down = cut.moved.1, "upgraded tunnel ended"),
             },

@@ -24,7 +24,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use self::flow::{Flow, Side, Stream};
-pub use self::upgraded::{relay_upgraded, relay_upgraded_as, ClientIo, ServerIo, TcpInside};
+pub use self::upgraded::{
+    relay_upgraded, relay_upgraded_as, relay_upgraded_to, ClientIo, ServerIo, TcpInside,
+};
 
 /// Bytes moved by a relay: (client → server, server → client), i.e. (a → b, b → a).
 pub type Moved = (u64, u64);

@@ -54,6 +54,36 @@ pub type ClientIo = TokioIo<Watched<TcpStream>>;
 /// The io type the upstream pool hands hyper for a server connection today.
 pub type ServerIo = TokioIo<TcpStream>;
 
+/// Relays an upgraded client connection to the server connection that switched protocols
+/// under the proxy's own HTTP/1.1 client; `to_client` is what was read from the server past
+/// its 101, and goes out first.
+pub async fn relay_upgraded_to(
+    client: Upgraded,
+    server: crate::proxy::h1::Io,
+    to_client: Bytes,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Result<Moved, Cut> {
+    use crate::proxy::h1::Io;
+    let client = unwrap::<ClientIo>(client);
+    match server {
+        Io::Tcp(s) => relay_sides(client, Unwrapped::Tcp(s, to_client), idle, cancel).await,
+        Io::Tls(mut s) => {
+            let from = Flow::starting_with;
+            let s = Stream(&mut *s);
+            match client {
+                Unwrapped::Tcp(mut c, to_server) => {
+                    run(&mut c, s, from(to_server), from(to_client), idle, cancel).await
+                }
+                Unwrapped::Other(mut c) => {
+                    let c = Stream(&mut c);
+                    run(c, s, Flow::default(), from(to_client), idle, cancel).await
+                }
+            }
+        }
+    }
+}
+
 /// Relays an upgraded client connection to its upgraded server connection, as
 /// [`relay_upgraded_as`] with today's io types ([`ClientIo`], [`ServerIo`]).
 pub async fn relay_upgraded(

@@ -1,0 +1,379 @@
+//! The HTTP/1.1 client against scripted servers on loopback: each test's server reads one
+//! request head (and whatever body it is told to expect) and writes exact bytes back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A server that, for each request on its one connection, reads up to the end of the head
+/// and answers with the next of `answers`; it then keeps the connection open until the
+/// client closes it. What it received is sent on `got`.
+async fn scripted(
+    answers: Vec<&'static [u8]>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut have = Vec::new();
+        let mut chunk = [0u8; 4096];
+        for answer in answers {
+            let end = loop {
+                if let Some(p) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                have.extend_from_slice(&chunk[..n]);
+            };
+            let _ = tx.send(have.drain(..end).collect());
+            s.write_all(answer).await.unwrap();
+        }
+        // Hold the connection until the client goes, passing on anything more it sends.
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    have.extend_from_slice(&chunk[..n]);
+                    let _ = tx.send(std::mem::take(&mut have));
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+async fn conn(addr: SocketAddr) -> Box<Conn> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    Conn::new(Io::Tcp(s), CancellationToken::new())
+}
+
+fn get(path: &str) -> Request<ReqBody> {
+    Request::get(path)
+        .header("host", "origin")
+        .body(ReqBody::Empty)
+        .unwrap()
+}
+
+/// Sends `req` and reads the whole response: status, body, trailers, and the connection
+/// if it may be reused.
+async fn exchange(
+    c: Box<Conn>,
+    req: Request<ReqBody>,
+) -> Result<(StatusCode, Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
+    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req)))
+        .await
+        .expect("answered")?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = tokio::time::timeout(LIMIT, body.frame())
+        .await
+        .expect("body")
+    {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    Ok((status, Bytes::from(data), trailers, body.take_reusable()))
+}
+
+#[tokio::test]
+async fn a_content_length_body_is_read_exactly_and_the_connection_is_reused() {
+    let (addr, mut got) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
+    ])
+    .await;
+    let (status, body, _, again) = exchange(conn(addr).await, get("/a?x=1")).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    let head = got.recv().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&head),
+        "GET /a?x=1 HTTP/1.1\r\nhost: origin\r\n\r\n"
+    );
+    let mut again = again.expect("reusable");
+    assert!(again.is_usable());
+    let (_, body, _, _) = exchange(again, get("/b")).await.unwrap();
+    assert_eq!(&body[..], b"bye");
+}
+
+#[tokio::test]
+async fn a_chunked_body_with_extensions_and_trailers_is_decoded() {
+    let (addr, _got) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-sum: 42\r\n\r\n",
+    ])
+    .await;
+    let (_, body, trailers, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(trailers.unwrap()["x-sum"], "42");
+    assert!(again.is_some(), "a chunked body ends cleanly");
+}
+
+#[tokio::test]
+async fn a_body_to_the_close_ends_there_and_the_connection_is_not_reused() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+            .await
+            .unwrap();
+    });
+    let (_, body, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(&body[..], b"all of it");
+    assert!(again.is_none());
+}
+
+#[tokio::test]
+async fn head_204_304_and_interim_responses_frame_as_the_rfc_says() {
+    let (addr, _got) = scripted(vec![
+        // A HEAD response's Content-Length describes a body that is not sent.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ])
+    .await;
+    let head = Request::head("/").body(ReqBody::Empty).unwrap();
+    let (status, body, _, c) = exchange(conn(addr).await, head).await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    let (status, _, _, c) = exchange(c.unwrap(), get("/")).await.unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body, _, c) = exchange(c.unwrap(), get("/")).await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let (_, body, _, _) = exchange(c.expect("still in step"), get("/")).await.unwrap();
+    assert_eq!(&body[..], b"ok", "the connection stayed in step");
+}
+
+#[tokio::test]
+async fn ambiguous_or_broken_responses_are_protocol_errors() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5x\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        b"HTTP/9.9 200 OK\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let (addr, _got) = scripted(vec![answer]).await;
+        let r = exchange(conn(addr).await, get("/")).await;
+        assert!(
+            matches!(r, Err(Error::Protocol(_))),
+            "{:?}: {:?}",
+            String::from_utf8_lossy(answer),
+            r.map(|r| r.0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_close_before_the_whole_response_is_an_error_and_keep_alive_rules_hold() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ] {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(answer).await.unwrap();
+        }
+    });
+    assert!(matches!(
+        exchange(conn(addr).await, get("/")).await,
+        Err(Error::Closed)
+    ));
+    let (_, body, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(
+        (&body[..], again.is_some()),
+        (&b"ok"[..], false),
+        "connection: close"
+    );
+    let (_, body, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(
+        (&body[..], again.is_some()),
+        (&b"ok"[..], false),
+        "HTTP/1.0 without keep-alive"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_server_closed_or_wrote_to_is_not_usable() {
+    let (addr, _got) = scripted(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"]).await;
+    let (_, body, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(&body[..], b"ok");
+    assert!(again.is_none(), "bytes past the response: out of step");
+
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        drop(s);
+        let _ = closed_tx.send(());
+    });
+    let (_, _, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    let mut again = again.expect("reusable when it ended");
+    closed_rx.await.unwrap();
+    // The FIN may take a moment to be seen on loopback; it is seen without a request.
+    let mut usable = true;
+    for _ in 0..100 {
+        usable = again.is_usable();
+        if !usable {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!usable, "a connection the server closed is not taken");
+}
+
+#[tokio::test]
+async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_still_gets_it_all() {
+    // The server answers as soon as it has the head, then echoes the body as it arrives
+    // (as a streaming service does), so the upload must go on after the response head.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut have = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            have.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        while !have.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "EOF inside the upload");
+            have.extend_from_slice(&chunk[..n]);
+            s.write_all(format!("{:x}\r\n", n).as_bytes())
+                .await
+                .unwrap();
+            s.write_all(&chunk[..n]).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        let _ = seen_tx.send(have);
+    });
+    // A body of unknown length from a channel: a real client body, fed piece by piece.
+    let (mut feed, incoming) = hyper_body_pair().await;
+    let state = std::sync::Arc::new(super::super::body::BodyState::default());
+    let body = ReqBody::Client(super::super::body::ClientBody::new(
+        incoming,
+        super::super::body::BodyLimits {
+            max: 1 << 20,
+            read_idle: LIMIT,
+            min_rate: 0,
+        },
+        state,
+    ));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/up")
+        .header("host", "origin")
+        .header("transfer-encoding", "chunked")
+        .body(body)
+        .unwrap();
+    let c = conn(addr).await;
+    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req)))
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "answered before the upload ended"
+    );
+    let feeder = tokio::spawn(async move {
+        for piece in ["one,", "two,", "three"] {
+            feed.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        feed.write_all(b"0\r\n\r\n").await.unwrap();
+        feed
+    });
+    let body = tokio::time::timeout(LIMIT, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    // The server echoes what it read off the wire: the upload, chunk framing and all.
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n",
+        "the whole upload went out after the response head came back"
+    );
+    let seen = seen_rx.await.unwrap();
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.starts_with("POST /up HTTP/1.1\r\n")
+            && seen.contains("transfer-encoding: chunked\r\n"),
+        "{seen}"
+    );
+    drop(feeder.await.unwrap());
+}
+
+/// A real hyper `Incoming` body fed from the returned socket: a hyper server on loopback
+/// hands over the body of the one request the socket sends.
+async fn hyper_body_pair() -> (TcpStream, hyper::body::Incoming) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(req.into_body());
+            }
+            async {
+                // Never answers: the body is being read elsewhere.
+                std::future::pending::<
+                    Result<http::Response<http_body_util::Empty<Bytes>>, std::convert::Infallible>,
+                >()
+                .await
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    });
+    let mut feed = TcpStream::connect(addr).await.unwrap();
+    feed.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    (feed, rx.await.unwrap())
+}

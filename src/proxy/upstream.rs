@@ -210,8 +210,21 @@ impl ServerUpstream {
             tls: ArcSwapOption::new(tls),
         });
         if protocol == UpstreamProtocol::Http1 {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(reaper(Arc::downgrade(&up)));
+            // One reaper per worker, on that worker, reaping that worker's stack: a
+            // connection's buffers are then freed by the thread that allocated them. Freed
+            // from another thread, they wait in the allocator for their owner to collect
+            // them, and an idle worker never does: after a burst of load the pages they
+            // share with the client connections' freed buffers stayed resident (10,000 idle
+            // keep-alive clients cost 23.5 KiB each instead of 3.6).
+            let workers = crate::workers::handles();
+            if workers.is_empty() {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(reaper(Arc::downgrade(&up), None));
+                }
+            } else {
+                for (i, rt) in workers.iter().enumerate() {
+                    rt.spawn(reaper(Arc::downgrade(&up), Some(i)));
+                }
             }
         }
         up
@@ -247,11 +260,15 @@ impl ServerUpstream {
     }
 
     /// Closes idle connections that expired or that the server closed, from the bottom of
-    /// the stack up to the first live one; returns how many are left.
-    fn reap_idle(&self) -> usize {
+    /// the stack up to the first live one, in worker `only`'s stack or in all of them;
+    /// returns how many are left there.
+    fn reap_idle(&self, only: Option<usize>) -> usize {
         let now = now_ms();
         let mut left = 0;
-        for stack in &self.idle {
+        for (i, stack) in self.idle.iter().enumerate() {
+            if only.is_some_and(|w| w % self.idle.len() != i) {
+                continue;
+            }
             let mut gone = Vec::new();
             let mut q = lock(stack);
             while q
@@ -429,9 +446,9 @@ fn lock(m: &Mutex<VecDeque<Idle>>) -> std::sync::MutexGuard<'_, VecDeque<Idle>> 
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Closes a server's expired idle connections now and then, until the server's upstream is
-/// dropped (a reload removed the server).
-async fn reaper(up: Weak<ServerUpstream>) {
+/// Closes a server's expired idle connections now and then (those of worker `only`, or all),
+/// until the server's upstream is dropped (a reload removed the server).
+async fn reaper(up: Weak<ServerUpstream>, only: Option<usize>) {
     loop {
         let every = match up.upgrade() {
             Some(u) => {
@@ -444,7 +461,7 @@ async fn reaper(up: Weak<ServerUpstream>) {
         tokio::time::sleep(every).await;
         match up.upgrade() {
             Some(u) => {
-                u.reap_idle();
+                u.reap_idle(only);
             }
             None => return,
         }
@@ -621,7 +638,7 @@ mod tests {
             upstream_read_idle: Duration::from_secs(5),
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(up.reap_idle(), 0, "expired connections closed");
+        assert_eq!(up.reap_idle(None), 0, "expired connections closed");
         let mut fresh = up.checkout().await.unwrap();
         assert!(!fresh.reused(), "nothing left to reuse");
         assert_eq!(get(&mut fresh).await, "3");

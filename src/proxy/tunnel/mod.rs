@@ -5,8 +5,8 @@
 //! an idle relay costs its sockets and its task, not 2 × 32 KiB as a copy with fixed buffers
 //! did. TCP↔TCP relays ([`relay_tcp`]) wait for readiness without a buffer; any other
 //! stream ([`relay`]) borrows a buffer for each read poll and gives it back when nothing came.
-//! An upgraded HTTP connection ([`relay_upgraded`]) is unwrapped to its TCP streams when it
-//! can be. Every relay reports the bytes it moved, however it ended. Nothing here logs: the
+//! An upgraded HTTP connection ([`relay_upgraded_to`]) is unwrapped to its TCP streams
+//! when it can be. Every relay reports the bytes it moved, however it ended. Nothing here logs: the
 //! caller decides what an ending means.
 
 mod flow;
@@ -24,9 +24,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use self::flow::{Flow, Side, Stream};
-pub use self::upgraded::{
-    relay_upgraded, relay_upgraded_as, relay_upgraded_to, ClientIo, ServerIo, TcpInside,
-};
+pub use self::upgraded::{relay_upgraded_as, relay_upgraded_to, ClientIo, TcpInside};
 
 /// Bytes moved by a relay: (client → server, server → client), i.e. (a → b, b → a).
 pub type Moved = (u64, u64);

@@ -1,8 +1,9 @@
-//! Relaying an upgraded HTTP connection (WebSocket): both sides come from hyper as
-//! `Upgraded`, a boxed stream behind a replay buffer. Where the boxed type is known and is
-//! TCP underneath, the stream is taken back out and relayed by readiness, with no buffer
-//! while idle; the bytes hyper had already read past the upgrade go out first. Anything else
-//! (a TLS client, say) is relayed as a generic stream with lazily borrowed buffers.
+//! Relaying an upgraded HTTP connection (WebSocket). The client's side comes from hyper's
+//! server as `Upgraded`, a boxed stream behind a replay buffer; the server's side comes from
+//! the proxy's own HTTP/1.1 client as its stream and the bytes read past the 101. Where a
+//! side is TCP underneath, it is relayed by readiness, with no buffer while idle; bytes read
+//! past the upgrade on either side go out first. Anything else (TLS on either side) is
+//! relayed as a generic stream with lazily borrowed buffers.
 
 use std::time::Duration;
 
@@ -51,9 +52,6 @@ impl<T: TcpInside> TcpInside for Watched<T> {
 /// The io type the listener hands hyper for a plain client connection.
 pub type ClientIo = TokioIo<Watched<TcpStream>>;
 
-/// The io type the upstream pool hands hyper for a server connection today.
-pub type ServerIo = TokioIo<TcpStream>;
-
 /// Relays an upgraded client connection to the server connection that switched protocols
 /// under the proxy's own HTTP/1.1 client; `to_client` is what was read from the server past
 /// its 101, and goes out first.
@@ -82,17 +80,6 @@ pub async fn relay_upgraded_to(
             }
         }
     }
-}
-
-/// Relays an upgraded client connection to its upgraded server connection, as
-/// [`relay_upgraded_as`] with today's io types ([`ClientIo`], [`ServerIo`]).
-pub async fn relay_upgraded(
-    client: Upgraded,
-    server: Upgraded,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> Result<Moved, Cut> {
-    relay_upgraded_as::<ClientIo, ServerIo>(client, server, idle, cancel).await
 }
 
 /// Relays an upgraded client connection to its upgraded server connection until both
@@ -186,6 +173,9 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
+
+    /// A hyper client's io for a plain server connection (the tests' upstream side).
+    type ServerIo = TokioIo<TcpStream>;
 
     const IDLE: Duration = Duration::from_secs(30);
     const LIMIT: Duration = Duration::from_secs(10);

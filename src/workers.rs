@@ -15,16 +15,32 @@
 //! request hopped between the workers, each hop a cross-core wake-up. This is the model
 //! HAProxy's threads and Envoy's workers follow.
 //!
+//! The workers share one accept queue per listener, and the kernel wakes whichever is
+//! waiting: an idle worker tends to win the race while the connections are made, so one
+//! worker could end up serving two or three times the connections of the other, and the
+//! whole process ran at the pace of the busier one. Each worker's open connections are
+//! counted here ([`Occupancy`]); an accept loop that finds another worker with at least two
+//! fewer hands the new connection to that worker ([`pick`]), once, before its first byte
+//! is read. HAProxy balances its threads' accepts the same way.
+//!
 //! Without [`start`] (the demo, tests that run a proxy in-process), listeners accept on the
 //! runtime they were started from, as before.
 
 use std::cell::Cell;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use tokio::runtime::Handle;
 
 static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
+
+/// Open connections per worker, each counter on its own cache line.
+static LOAD: OnceLock<Box<[Counter]>> = OnceLock::new();
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Counter(AtomicUsize);
 
 thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
@@ -62,6 +78,7 @@ pub fn start(n: usize) -> io::Result<()> {
             .map_err(|_| io::Error::other("a worker thread ended while starting"))??;
         handles.push(handle);
     }
+    let _ = LOAD.set((0..handles.len()).map(|_| Counter::default()).collect());
     let _ = WORKERS.set(handles);
     Ok(())
 }
@@ -80,4 +97,52 @@ pub fn count() -> usize {
 #[inline]
 pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
+}
+
+/// The worker a connection accepted on worker `here` should be served by: the one with the
+/// fewest open connections if it has at least two fewer than `here`, else `here`. The margin
+/// keeps a connection where it landed when the difference is noise: a hand-off costs a
+/// deregistration, a registration and a wake-up of the other thread.
+pub fn pick(here: usize) -> usize {
+    let Some(load) = LOAD.get() else {
+        return here;
+    };
+    let Some(own) = load.get(here).map(|c| c.0.load(Ordering::Relaxed)) else {
+        return here;
+    };
+    let mut best = (here, own);
+    for (i, c) in load.iter().enumerate() {
+        let n = c.0.load(Ordering::Relaxed);
+        if n < best.1 {
+            best = (i, n);
+        }
+    }
+    if best.1 + 2 <= own {
+        best.0
+    } else {
+        here
+    }
+}
+
+/// One open connection counted against a worker, from the moment its worker is chosen until
+/// it ends.
+#[derive(Debug)]
+pub struct Occupancy(usize);
+
+impl Occupancy {
+    /// Counts a connection against worker `index` (nothing without workers).
+    pub fn on(index: usize) -> Occupancy {
+        if let Some(c) = LOAD.get().and_then(|l| l.get(index)) {
+            c.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Occupancy(index)
+    }
+}
+
+impl Drop for Occupancy {
+    fn drop(&mut self) {
+        if let Some(c) = LOAD.get().and_then(|l| l.get(self.0)) {
+            c.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -239,6 +239,13 @@ pub(crate) struct Control {
     pub tracker: TaskTracker,
 }
 
+/// An accepted connection: registered with this thread's runtime, or handed over from
+/// another worker's accept loop and registered where its task runs.
+enum Incoming {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
+}
+
 struct Acceptor {
     listener: TcpListener,
     route: Route,
@@ -285,9 +292,7 @@ impl Acceptor {
                     // The permits go into the connection's future rather than a wrapper
                     // around it: an async block that awaits a captured future holds it
                     // twice (rustc keeps the capture and the awaited value apart).
-                    self.ctl
-                        .tracker
-                        .spawn(self.connection(stream, peer, permits));
+                    self.dispatch(stream, peer, permits);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off (doubling, capped) instead of spinning,
@@ -308,6 +313,38 @@ impl Acceptor {
         tracing::debug!(listener = %self.name, "accept loop stopped");
     }
 
+    /// Starts serving an accepted connection: here, or on the worker with the fewest open
+    /// connections when this one has clearly more (see crate::workers).
+    fn dispatch<P: Send + 'static>(&self, stream: TcpStream, peer: SocketAddr, permits: P) {
+        let Some(here) = crate::workers::current() else {
+            self.ctl.tracker.spawn(self.connection(
+                Incoming::Here(stream),
+                peer,
+                (permits, None::<crate::workers::Occupancy>),
+            ));
+            return;
+        };
+        let to = crate::workers::pick(here);
+        let keep = (permits, Some(crate::workers::Occupancy::on(to)));
+        let worker = crate::workers::handles().get(to).filter(|_| to != here);
+        let Some(worker) = worker else {
+            self.ctl
+                .tracker
+                .spawn(self.connection(Incoming::Here(stream), peer, keep));
+            return;
+        };
+        // Off this worker's reactor, onto the other's when its task first runs.
+        match stream.into_std() {
+            Ok(s) => {
+                let conn = self.connection(Incoming::Moved(s), peer, keep);
+                worker.spawn(self.ctl.tracker.track_future(conn));
+            }
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "connection lost while handed to another worker")
+            }
+        }
+    }
+
     fn metrics_local_error(&self, e: &io::Error) {
         self.route.with_metrics(|m| m.local_error(e));
     }
@@ -321,7 +358,7 @@ impl Acceptor {
     /// when admission ends, so a parked connection's task does not carry it.
     fn connection<P: Send + 'static>(
         &self,
-        mut stream: TcpStream,
+        incoming: Incoming,
         peer: SocketAddr,
         permits: P,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -329,6 +366,16 @@ impl Acceptor {
         let ctl = self.ctl.clone();
         let clients = self.clients.clone();
         let admit = async move {
+            let mut stream = match incoming {
+                Incoming::Here(s) => s,
+                Incoming::Moved(s) => match TcpStream::from_std(s) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(client = %peer, error = %e, "a handed-over connection could not be registered");
+                        return None;
+                    }
+                },
+            };
             let _ = stream.set_nodelay(true);
             let (admission, max) = route.admission();
             // Who the client is (a trusted peer's PROXY header says), and whether it may in.

@@ -99,28 +99,41 @@ pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
-/// The worker a connection accepted on worker `here` should be served by: the one with the
-/// fewest open connections if it has at least two fewer than `here`, else `here`. The margin
-/// keeps a connection where it landed when the difference is noise: a hand-off costs a
-/// deregistration, a registration and a wake-up of the other thread.
+/// The worker a connection accepted on worker `here` should be served by (see [`choose`]).
 pub fn pick(here: usize) -> usize {
-    let Some(load) = LOAD.get() else {
-        return here;
-    };
-    let Some(own) = load.get(here).map(|c| c.0.load(Ordering::Relaxed)) else {
-        return here;
-    };
-    let mut best = (here, own);
-    for (i, c) in load.iter().enumerate() {
-        let n = c.0.load(Ordering::Relaxed);
+    match LOAD.get() {
+        Some(load) => choose(here, load.iter().map(|c| c.0.load(Ordering::Relaxed))),
+        None => here,
+    }
+}
+
+/// Open connections on each worker, in worker order (nothing without workers): read when
+/// metrics are scraped.
+pub fn loads() -> impl Iterator<Item = usize> {
+    LOAD.get()
+        .map_or(&[][..], |l| &l[..])
+        .iter()
+        .map(|c| c.0.load(Ordering::Relaxed))
+}
+
+/// Of workers with `loads` open connections, the one with the fewest if it has at least two
+/// fewer than `here`, else `here`. The margin keeps a connection where it landed when the
+/// difference is noise: a hand-off costs a deregistration, a registration and a wake-up of
+/// the other thread.
+fn choose(here: usize, loads: impl Iterator<Item = usize>) -> usize {
+    let mut own = None;
+    let mut best = (here, usize::MAX);
+    for (i, n) in loads.enumerate() {
+        if i == here {
+            own = Some(n);
+        }
         if n < best.1 {
             best = (i, n);
         }
     }
-    if best.1 + 2 <= own {
-        best.0
-    } else {
-        here
+    match own {
+        Some(own) if best.1 + 2 <= own => best.0,
+        _ => here,
     }
 }
 
@@ -144,5 +157,22 @@ impl Drop for Occupancy {
         if let Some(c) = LOAD.get().and_then(|l| l.get(self.0)) {
             c.0.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn a_connection_moves_only_to_a_worker_with_two_fewer() {
+        let pick = |here, loads: &[usize]| choose(here, loads.iter().copied());
+        assert_eq!(pick(0, &[0, 0]), 0, "even: stays");
+        assert_eq!(pick(0, &[1, 0]), 0, "one more: stays");
+        assert_eq!(pick(0, &[2, 0]), 1, "two more: moves");
+        assert_eq!(pick(1, &[3, 9]), 0, "from the busier one");
+        assert_eq!(pick(2, &[5, 1, 6, 2]), 1, "to the least loaded of several");
+        assert_eq!(pick(1, &[5, 4, 6]), 1, "already the least loaded");
+        assert_eq!(pick(3, &[0, 0]), 3, "an unknown worker keeps its own");
     }
 }

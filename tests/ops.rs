@@ -472,6 +472,51 @@ async fn a_second_stop_signal_exits_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_worker_threads() {
+    let o = fleet(1).await;
+    let cfg = format!(
+        "[runtime]\nworker_threads = 2\n{}",
+        http_config(&servers(&[&o[0]]), "", NO_HEALTH)
+    );
+    let d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
+    let web = d.addrs["web"];
+    let admin = d.admin.expect("admin listener");
+    let per_worker = |text: &str| {
+        ["0", "1"].map(|w| {
+            metric(text, "fulcrum_worker_connections", &[("worker", w)])
+                .expect("a gauge per worker")
+        })
+    };
+    // One after another, each served before the next is made: both workers wait on the
+    // same accept queue, and without balancing the kernel's wake-up order decides.
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        let (head, _) = raw_get(&mut s, "/").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        open.push(s);
+    }
+    let [a, b] = per_worker(&scrape(admin).await);
+    assert_eq!(a + b, 20.0, "every open connection counted once");
+    assert!(
+        (a - b).abs() <= 2.0,
+        "within two of each other: {a} and {b}"
+    );
+    // Every connection is still served where it was handed.
+    for s in &mut open {
+        let (head, _) = raw_get(s, "/").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    drop(open);
+    wait_until(
+        "closed connections leave their workers' counts",
+        LIMIT,
+        || async { per_worker(&scrape(admin).await) == [0.0, 0.0] },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_connections_get_connection_close_or_goaway_and_finish() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;

@@ -37,6 +37,7 @@ struct StateCollector {
     admin_state: IntGaugeVec,
     pool_inflight: IntGaugeVec,
     pool_eligible: IntGaugeVec,
+    worker_connections: IntGaugeVec,
     failures: IntCounterVec,
     requests: IntCounterVec,
     up_seconds: GaugeVec,
@@ -102,6 +103,11 @@ impl StateCollector {
                 "Servers that may receive new traffic now, per tier.",
                 &["pool", "tier"],
             ),
+            worker_connections: int_gauge(
+                "fulcrum_worker_connections",
+                "Client connections open on each worker thread (accepts are balanced across them).",
+                &["worker"],
+            ),
             failures: IntCounterVec::new(
                 Opts::new(
                     "fulcrum_server_availability_failures_total",
@@ -155,7 +161,7 @@ impl StateCollector {
         c
     }
 
-    fn int_gauges(&self) -> [&IntGaugeVec; 8] {
+    fn int_gauges(&self) -> [&IntGaugeVec; 9] {
         [
             &self.up,
             &self.eligible,
@@ -165,6 +171,7 @@ impl StateCollector {
             &self.admin_state,
             &self.pool_inflight,
             &self.pool_eligible,
+            &self.worker_connections,
         ]
     }
 
@@ -180,6 +187,11 @@ impl StateCollector {
 
     fn fill(&self, shared: &Shared) {
         let now = now_ms();
+        for (i, n) in crate::workers::loads().enumerate() {
+            self.worker_connections
+                .with_label_values(&[&i.to_string()])
+                .set(n as i64);
+        }
         for slot in shared.pools.load().values() {
             let pool = slot.load();
             let p = pool.name();

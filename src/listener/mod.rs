@@ -316,18 +316,13 @@ impl Acceptor {
     /// Starts serving an accepted connection: here, or on the worker with the fewest open
     /// connections when this one has clearly more (see crate::workers).
     fn dispatch<P: Send + 'static>(&self, stream: TcpStream, peer: SocketAddr, permits: P) {
-        let Some(here) = crate::workers::current() else {
-            self.ctl.tracker.spawn(self.connection(
-                Incoming::Here(stream),
-                peer,
-                (permits, None::<crate::workers::Occupancy>),
-            ));
-            return;
-        };
-        let to = crate::workers::pick(here);
-        let keep = (permits, Some(crate::workers::Occupancy::on(to)));
-        let worker = crate::workers::handles().get(to).filter(|_| to != here);
-        let Some(worker) = worker else {
+        let here = crate::workers::current();
+        let to = here.map(crate::workers::pick);
+        let keep = (permits, to.map(crate::workers::Occupancy::on));
+        let elsewhere = to
+            .filter(|&t| Some(t) != here)
+            .and_then(|t| crate::workers::handles().get(t));
+        let Some(worker) = elsewhere else {
             self.ctl
                 .tracker
                 .spawn(self.connection(Incoming::Here(stream), peer, keep));
@@ -340,7 +335,8 @@ impl Acceptor {
                 worker.spawn(self.ctl.tracker.track_future(conn));
             }
             Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "connection lost while handed to another worker")
+                self.metrics_local_error(&e);
+                tracing::debug!(client = %peer, error = %e, "connection lost while handed to another worker");
             }
         }
     }
@@ -371,6 +367,7 @@ impl Acceptor {
                 Incoming::Moved(s) => match TcpStream::from_std(s) {
                     Ok(s) => s,
                     Err(e) => {
+                        route.with_metrics(|m| m.local_error(&e));
                         tracing::debug!(client = %peer, error = %e, "a handed-over connection could not be registered");
                         return None;
                     }

@@ -314,9 +314,7 @@ strip_prefix = "/v1"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_keep_path_and_query_respond_answers_and_error_pages_replace_503() {
     let o = fleet(3).await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let (_held, dead_addr) = refusing_port();
     let routes = r#"
 [[listener.route]]
 name = "to-https"

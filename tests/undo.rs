@@ -16,12 +16,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 const GUARD: &str =
     "[runtime]\nreload_guard = { window = \"10s\", max_error_ratio = 0.2, min_requests = 20 }\n";
 
-/// A port on loopback that refuses connections.
-async fn dead_port() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-    l.local_addr().unwrap()
-}
-
 fn rollbacks(st: &Value) -> u64 {
     st["reload"]["rollbacks"].as_u64().unwrap_or(0)
 }
@@ -37,7 +31,7 @@ async fn a_reload_that_kills_a_serving_pool_is_rolled_back() {
     let admin = p.admin().await;
     assert_eq!(gets_ok(&client(), &p.url("web", "/"), 4).await, 4);
 
-    let dead = dead_port().await;
+    let (_held, dead) = refusing_port();
     let bad = good.replace(
         &servers(&[&o[0], &o[1]]),
         &format!("{{ addr = \"{dead}\", name = \"gone\" }}"),

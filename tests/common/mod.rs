@@ -21,6 +21,16 @@ use hyper_util::rt::TokioExecutor;
 
 pub const ANY: &str = "127.0.0.1:0";
 
+/// A loopback port that refuses connections for as long as the returned socket lives. The
+/// socket is bound but never listens: the port cannot be handed to another test's listener,
+/// nor picked as the source port of a connect to itself (a TCP self-connect would succeed).
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(ANY.parse().unwrap()).expect("bind");
+    let addr = s.local_addr().expect("local addr");
+    (s, addr)
+}
+
 /// Starts `n` origins named o0, o1, ...
 pub async fn fleet(n: usize) -> Vec<Origin> {
     let mut v = Vec::new();

@@ -36,11 +36,21 @@ use tokio::runtime::Handle;
 static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
 
 /// Open connections per worker, each counter on its own cache line.
-static LOAD: OnceLock<Box<[Counter]>> = OnceLock::new();
+static LOAD: OnceLock<Box<[Padded<AtomicUsize>]>> = OnceLock::new();
 
-#[repr(align(64))]
-#[derive(Default)]
-struct Counter(AtomicUsize);
+/// One worker's entry of a per-worker array, alone on its cache lines: unpadded, two
+/// workers' entries would share a line, and each write by one would take the line from the
+/// other's core (false sharing). 128 bytes: x86 cores fetch lines in adjacent pairs.
+#[repr(align(128))]
+#[derive(Default, Debug)]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
@@ -78,7 +88,7 @@ pub fn start(n: usize) -> io::Result<()> {
             .map_err(|_| io::Error::other("a worker thread ended while starting"))??;
         handles.push(handle);
     }
-    let _ = LOAD.set((0..handles.len()).map(|_| Counter::default()).collect());
+    let _ = LOAD.set((0..handles.len()).map(|_| Padded::default()).collect());
     let _ = WORKERS.set(handles);
     Ok(())
 }

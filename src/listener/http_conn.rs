@@ -272,6 +272,7 @@ where
         draining: AtomicBool::new(false),
         watch: watch_state.clone(),
         client_cert: conn.client_cert,
+        response_timer: Default::default(),
     });
     let io = Watched::new(io, watch_state);
     let d = Deadlines {
@@ -348,7 +349,10 @@ where
         async move {
             let cur = self.cx.route.load_full();
             match serve_h1(self.io, &cur, &self.cx, ctl, self.d).await {
-                Ok(io) => Some(Parked { io, ..self }),
+                Ok(io) => {
+                    self.cx.response_timer.clear();
+                    Some(Parked { io, ..self })
+                }
                 Err(end) => {
                     ended(&self.cx, end);
                     None

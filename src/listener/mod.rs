@@ -123,30 +123,39 @@ impl Listener {
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let clients = Arc::new(ClientCounts::default());
-        let acceptor = |listener| Acceptor {
+        let acceptor = |listener, ctls| Acceptor {
             listener,
             route: route.clone(),
             limit: limit.clone(),
             process: process.clone(),
             clients: clients.clone(),
-            ctl: Control {
-                drain: drain.clone(),
-                hard_stop: hard_stop.clone(),
-                tracker: tracker.clone(),
-            },
+            ctls,
             name: settings.name.clone(),
+        };
+        let ctl = |drain, hard_stop| Control {
+            drain,
+            hard_stop,
+            tracker: tracker.clone(),
         };
         match on_workers(listener) {
             // One accept loop per worker thread, each on its own duplicate of the socket,
             // registered with that worker's runtime: a connection stays where it was
             // accepted (see crate::workers).
             Ok(per_worker) => {
+                // Each worker's connections wait on child tokens of their own: a connection
+                // checks its tokens each time its task wakes, and a token's check takes its
+                // lock, which two workers would otherwise pass between their cores.
+                let ctls: Arc<[Control]> = crate::workers::handles()
+                    .iter()
+                    .map(|_| ctl(drain.child_token(), hard_stop.child_token()))
+                    .collect();
                 for (worker, listener) in per_worker {
-                    worker.spawn(tracker.track_future(acceptor(listener).run()));
+                    worker.spawn(tracker.track_future(acceptor(listener, ctls.clone()).run()));
                 }
             }
             Err(listener) => {
-                tracker.spawn(acceptor(listener).run());
+                let ctls: Arc<[Control]> = Arc::new([ctl(drain.clone(), hard_stop.clone())]);
+                tracker.spawn(acceptor(listener, ctls).run());
             }
         }
         tracing::info!(listener = %settings.name, addr = %local_addr, protocol = ?settings.protocol, "listening");
@@ -252,13 +261,19 @@ struct Acceptor {
     limit: Arc<Semaphore>,
     process: Arc<Semaphore>,
     clients: Arc<ClientCounts>,
-    ctl: Control,
+    /// Per worker, in worker order (one, without workers).
+    ctls: Arc<[Control]>,
     name: Arc<str>,
 }
 
 impl Acceptor {
+    /// The control of the connections served on worker `w` (the only one, without workers).
+    fn ctl(&self, w: Option<usize>) -> &Control {
+        &self.ctls[w.unwrap_or(0) % self.ctls.len()]
+    }
+
     async fn run(self) {
-        let drain = self.ctl.drain.clone();
+        let drain = self.ctl(crate::workers::current()).drain.clone();
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failing = false;
         loop {
@@ -323,16 +338,17 @@ impl Acceptor {
             .filter(|&t| Some(t) != here)
             .and_then(|t| crate::workers::handles().get(t));
         let Some(worker) = elsewhere else {
-            self.ctl
-                .tracker
-                .spawn(self.connection(Incoming::Here(stream), peer, keep));
+            let ctl = self.ctl(here);
+            ctl.tracker
+                .spawn(self.connection(Incoming::Here(stream), peer, keep, ctl));
             return;
         };
         // Off this worker's reactor, onto the other's when its task first runs.
         match stream.into_std() {
             Ok(s) => {
-                let conn = self.connection(Incoming::Moved(s), peer, keep);
-                worker.spawn(self.ctl.tracker.track_future(conn));
+                let ctl = self.ctl(to);
+                let conn = self.connection(Incoming::Moved(s), peer, keep, ctl);
+                worker.spawn(ctl.tracker.track_future(conn));
             }
             Err(e) => {
                 self.metrics_local_error(&e);
@@ -357,9 +373,10 @@ impl Acceptor {
         incoming: Incoming,
         peer: SocketAddr,
         permits: P,
+        ctl: &Control,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let route = self.route.clone();
-        let ctl = self.ctl.clone();
+        let ctl = ctl.clone();
         let clients = self.clients.clone();
         let admit = async move {
             let mut stream = match incoming {

@@ -162,7 +162,42 @@ pub async fn watch(w: &ConnWatch, d: Deadlines) -> Fired {
                 next = next.min(since + idle);
             }
         }
-        tokio::time::sleep(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+        Snooze::new(Duration::from_millis(next.saturating_sub(now).max(1))).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A sleep that, once its first poll has armed the timer, is polled again only after the
+    /// timer fired. The watchdog sits in a `select!` with the connection, which every I/O
+    /// event wakes, a few times per request: polling an armed sleep re-registers the waker
+    /// each time, where checking whether it fired is one load. Must be polled from one task
+    /// (as a `select!` branch is): the timer wakes the task that armed it.
+    struct Snooze {
+        #[pin]
+        sleep: tokio::time::Sleep,
+        armed: bool,
+    }
+}
+
+impl Snooze {
+    fn new(d: Duration) -> Self {
+        Snooze {
+            sleep: tokio::time::sleep(d),
+            armed: false,
+        }
+    }
+}
+
+impl std::future::Future for Snooze {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if *this.armed && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        *this.armed = true;
+        this.sleep.poll(cx)
     }
 }
 

@@ -33,6 +33,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::ReqBody;
+use super::headers::Forwarding;
 
 /// Headers in a response head, at most (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -151,19 +152,59 @@ pub struct Conn {
     wr: Vec<u8>,
     /// Fires when the server's connections are severed.
     sever: CancellationToken,
+    /// Waits on `sever`: set up the first time the connection waits on the server, and kept
+    /// for its life, so a request or body that waits re-registers only its waker.
+    sever_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The header names this server sends.
+    names: NameCache,
+}
+
+/// The header names a server has sent on a connection, up to [`NameCache::MAX`], each with
+/// the bytes it came as. A server answers with the same few names, spelt the same way, every
+/// time, and finding those bytes here (a length check, then a comparison) is cheaper than
+/// making the name again: recognising a standard name walks a table, and a name of the
+/// server's own (`x-...`) is validated, lower-cased and copied into a new allocation.
+#[derive(Default)]
+struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
+
+impl NameCache {
+    const MAX: usize = 16;
+
+    fn name(&mut self, raw: &[u8]) -> Result<HeaderName, Error> {
+        if let Some((_, n)) = self.0.iter().find(|(r, _)| **r == *raw) {
+            return Ok(n.clone());
+        }
+        let n = HeaderName::from_bytes(raw).map_err(|_| Error::Protocol("invalid header name"))?;
+        if self.0.len() < Self::MAX {
+            self.0.push((raw.into(), n.clone()));
+        }
+        Ok(n)
+    }
 }
 
 impl Conn {
     /// A connection over `io`; `sever` is a token of its own (a child of the server's).
     /// Boxed: it moves between the pool, the request and the response body, and a pointer
-    /// moves cheaper than its 104 bytes.
+    /// moves cheaper than the struct.
     pub fn new(io: Io, sever: CancellationToken) -> Box<Self> {
         Box::new(Conn {
             io,
             rd: BytesMut::new(),
             wr: Vec::new(),
             sever,
+            sever_wait: None,
+            names: NameCache::default(),
         })
+    }
+
+    /// Whether the connection was severed; if not, the sever wakes the task polling now.
+    fn poll_severed(&mut self, cx: &mut Context<'_>) -> bool {
+        let sever = &self.sever;
+        self.sever_wait
+            .get_or_insert_with(|| Box::pin(sever.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 
     /// Whether an idle connection can carry a request: not severed, and the server has
@@ -211,7 +252,7 @@ enum ReqFraming {
 }
 
 /// Writes the request head into `wr`; returns how its body is framed.
-fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>) -> ReqFraming {
+fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>, forwarding: &Forwarding) -> ReqFraming {
     wr.clear();
     wr.extend_from_slice(req.method().as_str().as_bytes());
     wr.push(b' ');
@@ -228,6 +269,7 @@ fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>) -> ReqFraming {
         wr.extend_from_slice(value.as_bytes());
         wr.extend_from_slice(b"\r\n");
     }
+    forwarding.write(wr);
     wr.extend_from_slice(b"\r\n");
     if chunked && !req.body().is_end_stream() {
         ReqFraming::Chunked
@@ -356,13 +398,14 @@ impl Out {
 pub async fn send(
     mut conn: Box<Conn>,
     req: &mut Option<Request<ReqBody>>,
+    forwarding: &Forwarding,
 ) -> Result<Response<RespIn>, Error> {
     let Some(r) = req.as_ref() else {
         return Err(Error::Closed);
     };
     let head_req = r.method() == Method::HEAD;
     let upgrade = r.headers().contains_key(header::UPGRADE);
-    let framing = encode_head(&mut conn.wr, r);
+    let framing = encode_head(&mut conn.wr, r, forwarding);
     let mut out = Out {
         framing,
         at: 0,
@@ -371,9 +414,6 @@ pub async fn send(
         body: None,
         done: false,
     };
-    let sever = conn.sever.clone();
-    let stop = crate::proxy::cancel::cancelled(&sever);
-    tokio::pin!(stop);
     let head = std::future::poll_fn(|cx| {
         if !out.done {
             if let Poll::Ready(Err(e)) = out.poll_send(&mut conn, req, cx) {
@@ -381,7 +421,7 @@ pub async fn send(
             }
         }
         loop {
-            if let Some(head) = parse_head(&mut conn.rd, head_req, upgrade)? {
+            if let Some(head) = parse_head(&mut conn.rd, &mut conn.names, head_req, upgrade)? {
                 return Poll::Ready(Ok(head));
             }
             match conn.poll_fill(cx, READ_CHUNK) {
@@ -389,7 +429,7 @@ pub async fn send(
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
                 Poll::Pending => {
-                    if stop.as_mut().poll(cx).is_ready() {
+                    if conn.poll_severed(cx) {
                         return Poll::Ready(Err(Error::Severed));
                     }
                     return Poll::Pending;
@@ -404,7 +444,6 @@ pub async fn send(
         reuse: head.keep_alive,
         out,
         conn: Some(conn),
-        sever: None,
     }))
 }
 
@@ -417,7 +456,12 @@ struct Head {
 
 /// Parses a whole response head off the front of `rd`, skipping interim 1xx responses;
 /// `None` until one has arrived whole.
-fn parse_head(rd: &mut BytesMut, head_req: bool, upgrade: bool) -> Result<Option<Head>, Error> {
+fn parse_head(
+    rd: &mut BytesMut,
+    names: &mut NameCache,
+    head_req: bool,
+    upgrade: bool,
+) -> Result<Option<Head>, Error> {
     loop {
         if rd.is_empty() {
             return Ok(None);
@@ -475,8 +519,7 @@ fn parse_head(rd: &mut BytesMut, head_req: bool, upgrade: bool) -> Result<Option
         let (mut te_chunked, mut has_te, mut length) = (false, false, None);
         for &[name_at, name_len, value_at, value_len] in spans.iter() {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len as usize])
-                .map_err(|_| Error::Protocol("invalid header name"))?;
+            let name = names.name(&head[name_at..name_at + name_len as usize])?;
             let value =
                 HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len as usize))
                     .map_err(|_| Error::Protocol("invalid header value"))?;
@@ -591,8 +634,6 @@ pub struct RespIn {
     /// The rest of the request, when the server answered before it was sent whole.
     out: Option<Box<Out>>,
     conn: Option<Box<Conn>>,
-    /// Set up the first time the body waits on the server: its connection's sever.
-    sever: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl RespIn {
@@ -622,10 +663,7 @@ impl RespIn {
             Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(Error::Io(e))),
             Poll::Pending => {
-                let sever = self
-                    .sever
-                    .get_or_insert_with(|| Box::pin(conn.sever.clone().cancelled_owned()));
-                if sever.as_mut().poll(cx).is_ready() {
+                if conn.poll_severed(cx) {
                     return Poll::Ready(Err(Error::Severed));
                 }
                 Poll::Pending

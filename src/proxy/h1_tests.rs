@@ -74,7 +74,7 @@ async fn exchange(
     c: Box<Conn>,
     req: Request<ReqBody>,
 ) -> Result<(StatusCode, Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
-    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req)))
+    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req), &Forwarding::default()))
         .await
         .expect("answered")?;
     let status = resp.status();
@@ -305,7 +305,7 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
         .body(body)
         .unwrap();
     let c = conn(addr).await;
-    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req)))
+    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req), &Forwarding::default()))
         .await
         .unwrap()
         .ok()
@@ -376,4 +376,29 @@ async fn hyper_body_pair() -> (TcpStream, hyper::body::Incoming) {
         .await
         .unwrap();
     (feed, rx.await.unwrap())
+}
+
+#[test]
+fn header_names_are_kept_per_connection_as_spelt() {
+    let mut names = NameCache::default();
+    assert_eq!(names.name(b"x-origin").unwrap(), "x-origin");
+    assert_eq!(names.name(b"x-origin").unwrap(), "x-origin");
+    // Another spelling is the same name, kept as a spelling of its own.
+    assert_eq!(names.name(b"X-Origin").unwrap(), "x-origin");
+    assert_eq!(
+        names.name(b"Content-Length").unwrap(),
+        header::CONTENT_LENGTH
+    );
+    assert_eq!(
+        names.name(b"Content-Length").unwrap(),
+        header::CONTENT_LENGTH
+    );
+    assert_eq!(names.0.len(), 3);
+    assert!(names.name(b"bad name").is_err());
+    // Past the cap, names are still made, just not kept.
+    for i in 0..40 {
+        let n = format!("x-n{i}");
+        assert_eq!(names.name(n.as_bytes()).unwrap(), n.as_str());
+    }
+    assert_eq!(names.0.len(), NameCache::MAX);
 }

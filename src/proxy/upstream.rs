@@ -36,7 +36,9 @@ use super::body::ReqBody;
 use super::h1;
 use crate::backend::{now_ms, BackendState};
 use crate::config::{PoolTimeouts, UpstreamProtocol};
+use crate::proxy::headers::Forwarding;
 use crate::tls::ClientTls;
+use crate::workers::Padded;
 
 /// Idle HTTP/1.1 connections kept per server, at most.
 const IDLE_PER_SERVER: usize = 256;
@@ -87,8 +89,9 @@ pub struct ServerUpstream {
     /// worker that opened it, so reusing it there keeps the request on one thread), oldest
     /// at the front. A lock is held for a push or a pop only, and is only ever contended
     /// by the control thread's reaper; connections are dropped (which wakes their tasks)
-    /// after it is released.
-    idle: Box<[Mutex<VecDeque<Idle>>]>,
+    /// after it is released. Each stack on cache lines of its own: a lock is written on
+    /// every request, and two workers' locks on one line would bounce it between cores.
+    idle: Box<[Padded<Mutex<VecDeque<Idle>>>]>,
     h2: ArcSwapOption<http2::SendRequest<ReqBody>>,
     /// TLS towards the server, when the pool has `tls`; replaced by reloads.
     tls: ArcSwapOption<ClientTls>,
@@ -204,7 +207,7 @@ impl ServerUpstream {
             connect_ms: AtomicU64::new(timeouts.connect.as_millis() as u64),
             idle_ms: AtomicU64::new(timeouts.upstream_idle.as_millis() as u64),
             idle: (0..crate::workers::count().max(1))
-                .map(|_| Mutex::new(VecDeque::new()))
+                .map(|_| Padded(Mutex::new(VecDeque::new())))
                 .collect(),
             h2: ArcSwapOption::empty(),
             tls: ArcSwapOption::new(tls),
@@ -478,13 +481,14 @@ impl Lease {
     pub async fn send(
         &mut self,
         req: &mut Option<Request<ReqBody>>,
+        forwarding: &Forwarding,
     ) -> Result<Response<UpBody>, UpError> {
         match &mut self.sender {
             Sender::H1(conn) => {
                 let Some(c) = conn.take() else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
-                match h1::send(c, req).await {
+                match h1::send(c, req, forwarding).await {
                     Ok(resp) => Ok(resp.map(UpBody::H1)),
                     Err(e) => Err(UpError::H1(e)),
                 }
@@ -604,7 +608,10 @@ mod tests {
     /// Sends a GET on `lease` and returns the body (the origin's connection number).
     async fn get(lease: &mut Lease) -> String {
         let req = Request::get("/").body(ReqBody::Empty).unwrap();
-        let resp = lease.send(&mut Some(req)).await.expect("sent");
+        let resp = lease
+            .send(&mut Some(req), &Forwarding::default())
+            .await
+            .expect("sent");
         let mut body = resp.into_body();
         let bytes = (&mut body).collect().await.unwrap().to_bytes();
         if let Some(c) = body.take_reusable() {

@@ -11,7 +11,8 @@ use http::HeaderValue;
 /// The header name.
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-static PREFIX: OnceLock<u64> = OnceLock::new();
+/// The per-process prefix, already in hex.
+static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A generated request id.
@@ -21,10 +22,14 @@ pub struct RequestId([u8; 32]);
 impl RequestId {
     /// The next id of this process.
     pub fn next() -> RequestId {
-        let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+        let prefix = PREFIX.get_or_init(|| {
+            let mut p = [0u8; 16];
+            hex(fastrand::u64(..), &mut p);
+            p
+        });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut out = [0u8; 32];
-        hex(prefix, &mut out[..16]);
+        out[..16].copy_from_slice(prefix);
         hex(n, &mut out[16..]);
         RequestId(out)
     }
@@ -35,9 +40,11 @@ impl RequestId {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 
-    /// As a header value.
+    /// As a header value. Its bytes are owned by one shared allocation, so the copies that
+    /// go to the server and back to the client cost a reference count each.
     pub fn to_header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self.0))
+            .expect("hex digits are a valid header value")
     }
 }
 
@@ -53,11 +60,12 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-fn hex(mut v: u64, out: &mut [u8]) {
+/// `v` as 16 hex digits into `out`, a byte (two digits) at a time.
+fn hex(v: u64, out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for o in out.iter_mut().rev() {
-        *o = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 

@@ -16,7 +16,7 @@ use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::headers::{
-    add_forwarded, asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade,
+    asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade, Forwarding,
 };
 use crate::proxy::ProxyError;
 
@@ -80,8 +80,9 @@ impl BodyShape {
 }
 
 /// Rewrites the request head for the server: hop-by-hop and inbound forwarding headers
-/// out, forwarding headers in, the upgrade (if allowed) re-added, and the target in the
-/// form the upstream protocol needs.
+/// out, the upgrade (if allowed) re-added, and the target in the form the upstream protocol
+/// needs. The forwarding headers to add are returned for HTTP/1.1, whose encoder writes them
+/// after the request's own (see [`Forwarding`]); for h2 they are already in the map.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     parts: &mut Parts,
@@ -91,7 +92,7 @@ pub(super) fn prepare(
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
-) {
+) -> Forwarding {
     let trailers = asks_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     strip_inbound_forwarding(&mut parts.headers);
@@ -115,8 +116,8 @@ pub(super) fn prepare(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
-    add_forwarded(
-        &mut parts.headers,
+    let forwarding = Forwarding::new(
+        &parts.headers,
         route.listener.forwarded,
         chain,
         &cx.sender,
@@ -138,6 +139,11 @@ pub(super) fn prepare(
                 );
             }
         }
-        UpstreamProtocol::H2 => parts.version = Version::HTTP_2,
+        UpstreamProtocol::H2 => {
+            parts.version = Version::HTTP_2;
+            forwarding.insert_into(&mut parts.headers);
+            return Forwarding::default();
+        }
     }
+    forwarding
 }

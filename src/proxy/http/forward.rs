@@ -24,7 +24,7 @@ use crate::health::passive::{self, Outcome};
 use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
-use crate::proxy::headers::cookie;
+use crate::proxy::headers::{cookie, Forwarding};
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream, UpBody, UpError};
 use crate::proxy::ProxyError;
 use crate::queue;
@@ -127,7 +127,7 @@ pub(super) async fn forward(
         None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
     };
 
-    prepare(
+    let forwarding = prepare(
         &mut parts,
         route,
         pool,
@@ -204,8 +204,9 @@ pub(super) async fn forward(
                 match send(
                     lease,
                     &mut pending,
+                    &forwarding,
                     up,
-                    route,
+                    (route, cx),
                     pool,
                     server,
                     state.as_deref(),
@@ -311,11 +312,13 @@ fn classify(e: &UpError) -> (FailureKind, ProxyError) {
 /// was written is replaced once by a fresh one. The request stays in `req` for as long as
 /// it has not been written. The `response_header` timer starts when the request has been
 /// sent whole; the head's latency is recorded for the server.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     mut lease: Lease,
     req: &mut Option<Request<ReqBody>>,
+    forwarding: &Forwarding,
     up: &Arc<ServerUpstream>,
-    route: &HttpRoute,
+    (route, cx): (&HttpRoute, &ConnCtx),
     pool: &Pool,
     server: &Server,
     body: Option<&BodyState>,
@@ -324,18 +327,23 @@ async fn send(
     let epoch = server.state.sever_epoch();
     for _ in 0..2 {
         let started = Instant::now();
+        let mut timer = cx.response_timer.take(timeout);
         let sent_then_timeout = async {
             if let Some(b) = body {
                 b.ended().await;
+                // The wait for the head starts once the request has gone out whole.
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
             }
-            tokio::time::sleep(timeout).await;
+            timer.as_mut().await;
         };
         let r = tokio::select! {
             biased;
-            r = lease.send(req) => r,
-            _ = sent_then_timeout => {
-                return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout));
-            }
+            r = lease.send(req, forwarding) => Some(r),
+            _ = sent_then_timeout => None,
+        };
+        cx.response_timer.give_back(timer);
+        let Some(r) = r else {
+            return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout));
         };
         match r {
             Ok(resp) => {

@@ -196,8 +196,13 @@ impl std::future::Future for Snooze {
         if *this.armed && !this.sleep.is_elapsed() {
             return Poll::Pending;
         }
-        *this.armed = true;
-        this.sleep.poll(cx)
+        // A sleep polled when the task has spent its scheduling budget returns Pending
+        // before it arms its timer: armed then, it would never fire. Only a poll made with
+        // budget left arms it.
+        let arms = tokio::task::coop::has_budget_remaining();
+        let r = this.sleep.poll(cx);
+        *this.armed |= arms;
+        r
     }
 }
 
@@ -318,6 +323,36 @@ mod tests {
             head: Duration::from_millis(100),
             stall: Duration::from_millis(300),
         }
+    }
+
+    // Real time: the watchdog reads the process clock, which a paused runtime does not move.
+    #[tokio::test]
+    async fn the_watchdog_fires_even_if_first_polled_with_the_task_budget_spent() {
+        let w = ConnWatch::new(false);
+        let d = Deadlines {
+            idle: Duration::from_millis(50),
+            head: Duration::from_secs(60),
+            stall: Duration::from_secs(60),
+        };
+        let mut fut = Box::pin(watch(&w, d));
+        let mut first = true;
+        let fired = tokio::time::timeout(
+            Duration::from_secs(20),
+            std::future::poll_fn(|cx| {
+                if first {
+                    first = false;
+                    // Spend the poll's whole budget, as a busy connection can before the
+                    // watchdog's turn in its select!.
+                    while tokio::task::coop::has_budget_remaining() {
+                        let spend = std::pin::pin!(tokio::task::coop::consume_budget());
+                        let _ = std::future::Future::poll(spend, cx);
+                    }
+                }
+                std::future::Future::poll(fut.as_mut(), cx)
+            }),
+        )
+        .await;
+        assert_eq!(fired.expect("the watchdog fired"), Fired::Idle);
     }
 
     #[tokio::test(start_paused = true)]

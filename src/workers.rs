@@ -112,7 +112,7 @@ pub fn current() -> Option<usize> {
 /// The worker a connection accepted on worker `here` should be served by (see [`choose`]).
 pub fn pick(here: usize) -> usize {
     match LOAD.get() {
-        Some(load) => choose(here, load.iter().map(|c| c.0.load(Ordering::Relaxed))),
+        Some(load) => choose(here, load.iter().map(|c| c.load(Ordering::Relaxed))),
         None => here,
     }
 }
@@ -123,7 +123,7 @@ pub fn loads() -> impl Iterator<Item = usize> {
     LOAD.get()
         .map_or(&[][..], |l| &l[..])
         .iter()
-        .map(|c| c.0.load(Ordering::Relaxed))
+        .map(|c| c.load(Ordering::Relaxed))
 }
 
 /// Of workers with `loads` open connections, the one with the fewest if it has at least two
@@ -156,7 +156,7 @@ impl Occupancy {
     /// Counts a connection against worker `index` (nothing without workers).
     pub fn on(index: usize) -> Occupancy {
         if let Some(c) = LOAD.get().and_then(|l| l.get(index)) {
-            c.0.fetch_add(1, Ordering::Relaxed);
+            c.fetch_add(1, Ordering::Relaxed);
         }
         Occupancy(index)
     }
@@ -165,7 +165,7 @@ impl Occupancy {
 impl Drop for Occupancy {
     fn drop(&mut self) {
         if let Some(c) = LOAD.get().and_then(|l| l.get(self.0)) {
-            c.0.fetch_sub(1, Ordering::Relaxed);
+            c.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -234,6 +234,35 @@ async fn slow_origin_gives_504() {
     );
 }
 
+/// A client connection keeps one `response_header` timer across its requests and moves its
+/// deadline for each: it must neither fire early on a later request nor stay spent after it
+/// fired once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_connection_times_out_each_request_on_its_own_deadline() {
+    let o = fleet(1).await;
+    let cfg = http_config(
+        &servers(&[&o[0]]),
+        "[pool.timeouts]\nresponse_header = \"300ms\"",
+        NO_HEALTH,
+    );
+    let p = Proxy::start(&cfg).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    for _ in 0..3 {
+        let (head, _) = raw_get(&mut s, "/sleep/1").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let (head, _) = raw_get(&mut s, "/sleep/3000").await;
+    assert!(head.starts_with("http/1.1 504"), "slow: {head}");
+    // The timer fired; the next requests on the same connection get a fresh deadline.
+    for path in ["/sleep/1", "/sleep/100"] {
+        let (head, _) = raw_get(&mut s, path).await;
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "{path} after a timeout: {head}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_gets_400_not_a_panic() {
     let o = fleet(1).await;

@@ -138,13 +138,21 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// ones.
 #[derive(Default)]
 pub struct Forwarding {
-    xff: Option<HeaderValue>,
-    proto: Option<&'static str>,
-    host: Option<HeaderValue>,
-    rfc7239: Option<HeaderValue>,
+    /// By position, the values of [`Forwarding::names`] (`None`: not sent).
+    values: [Option<HeaderValue>; 4],
 }
 
 impl Forwarding {
+    /// The headers' names, in the order they are written.
+    fn names() -> [&'static HeaderName; 4] {
+        [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &header::FORWARDED,
+        ]
+    }
+
     /// The headers for a request that `sender` sent over `scheme`, for the Host in
     /// `headers`: `chain` (what a trusted sender's own header said, empty otherwise) and
     /// then the sender. `sender` is the connection's [`Sender`]: its address, and that
@@ -159,13 +167,13 @@ impl Forwarding {
         let ip = sender.ip;
         let mut f = Forwarding::default();
         if mode.x_forwarded {
-            f.xff = if chain.is_empty() {
+            f.values[0] = if chain.is_empty() {
                 Some(sender.text.clone())
             } else {
                 HeaderValue::try_from(format!("{chain}, {ip}")).ok()
             };
-            f.proto = Some(scheme);
-            f.host = headers.get(header::HOST).cloned();
+            f.values[1] = Some(HeaderValue::from_static(scheme));
+            f.values[2] = headers.get(header::HOST).cloned();
         }
         if mode.rfc7239 {
             // RFC 7239 §6: IPv6 nodes are quoted and bracketed.
@@ -187,55 +195,29 @@ impl Forwarding {
             if !chain.is_empty() {
                 elem = format!("{}, {elem}", chain.rfc7239());
             }
-            f.rfc7239 = HeaderValue::try_from(elem).ok();
+            f.values[3] = HeaderValue::try_from(elem).ok();
         }
         f
     }
 
-    /// The headers, in the order they are written, each at most once.
-    fn each(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
-        [
-            (
-                &X_FORWARDED_FOR,
-                self.xff.as_ref().map(HeaderValue::as_bytes),
-            ),
-            (&X_FORWARDED_PROTO, self.proto.map(str::as_bytes)),
-            (
-                &X_FORWARDED_HOST,
-                self.host.as_ref().map(HeaderValue::as_bytes),
-            ),
-            (
-                &header::FORWARDED,
-                self.rfc7239.as_ref().map(HeaderValue::as_bytes),
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(n, v)| Some((n, v?)))
-    }
-
     /// Puts the headers into `headers`, replacing any of the same names.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        if let Some(v) = self.xff {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        if let Some(p) = self.proto {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(p));
-        }
-        if let Some(h) = self.host {
-            headers.insert(X_FORWARDED_HOST.clone(), h);
-        }
-        if let Some(v) = self.rfc7239 {
-            headers.insert(header::FORWARDED, v);
+        for (name, value) in Self::names().into_iter().zip(self.values) {
+            if let Some(v) = value {
+                headers.insert(name.clone(), v);
+            }
         }
     }
 
     /// Appends the headers to an HTTP/1.1 head being encoded, as `name: value\r\n` lines.
     pub fn write(&self, wr: &mut Vec<u8>) {
-        for (name, value) in self.each() {
-            wr.extend_from_slice(name.as_str().as_bytes());
-            wr.extend_from_slice(b": ");
-            wr.extend_from_slice(value);
-            wr.extend_from_slice(b"\r\n");
+        for (name, value) in Self::names().into_iter().zip(&self.values) {
+            if let Some(v) = value {
+                wr.extend_from_slice(name.as_str().as_bytes());
+                wr.extend_from_slice(b": ");
+                wr.extend_from_slice(v.as_bytes());
+                wr.extend_from_slice(b"\r\n");
+            }
         }
     }
 }

@@ -28,9 +28,11 @@ impl RequestId {
             p
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut digits = [0u8; 16];
+        hex(n, &mut digits);
         let mut out = [0u8; 32];
         out[..16].copy_from_slice(prefix);
-        hex(n, &mut out[16..]);
+        out[16..].copy_from_slice(&digits);
         RequestId(out)
     }
 
@@ -61,7 +63,7 @@ impl std::fmt::Display for RequestId {
 }
 
 /// `v` as 16 hex digits into `out`, a byte (two digits) at a time.
-fn hex(v: u64, out: &mut [u8]) {
+fn hex(v: u64, out: &mut [u8; 16]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
         pair[0] = DIGITS[usize::from(byte >> 4)];

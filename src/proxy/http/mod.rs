@@ -304,7 +304,7 @@ impl ResponseTimer {
     /// A timer that fires `after` from now.
     pub fn take(&self, after: std::time::Duration) -> Pin<Box<tokio::time::Sleep>> {
         let deadline = tokio::time::Instant::now() + after;
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let kept = self.slot().take();
         match kept {
             Some(mut t) => {
                 t.as_mut().reset(deadline);
@@ -316,12 +316,18 @@ impl ResponseTimer {
 
     /// Keeps `t` for the next request.
     pub fn give_back(&self, t: Pin<Box<tokio::time::Sleep>>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        *self.slot() = Some(t);
     }
 
     /// Drops the kept timer (a connection that parks keeps nothing it does not need).
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.slot().take();
+    }
+
+    /// The kept timer's slot. The lock is never contended: an HTTP/1 connection has one
+    /// request at a time, and an h2 connection's streams run on its one worker thread.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pin<Box<tokio::time::Sleep>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

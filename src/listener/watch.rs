@@ -172,7 +172,7 @@ pin_project_lite::pin_project! {
     /// event wakes, a few times per request: polling an armed sleep re-registers the waker
     /// each time, where checking whether it fired is one load. Must be polled from one task
     /// (as a `select!` branch is): the timer wakes the task that armed it.
-    struct Snooze {
+    pub(crate) struct Snooze {
         #[pin]
         sleep: tokio::time::Sleep,
         armed: bool,
@@ -180,7 +180,8 @@ pin_project_lite::pin_project! {
 }
 
 impl Snooze {
-    fn new(d: Duration) -> Self {
+    /// A sleep of `d`, armed by its first poll.
+    pub(crate) fn new(d: Duration) -> Self {
         Snooze {
             sleep: tokio::time::sleep(d),
             armed: false,

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -155,6 +155,9 @@ pub struct Conn {
     /// Waits on `sever`: set up the first time the connection waits on the server, and kept
     /// for its life, so a request or body that waits re-registers only its waker.
     sever_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The waker `sever_wait` last registered: while the same task polls, its registration
+    /// stands and a check of the token's flag is enough.
+    sever_waker: Option<Waker>,
     /// The header names this server sends.
     names: NameCache,
 }
@@ -193,18 +196,32 @@ impl Conn {
             wr: Vec::new(),
             sever,
             sever_wait: None,
+            sever_waker: None,
             names: NameCache::default(),
         })
     }
 
     /// Whether the connection was severed; if not, the sever wakes the task polling now.
     fn poll_severed(&mut self, cx: &mut Context<'_>) -> bool {
+        // The wait keeps its waker registered between polls; polling it again only to find
+        // the same waker takes the token's waiter lock. The connection serves one client
+        // connection's task after another, so the waker is compared, not assumed.
+        if self
+            .sever_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return self.sever.is_cancelled();
+        }
         let sever = &self.sever;
-        self.sever_wait
+        let severed = self
+            .sever_wait
             .get_or_insert_with(|| Box::pin(sever.clone().cancelled_owned()))
             .as_mut()
             .poll(cx)
-            .is_ready()
+            .is_ready();
+        self.sever_waker = (!severed).then(|| cx.waker().clone());
+        severed
     }
 
     /// Whether an idle connection can carry a request: not severed, and the server has
@@ -214,6 +231,15 @@ impl Conn {
     pub fn is_usable(&mut self) -> bool {
         if !self.rd.is_empty() || self.sever.is_cancelled() {
             return false;
+        }
+        if let Io::Tcp(s) = &self.io {
+            // Read readiness is set only by an event and cleared by a read that found the
+            // socket drained (the last one did, at the end of the response): still empty,
+            // nothing has come since. One load, where the probe below takes the socket's
+            // waiter lock to register a waker.
+            if s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_err() {
+                return true;
+            }
         }
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let mut probe = [0u8; 1];

@@ -38,9 +38,19 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
+/// Whether any header is hop-by-hop by its name. Connection is one of them, so without
+/// one there are no names listed in it either, and nothing to strip. One scan of the few
+/// names a head carries, where looking up Connection and TE would hash each.
+pub fn any_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(fixed_hop_by_hop)
+}
+
 /// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
 /// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays, so trailers can follow the body.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !any_hop_by_hop(headers) {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too (RFC 9110 §7.6.1), in every Connection
     // field, not just the first. The common tokens (close, keep-alive, upgrade) are in the
     // fixed list; collect the rest (nothing is allocated when there are none).

@@ -269,6 +269,7 @@ pub async fn serve(
         }
     };
     let relayed = tokio::select! {
+        biased;
         r = relay => r,
         _ = crate::proxy::cancel::cancelled(&sever) => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
     };

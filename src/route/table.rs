@@ -312,6 +312,12 @@ impl RouteTable {
         }
     }
 
+    /// Whether any route names a host: if none does, [`RouteTable::find`] never reads
+    /// [`RequestView::host`], and a caller need not look it up.
+    pub fn uses_host(&self) -> bool {
+        !self.buckets.is_empty()
+    }
+
     /// The route for this request: the first in config order whose predicates all hold,
     /// else the default pool, else `NotFound`. Allocates nothing.
     pub fn find<'t>(&'t self, req: &RequestView) -> Match<'t> {

@@ -81,8 +81,10 @@ impl BodyShape {
 
 /// Rewrites the request head for the server: hop-by-hop and inbound forwarding headers
 /// out, the upgrade (if allowed) re-added, and the target in the form the upstream protocol
-/// needs. The forwarding headers to add are returned for HTTP/1.1, whose encoder writes them
-/// after the request's own (see [`Forwarding`]); for h2 they are already in the map.
+/// needs. `hop` says whether the head has any hop-by-hop header
+/// ([`crate::proxy::headers::any_hop_by_hop`]). The forwarding headers to add are
+/// returned for HTTP/1.1, whose encoder writes them after the request's own (see
+/// [`Forwarding`]); for h2 they are already in the map.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     parts: &mut Parts,
@@ -92,9 +94,13 @@ pub(super) fn prepare(
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
+    hop: bool,
 ) -> Forwarding {
-    let trailers = asks_trailers(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
+    // TE is hop-by-hop: a head with none of those names cannot ask for trailers.
+    let trailers = hop && asks_trailers(&parts.headers);
+    if hop {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     strip_inbound_forwarding(&mut parts.headers);
     if let Some(u) = upgrade {
         parts

@@ -24,7 +24,7 @@ use crate::health::passive::{self, Outcome};
 use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
-use crate::proxy::headers::{cookie, Forwarding};
+use crate::proxy::headers::{any_hop_by_hop, cookie, Forwarding};
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream, UpBody, UpError};
 use crate::proxy::ProxyError;
 use crate::queue;
@@ -111,7 +111,12 @@ pub(super) async fn forward(
 ) -> Result<Response<RespBody>, ProxyError> {
     let pool = &target.pool;
     let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
-    let upgrade = upgrade_of(&req, &route.listener.upgrades);
+    // Connection, Upgrade and TE are all hop-by-hop: one scan of the names tells whether
+    // any of the lookups for them can find something.
+    let hop = any_hop_by_hop(req.headers());
+    let upgrade = hop
+        .then(|| upgrade_of(&req, &route.listener.upgrades))
+        .flatten();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
@@ -135,6 +140,7 @@ pub(super) async fn forward(
         who,
         upgrade.as_ref(),
         BodyShape::of(&body),
+        hop,
     );
     let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
     let body = match &state {

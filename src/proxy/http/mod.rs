@@ -486,10 +486,13 @@ fn request_id(req: &mut Request<Incoming>, route: &HttpRoute, cx: &ConnCtx) -> O
         .settings()
         .trusted_proxies
         .matches(cx.client.sender().ip());
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if trusted && !v.is_empty() && v.len() <= 200 => v.clone(),
-        _ => RequestId::next().to_header_value(),
-    };
+    // Looked up only when it may be kept: the insert below replaces any other.
+    let kept = trusted
+        .then(|| req.headers().get(&X_REQUEST_ID))
+        .flatten()
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .cloned();
+    let id = kept.unwrap_or_else(|| RequestId::next().to_header_value());
     req.headers_mut().insert(X_REQUEST_ID, id.clone());
     Some(id)
 }

@@ -12,7 +12,7 @@ use crate::access_log::Upstream;
 use crate::backend::{LoadGuard, Selection};
 use crate::pool::{PoolLoad, Server};
 use crate::proxy::body::{BodyState, Finish, RespBody};
-use crate::proxy::headers::strip_hop_by_hop;
+use crate::proxy::headers::{any_hop_by_hop, strip_hop_by_hop};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{Lease, UpBody};
 
@@ -35,12 +35,15 @@ pub(super) fn respond(
         }
     }
     let h = resp.headers_mut();
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        // RFC 9112 §6.3: with both, Transfer-Encoding decides the framing and
-        // Content-Length must be ignored; passing it on would frame the body wrongly.
-        h.remove(header::CONTENT_LENGTH);
+    // Transfer-Encoding is hop-by-hop: most responses have none of those names.
+    if any_hop_by_hop(h) {
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: with both, Transfer-Encoding decides the framing and
+            // Content-Length must be ignored; passing it on would frame the body wrongly.
+            h.remove(header::CONTENT_LENGTH);
+        }
+        strip_hop_by_hop(h);
     }
-    strip_hop_by_hop(h);
     if let (Some(cookies), false) = (&target.sticky_set_cookie, why == Selection::Sticky) {
         h.append(header::SET_COOKIE, cookies[server.idx.get()].clone());
     }

@@ -33,9 +33,11 @@ pub(super) fn route<'r>(
 ) -> Result<Routed<'r>, ProxyError> {
     let matched = {
         let view = RequestView {
-            host: req
-                .headers()
-                .get(header::HOST)
+            host: route
+                .table
+                .uses_host()
+                .then(|| req.headers().get(header::HOST))
+                .flatten()
                 .and_then(|h| h.to_str().ok()),
             path: req.uri().path(),
             method: req.method(),

@@ -56,6 +56,12 @@ pub(super) trait Side {
     fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+    /// True when nothing can have become readable since a read poll last returned
+    /// Pending, whose waker is then still registered: the direction can wait on without
+    /// polling again. A side that cannot tell says false.
+    fn quiet(&self) -> bool {
+        false
+    }
     /// Reads into `buf`; `Ok(0)` is the end of the stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
     /// Writes some of `data`.
@@ -72,6 +78,15 @@ pub(super) trait Side {
 impl Side for &mut TcpStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    /// The socket's read readiness is empty. Only an event sets it (and the event takes
+    /// the waker it wakes), and only this direction's reads clear it: empty since the
+    /// last Pending poll means the waker that poll registered is still in place. One load,
+    /// where a poll takes the registration's lock to store the same waker again.
+    fn quiet(&self) -> bool {
+        self.try_io(tokio::io::Interest::READABLE, || Ok(()))
+            .is_err()
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -136,6 +151,10 @@ pub(super) struct Flow {
     eof: bool,
     /// Written since the destination was last flushed.
     unflushed: bool,
+    /// The last read poll of the source returned Pending, registering this task's waker.
+    /// The connection's task is woken by either direction, so on most wakes one of them
+    /// has nothing new: `Side::quiet` lets it stay asleep without a poll.
+    waiting: bool,
     /// The end has been passed on: nothing more to do.
     pub(super) done: bool,
 }
@@ -197,10 +216,19 @@ impl Flow {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            match from.poll_readable(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return self.flush_while_waiting(cx, to),
+            if self.waiting && from.quiet() {
+                return self.flush_while_waiting(cx, to);
+            }
+            // Woken with something to read: read at once, without asking first.
+            if !std::mem::take(&mut self.waiting) {
+                match from.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        self.waiting = true;
+                        return self.flush_while_waiting(cx, to);
+                    }
+                }
             }
             let mut buf = take();
             match from.poll_recv(cx, &mut buf) {
@@ -220,6 +248,7 @@ impl Flow {
                 }
                 Poll::Pending => {
                     give(buf);
+                    self.waiting = true;
                     return self.flush_while_waiting(cx, to);
                 }
             }

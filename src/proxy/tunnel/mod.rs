@@ -116,7 +116,10 @@ async fn run<A: Side, B: Side>(
             Poll::Pending
         }
     });
+    // Biased: the branches are polled in this order on every wake, without drawing a
+    // random start; only the copy can be ready often, and when it is the relay is done.
     let end = tokio::select! {
+        biased;
         r = copy => r.err().map(RelayEnd::Io),
         _ = idle_for(&ticks, idle) => Some(RelayEnd::Idle),
         _ = crate::proxy::cancel::cancelled(cancel) => Some(RelayEnd::Cancelled),
@@ -141,7 +144,9 @@ pub struct Active<T, C> {
 pub async fn idle_for(ticks: &AtomicU64, idle: Duration) {
     let mut seen = u64::MAX;
     loop {
-        tokio::time::sleep(idle).await;
+        // In a `select!` with the relay, polled on every wake of the connection: poll the
+        // timer again only once it has fired.
+        crate::listener::watch::Snooze::new(idle).await;
         let now = ticks.load(Ordering::Relaxed);
         if now == seen {
             return;
@@ -254,6 +259,49 @@ mod tests {
             .expect_err("idle");
         assert!(matches!(cut.end, RelayEnd::Idle), "{cut:?}");
         assert_eq!(cut.moved, (3, 2), "bytes moved each way before going idle");
+    }
+
+    #[tokio::test]
+    async fn each_direction_wakes_for_its_own_bytes_after_many_wakes_of_the_other() {
+        // A direction that found nothing to read stays asleep on later wakes while its
+        // socket has seen no event (`Side::quiet`), trusting the waker it registered.
+        // Here one side talks for many rounds while the other is silent, then they swap,
+        // then they alternate: a direction that missed its wake would stall the exchange.
+        let (mut c, mut a, mut b, mut s) = ends().await;
+        let relay = tokio::spawn(async move {
+            relay_tcp(&mut a, &mut b, LIMIT, &CancellationToken::new()).await
+        });
+        let run = async {
+            let mut buf = [0u8; 4];
+            for i in 0..200u32 {
+                c.write_all(&i.to_be_bytes()).await.unwrap();
+                s.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, i.to_be_bytes(), "client to server, round {i}");
+            }
+            for i in 0..200u32 {
+                s.write_all(&i.to_be_bytes()).await.unwrap();
+                c.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, i.to_be_bytes(), "server to client, round {i}");
+            }
+            for i in 0..200u32 {
+                c.write_all(&i.to_be_bytes()).await.unwrap();
+                s.read_exact(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+                c.read_exact(&mut buf).await.unwrap();
+                assert_eq!(buf, i.to_be_bytes(), "round trip {i}");
+            }
+            c.shutdown().await.unwrap();
+            s.shutdown().await.unwrap();
+        };
+        tokio::time::timeout(LIMIT, run)
+            .await
+            .expect("every byte crossed the relay");
+        let moved = tokio::time::timeout(LIMIT, relay)
+            .await
+            .expect("the relay ends after both EOFs")
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, (1600, 1600));
     }
 
     #[tokio::test]

@@ -39,7 +39,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# FULCRUM_BIN runs another build (an A/B against a saved binary, say).
+# FULCRUM_BIN runs another build (an A/B against a saved binary, say). The target
+# `fulcrum-base` runs the build at FULCRUM_BASE_BIN beside `fulcrum` in the same rounds,
+# with the same config: an A/B of two builds, interleaved.
 FULCRUM = os.environ.get("FULCRUM_BIN") or os.path.join(ROOT, "target", "release", "fulcrum")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -204,6 +206,10 @@ def nginx_config(work, mode, port, origins, workers):
     )
 
 
+def raise_exit(msg):
+    raise SystemExit(msg)
+
+
 def start_target(procs, work, target, mode, origins, cpu, workers):
     """Starts `target` for `mode`; returns (process, port, pids to measure)."""
     port = free_port()
@@ -211,7 +217,10 @@ def start_target(procs, work, target, mode, origins, cpu, workers):
         path = f"{work}/{target}.{mode}.toml"
         with open(path, "w") as f:
             f.write(fulcrum_config(work, target, mode, port, origins, workers))
-        p = procs.start([FULCRUM, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
+        binary = FULCRUM
+        if target == "fulcrum-base":
+            binary = os.environ.get("FULCRUM_BASE_BIN") or raise_exit("fulcrum-base needs FULCRUM_BASE_BIN")
+        p = procs.start([binary, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
     elif target == "haproxy":
         path = f"{work}/haproxy.{mode}.cfg"
         with open(path, "w") as f:
@@ -345,6 +354,25 @@ def report(results, args):
                 cells.append(v)
             errors = sum(r["errors"] for r in runs)
             lines.append(f"| {scen} | {t} | " + " | ".join(cells) + f" | {errors} |")
+    # The machine's speed drifts during a run, and each proxy's median can come from a
+    # different round. Each round runs every proxy back to back, so a ratio taken within a
+    # round compares like with like; their median is the steadier figure.
+    paired = []
+    for scen, by_target in results.items():
+        base = by_target.get("haproxy")
+        if not base:
+            continue
+        for t, runs in by_target.items():
+            if t.startswith(("haproxy", "nginx")):
+                continue
+            cells = []
+            for k, _, _ in keys:
+                rs = [r[k] / b[k] for r, b in zip(runs, base) if b[k]]
+                cells.append(f"{statistics.median(rs):.2f}× ({min(rs):.2f}–{max(rs):.2f})" if rs else "-")
+            paired.append(f"| {scen} | {t} | " + " | ".join(cells) + " |")
+    if paired:
+        lines += ["", "Median of the per-round ratios to HAProxy (lowest–highest round):", "",
+                  "| scenario | proxy | req/s | p99 | µs/req | peak RSS |", "|---|---|---|---|---|---|"] + paired
     return "\n".join(lines)
 
 

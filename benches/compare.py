@@ -206,10 +206,6 @@ def nginx_config(work, mode, port, origins, workers):
     )
 
 
-def raise_exit(msg):
-    raise SystemExit(msg)
-
-
 def start_target(procs, work, target, mode, origins, cpu, workers):
     """Starts `target` for `mode`; returns (process, port, pids to measure)."""
     port = free_port()
@@ -217,9 +213,9 @@ def start_target(procs, work, target, mode, origins, cpu, workers):
         path = f"{work}/{target}.{mode}.toml"
         with open(path, "w") as f:
             f.write(fulcrum_config(work, target, mode, port, origins, workers))
-        binary = FULCRUM
-        if target == "fulcrum-base":
-            binary = os.environ.get("FULCRUM_BASE_BIN") or raise_exit("fulcrum-base needs FULCRUM_BASE_BIN")
+        binary = os.environ.get("FULCRUM_BASE_BIN") if target == "fulcrum-base" else FULCRUM
+        if not binary:
+            raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
         p = procs.start([binary, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
     elif target == "haproxy":
         path = f"{work}/haproxy.{mode}.cfg"

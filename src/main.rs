@@ -1,10 +1,12 @@
 //! The `fulcrum` command: parse arguments, set up logging, call the library.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use libmimalloc_sys as mi;
 
 use fulcrum::admin::client;
 use fulcrum::config::{self, Config, ConfigError};
@@ -22,22 +24,27 @@ static GLOBAL: Mi = Mi;
 ///
 /// The `mimalloc` crate's allocator passes every layout to `mi_malloc_aligned`, whose fast
 /// path covers only blocks of up to 1 KiB: anything larger takes its over-allocating path,
-/// even at alignment 1. That is every read buffer of a connection (hyper's 8 KiB among them), at
-/// about 150 instructions more per allocation than `mi_malloc`. mimalloc's blocks are all
+/// even at alignment 1. That is every read buffer of a connection (hyper's 8 KiB among
+/// them), at about 150 instructions more per allocation than `mi_malloc`. mimalloc's blocks are all
 /// multiples of the word size, so every block is word-aligned and a layout aligned to at
 /// most that goes to the plain calls.
 struct Mi;
 
-const WORD: usize = std::mem::size_of::<usize>();
+impl Mi {
+    /// Whether every mimalloc block already meets `l`'s alignment.
+    #[inline]
+    fn plain(l: &Layout) -> bool {
+        l.align() <= std::mem::size_of::<usize>()
+    }
+}
 
 // SAFETY: each call forwards to mimalloc with the layout's size, and with its alignment
 // whenever that exceeds the word alignment every mimalloc block has; `mi_free` and
 // `mi_realloc*` accept any pointer mimalloc returned, aligned or not.
-unsafe impl std::alloc::GlobalAlloc for Mi {
+unsafe impl GlobalAlloc for Mi {
     #[inline]
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        use libmimalloc_sys as mi;
-        if l.align() <= WORD {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if Mi::plain(&l) {
             mi::mi_malloc(l.size()).cast()
         } else {
             mi::mi_malloc_aligned(l.size(), l.align()).cast()
@@ -45,9 +52,8 @@ unsafe impl std::alloc::GlobalAlloc for Mi {
     }
 
     #[inline]
-    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
-        use libmimalloc_sys as mi;
-        if l.align() <= WORD {
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if Mi::plain(&l) {
             mi::mi_zalloc(l.size()).cast()
         } else {
             mi::mi_zalloc_aligned(l.size(), l.align()).cast()
@@ -55,14 +61,13 @@ unsafe impl std::alloc::GlobalAlloc for Mi {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, p: *mut u8, _l: std::alloc::Layout) {
-        libmimalloc_sys::mi_free(p.cast());
+    unsafe fn dealloc(&self, p: *mut u8, _l: Layout) {
+        mi::mi_free(p.cast());
     }
 
     #[inline]
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, size: usize) -> *mut u8 {
-        use libmimalloc_sys as mi;
-        if l.align() <= WORD {
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, size: usize) -> *mut u8 {
+        if Mi::plain(&l) {
             mi::mi_realloc(p.cast(), size).cast()
         } else {
             mi::mi_realloc_aligned(p.cast(), size, l.align()).cast()

@@ -216,15 +216,19 @@ async fn all_servers_down_gives_503_with_retry_after() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_origin_gives_504() {
-    let o = fleet(1).await;
-    let cfg = http_config(
+/// A config in front of the first of `o`, which gets 300 ms to send a response head.
+fn response_header_300ms(o: &[fulcrum::demo::Origin]) -> String {
+    http_config(
         &servers(&[&o[0]]),
         "[pool.timeouts]\nresponse_header = \"300ms\"",
         NO_HEALTH,
-    );
-    let p = Proxy::start(&cfg).await;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_gives_504() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&response_header_300ms(&o)).await;
     let r = get(&client(), &p.url("web", "/sleep/3000")).await;
     assert_eq!(r.status, 504, "{}", r.text());
     let fast = get(&client(), &p.url("web", "/sleep/1")).await;
@@ -240,12 +244,7 @@ async fn slow_origin_gives_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_connection_times_out_each_request_on_its_own_deadline() {
     let o = fleet(1).await;
-    let cfg = http_config(
-        &servers(&[&o[0]]),
-        "[pool.timeouts]\nresponse_header = \"300ms\"",
-        NO_HEALTH,
-    );
-    let p = Proxy::start(&cfg).await;
+    let p = Proxy::start(&response_header_300ms(&o)).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     for _ in 0..3 {
         let (head, _) = raw_get(&mut s, "/sleep/1").await;

@@ -232,14 +232,10 @@ impl Conn {
         if !self.rd.is_empty() || self.sever.is_cancelled() {
             return false;
         }
-        if let Io::Tcp(s) = &self.io {
-            // Read readiness is set only by an event and cleared by a read that found the
-            // socket drained (the last one did, at the end of the response): still empty,
-            // nothing has come since. One load, where the probe below takes the socket's
-            // waiter lock to register a waker.
-            if s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_err() {
-                return true;
-            }
+        // The last read, at the end of the response, found the socket drained: nothing
+        // since, nothing to probe for.
+        if matches!(&self.io, Io::Tcp(s) if super::read_readiness_empty(s)) {
+            return true;
         }
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let mut probe = [0u8; 1];

@@ -175,6 +175,7 @@ impl Forwarding {
         scheme: &'static str,
     ) -> Forwarding {
         let ip = sender.ip;
+        let host = headers.get(header::HOST);
         let mut f = Forwarding::default();
         if mode.x_forwarded {
             f.values[0] = if chain.is_empty() {
@@ -183,7 +184,7 @@ impl Forwarding {
                 HeaderValue::try_from(format!("{chain}, {ip}")).ok()
             };
             f.values[1] = Some(HeaderValue::from_static(scheme));
-            f.values[2] = headers.get(header::HOST).cloned();
+            f.values[2] = host.cloned();
         }
         if mode.rfc7239 {
             // RFC 7239 §6: IPv6 nodes are quoted and bracketed.
@@ -193,7 +194,7 @@ impl Forwarding {
             };
             elem.push_str(";proto=");
             elem.push_str(scheme);
-            if let Some(h) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            if let Some(h) = host.and_then(|h| h.to_str().ok()) {
                 if h.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
                 {

@@ -15,3 +15,19 @@ pub mod tunnel;
 pub(crate) mod upstream;
 
 pub use error::{local_error_kind, Blame, ProxyError, Rejection};
+
+/// Whether nothing has become readable on `s` since a read last found it drained: its read
+/// readiness is empty. One load, no system call and no lock (a read poll that finds nothing
+/// takes the socket's waiter lock to register a waker).
+///
+/// What it rests on: only an event from the reactor sets the readiness, and the same event
+/// takes and wakes the waker a read poll registered; only a read that finds the socket
+/// drained (a short read, or `EAGAIN`) clears it. So, for a socket read by one owner:
+/// - empty since that owner's last read means no byte and no FIN has arrived since;
+/// - empty since its last Pending read poll means the waker that poll registered is still
+///   there, and will be woken.
+///
+/// Anyone else reading the socket in between (clearing the readiness) breaks both.
+pub(crate) fn read_readiness_empty(s: &tokio::net::TcpStream) -> bool {
+    s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_err()
+}

@@ -80,13 +80,9 @@ impl Side for &mut TcpStream {
         self.poll_read_ready(cx)
     }
 
-    /// The socket's read readiness is empty. Only an event sets it (and the event takes
-    /// the waker it wakes), and only this direction's reads clear it: empty since the
-    /// last Pending poll means the waker that poll registered is still in place. One load,
-    /// where a poll takes the registration's lock to store the same waker again.
+    /// See [`crate::proxy::read_readiness_empty`]: only this direction reads the socket.
     fn quiet(&self) -> bool {
-        self.try_io(tokio::io::Interest::READABLE, || Ok(()))
-            .is_err()
+        crate::proxy::read_readiness_empty(self)
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {

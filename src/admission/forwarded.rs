@@ -9,7 +9,8 @@
 //! can be vouched for, so the client is the trusted hop to its right (or the sender itself).
 //!
 //! Only the last [`MAX_HOPS`] hops are kept, in a fixed array: the work per request is one
-//! pass over the header bytes, and nothing is allocated, header or not. Which header is read
+//! pass over the header bytes, and the only allocation is the chain handed on, when a
+//! trusted sender's header names one. Which header is read
 //! is the listener's choice (`client_ip_header`): a trusted proxy vouches only for the header
 //! it writes, and a client could put anything in the others.
 
@@ -126,38 +127,24 @@ impl Hops {
 
 /// The part of a forwarding list that fulcrum vouches for: from the chosen client to the
 /// right end, as addresses. The proxy writes it, then the address it received the request
-/// from, so the server sees `client, proxy1, ..., sender`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// from, so the server sees `client, proxy1, ..., sender`. Empty for a request that came
+/// straight from its client (most of them), and then nothing is allocated: the value is
+/// made and moved on every request, and a fixed array of [`MAX_HOPS`] addresses cost more
+/// to fill and to move than an allocation costs the requests that use one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardChain {
-    hops: [IpAddr; MAX_HOPS],
-    len: u8,
-}
-
-impl Default for ForwardChain {
-    fn default() -> Self {
-        ForwardChain {
-            hops: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); MAX_HOPS],
-            len: 0,
-        }
-    }
+    hops: Vec<IpAddr>,
 }
 
 impl ForwardChain {
     /// The addresses, left to right.
     pub fn as_slice(&self) -> &[IpAddr] {
-        &self.hops[..usize::from(self.len)]
+        &self.hops
     }
 
     /// Whether there is nothing to forward (the client is the sender itself).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn push(&mut self, ip: IpAddr) {
-        if usize::from(self.len) < MAX_HOPS {
-            self.hops[usize::from(self.len)] = ip;
-            self.len += 1;
-        }
+        self.hops.is_empty()
     }
 
     /// The chain as RFC 7239 elements: `for=1.2.3.4, for="[2001:db8::1]"`.
@@ -198,7 +185,7 @@ impl fmt::Display for Rfc7239<'_> {
 }
 
 /// The client of a request from a trusted sender, and the chain to forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Found {
     /// The client address as the header gave it.
     pub client: SocketAddr,
@@ -225,10 +212,12 @@ pub fn choose(hops: &Hops, trusted: &CidrSet) -> Option<Found> {
         }
     }
     let first = chosen?;
-    let mut chain = ForwardChain::default();
+    let mut chain = ForwardChain {
+        hops: Vec::with_capacity(n - first),
+    };
     for i in first..n {
         if let Some(Hop::Addr(ip, _)) = hops.get(i) {
-            chain.push(canonical(ip));
+            chain.hops.push(canonical(ip));
         }
     }
     let Hop::Addr(ip, port) = hops.get(first)? else {
@@ -241,7 +230,7 @@ pub fn choose(hops: &Hops, trusted: &CidrSet) -> Option<Found> {
     })
 }
 
-/// Reads `kind` from `headers` and walks it (see [`choose`]). Allocates nothing.
+/// Reads `kind` from `headers` and walks it (see [`choose`]).
 pub fn from_headers(headers: &HeaderMap, kind: ClientHeader, trusted: &CidrSet) -> Option<Found> {
     let mut values = headers.get_all(kind.name()).iter().peekable();
     values.peek()?;

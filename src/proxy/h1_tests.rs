@@ -173,6 +173,13 @@ async fn ambiguous_or_broken_responses_are_protocol_errors() {
         b"HTTP/9.9 200 OK\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        // Bytes a header value may not hold (values are taken unchecked from httparse).
+        b"HTTP/1.1 200 OK\r\nx-a: a\x01b\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: a\rb\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a: a\0b\r\ncontent-length: 0\r\n\r\n",
+        // Obsolete line folding.
+        b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 0\r\n\r\n",
     ] {
         let (addr, _got) = scripted(vec![answer]).await;
         let r = exchange(conn(addr).await, get("/")).await;
@@ -183,6 +190,30 @@ async fn ambiguous_or_broken_responses_are_protocol_errors() {
             r.map(|r| r.0)
         );
     }
+}
+
+#[tokio::test]
+async fn header_values_come_through_byte_for_byte_with_tabs_and_obs_text() {
+    let (addr, _got) = scripted(vec![
+        b"HTTP/1.1 200 OK\r\nx-a: one\ttwo\r\nx-b: caf\xc3\xa9 \xff\r\nx-c:\r\ncontent-length: 0\r\n\r\n",
+    ])
+    .await;
+    let resp = tokio::time::timeout(
+        LIMIT,
+        send(
+            conn(addr).await,
+            &mut Some(get("/")),
+            &Forwarding::default(),
+        ),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    let h = resp.headers();
+    assert_eq!(h["x-a"].as_bytes(), b"one\ttwo");
+    assert_eq!(h["x-b"].as_bytes(), b"caf\xc3\xa9 \xff");
+    assert!(h["x-b"].to_str().is_err(), "not visible ASCII");
+    assert_eq!(h["x-c"].as_bytes(), b"");
 }
 
 #[tokio::test]
@@ -401,4 +432,50 @@ fn header_names_are_kept_per_connection_as_spelt() {
         assert_eq!(names.name(n.as_bytes()).unwrap(), n.as_str());
     }
     assert_eq!(names.0.len(), NameCache::MAX);
+}
+
+#[tokio::test]
+async fn a_sever_reaches_whichever_task_waits_on_the_connection_now() {
+    // The first request is answered in one task; a second, in another task, gets a head
+    // and a body that stalls (or no head at all). Cancelling the server's token must end
+    // the second at once, in its own task, though the connection's sever wait was set up
+    // by the first.
+    for stall_in_body in [true, false] {
+        let answers: Vec<&'static [u8]> = if stall_in_body {
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe",
+            ]
+        } else {
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        };
+        let (addr, mut got) = scripted(answers).await;
+        let server = CancellationToken::new();
+        let c = Conn::new(
+            Io::Tcp(TcpStream::connect(addr).await.unwrap()),
+            server.child_token(),
+        );
+        let (status, body, _, again) = tokio::spawn(exchange(c, get("/1"))).await.unwrap().unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        let again = again.expect("reusable");
+        let second = tokio::spawn(async move {
+            let resp = send(again, &mut Some(get("/2")), &Forwarding::default()).await?;
+            let mut body = resp.into_body();
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            Ok::<(), Error>(())
+        });
+        got.recv().await.expect("first head");
+        got.recv().await.expect("second head");
+        server.cancel();
+        let r = tokio::time::timeout(LIMIT, second)
+            .await
+            .expect("the sever woke the waiting task")
+            .unwrap();
+        assert!(
+            matches!(r, Err(Error::Severed)),
+            "stall in body {stall_in_body}: {r:?}"
+        );
+    }
 }

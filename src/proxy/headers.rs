@@ -12,6 +12,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REQUEST_ID: HeaderName = crate::route::X_REQUEST_ID;
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -43,6 +44,74 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// names a head carries, where looking up Connection and TE would hash each.
 pub fn any_hop_by_hop(headers: &HeaderMap) -> bool {
     headers.keys().any(fixed_hop_by_hop)
+}
+
+/// What a request's header names hold that the proxy acts on, found in one pass: its Host,
+/// and whether any name is hop-by-hop, an inbound forwarding header or X-Request-ID. Each
+/// name is told apart by its length and then at most two byte comparisons; finding the same
+/// by lookups would hash every candidate name, and most heads carry none of them.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    /// Some name is hop-by-hop by itself ([`any_hop_by_hop`]).
+    pub hop: bool,
+    /// Some name is an inbound forwarding header or an underscore spelling of one (what
+    /// [`strip_inbound_forwarding`] removes).
+    pub forwarding: bool,
+    /// X-Request-ID is present.
+    pub request_id: bool,
+    /// The first Host field's value.
+    pub host: Option<HeaderValue>,
+}
+
+/// A name the scan picks out.
+enum Class {
+    Hop,
+    Forwarding,
+    RequestId,
+    Host,
+}
+
+impl HeadScan {
+    pub fn of(headers: &HeaderMap) -> HeadScan {
+        let mut scan = HeadScan::default();
+        for (name, value) in headers {
+            match classify(name.as_str().as_bytes()) {
+                None => {}
+                Some(Class::Hop) => scan.hop = true,
+                Some(Class::Forwarding) => scan.forwarding = true,
+                Some(Class::RequestId) => scan.request_id = true,
+                Some(Class::Host) if scan.host.is_none() => scan.host = Some(value.clone()),
+                Some(Class::Host) => {}
+            }
+        }
+        scan
+    }
+}
+
+/// The class of a (lower-case) header name. A forwarding name matches spelt with dashes or
+/// with underscores for them, in one comparison.
+fn classify(n: &[u8]) -> Option<Class> {
+    let fwd = |f: &[u8]| {
+        f.iter()
+            .zip(n)
+            .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+    };
+    let class = match n.len() {
+        2 if n == b"te" => Class::Hop,
+        4 if n == b"host" => Class::Host,
+        7 if n == b"upgrade" => Class::Hop,
+        9 if fwd(b"forwarded") || fwd(b"x-real-ip") => Class::Forwarding,
+        10 if n == b"connection" || n == b"keep-alive" => Class::Hop,
+        12 if n == b"x-request-id" => Class::RequestId,
+        14 if n == b"http2-settings" => Class::Hop,
+        15 if fwd(b"x-forwarded-for") => Class::Forwarding,
+        16 if n == b"proxy-connection" => Class::Hop,
+        16 if fwd(b"x-forwarded-host") || fwd(b"x-forwarded-port") => Class::Forwarding,
+        17 if n == b"transfer-encoding" => Class::Hop,
+        17 if fwd(b"x-forwarded-proto") => Class::Forwarding,
+        _ => return None,
+    };
+    Some(class)
 }
 
 /// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
@@ -99,15 +168,17 @@ fn underscore_forwarding(name: &str) -> bool {
 /// Removes inbound forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, and their
 /// underscore spellings): a client must not be able to claim another address or scheme.
 pub fn strip_inbound_forwarding(headers: &mut HeaderMap) {
-    remove_where(headers, |k| {
-        k == header::FORWARDED
-            || k == X_FORWARDED_FOR
-            || k == X_FORWARDED_PROTO
-            || k == X_FORWARDED_HOST
-            || k == X_FORWARDED_PORT
-            || k == X_REAL_IP
-            || underscore_forwarding(k.as_str())
-    });
+    remove_where(headers, inbound_forwarding);
+}
+
+fn inbound_forwarding(k: &HeaderName) -> bool {
+    k == header::FORWARDED
+        || k == X_FORWARDED_FOR
+        || k == X_FORWARDED_PROTO
+        || k == X_FORWARDED_HOST
+        || k == X_FORWARDED_PORT
+        || k == X_REAL_IP
+        || underscore_forwarding(k.as_str())
 }
 
 /// Whether the request says it accepts trailers (`TE: trailers`).
@@ -140,42 +211,54 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// The forwarding headers of one request, computed apart from its header map: for an
+/// The headers the proxy adds to one request, computed apart from its header map: the
+/// forwarding headers and, when the proxy made it, the request's X-Request-ID. For an
 /// HTTP/1.1 server they are written after the request's own headers as the head is encoded
-/// ([`Forwarding::write`]), which costs a fraction of inserting three custom names into the
-/// map (each insert hashes its name, and may grow the map); for h2 they go into the map
+/// ([`Forwarding::write`]), which costs a fraction of inserting custom names into the map
+/// (each insert hashes its name, and may grow the map); for h2 they go into the map
 /// ([`Forwarding::insert_into`]). Inbound ones were removed first, so these are the only
 /// ones.
 #[derive(Default)]
 pub struct Forwarding {
     /// By position, the values of [`Forwarding::names`] (`None`: not sent).
-    values: [Option<HeaderValue>; 4],
+    values: [Option<HeaderValue>; 5],
 }
 
 impl Forwarding {
     /// The headers' names, in the order they are written.
-    fn names() -> [&'static HeaderName; 4] {
+    fn names() -> [&'static HeaderName; 5] {
         [
             &X_FORWARDED_FOR,
             &X_FORWARDED_PROTO,
             &X_FORWARDED_HOST,
             &header::FORWARDED,
+            &X_REQUEST_ID,
         ]
     }
 
-    /// The headers for a request that `sender` sent over `scheme`, for the Host in
-    /// `headers`: `chain` (what a trusted sender's own header said, empty otherwise) and
-    /// then the sender. `sender` is the connection's [`Sender`]: its address, and that
-    /// address as header text, formatted once per connection rather than once per request.
+    /// The same, each with the separator that follows it on the wire.
+    const LEADS: [&'static [u8]; 5] = [
+        b"x-forwarded-for: ",
+        b"x-forwarded-proto: ",
+        b"x-forwarded-host: ",
+        b"forwarded: ",
+        b"x-request-id: ",
+    ];
+
+    /// The headers for a request that `sender` sent over `scheme` with Host `host`: `chain`
+    /// (what a trusted sender's own header said, empty otherwise) and then the sender.
+    /// `sender` is the connection's [`Sender`]: its address, and that address as header
+    /// text, formatted once per connection rather than once per request. `request_id` is
+    /// an X-Request-ID to add.
     pub fn new(
-        headers: &HeaderMap,
+        host: Option<&HeaderValue>,
         mode: Forwarded,
         chain: &ForwardChain,
         sender: &Sender,
         scheme: &'static str,
+        request_id: Option<&HeaderValue>,
     ) -> Forwarding {
         let ip = sender.ip;
-        let host = headers.get(header::HOST);
         let mut f = Forwarding::default();
         if mode.x_forwarded {
             f.values[0] = if chain.is_empty() {
@@ -208,6 +291,7 @@ impl Forwarding {
             }
             f.values[3] = HeaderValue::try_from(elem).ok();
         }
+        f.values[4] = request_id.cloned();
         f
     }
 
@@ -222,10 +306,9 @@ impl Forwarding {
 
     /// Appends the headers to an HTTP/1.1 head being encoded, as `name: value\r\n` lines.
     pub fn write(&self, wr: &mut Vec<u8>) {
-        for (name, value) in Self::names().into_iter().zip(&self.values) {
+        for (lead, value) in Self::LEADS.into_iter().zip(&self.values) {
             if let Some(v) = value {
-                wr.extend_from_slice(name.as_str().as_bytes());
-                wr.extend_from_slice(b": ");
+                wr.extend_from_slice(lead);
                 wr.extend_from_slice(v.as_bytes());
                 wr.extend_from_slice(b"\r\n");
             }
@@ -333,9 +416,9 @@ mod tests {
     #[test]
     fn sets_forwarding_headers_for_the_real_scheme_in_the_map_and_on_the_wire_alike() {
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("example.test"));
+        let host = HeaderValue::from_static("example.test");
         let f = Forwarding::new(
-            &h,
+            Some(&host),
             Forwarded {
                 x_forwarded: true,
                 rfc7239: true,
@@ -343,6 +426,7 @@ mod tests {
             &ForwardChain::default(),
             &Sender::new("::ffff:127.0.0.2".parse().unwrap()),
             "https",
+            Some(&HeaderValue::from_static("0123abcd")),
         );
         let mut wire = Vec::new();
         f.write(&mut wire);
@@ -350,7 +434,8 @@ mod tests {
             String::from_utf8(wire).unwrap(),
             "x-forwarded-for: 127.0.0.2\r\nx-forwarded-proto: https\r\n\
              x-forwarded-host: example.test\r\n\
-             forwarded: for=127.0.0.2;proto=https;host=\"example.test\"\r\n"
+             forwarded: for=127.0.0.2;proto=https;host=\"example.test\"\r\n\
+             x-request-id: 0123abcd\r\n"
         );
         f.insert_into(&mut h);
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
@@ -360,25 +445,86 @@ mod tests {
             h["forwarded"],
             "for=127.0.0.2;proto=https;host=\"example.test\""
         );
+        assert_eq!(h["x-request-id"], "0123abcd");
     }
 
     #[test]
     fn without_forwarding_nothing_is_written() {
-        let h = HeaderMap::new();
         let off = Forwarded {
             x_forwarded: false,
             rfc7239: false,
         };
         let f = Forwarding::new(
-            &h,
+            None,
             off,
             &ForwardChain::default(),
             &Sender::new("127.0.0.2".parse().unwrap()),
             "http",
+            None,
         );
         let mut wire = Vec::new();
         f.write(&mut wire);
         assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn the_scan_finds_what_the_lookups_would() {
+        let names = [
+            "host",
+            "te",
+            "tf",
+            "upgrade",
+            "connection",
+            "keep-alive",
+            "keep_alive",
+            "proxy-connection",
+            "http2-settings",
+            "transfer-encoding",
+            "transfer_encoding",
+            "forwarded",
+            "forwardee",
+            "x-real-ip",
+            "x_real_ip",
+            "x-real_ip",
+            "x-real-iq",
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "y-forwarded-for",
+            "x-forwarded-host",
+            "x_forwarded_host",
+            "x-forwarded-port",
+            "x_forwarded_port",
+            "x-forwarded-proto",
+            "x_forwarded_proto",
+            "x-forwarded-prot",
+            "x-request-id",
+            "x_request_id",
+            "x-request-ie",
+            "accept",
+            "user-agent",
+            "cookie",
+            "x-custom-header",
+        ];
+        for n in names {
+            let name = HeaderName::from_static(n);
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("v"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            let scan = HeadScan::of(&h);
+            assert_eq!(scan.hop, fixed_hop_by_hop(&name), "{n}: hop");
+            assert_eq!(
+                scan.forwarding,
+                inbound_forwarding(&name),
+                "{n}: forwarding"
+            );
+            assert_eq!(scan.request_id, name == X_REQUEST_ID, "{n}: request id");
+            assert_eq!(scan.host.is_some(), name == header::HOST, "{n}: host");
+        }
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("first"));
+        h.append(header::HOST, HeaderValue::from_static("second"));
+        assert_eq!(HeadScan::of(&h).host.unwrap(), "first");
     }
 
     #[test]

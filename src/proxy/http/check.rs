@@ -16,9 +16,10 @@ use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::headers::{
-    asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade, Forwarding,
+    asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade, Forwarding, HeadScan,
 };
 use crate::proxy::ProxyError;
+use crate::route::X_REQUEST_ID;
 
 /// Refuses a request that cannot be proxied as sent, and makes Host the request's authority.
 pub(super) fn check(
@@ -29,7 +30,8 @@ pub(super) fn check(
         // A reverse proxy has no tunnel to offer (RFC 9110 §9.3.6).
         return Err(ProxyError::MethodNotAllowed);
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    // A scan of the few names a head carries, where a lookup would hash Host.
+    let mut hosts = req.headers().iter().filter(|(k, _)| *k == header::HOST);
     if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
         // RFC 9112 §3.2: more than one Host field is a bad request, never guessed at.
         return Err(ProxyError::BadRequest);
@@ -81,8 +83,8 @@ impl BodyShape {
 
 /// Rewrites the request head for the server: hop-by-hop and inbound forwarding headers
 /// out, the upgrade (if allowed) re-added, and the target in the form the upstream protocol
-/// needs. `hop` says whether the head has any hop-by-hop header
-/// ([`crate::proxy::headers::any_hop_by_hop`]). The forwarding headers to add are
+/// needs. `scan` says what the head holds ([`HeadScan`]); `request_id` is an X-Request-ID
+/// the proxy made, which replaces any the request carries. The headers to add are
 /// returned for HTTP/1.1, whose encoder writes them after the request's own (see
 /// [`Forwarding`]); for h2 they are already in the map.
 #[allow(clippy::too_many_arguments)]
@@ -94,14 +96,21 @@ pub(super) fn prepare(
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
-    hop: bool,
+    scan: &HeadScan,
+    request_id: Option<&HeaderValue>,
 ) -> Forwarding {
     // TE is hop-by-hop: a head with none of those names cannot ask for trailers.
-    let trailers = hop && asks_trailers(&parts.headers);
-    if hop {
+    let trailers = scan.hop && asks_trailers(&parts.headers);
+    if scan.hop {
         strip_hop_by_hop(&mut parts.headers);
     }
-    strip_inbound_forwarding(&mut parts.headers);
+    if scan.forwarding {
+        strip_inbound_forwarding(&mut parts.headers);
+    }
+    if scan.request_id && request_id.is_some() {
+        // The one the proxy made replaces the client's.
+        parts.headers.remove(X_REQUEST_ID);
+    }
     if let Some(u) = upgrade {
         parts
             .headers
@@ -122,12 +131,18 @@ pub(super) fn prepare(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
+    // Connection may have listed Host itself (then it is gone).
+    let host = match scan.hop {
+        true => parts.headers.get(header::HOST),
+        false => scan.host.as_ref(),
+    };
     let forwarding = Forwarding::new(
-        &parts.headers,
+        host,
         route.listener.forwarded,
         chain,
         &cx.sender,
         cx.scheme.as_str(),
+        request_id,
     );
     match pool.settings.upstream_protocol {
         UpstreamProtocol::Http1 => {

@@ -7,10 +7,9 @@
 //! once the request has been sent whole, so a slow upload is never a slow server.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::request::Parts;
-use http::{Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use hyper::body::{Body, Incoming};
 
 use super::check::{prepare, upgrade_of, BodyShape};
@@ -24,7 +23,7 @@ use crate::health::passive::{self, Outcome};
 use crate::pool::{Pool, Server};
 use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{BodyEnd, BodyLimits, BodyState, ClientBody, ReqBody, RespBody};
-use crate::proxy::headers::{any_hop_by_hop, cookie, Forwarding};
+use crate::proxy::headers::{cookie, Forwarding, HeadScan};
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream, UpBody, UpError};
 use crate::proxy::ProxyError;
 use crate::queue;
@@ -97,8 +96,9 @@ fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
     }
 }
 
-/// Sends `req` to a server of the route's pool, retrying on others where safe. `body_slot`
-/// learns the request body's state as soon as the body is wrapped.
+/// Sends `req` to a server of the route's pool, retrying on others where safe. `request_id`
+/// is an X-Request-ID the proxy made for it. `body_slot` learns the request body's state as
+/// soon as the body is wrapped.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     mut req: Request<Incoming>,
@@ -107,14 +107,16 @@ pub(super) async fn forward(
     rewrites: Option<&Rewrites>,
     route: &HttpRoute,
     cx: &ConnCtx,
+    request_id: Option<&HeaderValue>,
     body_slot: &mut Option<Arc<BodyState>>,
 ) -> Result<Response<RespBody>, ProxyError> {
     let pool = &target.pool;
     let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
     // Connection, Upgrade and TE are all hop-by-hop: one scan of the names tells whether
     // any of the lookups for them can find something.
-    let hop = any_hop_by_hop(req.headers());
-    let upgrade = hop
+    let scan = HeadScan::of(req.headers());
+    let upgrade = scan
+        .hop
         .then(|| upgrade_of(&req, &route.listener.upgrades))
         .flatten();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -140,7 +142,8 @@ pub(super) async fn forward(
         who,
         upgrade.as_ref(),
         BodyShape::of(&body),
-        hop,
+        &scan,
+        request_id,
     );
     let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
     let body = match &state {
@@ -332,15 +335,15 @@ async fn send(
     let timeout = pool.settings.timeouts.response_header;
     let epoch = server.state.sever_epoch();
     for _ in 0..2 {
-        let started = Instant::now();
+        let started = crate::backend::monotonic_ns();
         let mut timer = cx.response_timer.take(timeout);
         let sent_then_timeout = async {
             if let Some(b) = body {
                 b.ended().await;
                 // The wait for the head starts once the request has gone out whole.
-                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                timer.restart(timeout);
             }
-            timer.as_mut().await;
+            (&mut timer).await;
         };
         let r = tokio::select! {
             biased;
@@ -357,7 +360,7 @@ async fn send(
                     .state
                     .metrics
                     .response
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(crate::backend::since(started).as_secs_f64());
                 return Ok((resp, lease));
             }
             Err(_) if req.is_some() && lease.reused() => {

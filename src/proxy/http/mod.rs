@@ -13,10 +13,12 @@ mod respond;
 mod routing;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -294,29 +296,36 @@ pub struct ConnCtx {
 ///
 /// A new timer per request is armed in the runtime's timer wheel on its first poll and
 /// taken out again when dropped, each under the wheel's lock: a few hundred instructions
-/// per request. Moving a kept timer's deadline later only updates it in place; the wheel
-/// catches up if the old deadline comes round. Requests take the timer and give it back, so
-/// concurrent h2 streams each get one, and only one is kept.
+/// per request. A kept timer is not even moved for each request: it stays at an earlier
+/// request's deadline, and only if it fires before the current request's own deadline is it
+/// moved there (see [`ResponseWait`]); a busy connection's timer moves about once per
+/// `response_header` period instead of once per request. Requests take the timer and give
+/// it back, so concurrent h2 streams each get one, and only one is kept.
 #[derive(Default)]
 pub struct ResponseTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
 
 impl ResponseTimer {
-    /// A timer that fires `after` from now.
-    pub fn take(&self, after: std::time::Duration) -> Pin<Box<tokio::time::Sleep>> {
+    /// A wait that ends `after` from now.
+    pub fn take(&self, after: std::time::Duration) -> ResponseWait {
         let deadline = tokio::time::Instant::now() + after;
         let kept = self.slot().take();
-        match kept {
+        let sleep = match kept {
             Some(mut t) => {
-                t.as_mut().reset(deadline);
+                // Only a shorter `response_header` (a reload) can put the deadline before
+                // the kept one.
+                if t.deadline() > deadline {
+                    t.as_mut().reset(deadline);
+                }
                 t
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
-        }
+        };
+        ResponseWait { sleep, deadline }
     }
 
-    /// Keeps `t` for the next request.
-    pub fn give_back(&self, t: Pin<Box<tokio::time::Sleep>>) {
-        *self.slot() = Some(t);
+    /// Keeps `w`'s timer for the next request.
+    pub fn give_back(&self, w: ResponseWait) {
+        *self.slot() = Some(w.sleep);
     }
 
     /// Drops the kept timer (a connection that parks keeps nothing it does not need).
@@ -328,6 +337,39 @@ impl ResponseTimer {
     /// request at a time, and an h2 connection's streams run on its one worker thread.
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Pin<Box<tokio::time::Sleep>>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request's `response_header` wait: a timer set no later than the request's deadline,
+/// and the deadline. A timer that fires before the deadline is moved to it and waited on
+/// again, so the wait ends at the deadline, never before.
+pub struct ResponseWait {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+}
+
+impl ResponseWait {
+    /// Starts the wait over: it ends `after` from now.
+    pub fn restart(&mut self, after: std::time::Duration) {
+        self.deadline = tokio::time::Instant::now() + after;
+        if self.sleep.deadline() > self.deadline {
+            self.sleep.as_mut().reset(self.deadline);
+        }
+    }
+}
+
+impl Future for ResponseWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            if self.sleep.deadline() >= self.deadline {
+                return Poll::Ready(());
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -397,13 +439,13 @@ pub async fn serve(
 ) -> Result<Response<RespBody>, Infallible> {
     let mut serving = Serving::begin(cx.clone());
     let route = cx.route.load_full();
-    let started = Instant::now();
+    let started = crate::backend::monotonic_ns();
     let admitted = route.admission.request(&cx.client, req.headers());
     let client = match &admitted {
         Ok((c, _)) => *c,
         Err(_) => cx.client,
     };
-    let request_id = request_id(&mut req, &route, &cx);
+    let request_id = request_id(&req, &route, &cx);
     let head = route
         .access_log
         .as_ref()
@@ -418,14 +460,22 @@ pub async fn serve(
         Ok((routing::Routed::Answer(r), _)) => Ok(*r),
         Ok((routing::Routed::Forward(target, rewrites), who)) => {
             pool = Some(&target.pool.settings.name);
-            forward::forward(req, who, target, rewrites, &route, &cx, &mut serving.body)
-                .await
-                .map(|mut resp| {
-                    if let Some(rw) = rewrites {
-                        rw.edit_response(resp.headers_mut());
-                    }
-                    resp
-                })
+            let made = request_id.as_ref().filter(|id| id.made).map(|id| &id.value);
+            let mut r = forward::forward(
+                req,
+                who,
+                target,
+                rewrites,
+                &route,
+                &cx,
+                made,
+                &mut serving.body,
+            )
+            .await;
+            if let (Ok(resp), Some(rw)) = (&mut r, rewrites) {
+                rw.edit_response(resp.headers_mut());
+            }
+            r
         }
     };
     let mut resp = match result {
@@ -450,10 +500,10 @@ pub async fn serve(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(id) = &request_id {
-        resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+        resp.headers_mut().insert(X_REQUEST_ID, id.value.clone());
     }
     route.metrics.count_status(resp.status().as_u16());
-    let took = started.elapsed();
+    let took = crate::backend::since(started);
     route.metrics.duration.observe(took.as_secs_f64());
     if let (Some(log), Some(head)) = (&route.access_log, head) {
         let server = resp.body().finish().map(|f| f.load.state().name.clone());
@@ -465,7 +515,7 @@ pub async fn serve(
                 pool: pool.cloned(),
                 route: Some(Arc::from(label)),
                 server,
-                request_id,
+                request_id: request_id.map(|id| id.value),
                 duration: took,
             },
             &resp,
@@ -475,9 +525,17 @@ pub async fn serve(
     Ok(resp)
 }
 
+/// A request's `X-Request-ID`.
+struct ReqId {
+    value: HeaderValue,
+    /// Made by the proxy: it goes to the server in place of any the request carries.
+    made: bool,
+}
+
 /// The request's `X-Request-ID`: the one it carries when its sender is a trusted proxy,
-/// else a new one, set on the request; `None` when the listener does not use them.
-fn request_id(req: &mut Request<Incoming>, route: &HttpRoute, cx: &ConnCtx) -> Option<HeaderValue> {
+/// else a new one; `None` when the listener does not use them. A new one is added to the
+/// request as its head is written for the server (`forward`), with the forwarding headers.
+fn request_id(req: &Request<Incoming>, route: &HttpRoute, cx: &ConnCtx) -> Option<ReqId> {
     if !route.listener.request_id {
         return None;
     }
@@ -486,15 +544,19 @@ fn request_id(req: &mut Request<Incoming>, route: &HttpRoute, cx: &ConnCtx) -> O
         .settings()
         .trusted_proxies
         .matches(cx.client.sender().ip());
-    // Looked up only when it may be kept: the insert below replaces any other.
+    // Looked up only when it may be kept.
     let kept = trusted
         .then(|| req.headers().get(&X_REQUEST_ID))
         .flatten()
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .cloned();
-    let id = kept.unwrap_or_else(|| RequestId::next().to_header_value());
-    req.headers_mut().insert(X_REQUEST_ID, id.clone());
-    Some(id)
+    Some(match kept {
+        Some(value) => ReqId { value, made: false },
+        None => ReqId {
+            value: RequestId::next().to_header_value(),
+            made: true,
+        },
+    })
 }
 
 /// The request path before forwarding: admit, check, route; with the route, who the
@@ -513,4 +575,66 @@ fn decide<'r, 'a>(
     };
     check::check(req, &route.listener.limits)?;
     Ok((routing::route(req, who.0.ip(), route, label)?, who))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// How long `w` takes to end, in the runtime's (paused, so exact) time.
+    async fn wait(w: &mut ResponseWait) -> Duration {
+        let begin = Instant::now();
+        w.await;
+        Instant::now() - begin
+    }
+
+    fn near(got: Duration, want: Duration) -> bool {
+        // The timer wheel counts whole milliseconds.
+        got >= want && got <= want + Duration::from_millis(2)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_response_timer_ends_each_wait_at_its_own_deadline() {
+        let timer = ResponseTimer::default();
+        let ten = Duration::from_secs(10);
+        // A fresh timer.
+        let mut w = timer.take(ten);
+        let took = wait(&mut w).await;
+        assert!(near(took, ten), "{took:?}");
+        timer.give_back(w);
+        // The kept timer has fired: the next wait is a whole one all the same.
+        let mut w = timer.take(ten);
+        let took = wait(&mut w).await;
+        assert!(near(took, ten), "after a fired one: {took:?}");
+        timer.give_back(w);
+        // A request answered at once leaves the timer at its deadline. Four seconds later
+        // the next request's deadline is ten seconds off, not six.
+        let w = timer.take(ten);
+        timer.give_back(w);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut w = timer.take(ten);
+        let took = wait(&mut w).await;
+        assert!(near(took, ten), "kept timer fired early: {took:?}");
+        timer.give_back(w);
+        // A shorter timeout (a reload) is kept to.
+        let w = timer.take(ten);
+        timer.give_back(w);
+        let mut w = timer.take(Duration::from_secs(1));
+        let took = wait(&mut w).await;
+        assert!(near(took, Duration::from_secs(1)), "shorter: {took:?}");
+        // A restart moves the end later, or earlier.
+        let mut w = timer.take(ten);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        w.restart(ten);
+        let took = wait(&mut w).await;
+        assert!(near(took, ten), "restarted later: {took:?}");
+        let mut w = timer.take(ten);
+        w.restart(Duration::from_secs(2));
+        let took = wait(&mut w).await;
+        assert!(
+            near(took, Duration::from_secs(2)),
+            "restarted sooner: {took:?}"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 Two measures:
 
   benches/compare.py load [options]          wrk through each proxy; req/s, p99, CPU per request
-                                             and peak RSS, medians over interleaved rounds, with
+                                             and peak RSS, medians over interleaved rounds (each
+                                             round starting with the next target), with
                                              ratios to HAProxy and nginx.
   benches/compare.py instructions [options]  user-space instructions per request under valgrind's
                                              callgrind: the A/B figure for hot-path changes, since
@@ -302,7 +303,10 @@ def load(args):
             for scen in args.scenarios:
                 mode, body, c = scen.split("-")
                 conns = int(c[1:])
-                for target in args.targets:
+                # Each round starts with the next target: a fixed order would give one
+                # target the same place (first after a scenario change) in every round.
+                shift = rnd % len(args.targets)
+                for target in args.targets[shift:] + args.targets[:shift]:
                     if target == "fulcrum+routes" and mode == "tcp":
                         continue
                     p, port = start_target(procs, work, target, mode, origins, proxy_cpu, workers)
@@ -390,22 +394,29 @@ def instructions(args):
 
         def count(target, mode, n):
             port = free_port()
-            if target == "fulcrum":
+            if target in ("fulcrum", "fulcrum-base"):
+                binary = FULCRUM
+                if target == "fulcrum-base":
+                    binary = os.environ.get("FULCRUM_BASE_BIN")
+                    if not binary:
+                        raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
                 path = f"{work}/f.toml"
                 with open(path, "w") as f:
-                    f.write(fulcrum_config(work, target, mode, port, [origin], 1).replace(
+                    f.write(fulcrum_config(work, "fulcrum", mode, port, [origin], 1).replace(
                         'kind = "tcp"\ninterval = "2s"', 'kind = "none"'))
-                cmd = [FULCRUM, "run", "--config", path, "--log-level", "warn"]
+                cmd = [binary, "run", "--config", path, "--log-level", "warn"]
             elif target == "haproxy":
                 path = f"{work}/h.cfg"
                 with open(path, "w") as f:
                     f.write(haproxy_config(mode, port, [origin], 1).replace(" check inter 2s", ""))
                 cmd = ["haproxy", "-db", "-f", path]
-            else:
+            elif target == "nginx":
                 path = f"{work}/n.conf"
                 with open(path, "w") as f:
                     f.write(nginx_config(work, mode, port, [origin], 1))
                 cmd = ["nginx", "-p", work, "-c", path]
+            else:
+                raise SystemExit(f"compare.py instructions: unknown target {target}")
             out = f"{work}/cg.out.%p"
             v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
                             log=f"{work}/valgrind.log")

@@ -11,14 +11,17 @@ use crate::config::Forwarded;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REQUEST_ID: HeaderName = crate::route::X_REQUEST_ID;
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Whether `name` is hop-by-hop whatever `Connection` says.
+/// Whether `name` is hop-by-hop whatever `Connection` says: the names [`classify`] calls
+/// [`Class::Hop`], compared as names. Every response's names go through this, and a
+/// comparison with a standard name is one of its tag, cheaper than spelling the name out
+/// for `classify` (about 30 instructions a response); the scan's test holds the two to the
+/// same list.
 fn fixed_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
@@ -75,7 +78,7 @@ impl HeadScan {
     pub fn of(headers: &HeaderMap) -> HeadScan {
         let mut scan = HeadScan::default();
         for (name, value) in headers {
-            match classify(name.as_str().as_bytes()) {
+            match classify(name) {
                 None => {}
                 Some(Class::Hop) => scan.hop = true,
                 Some(Class::Forwarding) => scan.forwarding = true,
@@ -88,9 +91,15 @@ impl HeadScan {
     }
 }
 
-/// The class of a (lower-case) header name. A forwarding name matches spelt with dashes or
-/// with underscores for them, in one comparison.
-fn classify(n: &[u8]) -> Option<Class> {
+/// The class of a header name: the hop-by-hop names (RFC 9110 §7.6.1, with `keep-alive`,
+/// `proxy-connection` and `http2-settings`; [`fixed_hop_by_hop`] has them too) and the one
+/// list of the inbound forwarding names. A forwarding name matches spelt with dashes or with underscores for them, in one
+/// comparison: servers that map headers to CGI-style variables read `x_forwarded_for` as
+/// the real one.
+#[inline(always)]
+fn classify(name: &HeaderName) -> Option<Class> {
+    // Header names are lower case.
+    let n = name.as_str().as_bytes();
     let fwd = |f: &[u8]| {
         f.iter()
             .zip(n)
@@ -142,29 +151,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |k| fixed_hop_by_hop(k) || extra.contains(k));
 }
 
-/// The forwarding headers a client may not set for itself.
-const FORWARDING: [&str; 6] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
-];
-
-/// Whether `name` spells a forwarding header with underscores for some dashes
-/// (`x_forwarded_for`): servers that map headers to CGI-style variables read it as the real
-/// one, so it is removed too.
-fn underscore_forwarding(name: &str) -> bool {
-    name.contains('_')
-        && FORWARDING.iter().any(|f| {
-            f.len() == name.len()
-                && f.bytes()
-                    .zip(name.bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-        })
-}
-
 /// Removes inbound forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, and their
 /// underscore spellings): a client must not be able to claim another address or scheme.
 pub fn strip_inbound_forwarding(headers: &mut HeaderMap) {
@@ -172,13 +158,7 @@ pub fn strip_inbound_forwarding(headers: &mut HeaderMap) {
 }
 
 fn inbound_forwarding(k: &HeaderName) -> bool {
-    k == header::FORWARDED
-        || k == X_FORWARDED_FOR
-        || k == X_FORWARDED_PROTO
-        || k == X_FORWARDED_HOST
-        || k == X_FORWARDED_PORT
-        || k == X_REAL_IP
-        || underscore_forwarding(k.as_str())
+    matches!(classify(k), Some(Class::Forwarding))
 }
 
 /// Whether the request says it accepts trailers (`TE: trailers`).
@@ -220,30 +200,22 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// ones.
 #[derive(Default)]
 pub struct Forwarding {
-    /// By position, the values of [`Forwarding::names`] (`None`: not sent).
+    /// By position, the values of [`Forwarding::fields`] (`None`: not sent).
     values: [Option<HeaderValue>; 5],
 }
 
 impl Forwarding {
-    /// The headers' names, in the order they are written.
-    fn names() -> [&'static HeaderName; 5] {
+    /// The headers' names, in the order they are written, each with what leads its line
+    /// on the wire.
+    fn fields() -> [(&'static HeaderName, &'static [u8]); 5] {
         [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &header::FORWARDED,
-            &X_REQUEST_ID,
+            (&X_FORWARDED_FOR, b"x-forwarded-for: "),
+            (&X_FORWARDED_PROTO, b"x-forwarded-proto: "),
+            (&X_FORWARDED_HOST, b"x-forwarded-host: "),
+            (&header::FORWARDED, b"forwarded: "),
+            (&X_REQUEST_ID, b"x-request-id: "),
         ]
     }
-
-    /// The same, each with the separator that follows it on the wire.
-    const LEADS: [&'static [u8]; 5] = [
-        b"x-forwarded-for: ",
-        b"x-forwarded-proto: ",
-        b"x-forwarded-host: ",
-        b"forwarded: ",
-        b"x-request-id: ",
-    ];
 
     /// The headers for a request that `sender` sent over `scheme` with Host `host`: `chain`
     /// (what a trusted sender's own header said, empty otherwise) and then the sender.
@@ -251,7 +223,7 @@ impl Forwarding {
     /// text, formatted once per connection rather than once per request. `request_id` is
     /// an X-Request-ID to add.
     pub fn new(
-        host: Option<&HeaderValue>,
+        host: Option<HeaderValue>,
         mode: Forwarded,
         chain: &ForwardChain,
         sender: &Sender,
@@ -267,7 +239,6 @@ impl Forwarding {
                 HeaderValue::try_from(format!("{chain}, {ip}")).ok()
             };
             f.values[1] = Some(HeaderValue::from_static(scheme));
-            f.values[2] = host.cloned();
         }
         if mode.rfc7239 {
             // RFC 7239 §6: IPv6 nodes are quoted and bracketed.
@@ -277,7 +248,7 @@ impl Forwarding {
             };
             elem.push_str(";proto=");
             elem.push_str(scheme);
-            if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
                 if h.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
                 {
@@ -291,13 +262,17 @@ impl Forwarding {
             }
             f.values[3] = HeaderValue::try_from(elem).ok();
         }
+        // X-Forwarded-Host takes the Host last: the `Forwarded` element above reads it.
+        if mode.x_forwarded {
+            f.values[2] = host;
+        }
         f.values[4] = request_id.cloned();
         f
     }
 
     /// Puts the headers into `headers`, replacing any of the same names.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        for (name, value) in Self::names().into_iter().zip(self.values) {
+        for ((name, _), value) in Self::fields().into_iter().zip(self.values) {
             if let Some(v) = value {
                 headers.insert(name.clone(), v);
             }
@@ -306,7 +281,7 @@ impl Forwarding {
 
     /// Appends the headers to an HTTP/1.1 head being encoded, as `name: value\r\n` lines.
     pub fn write(&self, wr: &mut Vec<u8>) {
-        for (lead, value) in Self::LEADS.into_iter().zip(&self.values) {
+        for ((_, lead), value) in Self::fields().into_iter().zip(&self.values) {
             if let Some(v) = value {
                 wr.extend_from_slice(lead);
                 wr.extend_from_slice(v.as_bytes());
@@ -416,9 +391,8 @@ mod tests {
     #[test]
     fn sets_forwarding_headers_for_the_real_scheme_in_the_map_and_on_the_wire_alike() {
         let mut h = HeaderMap::new();
-        let host = HeaderValue::from_static("example.test");
         let f = Forwarding::new(
-            Some(&host),
+            Some(HeaderValue::from_static("example.test")),
             Forwarded {
                 x_forwarded: true,
                 rfc7239: true,
@@ -469,57 +443,61 @@ mod tests {
 
     #[test]
     fn the_scan_finds_what_the_lookups_would() {
+        // Each name, and what it is: (h)op-by-hop, (f)orwarding, (r)equest id, Host (o),
+        // or nothing (-). The strips use the same classes.
         let names = [
-            "host",
-            "te",
-            "tf",
-            "upgrade",
-            "connection",
-            "keep-alive",
-            "keep_alive",
-            "proxy-connection",
-            "http2-settings",
-            "transfer-encoding",
-            "transfer_encoding",
-            "forwarded",
-            "forwardee",
-            "x-real-ip",
-            "x_real_ip",
-            "x-real_ip",
-            "x-real-iq",
-            "x-forwarded-for",
-            "x_forwarded_for",
-            "x-forwarded_for",
-            "y-forwarded-for",
-            "x-forwarded-host",
-            "x_forwarded_host",
-            "x-forwarded-port",
-            "x_forwarded_port",
-            "x-forwarded-proto",
-            "x_forwarded_proto",
-            "x-forwarded-prot",
-            "x-request-id",
-            "x_request_id",
-            "x-request-ie",
-            "accept",
-            "user-agent",
-            "cookie",
-            "x-custom-header",
+            ("host", 'o'),
+            ("te", 'h'),
+            ("tf", '-'),
+            ("upgrade", 'h'),
+            ("connection", 'h'),
+            ("keep-alive", 'h'),
+            ("keep_alive", '-'),
+            ("proxy-connection", 'h'),
+            ("http2-settings", 'h'),
+            ("transfer-encoding", 'h'),
+            ("transfer_encoding", '-'),
+            ("forwarded", 'f'),
+            ("forwardee", '-'),
+            ("x-real-ip", 'f'),
+            ("x_real_ip", 'f'),
+            ("x-real_ip", 'f'),
+            ("x-real-iq", '-'),
+            ("x-forwarded-for", 'f'),
+            ("x_forwarded_for", 'f'),
+            ("x-forwarded_for", 'f'),
+            ("y-forwarded-for", '-'),
+            ("x-forwarded-host", 'f'),
+            ("x_forwarded_host", 'f'),
+            ("x-forwarded-port", 'f'),
+            ("x_forwarded_port", 'f'),
+            ("x-forwarded-proto", 'f'),
+            ("x_forwarded_proto", 'f'),
+            ("x-forwarded-prot", '-'),
+            ("x-request-id", 'r'),
+            ("x_request_id", '-'),
+            ("x-request-ie", '-'),
+            ("accept", '-'),
+            ("user-agent", '-'),
+            ("cookie", '-'),
+            ("x-custom-header", '-'),
         ];
-        for n in names {
+        for (n, class) in names {
             let name = HeaderName::from_static(n);
             let mut h = HeaderMap::new();
             h.insert(name.clone(), HeaderValue::from_static("v"));
             h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
             let scan = HeadScan::of(&h);
-            assert_eq!(scan.hop, fixed_hop_by_hop(&name), "{n}: hop");
+            assert_eq!(scan.hop, class == 'h', "{n}: hop");
+            assert_eq!(scan.forwarding, class == 'f', "{n}: forwarding");
+            assert_eq!(scan.request_id, class == 'r', "{n}: request id");
+            assert_eq!(scan.host.is_some(), class == 'o', "{n}: host");
+            assert_eq!(fixed_hop_by_hop(&name), class == 'h', "{n}: strip hop");
             assert_eq!(
-                scan.forwarding,
                 inbound_forwarding(&name),
-                "{n}: forwarding"
+                class == 'f',
+                "{n}: strip forwarding"
             );
-            assert_eq!(scan.request_id, name == X_REQUEST_ID, "{n}: request id");
-            assert_eq!(scan.host.is_some(), name == header::HOST, "{n}: host");
         }
         let mut h = HeaderMap::new();
         h.append(header::HOST, HeaderValue::from_static("first"));

@@ -96,7 +96,7 @@ pub(super) fn prepare(
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
-    scan: &HeadScan,
+    scan: HeadScan,
     request_id: Option<&HeaderValue>,
 ) -> Forwarding {
     // TE is hop-by-hop: a head with none of those names cannot ask for trailers.
@@ -133,8 +133,8 @@ pub(super) fn prepare(
     // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
     // Connection may have listed Host itself (then it is gone).
     let host = match scan.hop {
-        true => parts.headers.get(header::HOST),
-        false => scan.host.as_ref(),
+        true => parts.headers.get(header::HOST).cloned(),
+        false => scan.host,
     };
     let forwarding = Forwarding::new(
         host,

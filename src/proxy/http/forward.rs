@@ -142,7 +142,7 @@ pub(super) async fn forward(
         who,
         upgrade.as_ref(),
         BodyShape::of(&body),
-        &scan,
+        scan,
         request_id,
     );
     let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));

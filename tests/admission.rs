@@ -39,6 +39,7 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     // From the trusted proxy: its chain goes on, with the proxy appended.
     let (_, body) = request_from("127.0.0.2", web, "X-Forwarded-For: 1.2.3.4\r\n").await;
     assert_eq!(xff(&body), "1.2.3.4, 127.0.0.2", "{body}");
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
     // X-Real-IP and Forwarded from anyone are removed (this listener reads X-Forwarded-For).
     let (_, body) = request_from(
         "127.0.0.2",

@@ -264,8 +264,7 @@ where
     let cx = Arc::new(ConnCtx {
         route,
         client: conn.client,
-        sender: crate::proxy::headers::Sender::new(conn.client.sender().ip()),
-        scheme: conn.scheme,
+        sender: crate::proxy::headers::Sender::new(conn.client.sender().ip(), conn.scheme.as_str()),
         h2: conn.proto == Proto::H2,
         tracker: ctl.tracker.clone(),
         hard_stop: ctl.hard_stop.clone(),

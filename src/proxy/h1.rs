@@ -304,19 +304,25 @@ enum ReqFraming {
     Chunked,
 }
 
-/// Writes the request head into `wr`; returns how its body is framed.
-fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>, forwarding: &Forwarding) -> ReqFraming {
+/// Writes the request head into `wr`; returns how its body is framed, and whether the head
+/// asks for an upgrade (has an Upgrade field: told on the way rather than looked up).
+fn encode_head(
+    wr: &mut Vec<u8>,
+    req: &Request<ReqBody>,
+    forwarding: &Forwarding<'_>,
+) -> (ReqFraming, bool) {
     wr.clear();
     wr.extend_from_slice(req.method().as_str().as_bytes());
     wr.push(b' ');
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     wr.extend_from_slice(target.as_bytes());
     wr.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut chunked = false;
+    let (mut chunked, mut upgrade) = (false, false);
     for (name, value) in req.headers() {
         if name == header::TRANSFER_ENCODING {
             chunked = last_coding_is_chunked(value);
         }
+        upgrade |= name == header::UPGRADE;
         wr.extend_from_slice(name.as_str().as_bytes());
         wr.extend_from_slice(b": ");
         wr.extend_from_slice(value.as_bytes());
@@ -324,7 +330,7 @@ fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>, forwarding: &Forwarding
     }
     forwarding.write(wr);
     wr.extend_from_slice(b"\r\n");
-    if chunked && !req.body().is_end_stream() {
+    let framing = if chunked && !req.body().is_end_stream() {
         ReqFraming::Chunked
     } else if chunked {
         // Framed chunked but with nothing to send: the body is the last chunk alone.
@@ -332,7 +338,8 @@ fn encode_head(wr: &mut Vec<u8>, req: &Request<ReqBody>, forwarding: &Forwarding
         ReqFraming::Raw
     } else {
         ReqFraming::Raw
-    }
+    };
+    (framing, upgrade)
 }
 
 fn last_coding_is_chunked(v: &HeaderValue) -> bool {
@@ -383,10 +390,13 @@ impl Out {
                     Ok(n) => n,
                     Err(e) => return Poll::Ready(Err(Error::Io(e))),
                 };
-                if let Some(req) = unsent.take() {
+                if let Some(req) = unsent {
                     // The first byte is out: from here on the request cannot be handed back.
-                    let body = req.into_body();
+                    // Its body is taken out and the rest dropped in place (taking the whole
+                    // request out of `unsent` would move all of it first).
+                    let body = std::mem::replace(req.body_mut(), ReqBody::Empty);
                     self.body = (!body.is_end_stream()).then_some(body);
+                    *unsent = None;
                 }
                 let from_head = n.min(conn.wr.len() - self.at);
                 self.at += from_head;
@@ -451,14 +461,13 @@ impl Out {
 pub async fn send(
     mut conn: Box<Conn>,
     req: &mut Option<Request<ReqBody>>,
-    forwarding: &Forwarding,
+    forwarding: &Forwarding<'_>,
 ) -> Result<Response<RespIn>, Error> {
     let Some(r) = req.as_ref() else {
         return Err(Error::Closed);
     };
     let head_req = r.method() == Method::HEAD;
-    let upgrade = r.headers().contains_key(header::UPGRADE);
-    let framing = encode_head(&mut conn.wr, r, forwarding);
+    let (framing, upgrade) = encode_head(&mut conn.wr, r, forwarding);
     let mut out = Out {
         framing,
         at: 0,
@@ -566,7 +575,11 @@ fn parse_head(
             *span = [name_at, h.name.len() as u32, value_at, h.value.len() as u32];
         }
         let head = rd.split_to(n).freeze();
-        let mut map = HeaderMap::with_capacity(count);
+        // The map is filled where it ends up: a map built apart and then put in would be
+        // moved in, and the response's own empty one dropped.
+        let mut resp = Response::new(());
+        let map = resp.headers_mut();
+        map.reserve(count);
         // What the framing and reuse depend on, noted on the way rather than looked up after.
         let (mut close, mut keep_alive_token) = (false, false);
         let (mut te_chunked, mut has_te, mut length) = (false, false, None);
@@ -625,10 +638,8 @@ fn parse_head(
             Framing::Eof
         };
         let keep_alive = keep_alive && !matches!(framing, Framing::Eof | Framing::Upgraded);
-        let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
-        *resp.headers_mut() = map;
         return Ok(Some(Head {
             resp,
             framing,

@@ -319,7 +319,7 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
     // A body of unknown length from a channel: a real client body, fed piece by piece.
     let (mut feed, incoming) = hyper_body_pair().await;
     let state = std::sync::Arc::new(super::super::body::BodyState::default());
-    let body = ReqBody::Client(super::super::body::ClientBody::new(
+    let body = ReqBody::Client(Box::new(super::super::body::ClientBody::new(
         incoming,
         super::super::body::BodyLimits {
             max: 1 << 20,
@@ -327,7 +327,7 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
             min_rate: 0,
         },
         state,
-    ));
+    )));
     let req = Request::builder()
         .method(Method::POST)
         .uri("/up")

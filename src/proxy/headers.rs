@@ -199,12 +199,31 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// ([`Forwarding::insert_into`]). Inbound ones were removed first, so these are the only
 /// ones.
 #[derive(Default)]
-pub struct Forwarding {
-    /// By position, the values of [`Forwarding::fields`] (`None`: not sent).
-    values: [Option<HeaderValue>; 5],
+pub struct Forwarding<'a> {
+    /// The connection's sender, when X-Forwarded-For and X-Forwarded-Proto name only it
+    /// (the request came straight from it): their lines are the sender's own, encoded once
+    /// per connection ([`Sender::lines`]).
+    direct: Option<&'a Sender>,
+    /// X-Forwarded-Host: the request's Host.
+    host: Option<HeaderValue>,
+    /// The fields few requests have. Kept apart so that the whole value is small enough to
+    /// move without a call to `memcpy`: it is returned by value twice per request.
+    rare: Option<Box<RareFields>>,
+    /// The X-Request-ID to add.
+    request_id: Option<&'a HeaderValue>,
 }
 
-impl Forwarding {
+/// Forwarding fields few requests have.
+#[derive(Default)]
+struct RareFields {
+    /// X-Forwarded-For and X-Forwarded-Proto when a trusted sender's chain goes first.
+    chain_for: Option<HeaderValue>,
+    chain_proto: Option<HeaderValue>,
+    /// `Forwarded` (RFC 7239), when the listener sends it.
+    forwarded: Option<HeaderValue>,
+}
+
+impl<'a> Forwarding<'a> {
     /// The headers' names, in the order they are written, each with what leads its line
     /// on the wire.
     fn fields() -> [(&'static HeaderName, &'static [u8]); 5] {
@@ -217,28 +236,44 @@ impl Forwarding {
         ]
     }
 
-    /// The headers for a request that `sender` sent over `scheme` with Host `host`: `chain`
-    /// (what a trusted sender's own header said, empty otherwise) and then the sender.
-    /// `sender` is the connection's [`Sender`]: its address, and that address as header
-    /// text, formatted once per connection rather than once per request. `request_id` is
-    /// an X-Request-ID to add.
+    /// By position, the values of [`Forwarding::fields`] besides `direct`'s (`None`: not
+    /// sent).
+    fn values(&self) -> [Option<&HeaderValue>; 5] {
+        let rare = self.rare.as_deref();
+        [
+            rare.and_then(|r| r.chain_for.as_ref()),
+            rare.and_then(|r| r.chain_proto.as_ref()),
+            self.host.as_ref(),
+            rare.and_then(|r| r.forwarded.as_ref()),
+            self.request_id,
+        ]
+    }
+
+    /// The headers for a request that `sender` sent with Host `host`: `chain` (what a
+    /// trusted sender's own header said, empty otherwise) and then the sender. `sender` is
+    /// the connection's [`Sender`]: its address and scheme, with the header text for them
+    /// formatted once per connection rather than once per request. `request_id` is an
+    /// X-Request-ID to add.
     pub fn new(
         host: Option<HeaderValue>,
         mode: Forwarded,
         chain: &ForwardChain,
-        sender: &Sender,
-        scheme: &'static str,
-        request_id: Option<&HeaderValue>,
-    ) -> Forwarding {
-        let ip = sender.ip;
-        let mut f = Forwarding::default();
+        sender: &'a Sender,
+        request_id: Option<&'a HeaderValue>,
+    ) -> Forwarding<'a> {
+        let (ip, scheme) = (sender.ip, sender.scheme);
+        let mut f = Forwarding {
+            request_id,
+            ..Forwarding::default()
+        };
         if mode.x_forwarded {
-            f.values[0] = if chain.is_empty() {
-                Some(sender.text.clone())
+            if chain.is_empty() {
+                f.direct = Some(sender);
             } else {
-                HeaderValue::try_from(format!("{chain}, {ip}")).ok()
-            };
-            f.values[1] = Some(HeaderValue::from_static(scheme));
+                let rare = f.rare.get_or_insert_with(Default::default);
+                rare.chain_for = HeaderValue::try_from(format!("{chain}, {ip}")).ok();
+                rare.chain_proto = Some(HeaderValue::from_static(scheme));
+            }
         }
         if mode.rfc7239 {
             // RFC 7239 §6: IPv6 nodes are quoted and bracketed.
@@ -260,35 +295,48 @@ impl Forwarding {
             if !chain.is_empty() {
                 elem = format!("{}, {elem}", chain.rfc7239());
             }
-            f.values[3] = HeaderValue::try_from(elem).ok();
+            f.rare.get_or_insert_with(Default::default).forwarded =
+                HeaderValue::try_from(elem).ok();
         }
         // X-Forwarded-Host takes the Host last: the `Forwarded` element above reads it.
         if mode.x_forwarded {
-            f.values[2] = host;
+            f.host = host;
         }
-        f.values[4] = request_id.cloned();
         f
     }
 
     /// Puts the headers into `headers`, replacing any of the same names.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        for ((name, _), value) in Self::fields().into_iter().zip(self.values) {
+        if let Some(s) = self.direct {
+            headers.insert(&X_FORWARDED_FOR, s.text.clone());
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(s.scheme));
+        }
+        for ((name, _), value) in Self::fields().into_iter().zip(self.values()) {
             if let Some(v) = value {
-                headers.insert(name.clone(), v);
+                headers.insert(name, v.clone());
             }
         }
     }
 
     /// Appends the headers to an HTTP/1.1 head being encoded, as `name: value\r\n` lines.
     pub fn write(&self, wr: &mut Vec<u8>) {
-        for ((_, lead), value) in Self::fields().into_iter().zip(&self.values) {
+        if let Some(s) = self.direct {
+            wr.extend_from_slice(&s.lines);
+        }
+        for ((_, lead), value) in Self::fields().into_iter().zip(self.values()) {
             if let Some(v) = value {
-                wr.extend_from_slice(lead);
-                wr.extend_from_slice(v.as_bytes());
-                wr.extend_from_slice(b"\r\n");
+                line(wr, lead, v.as_bytes());
             }
         }
     }
+}
+
+/// Appends one `name: value\r\n` line; `lead` is the name with its `: `.
+fn line(wr: &mut Vec<u8>, lead: &[u8], value: &[u8]) {
+    wr.reserve(lead.len() + value.len() + 2);
+    wr.extend_from_slice(lead);
+    wr.extend_from_slice(value);
+    wr.extend_from_slice(b"\r\n");
 }
 
 /// The peer that sent a connection's requests, as forwarding headers name it.
@@ -298,15 +346,29 @@ pub struct Sender {
     pub ip: IpAddr,
     /// The same, as header text.
     pub text: HeaderValue,
+    /// The scheme it used to reach the proxy: `http` or `https`.
+    pub scheme: &'static str,
+    /// X-Forwarded-For and X-Forwarded-Proto for a request straight from it, as the lines
+    /// of an HTTP/1.1 head: one copy per request instead of six.
+    lines: Box<[u8]>,
 }
 
 impl Sender {
-    /// The sender at `ip`.
-    pub fn new(ip: IpAddr) -> Sender {
+    /// The sender at `ip`, over `scheme`.
+    pub fn new(ip: IpAddr, scheme: &'static str) -> Sender {
         let ip = canonical_ip(ip);
         let text = HeaderValue::try_from(ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Sender { ip, text }
+        let mut lines = Vec::new();
+        let fields = Forwarding::fields();
+        line(&mut lines, fields[0].1, text.as_bytes());
+        line(&mut lines, fields[1].1, scheme.as_bytes());
+        Sender {
+            ip,
+            text,
+            scheme,
+            lines: lines.into_boxed_slice(),
+        }
     }
 }
 
@@ -391,6 +453,8 @@ mod tests {
     #[test]
     fn sets_forwarding_headers_for_the_real_scheme_in_the_map_and_on_the_wire_alike() {
         let mut h = HeaderMap::new();
+        let sender = Sender::new("::ffff:127.0.0.2".parse().unwrap(), "https");
+        let id = HeaderValue::from_static("0123abcd");
         let f = Forwarding::new(
             Some(HeaderValue::from_static("example.test")),
             Forwarded {
@@ -398,9 +462,8 @@ mod tests {
                 rfc7239: true,
             },
             &ForwardChain::default(),
-            &Sender::new("::ffff:127.0.0.2".parse().unwrap()),
-            "https",
-            Some(&HeaderValue::from_static("0123abcd")),
+            &sender,
+            Some(&id),
         );
         let mut wire = Vec::new();
         f.write(&mut wire);
@@ -428,14 +491,8 @@ mod tests {
             x_forwarded: false,
             rfc7239: false,
         };
-        let f = Forwarding::new(
-            None,
-            off,
-            &ForwardChain::default(),
-            &Sender::new("127.0.0.2".parse().unwrap()),
-            "http",
-            None,
-        );
+        let sender = Sender::new("127.0.0.2".parse().unwrap(), "http");
+        let f = Forwarding::new(None, off, &ForwardChain::default(), &sender, None);
         let mut wire = Vec::new();
         f.write(&mut wire);
         assert!(wire.is_empty());

@@ -481,7 +481,7 @@ impl Lease {
     pub async fn send(
         &mut self,
         req: &mut Option<Request<ReqBody>>,
-        forwarding: &Forwarding,
+        forwarding: &Forwarding<'_>,
     ) -> Result<Response<UpBody>, UpError> {
         match &mut self.sender {
             Sender::H1(conn) => {

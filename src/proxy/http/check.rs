@@ -88,17 +88,17 @@ impl BodyShape {
 /// returned for HTTP/1.1, whose encoder writes them after the request's own (see
 /// [`Forwarding`]); for h2 they are already in the map.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn prepare(
+pub(super) fn prepare<'a>(
     parts: &mut Parts,
     route: &HttpRoute,
     pool: &Pool,
-    cx: &ConnCtx,
+    cx: &'a ConnCtx,
     (_, chain): &(ClientAddr, ForwardChain),
     upgrade: Option<&HeaderValue>,
     body: BodyShape,
     scan: HeadScan,
-    request_id: Option<&HeaderValue>,
-) -> Forwarding {
+    request_id: Option<&'a HeaderValue>,
+) -> Forwarding<'a> {
     // TE is hop-by-hop: a head with none of those names cannot ask for trailers.
     let trailers = scan.hop && asks_trailers(&parts.headers);
     if scan.hop {
@@ -141,7 +141,6 @@ pub(super) fn prepare(
         route.listener.forwarded,
         chain,
         &cx.sender,
-        cx.scheme.as_str(),
         request_id,
     );
     match pool.settings.upstream_protocol {

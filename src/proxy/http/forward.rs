@@ -99,192 +99,200 @@ fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
 /// Sends `req` to a server of the route's pool, retrying on others where safe. `request_id`
 /// is an X-Request-ID the proxy made for it. `body_slot` learns the request body's state as
 /// soon as the body is wrapped.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn forward(
+// Not an `async fn`: see the comment on its block.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub(super) fn forward<'a>(
     mut req: Request<Incoming>,
-    who: &(ClientAddr, ForwardChain),
-    target: &Target,
-    rewrites: Option<&Rewrites>,
-    route: &HttpRoute,
-    cx: &ConnCtx,
-    request_id: Option<&HeaderValue>,
-    body_slot: &mut Option<Arc<BodyState>>,
-) -> Result<Response<RespBody>, ProxyError> {
-    let pool = &target.pool;
-    let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
-    // Connection, Upgrade and TE are all hop-by-hop: one scan of the names tells whether
-    // any of the lookups for them can find something.
-    let scan = HeadScan::of(req.headers());
-    let upgrade = scan
-        .hop
-        .then(|| upgrade_of(&req, &route.listener.upgrades))
-        .flatten();
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    who: &'a (ClientAddr, ForwardChain),
+    target: &'a Target,
+    rewrites: Option<&'a Rewrites>,
+    route: &'a HttpRoute,
+    cx: &'a ConnCtx,
+    request_id: Option<&'a HeaderValue>,
+    body_slot: &'a mut Option<Arc<BodyState>>,
+) -> impl std::future::Future<Output = Result<Response<RespBody>, ProxyError>> + 'a {
+    // A block rather than an `async fn`: an `async fn` copies each argument from the
+    // future's start state into its body's own (the request is 264 bytes).
+    async move {
+        let pool = &target.pool;
+        let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
+        // Connection, Upgrade and TE are all hop-by-hop: one scan of the names tells whether
+        // any of the lookups for them can find something.
+        let scan = HeadScan::of(req.headers());
+        let upgrade = scan
+            .hop
+            .then(|| upgrade_of(&req, &route.listener.upgrades))
+            .flatten();
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
 
-    let key = pick_key(pool, &parts, &who.0);
-    let sticky = pool
-        .settings
-        .sticky_cookie
-        .as_ref()
-        .and_then(|name| cookie(&parts.headers, name))
-        .and_then(|id| pool.sticky_target(id));
-    let (mut server, mut why) = match sticky {
-        Some(s) => (s, Selection::Sticky),
-        None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
-    };
-
-    let forwarding = prepare(
-        &mut parts,
-        route,
-        pool,
-        cx,
-        who,
-        upgrade.as_ref(),
-        BodyShape::of(&body),
-        scan,
-        request_id,
-    );
-    let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
-    let body = match &state {
-        Some(st) => {
-            *body_slot = Some(st.clone());
-            let t = &route.listener;
-            ReqBody::Client(ClientBody::new(
-                body,
-                BodyLimits {
-                    max: t.limits.max_request_body,
-                    read_idle: t.timeouts.body_read,
-                    min_rate: t.limits.min_body_rate,
-                },
-                st.clone(),
-            ))
-        }
-        None => ReqBody::Empty,
-    };
-    // Only a request without a body can be sent again after it reached a server, and only
-    // if its method is idempotent; keep a copy of its head for that case, unless the pool
-    // could never retry it elsewhere (no retries, or no other server).
-    let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
-    let replay = (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
-        .then(|| copy_head(&parts));
-    let mut pending = Some(Request::from_parts(parts, body));
-
-    let mut attempts = Attempts::new(pool.settings.retries);
-    pool.budget.note_request();
-    loop {
-        // A slot on this server (or, if it is full, another one), else a bounded wait: 503.
-        let (admitted, load) = queue::admit(pool, server, attempts.tried()).await?;
-        if admitted.idx != server.idx {
-            // The queue moved the request to a server with a free slot.
-            why = Selection::Queue;
-        }
-        server = admitted;
-        attempts.record(server.idx);
-        server.state.metrics.selected(why);
-        let pool_load = pool.enter();
-        let up = &target.upstreams[server.idx.get()];
-
-        let failure = match up.checkout().await {
-            Err(ConnectError::Local(e)) => {
-                route.metrics.local_error(&e);
-                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed for a local reason");
-                return Err(ProxyError::Local);
-            }
-            Err(e) => {
-                // Refused and timed out both count as connect failures.
-                tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed");
-                fail(pool, server, FailureKind::Connect);
-                // The request was not consumed: any method may go to another server.
-                ProxyError::Connect
-            }
-            Ok(lease) => {
-                let req = pending
-                    .as_mut()
-                    .expect("a request is pending at each attempt");
-                if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
-                    *req.uri_mut() = uri;
-                }
-                if host_rewrite {
-                    // The route sends the chosen server's own name as Host.
-                    req.headers_mut()
-                        .insert(http::header::HOST, target.host_of(server.idx));
-                }
-                match send(
-                    lease,
-                    &mut pending,
-                    &forwarding,
-                    up,
-                    (route, cx),
-                    pool,
-                    server,
-                    state.as_deref(),
-                )
-                .await
-                {
-                    Ok((resp, lease)) => {
-                        let outcome = if resp.status().is_server_error() {
-                            server.state.metrics.error(FailureKind::Status5xx);
-                            Outcome::Failure(FailureKind::Status5xx)
-                        } else {
-                            Outcome::Success
-                        };
-                        passive::observe(pool, server, outcome);
-                        return Ok(respond(
-                            resp,
-                            lease,
-                            (load, pool_load),
-                            server,
-                            why,
-                            (route, target),
-                            cx,
-                            client_upgrade,
-                            state,
-                        ));
-                    }
-                    Err(f) => {
-                        if let Some(e) = client_fault(state.as_deref()) {
-                            return Err(e);
-                        }
-                        if matches!(f.error, ProxyError::Local | ProxyError::Drained) {
-                            return Err(f.error);
-                        }
-                        fail(pool, server, f.kind);
-                        // A request still pending was never written: safe to send anywhere.
-                        if pending.is_none() {
-                            if f.error == ProxyError::Timeout {
-                                return Err(ProxyError::Timeout);
-                            }
-                            match &replay {
-                                Some(head) => {
-                                    pending =
-                                        Some(Request::from_parts(copy_head(head), ReqBody::Empty))
-                                }
-                                None => return Err(f.error),
-                            }
-                        }
-                        f.error
-                    }
-                }
-            }
+        let key = pick_key(pool, &parts, &who.0);
+        let sticky = pool
+            .settings
+            .sticky_cookie
+            .as_ref()
+            .and_then(|name| cookie(&parts.headers, name))
+            .and_then(|id| pool.sticky_target(id));
+        let (mut server, mut why) = match sticky {
+            Some(s) => (s, Selection::Sticky),
+            None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
         };
-        drop(load);
-        match attempts.may_retry(pool) {
-            Ok(()) => {}
-            Err(budget) => {
-                if budget {
-                    target.budget_exhausted.inc();
+
+        let forwarding = prepare(
+            &mut parts,
+            route,
+            pool,
+            cx,
+            who,
+            upgrade.as_ref(),
+            BodyShape::of(&body),
+            scan,
+            request_id,
+        );
+        let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
+        let body = match &state {
+            Some(st) => {
+                *body_slot = Some(st.clone());
+                let t = &route.listener;
+                ReqBody::Client(Box::new(ClientBody::new(
+                    body,
+                    BodyLimits {
+                        max: t.limits.max_request_body,
+                        read_idle: t.timeouts.body_read,
+                        min_rate: t.limits.min_body_rate,
+                    },
+                    st.clone(),
+                )))
+            }
+            None => ReqBody::Empty,
+        };
+        // Only a request without a body can be sent again after it reached a server, and only
+        // if its method is idempotent; keep a copy of its head for that case, unless the pool
+        // could never retry it elsewhere (no retries, or no other server).
+        let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
+        let replay =
+            (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
+                .then(|| copy_head(&parts));
+        let mut pending = Some(Request::from_parts(parts, body));
+
+        let mut attempts = Attempts::new(pool.settings.retries);
+        pool.budget.note_request();
+        loop {
+            // A slot on this server (or, if it is full, another one), else a bounded wait: 503.
+            let (admitted, load) = queue::admit(pool, server, attempts.tried()).await?;
+            if admitted.idx != server.idx {
+                // The queue moved the request to a server with a free slot.
+                why = Selection::Queue;
+            }
+            server = admitted;
+            attempts.record(server.idx);
+            server.state.metrics.selected(why);
+            let pool_load = pool.enter();
+            let up = &target.upstreams[server.idx.get()];
+
+            let failure = match up.checkout().await {
+                Err(ConnectError::Local(e)) => {
+                    route.metrics.local_error(&e);
+                    tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed for a local reason");
+                    return Err(ProxyError::Local);
                 }
-                return Err(failure);
+                Err(e) => {
+                    // Refused and timed out both count as connect failures.
+                    tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed");
+                    fail(pool, server, FailureKind::Connect);
+                    // The request was not consumed: any method may go to another server.
+                    ProxyError::Connect
+                }
+                Ok(lease) => {
+                    let req = pending
+                        .as_mut()
+                        .expect("a request is pending at each attempt");
+                    if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
+                        *req.uri_mut() = uri;
+                    }
+                    if host_rewrite {
+                        // The route sends the chosen server's own name as Host.
+                        req.headers_mut()
+                            .insert(http::header::HOST, target.host_of(server.idx));
+                    }
+                    match send(
+                        lease,
+                        &mut pending,
+                        &forwarding,
+                        up,
+                        (route, cx),
+                        pool,
+                        server,
+                        state.as_deref(),
+                    )
+                    .await
+                    {
+                        Ok((resp, lease)) => {
+                            let outcome = if resp.status().is_server_error() {
+                                server.state.metrics.error(FailureKind::Status5xx);
+                                Outcome::Failure(FailureKind::Status5xx)
+                            } else {
+                                Outcome::Success
+                            };
+                            passive::observe(pool, server, outcome);
+                            return Ok(respond(
+                                resp,
+                                lease,
+                                (load, pool_load),
+                                server,
+                                why,
+                                (route, target),
+                                cx,
+                                client_upgrade,
+                                state,
+                            ));
+                        }
+                        Err(f) => {
+                            if let Some(e) = client_fault(state.as_deref()) {
+                                return Err(e);
+                            }
+                            if matches!(f.error, ProxyError::Local | ProxyError::Drained) {
+                                return Err(f.error);
+                            }
+                            fail(pool, server, f.kind);
+                            // A request still pending was never written: safe to send anywhere.
+                            if pending.is_none() {
+                                if f.error == ProxyError::Timeout {
+                                    return Err(ProxyError::Timeout);
+                                }
+                                match &replay {
+                                    Some(head) => {
+                                        pending = Some(Request::from_parts(
+                                            copy_head(head),
+                                            ReqBody::Empty,
+                                        ))
+                                    }
+                                    None => return Err(f.error),
+                                }
+                            }
+                            f.error
+                        }
+                    }
+                }
+            };
+            drop(load);
+            match attempts.may_retry(pool) {
+                Ok(()) => {}
+                Err(budget) => {
+                    if budget {
+                        target.budget_exhausted.inc();
+                    }
+                    return Err(failure);
+                }
             }
-        }
-        match pool.pick_other(&key, attempts.tried()) {
-            Some(next) => {
-                target.retries.inc();
-                server = next;
-                why = Selection::Retry;
+            match pool.pick_other(&key, attempts.tried()) {
+                Some(next) => {
+                    target.retries.inc();
+                    server = next;
+                    why = Selection::Retry;
+                }
+                None => return Err(failure),
             }
-            None => return Err(failure),
         }
     }
 }
@@ -325,7 +333,7 @@ fn classify(e: &UpError) -> (FailureKind, ProxyError) {
 async fn send(
     mut lease: Lease,
     req: &mut Option<Request<ReqBody>>,
-    forwarding: &Forwarding,
+    forwarding: &Forwarding<'_>,
     up: &Arc<ServerUpstream>,
     (route, cx): (&HttpRoute, &ConnCtx),
     pool: &Pool,

@@ -100,6 +100,30 @@ fn scrape(m: &Metrics, family: &str) -> String {
         .join("\n")
 }
 
+#[test]
+fn a_request_is_decided_as_decide_would_with_or_without_trusted_proxies() {
+    let m = Metrics::new();
+    let h = xff("6.6.6.6, 1.2.3.4");
+    let cases = [
+        (sa("192.0.2.1:5000"), None),
+        (sa("[::ffff:10.0.0.5]:5000"), None),
+        (sa("10.0.0.5:5000"), None),
+        (sa("10.0.0.5:5000"), Some(sa("7.7.7.7:1"))),
+    ];
+    for extra in ["", "trusted_proxies = [\"10.0.0.0/8\"]"] {
+        let l = listener("http", extra);
+        let a = Admission::new(&l, &m, None);
+        for (peer, proxied) in cases {
+            // The connection's client, as accept decided it (no headers there).
+            let (conn, _) = decide(peer, proxied, None, &l.admission);
+            let (got, chain) = a.request(&conn, &h).unwrap();
+            let (want, want_chain) = decide(peer, proxied, Some(&h), &l.admission);
+            assert_eq!(got, want, "{extra:?} {peer} {proxied:?}");
+            assert_eq!(chain.as_slice(), want_chain.as_slice());
+        }
+    }
+}
+
 #[tokio::test]
 async fn accept_reads_the_proxy_header_from_trusted_peers_and_refuses_others() {
     let m = Metrics::new();

@@ -132,9 +132,10 @@ pub(super) fn prepare<'a>(
     }
     // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
     // Connection may have listed Host itself (then it is gone).
-    let host = match scan.hop {
-        true => parts.headers.get(header::HOST).cloned(),
-        false => scan.host,
+    let host = if scan.hop {
+        parts.headers.get(header::HOST).cloned()
+    } else {
+        scan.host
     };
     let forwarding = Forwarding::new(
         host,

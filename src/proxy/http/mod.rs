@@ -308,18 +308,14 @@ impl ResponseTimer {
     pub fn take(&self, after: std::time::Duration) -> ResponseWait {
         let deadline = tokio::time::Instant::now() + after;
         let kept = self.slot().take();
-        let sleep = match kept {
-            Some(mut t) => {
-                // Only a shorter `response_header` (a reload) can put the deadline before
-                // the kept one.
-                if t.deadline() > deadline {
-                    t.as_mut().reset(deadline);
-                }
-                t
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
+        let mut w = ResponseWait {
+            sleep: kept.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline))),
+            deadline,
         };
-        ResponseWait { sleep, deadline }
+        // A kept timer is at an earlier request's deadline, or later only after a reload
+        // shortened `response_header`.
+        w.end_at(deadline);
+        w
     }
 
     /// Keeps `w`'s timer for the next request.
@@ -350,9 +346,15 @@ pub struct ResponseWait {
 impl ResponseWait {
     /// Starts the wait over: it ends `after` from now.
     pub fn restart(&mut self, after: std::time::Duration) {
-        self.deadline = tokio::time::Instant::now() + after;
-        if self.sleep.deadline() > self.deadline {
-            self.sleep.as_mut().reset(self.deadline);
+        self.end_at(tokio::time::Instant::now() + after);
+    }
+
+    /// Makes `deadline` the wait's end: the timer is moved only if it is set later (one set
+    /// sooner is moved on when it fires).
+    fn end_at(&mut self, deadline: tokio::time::Instant) {
+        self.deadline = deadline;
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
         }
     }
 }
@@ -602,34 +604,35 @@ mod tests {
         got >= want && got <= want + Duration::from_millis(2)
     }
 
+    /// One request's whole wait on `timer`: how long it took, the timer given back after.
+    async fn whole_wait(timer: &ResponseTimer, after: Duration) -> Duration {
+        let mut w = timer.take(after);
+        let took = wait(&mut w).await;
+        timer.give_back(w);
+        took
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_kept_response_timer_ends_each_wait_at_its_own_deadline() {
         let timer = ResponseTimer::default();
         let ten = Duration::from_secs(10);
         // A fresh timer.
-        let mut w = timer.take(ten);
-        let took = wait(&mut w).await;
+        let took = whole_wait(&timer, ten).await;
         assert!(near(took, ten), "{took:?}");
-        timer.give_back(w);
         // The kept timer has fired: the next wait is a whole one all the same.
-        let mut w = timer.take(ten);
-        let took = wait(&mut w).await;
+        let took = whole_wait(&timer, ten).await;
         assert!(near(took, ten), "after a fired one: {took:?}");
-        timer.give_back(w);
         // A request answered at once leaves the timer at its deadline. Four seconds later
         // the next request's deadline is ten seconds off, not six.
         let w = timer.take(ten);
         timer.give_back(w);
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let mut w = timer.take(ten);
-        let took = wait(&mut w).await;
+        let took = whole_wait(&timer, ten).await;
         assert!(near(took, ten), "kept timer fired early: {took:?}");
-        timer.give_back(w);
         // A shorter timeout (a reload) is kept to.
         let w = timer.take(ten);
         timer.give_back(w);
-        let mut w = timer.take(Duration::from_secs(1));
-        let took = wait(&mut w).await;
+        let took = whole_wait(&timer, Duration::from_secs(1)).await;
         assert!(near(took, Duration::from_secs(1)), "shorter: {took:?}");
         // A restart moves the end later, or earlier.
         let mut w = timer.take(ten);

@@ -21,6 +21,9 @@ no pinning, two workers each, wrk with two threads. The fulcrum variants switch 
 one at a time: `fulcrum+log` (access log to a file), `fulcrum+ratelimit` (a limit no client
 reaches, so every request pays for the check), `fulcrum+routes` (100 routes, the request served
 by the last). HAProxy checks its servers every 2 s like fulcrum does; nginx has no active checks.
+fulcrum adds X-Forwarded-For, -Proto, -Host and X-Request-ID to each request (and returns the
+request id); HAProxy and nginx add nothing unless `--same-headers` asks them to add the same,
+so that the origins (which share the load core with wrk) parse the same requests behind all.
 
 Needs wrk, haproxy, nginx (with the stream module) and, for `instructions`, valgrind and
 h2load. Debian: apt-get install wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client.
@@ -169,9 +172,27 @@ interval = "2s"
 """
 
 
-def haproxy_config(mode, port, origins, workers):
+# What fulcrum adds to every proxied HTTP request by default (X-Forwarded-For, -Proto and
+# -Host, and a request id, which it also returns to the client), asked of HAProxy and nginx
+# with --same-headers, so that the origins parse the same requests behind all three.
+HAPROXY_SAME_HEADERS = """  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  unique-id-format %[uuid()]
+  unique-id-header X-Request-ID
+  http-response set-header X-Request-ID %[unique-id]
+"""
+NGINX_SAME_HEADERS = (
+    "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; "
+    "proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; "
+    "proxy_set_header X-Request-ID $request_id; add_header X-Request-ID $request_id; "
+)
+
+
+def haproxy_config(mode, port, origins, workers, same_headers=False):
     servers = "\n".join(f"  server s{i} 127.0.0.1:{o} check inter 2s" for i, o in enumerate(origins))
     http = "  option http-keep-alive\n" if mode == "http" else ""
+    front = HAPROXY_SAME_HEADERS if mode == "http" and same_headers else ""
     return f"""global
   nbthread {workers}
   maxconn 8000
@@ -182,20 +203,21 @@ defaults
   timeout server 60s
 {http}frontend f
   bind 127.0.0.1:{port}
-  default_backend b
+{front}  default_backend b
 backend b
   balance roundrobin
 {servers}
 """
 
 
-def nginx_config(work, mode, port, origins, workers):
+def nginx_config(work, mode, port, origins, workers, same_headers=False):
     ups = " ".join(f"server 127.0.0.1:{o};" for o in origins)
     if mode == "http":
+        extra = NGINX_SAME_HEADERS if same_headers else ""
         block = (
             f"http {{ access_log off; upstream u {{ {ups} keepalive 64; }} "
             f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; "
-            f'proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}'
+            f'proxy_http_version 1.1; proxy_set_header Connection ""; {extra}}} }} }}'
         )
     else:
         block = f"stream {{ upstream u {{ {ups} }} server {{ listen 127.0.0.1:{port}; proxy_pass u; }} }}"
@@ -207,7 +229,7 @@ def nginx_config(work, mode, port, origins, workers):
     )
 
 
-def start_target(procs, work, target, mode, origins, cpu, workers):
+def start_target(procs, work, target, mode, origins, cpu, workers, same_headers=False):
     """Starts `target` for `mode`; returns (process, port, pids to measure)."""
     port = free_port()
     if target.startswith("fulcrum"):
@@ -221,12 +243,12 @@ def start_target(procs, work, target, mode, origins, cpu, workers):
     elif target == "haproxy":
         path = f"{work}/haproxy.{mode}.cfg"
         with open(path, "w") as f:
-            f.write(haproxy_config(mode, port, origins, workers))
+            f.write(haproxy_config(mode, port, origins, workers, same_headers))
         p = procs.start(["haproxy", "-db", "-f", path], cpu, f"{work}/haproxy.log")
     elif target == "nginx":
         path = f"{work}/nginx.{mode}.conf"
         with open(path, "w") as f:
-            f.write(nginx_config(work, mode, port, origins, workers))
+            f.write(nginx_config(work, mode, port, origins, workers, same_headers))
         p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/nginx.log")
     else:
         raise SystemExit(f"unknown target {target}")
@@ -309,7 +331,8 @@ def load(args):
                 for target in args.targets[shift:] + args.targets[:shift]:
                     if target == "fulcrum+routes" and mode == "tcp":
                         continue
-                    p, port = start_target(procs, work, target, mode, origins, proxy_cpu, workers)
+                    p, port = start_target(procs, work, target, mode, origins, proxy_cpu, workers,
+                                           args.same_headers)
                     try:
                         r = run_load(args, mode, body, conns, port, measured_pids(p), load_cpu, wrk_threads)
                     finally:
@@ -338,7 +361,9 @@ def report(results, args):
             ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}")]
     workers = worker_count(args)
     lines = [f"{'unpinned' if args.unpinned else 'proxy pinned to core 0'}, {workers} worker{'s' if workers > 1 else ''} each; "
-             f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx", "",
+             f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx"
+             + ("; HAProxy and nginx add fulcrum's forwarding headers and request id"
+                if getattr(args, "same_headers", False) else ""), "",
              "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | errors |",
              "|---|---|---|---|---|---|---|"]
     for scen, by_target in results.items():
@@ -463,6 +488,8 @@ def main():
     lo.add_argument("--unpinned", action="store_true", help="no pinning, 2 workers each")
     lo.add_argument("--workers", type=int, help="worker threads (processes for nginx) for every proxy "
                     "(default: 1 pinned, 2 unpinned)")
+    lo.add_argument("--same-headers", action="store_true",
+                    help="HAProxy and nginx add the forwarding headers and request id fulcrum adds")
     lo.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke test")
     lo.add_argument("--json", help="write every run to this file")
     ins = sub.add_parser("instructions", help="instructions per request under callgrind")

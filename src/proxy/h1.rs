@@ -287,9 +287,14 @@ impl Conn {
     /// Reads more into `rd`; `Ok(0)` at the server's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         // Read into what room is left unless it is small: reserving again each time would
-        // reclaim (or replace) the buffer on every response.
+        // reclaim (or replace) the buffer on every response. When reserving, make room for a
+        // byte more than is wanted: a read that fills the buffer leaves the socket marked
+        // readable (tokio clears that on a short read), and when the read took the rest of
+        // a body, the next one would only find the socket empty: a wasted system call per
+        // response (3 reads instead of 2 for a 16 KiB body).
         if self.rd.capacity() - self.rd.len() < want.min(MIN_READ) {
-            self.rd.reserve(want.clamp(READ_CHUNK, 4 * READ_CHUNK));
+            self.rd
+                .reserve((want + 1).clamp(READ_CHUNK, 4 * READ_CHUNK));
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rd)
     }

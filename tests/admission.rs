@@ -50,6 +50,32 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     assert!(!body.contains("6.6.6.6"), "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_chain_goes_on_in_forwarded_as_in_x_forwarded_for() {
+    let o = fleet(1).await;
+    let cfg = with_listener(
+        http_config(&servers(&[&o[0]]), "", NO_HEALTH),
+        "trusted_proxies = [\"127.0.0.2/32\"]\nforwarded = \"both\"",
+    );
+    let p = Proxy::start(&cfg).await;
+    let web = p.addr("web");
+    // From the trusted proxy: both forms carry its chain, then the proxy itself.
+    let (_, body) = request_from("127.0.0.2", web, "X-Forwarded-For: 1.2.3.4\r\n").await;
+    assert_eq!(xff(&body), "1.2.3.4, 127.0.0.2", "{body}");
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(
+        body.contains("forwarded: for=1.2.3.4, for=127.0.0.2;proto=http;host=\"t\"\n"),
+        "{body}"
+    );
+    // From anyone else: only the sender, in both forms.
+    let (_, body) = request_from("127.0.0.1", web, "X-Forwarded-For: 1.2.3.4\r\n").await;
+    assert_eq!(xff(&body), "127.0.0.1", "{body}");
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;proto=http;host=\"t\"\n"),
+        "{body}"
+    );
+}
+
 fn proxy_header(v: ProxyProtocol, src: &str, dst: SocketAddr) -> Vec<u8> {
     fulcrum::proxy::proxy_protocol::header(v, src.parse().unwrap(), dst)
 }

@@ -276,8 +276,9 @@ const GATHER: usize = 4096;
 /// `writev` of them costs more in the kernel than `send` of the same bytes in one piece: the
 /// iovec array is copied in, the write takes the generic file path, and the bytes are
 /// copied into the socket's buffer one slice at a time. Copying a few hundred bytes here
-/// costs less (measured: 0.3 µs less CPU per small proxied request, about 3 %). Larger
-/// writes go out as they are: the copy would grow with them, the saving would not.
+/// costs less (measured: about 1 % less CPU per small proxied request, for 0.13k more
+/// user-space instructions). Larger writes go out as they are: the copy would grow with
+/// them, the saving would not.
 fn gather<'a>(
     bufs: &[io::IoSlice<'_>],
     out: &'a mut [MaybeUninit<u8>; GATHER],

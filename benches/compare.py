@@ -20,7 +20,9 @@ worker process), and wrk and the origins share core 1. `--unpinned` runs the way
 no pinning, two workers each, wrk with two threads. The fulcrum variants switch features on
 one at a time: `fulcrum+log` (access log to a file), `fulcrum+ratelimit` (a limit no client
 reaches, so every request pays for the check), `fulcrum+routes` (100 routes, the request served
-by the last). HAProxy checks its servers every 2 s like fulcrum does; nginx has no active checks.
+by the last). `haproxy+log` and `nginx+log` log every request too, for comparison with
+`fulcrum+log`: HAProxy to standard output (sent to a file), nginx to a file with a 64 KiB
+buffer. HAProxy checks its servers every 2 s like fulcrum does; nginx has no active checks.
 fulcrum adds X-Forwarded-For, -Proto, -Host and X-Request-ID to each request (and returns the
 request id); HAProxy and nginx add nothing unless `--same-headers` asks them to add the same,
 so that the origins (which share the load core with wrk) parse the same requests behind all.
@@ -189,16 +191,20 @@ NGINX_SAME_HEADERS = (
 )
 
 
-def haproxy_config(mode, port, origins, workers, same_headers=False):
+def haproxy_config(mode, port, origins, workers, same_headers=False, log=False):
     servers = "\n".join(f"  server s{i} 127.0.0.1:{o} check inter 2s" for i, o in enumerate(origins))
     http = "  option http-keep-alive\n" if mode == "http" else ""
     front = HAPROXY_SAME_HEADERS if mode == "http" and same_headers else ""
+    # haproxy+log: a line per request (per connection on L4) to standard output, which the
+    # harness sends to a file: HAProxy's way of logging without a syslog daemon.
+    glog = "  log stdout format raw local0\n" if log else ""
+    dlog = f"  log global\n  option {mode}log\n" if log else ""
     return f"""global
   nbthread {workers}
   maxconn 8000
-defaults
+{glog}defaults
   mode {mode}
-  timeout connect 5s
+{dlog}  timeout connect 5s
   timeout client 60s
   timeout server 60s
 {http}frontend f
@@ -210,12 +216,14 @@ backend b
 """
 
 
-def nginx_config(work, mode, port, origins, workers, same_headers=False):
+def nginx_config(work, mode, port, origins, workers, same_headers=False, log=False):
     ups = " ".join(f"server 127.0.0.1:{o};" for o in origins)
     if mode == "http":
         extra = NGINX_SAME_HEADERS if same_headers else ""
+        # nginx+log: the combined format to a file, buffered the way nginx advises under load.
+        access = f"{work}/nginx-access.log combined buffer=64k flush=1s" if log else "off"
         block = (
-            f"http {{ access_log off; upstream u {{ {ups} keepalive 64; }} "
+            f"http {{ access_log {access}; upstream u {{ {ups} keepalive 64; }} "
             f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; "
             f'proxy_http_version 1.1; proxy_set_header Connection ""; {extra}}} }} }}'
         )
@@ -234,22 +242,25 @@ def start_target(procs, work, target, mode, origins, cpu, workers, same_headers=
     port = free_port()
     if target.startswith("fulcrum"):
         path = f"{work}/{target}.{mode}.toml"
+        # fulcrum, fulcrum+log, ...; a -base before the variant takes FULCRUM_BASE_BIN.
+        base = target.startswith("fulcrum-base")
         with open(path, "w") as f:
-            f.write(fulcrum_config(work, target, mode, port, origins, workers))
-        binary = os.environ.get("FULCRUM_BASE_BIN") if target == "fulcrum-base" else FULCRUM
+            f.write(fulcrum_config(work, target.replace("fulcrum-base", "fulcrum", 1), mode, port,
+                                   origins, workers))
+        binary = os.environ.get("FULCRUM_BASE_BIN") if base else FULCRUM
         if not binary:
             raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
         p = procs.start([binary, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
-    elif target == "haproxy":
-        path = f"{work}/haproxy.{mode}.cfg"
+    elif target in ("haproxy", "haproxy+log"):
+        path = f"{work}/{target}.{mode}.cfg"
         with open(path, "w") as f:
-            f.write(haproxy_config(mode, port, origins, workers, same_headers))
-        p = procs.start(["haproxy", "-db", "-f", path], cpu, f"{work}/haproxy.log")
-    elif target == "nginx":
-        path = f"{work}/nginx.{mode}.conf"
+            f.write(haproxy_config(mode, port, origins, workers, same_headers, target.endswith("+log")))
+        p = procs.start(["haproxy", "-db", "-f", path], cpu, f"{work}/{target}.log")
+    elif target in ("nginx", "nginx+log"):
+        path = f"{work}/{target}.{mode}.conf"
         with open(path, "w") as f:
-            f.write(nginx_config(work, mode, port, origins, workers, same_headers))
-        p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/nginx.log")
+            f.write(nginx_config(work, mode, port, origins, workers, same_headers, target.endswith("+log")))
+        p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/{target}.log")
     else:
         raise SystemExit(f"unknown target {target}")
     wait_port(port, p)
@@ -373,7 +384,7 @@ def report(results, args):
             cells = []
             for k, _, fmt in keys:
                 v = fmt.format(med[t][k])
-                if not t.startswith(("haproxy", "nginx")):
+                if t not in ("haproxy", "nginx"):
                     ratios = [med[t][k] / med[b][k] for b in ("haproxy", "nginx") if b in med and med[b][k]]
                     v += " (" + " / ".join(f"{x:.2f}×" for x in ratios) + ")"
                 cells.append(v)
@@ -388,7 +399,7 @@ def report(results, args):
         if not base:
             continue
         for t, runs in by_target.items():
-            if t.startswith(("haproxy", "nginx")):
+            if t in ("haproxy", "nginx"):
                 continue
             cells = []
             for k, _, _ in keys:
@@ -419,15 +430,17 @@ def instructions(args):
 
         def count(target, mode, n):
             port = free_port()
-            if target in ("fulcrum", "fulcrum-base"):
+            if target.startswith("fulcrum"):
+                # fulcrum, fulcrum+log, ...; a -base before the variant takes FULCRUM_BASE_BIN.
                 binary = FULCRUM
-                if target == "fulcrum-base":
+                if target.startswith("fulcrum-base"):
                     binary = os.environ.get("FULCRUM_BASE_BIN")
                     if not binary:
                         raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
+                variant = target.replace("fulcrum-base", "fulcrum", 1)
                 path = f"{work}/f.toml"
                 with open(path, "w") as f:
-                    f.write(fulcrum_config(work, "fulcrum", mode, port, [origin], 1).replace(
+                    f.write(fulcrum_config(work, variant, mode, port, [origin], 1).replace(
                         'kind = "tcp"\ninterval = "2s"', 'kind = "none"'))
                 cmd = [binary, "run", "--config", path, "--log-level", "warn"]
             elif target == "haproxy":

@@ -1,22 +1,28 @@
 //! The access log: one line per HTTP request (L7) or per relayed connection (L4), in a
 //! combined-like text format or as JSON, to stderr or appended to a file.
 //!
-//! Writing it never blocks the proxy. The request path builds an [`Entry`] from values it
-//! already holds (reference-counted names, the method, the URI, two header values: no
-//! string formatting) and hands it to a bounded channel with `try_send`; when the channel
-//! is full the line is dropped and counted in `fulcrum_access_log_dropped_total`. A
-//! dedicated writer thread formats and writes in batches, so disk stalls never reach a tokio
-//! worker; between batches it lingers (20 ms at most), so that under load neither side is
-//! woken per line. Shutdown flushes what is queued. A reload reopens the file (for log
-//! rotation).
+//! Writing it never blocks the proxy. The thread that served the request formats its line
+//! straight into a buffer of its own (one per worker thread, behind a mutex that only the
+//! writer ever contends for, and only to swap the buffer out); a line that would overfill
+//! the buffer is dropped and counted in `fulcrum_access_log_dropped_total`. A dedicated
+//! writer thread takes the buffers whole and writes them, so disk stalls never reach a
+//! tokio worker; under load it lingers between batches (20 ms at most), so that neither
+//! side is woken per line, and when traffic stops it sleeps until the next line. Shutdown
+//! flushes what is buffered. A reload reopens the file (for log rotation).
+//!
+//! Formatting where the request was served, rather than handing the writer a record of
+//! it, keeps the request's values on the thread that owns them: no reference counts shared
+//! with the writer, no allocation freed on another thread, and the request head's bytes
+//! are released as soon as the response is sent (a queued record would pin the connection's
+//! read buffer, and hyper would allocate a new one for the next request).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::net::SocketAddr;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Method, Uri, Version};
@@ -69,50 +75,46 @@ impl RequestHead {
     }
 }
 
-/// One HTTP request.
-pub struct HttpEntry {
-    /// When the response head was sent.
-    pub at: SystemTime,
-    /// Response status.
-    pub status: u16,
-    /// Response body size, when the response declared it.
-    pub bytes: Option<u64>,
-    /// What the request path knew of it.
-    pub line: HttpLine,
-}
-
-/// What the request path tells the access log about one request.
-pub struct HttpLine {
+/// What the request path tells the access log about one HTTP request.
+pub struct HttpLine<'a> {
     /// Listener name.
-    pub listener: Arc<str>,
+    pub listener: &'a str,
     /// The client (as admission decided it).
     pub client: SocketAddr,
     /// The request head.
-    pub head: RequestHead,
+    pub head: &'a RequestHead,
     /// The pool it went to; `None` when the proxy answered without one.
-    pub pool: Option<Arc<str>>,
+    pub pool: Option<&'a str>,
     /// The route that served it: its name, `(default)` or `(none)`.
-    pub route: Option<Arc<str>>,
-    /// The server that answered; `None` when the proxy answered itself.
-    pub server: Option<Arc<str>>,
+    pub route: &'a str,
+    /// The server that answered; `None` when the proxy answered itself (or, for an
+    /// upgrade, found from the response).
+    pub server: Option<&'a str>,
     /// Its `X-Request-ID`.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<&'a [u8]>,
     /// From request head received to response head sent.
     pub duration: Duration,
 }
 
+/// One HTTP request as it is written: the line and what the response adds.
+struct HttpRecord<'a> {
+    line: &'a HttpLine<'a>,
+    server: Option<&'a str>,
+    status: u16,
+    /// Response body size, when the response declared it.
+    bytes: Option<u64>,
+}
+
 /// One L4 connection.
-pub struct TcpEntry {
-    /// When the connection ended.
-    pub at: SystemTime,
+pub struct TcpLine<'a> {
     /// Listener name.
-    pub listener: Arc<str>,
+    pub listener: &'a str,
     /// The client.
     pub client: SocketAddr,
     /// Pool name.
-    pub pool: Arc<str>,
+    pub pool: &'a str,
     /// The server relayed to; `None` when none could be reached.
-    pub server: Option<Arc<str>>,
+    pub server: Option<&'a str>,
     /// Bytes client → server.
     pub bytes_in: u64,
     /// Bytes server → client.
@@ -124,135 +126,199 @@ pub struct TcpEntry {
     pub outcome: &'static str,
 }
 
-/// One line. Not boxed: the channel's slots are allocated once, so queuing a line
-/// allocates nothing.
-pub enum Entry {
-    /// L7 (boxed: an HTTP line is far larger than an L4 one, and entries queue).
-    Http(Box<HttpEntry>),
-    /// L4.
-    Tcp(TcpEntry),
-}
-
-/// A running access log: a bounded channel and the thread that drains it.
+/// A running access log: the threads' buffers and the thread that drains them.
 pub struct AccessLog {
     /// The settings it was opened with.
     pub settings: AccessLogSettings,
-    tx: SyncSender<Msg>,
-    dropped: IntCounter,
-    reopen: Arc<AtomicBool>,
-    /// The writer thread, woken early from its linger by [`AccessLog::flush`].
+    shared: Arc<Shared>,
+    /// The writer thread, woken early by [`AccessLog::flush`], by a line after a quiet
+    /// spell, and by a buffer half full.
     writer: std::thread::Thread,
 }
 
-/// What the writer thread receives.
-enum Msg {
-    Line(Entry),
-    /// Write everything queued before this now, then answer.
-    Flush(SyncSender<()>),
+/// What the proxy's threads and the writer share.
+struct Shared {
+    /// A buffer per thread (threads beyond the count share them): a power of two long.
+    shards: Box<[Shard]>,
+    format: AccessLogFormat,
+    /// Lines a buffer holds before new ones are dropped.
+    max_lines: usize,
+    /// Bytes a buffer holds before new lines are dropped (long URIs make long lines).
+    max_bytes: usize,
+    dropped: IntCounter,
+    /// The writer found every buffer empty and waits for a line.
+    sleeping: AtomicBool,
+    reopen: AtomicBool,
+    /// Every handle is gone: write what is left and end.
+    closed: AtomicBool,
+    /// Flushes waiting for the writer's next pass.
+    flushes: Mutex<Vec<SyncSender<()>>>,
 }
+
+/// A thread's buffer, on a cache line of its own.
+#[repr(align(128))]
+struct Shard(Mutex<Pending>);
+
+/// Lines formatted and not yet taken by the writer.
+struct Pending {
+    buf: Vec<u8>,
+    lines: usize,
+    clock: Clock,
+}
+
+/// The shard index a thread writes to, handed out in turn as threads first log.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|s| *s)
+}
+
+fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // A panic while formatting leaves at worst a partial line; the buffer stays usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bytes a buffer may hold per line it may hold: lines are 200 to 400 bytes as a rule.
+const BYTES_PER_LINE: usize = 512;
 
 impl AccessLog {
     /// Opens the destination and starts the writer thread. The thread ends (after writing
-    /// what is queued) once every handle to this log is dropped.
+    /// what is buffered) once every handle to this log is dropped.
     pub fn open(
         settings: &AccessLogSettings,
         dropped: IntCounter,
     ) -> Result<Arc<AccessLog>, AccessLogError> {
         let out = Output::open(&settings.target)?;
-        let capacity = settings.buffer;
-        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
-        let reopen = Arc::new(AtomicBool::new(false));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = (0..threads.clamp(1, 64).next_power_of_two())
+            .map(|_| {
+                Shard(Mutex::new(Pending {
+                    buf: Vec::new(),
+                    lines: 0,
+                    clock: Clock::new(),
+                }))
+            })
+            .collect();
+        let max_lines = settings.buffer.max(1);
+        let shared = Arc::new(Shared {
+            shards,
+            format: settings.format,
+            max_lines,
+            max_bytes: max_lines.saturating_mul(BYTES_PER_LINE),
+            dropped,
+            sleeping: AtomicBool::new(false),
+            reopen: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            flushes: Mutex::new(Vec::new()),
+        });
         let writer = Writer {
             out,
             target: settings.target.clone(),
-            format: settings.format,
-            reopen: reopen.clone(),
+            shared: shared.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("fulcrum-access-log".into())
-            .spawn(move || writer.run(rx, capacity))
+            .spawn(move || writer.run())
             .map_err(AccessLogError::Thread)?;
         Ok(Arc::new(AccessLog {
             settings: settings.clone(),
-            tx,
-            dropped,
-            reopen,
+            shared,
             writer: thread.thread().clone(),
         }))
     }
 
-    /// Writes every line queued so far, waiting `wait` at most; false if that was not enough
+    /// Writes every line logged so far, waiting `wait` at most; false if that was not enough
     /// (the disk is stalled, say). Blocks: call it off the runtime's workers, at shutdown.
     pub fn flush(&self, wait: Duration) -> bool {
-        let deadline = std::time::Instant::now() + wait;
         let (ack, done) = std::sync::mpsc::sync_channel(1);
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(m)) => {
-                    if std::time::Instant::now() >= deadline {
-                        return false;
-                    }
-                    msg = m;
-                    self.writer.unpark();
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        self.shared
+            .flushes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ack);
         self.writer.unpark();
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        done.recv_timeout(left).is_ok()
+        done.recv_timeout(wait).is_ok()
     }
 
-    /// Queues a line; drops and counts it when the writer has fallen behind.
-    #[inline]
-    pub fn log(&self, e: Entry) {
-        match self.tx.try_send(Msg::Line(e)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
-    }
-
-    /// Logs an HTTP response about to be sent; `server` is the one that answered, if any.
-    #[allow(clippy::too_many_arguments)]
-    pub fn response<B>(&self, mut line: HttpLine, resp: &http::Response<B>) {
+    /// Logs an HTTP response about to be sent.
+    pub fn response<B>(&self, line: &HttpLine<'_>, resp: &http::Response<B>) {
         let bytes = resp
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        if line.server.is_none() {
-            line.server = resp.extensions().get::<Upstream>().map(|u| u.0.clone());
-        }
-        self.log(Entry::Http(Box::new(HttpEntry {
-            at: SystemTime::now(),
+        let upgraded = resp.extensions().get::<Upstream>();
+        let rec = HttpRecord {
+            line,
+            server: line.server.or(upgraded.map(|u| &*u.0)),
             status: resp.status().as_u16(),
             bytes,
-            line,
-        })));
+        };
+        let (format, at) = (self.shared.format, SystemTime::now());
+        self.append(|out, clock| match format {
+            AccessLogFormat::Combined => http_combined(out, clock, at, &rec),
+            AccessLogFormat::Json => http_json(out, clock, at, &rec),
+        });
+    }
+
+    /// Logs one finished L4 connection.
+    pub fn connection(&self, line: &TcpLine<'_>) {
+        let (format, at) = (self.shared.format, SystemTime::now());
+        self.append(|out, clock| match format {
+            AccessLogFormat::Combined => tcp_combined(out, clock, at, line),
+            AccessLogFormat::Json => tcp_json(out, clock, at, line),
+        });
+    }
+
+    /// Formats a line into this thread's buffer, or drops and counts it when the buffer is
+    /// full (the writer has fallen behind).
+    #[inline]
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>, &mut Clock)) {
+        let sh = &*self.shared;
+        let shard = &sh.shards[thread_slot() & (sh.shards.len() - 1)];
+        let mut p = lock(&shard.0);
+        if p.lines >= sh.max_lines || p.buf.len() >= sh.max_bytes {
+            drop(p);
+            sh.dropped.inc();
+            return;
+        }
+        let Pending { buf, lines, clock } = &mut *p;
+        write(buf, clock);
+        buf.push(b'\n');
+        *lines += 1;
+        let (first, half) = (*lines == 1, *lines == sh.max_lines / 2);
+        drop(p);
+        if half || (first && sh.sleeping.load(Ordering::Acquire)) {
+            // After a quiet spell, or before the buffer fills while the writer lingers.
+            sh.sleeping.store(false, Ordering::Release);
+            self.writer.unpark();
+        }
     }
 
     /// Asks the writer to reopen its file before the next line (after log rotation).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
+        self.shared.reopen.store(true, Ordering::Release);
+        self.writer.unpark();
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.writer.unpark();
     }
 }
 
 enum Output {
     Stderr,
-    File(BufWriter<File>),
+    File(File),
 }
 
 impl Output {
     fn open(target: &AccessLogTarget) -> Result<Output, AccessLogError> {
         match target {
             AccessLogTarget::Stderr => Ok(Output::Stderr),
-            AccessLogTarget::File(p) => Ok(Output::File(BufWriter::with_capacity(
-                64 * 1024,
-                open_append(p)?,
-            ))),
+            AccessLogTarget::File(p) => Ok(Output::File(open_append(p)?)),
         }
     }
 }
@@ -269,12 +335,12 @@ fn open_append(p: &Path) -> Result<File, AccessLogError> {
 }
 
 /// The longest the writer waits between two batches while lines keep coming: the most a line
-/// can sit in the channel under load.
+/// can sit in its buffer under load.
 const MAX_LINGER: Duration = Duration::from_millis(20);
 
-/// The wait before the next batch, from the last one: `taken` lines out of a channel of
-/// `capacity`. A batch that filled a quarter of the channel halves the wait (so a burst
-/// cannot fill the channel while the writer sleeps); a small one lets it grow back.
+/// The wait before the next batch, from the last one: `taken` lines from buffers of
+/// `capacity`. A batch that filled a quarter of a buffer halves the wait (so a burst
+/// cannot fill the buffer while the writer sleeps); a small one lets it grow back.
 fn next_linger(linger: Duration, taken: usize, capacity: usize) -> Duration {
     if taken.saturating_mul(4) >= capacity {
         (linger / 2).max(Duration::from_micros(100))
@@ -285,63 +351,79 @@ fn next_linger(linger: Duration, taken: usize, capacity: usize) -> Duration {
     }
 }
 
+/// A buffer that grew past this during a burst, and held less than a quarter of it in its
+/// last batch, is let go once written, so one burst does not hold its memory for good. A
+/// buffer in steady use is kept: growing one anew for every batch costs copies and page
+/// faults.
+const KEEP_BUFFER: usize = 1024 * 1024;
+
 struct Writer {
     out: Output,
     target: AccessLogTarget,
-    format: AccessLogFormat,
-    reopen: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>, capacity: usize) {
-        let mut line = String::with_capacity(512);
-        let mut batch = Vec::with_capacity(64 * 1024);
+    fn run(mut self) {
+        let sh = self.shared.clone();
+        // The writer's side of each buffer: swapped with the thread's when taken.
+        let mut spare: Vec<Vec<u8>> = sh.shards.iter().map(|_| Vec::new()).collect();
         let mut linger = MAX_LINGER;
-        // Blocks for the first line of a batch, then takes whatever else is queued and writes
-        // the batch in one go. A line after a quiet spell is written at once; after each
-        // batch the writer lingers (20 ms at most), so that under load lines gather in the
-        // channel and the next batch holds many: without that, a writer faster than the proxy
-        // is woken for every line (a futex wake on the request path) and writes each in its
-        // own system call.
-        while let Ok(first) = rx.recv() {
-            if self.reopen.swap(false, Ordering::AcqRel) {
+        loop {
+            if sh.reopen.swap(false, Ordering::AcqRel) {
                 self.reopen_file();
             }
+            // Read before taking the lines: a flush answered below covers every line logged
+            // before it asked, and the last pass after the close takes every line.
+            let closing = sh.closed.load(Ordering::Acquire);
+            let acks =
+                std::mem::take(&mut *sh.flushes.lock().unwrap_or_else(PoisonError::into_inner));
             let mut taken = 0usize;
-            let mut flushed = Vec::new();
-            let mut next = Some(first);
-            while let Some(m) = next {
-                match m {
-                    Msg::Line(e) => {
-                        taken += 1;
-                        line.clear();
-                        format_entry(&mut line, &e, self.format);
-                        batch.extend_from_slice(line.as_bytes());
-                        if batch.len() >= 60 * 1024 {
-                            self.write_batch(&batch);
-                            batch.clear();
-                        }
+            let mut most = 0usize;
+            for (shard, mine) in sh.shards.iter().zip(spare.iter_mut()) {
+                {
+                    let mut p = lock(&shard.0);
+                    if p.lines == 0 {
+                        continue;
                     }
-                    Msg::Flush(ack) => flushed.push(ack),
+                    std::mem::swap(&mut p.buf, mine);
+                    taken += p.lines;
+                    most = most.max(p.lines);
+                    p.lines = 0;
                 }
-                next = if flushed.is_empty() {
-                    rx.try_recv().ok()
+                self.write_batch(mine);
+                if mine.capacity() > KEEP_BUFFER && mine.len() < mine.capacity() / 4 {
+                    *mine = Vec::new();
                 } else {
-                    None
-                };
+                    mine.clear();
+                }
             }
-            if !batch.is_empty() {
-                self.write_batch(&batch);
-                batch.clear();
-            }
-            linger = next_linger(linger, taken, capacity);
-            if flushed.is_empty() {
-                // Woken early by a flush.
-                std::thread::park_timeout(linger);
-            }
-            for ack in flushed {
+            for ack in acks {
                 let _ = ack.try_send(());
             }
+            if closing {
+                return;
+            }
+            if taken > 0 {
+                // Lines are coming: let the next ones gather.
+                linger = next_linger(linger, most, sh.max_lines);
+                std::thread::park_timeout(linger);
+                continue;
+            }
+            // Nothing came during the last linger: sleep until a line does. A thread that
+            // logs into an empty buffer checks `sleeping` after releasing the buffer's lock,
+            // and this pass looks at every buffer after setting it, so one of the two sees
+            // the other.
+            linger = MAX_LINGER;
+            sh.sleeping.store(true, Ordering::Release);
+            let idle = sh.shards.iter().all(|s| lock(&s.0).lines == 0)
+                && !sh.closed.load(Ordering::Acquire)
+                && !sh.reopen.load(Ordering::Acquire)
+                && sh.flushes.lock().map_or(true, |f| f.is_empty());
+            if idle {
+                std::thread::park();
+            }
+            sh.sleeping.store(false, Ordering::Release);
         }
     }
 
@@ -354,22 +436,15 @@ impl Writer {
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.out {
-            Output::Stderr => {
-                let mut e = io::stderr().lock();
-                e.write_all(bytes)?;
-                e.flush()
-            }
-            Output::File(f) => {
-                f.write_all(bytes)?;
-                f.flush()
-            }
+            Output::Stderr => io::stderr().lock().write_all(bytes),
+            Output::File(f) => f.write_all(bytes),
         }
     }
 
     fn reopen_file(&mut self) {
         if let AccessLogTarget::File(p) = &self.target {
             match open_append(p) {
-                Ok(f) => self.out = Output::File(BufWriter::with_capacity(64 * 1024, f)),
+                Ok(f) => self.out = Output::File(f),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reopen the access log; keeping the old file")
                 }
@@ -378,18 +453,52 @@ impl Writer {
     }
 }
 
-/// Appends one formatted line (with its newline) to `out`.
-pub fn format_entry(out: &mut String, e: &Entry, format: AccessLogFormat) {
-    match (e, format) {
-        (Entry::Http(h), AccessLogFormat::Combined) => http_combined(out, h),
-        (Entry::Http(h), AccessLogFormat::Json) => http_json(out, h),
-        (Entry::Tcp(t), AccessLogFormat::Combined) => tcp_combined(out, t),
-        (Entry::Tcp(t), AccessLogFormat::Json) => tcp_json(out, t),
-    }
-    out.push('\n');
+// ---------------------------------------------------------------------------------------
+// Formatting: straight into the buffer, without core::fmt (whose machinery cost more than
+// the rest of a line's work together).
+
+/// The wall clock's current second, formatted once for every line within it.
+struct Clock {
+    secs: u64,
+    /// `10/Oct/2000:13:55:36 +0000`
+    clf: Vec<u8>,
+    /// `2000-10-10T13:55:36`
+    iso: Vec<u8>,
 }
 
-use std::fmt::Write as _;
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            secs: u64::MAX,
+            clf: Vec::with_capacity(32),
+            iso: Vec::with_capacity(32),
+        }
+    }
+
+    /// Sets the clock to `t`; returns its milliseconds.
+    fn set(&mut self, t: SystemTime) -> u32 {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        if secs != self.secs {
+            self.secs = secs;
+            const MONTHS: [&str; 12] = [
+                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+            ];
+            let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+            let s = secs % 86_400;
+            let (hh, mm, ss) = (s / 3600, s / 60 % 60, s % 60);
+            self.clf.clear();
+            let _ = write!(
+                self.clf,
+                "{day:02}/{}/{y}:{hh:02}:{mm:02}:{ss:02} +0000",
+                MONTHS[(m - 1) as usize]
+            );
+            self.iso.clear();
+            let _ = write!(self.iso, "{y:04}-{m:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}");
+        }
+        d.subsec_millis()
+    }
+}
 
 fn version_str(v: Version) -> &'static str {
     match v {
@@ -402,95 +511,198 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// `client - - [time] "METHOD URI VERSION" status bytes "referer" "user-agent"` (the combined
-/// log format), then `listener=... upstream=pool/server duration=seconds`.
-fn http_combined(out: &mut String, e: &HttpEntry) {
-    let h = &e.line;
-    let _ = write!(out, "{} - - [", h.client.ip());
-    clf_time(out, e.at);
-    out.push_str("] \"");
-    quoted_text(out, h.head.method.as_str().as_bytes());
-    out.push(' ');
-    quoted_text(out, uri_str(&h.head.uri).as_bytes());
-    let _ = write!(out, " {}\" {} ", version_str(h.head.version), e.status);
-    match e.bytes {
-        Some(b) => {
-            let _ = write!(out, "{b}");
+fn num(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn ip(out: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            num(out, a.into());
+            for x in [b, c, d] {
+                out.push(b'.');
+                num(out, x.into());
+            }
         }
-        None => out.push('-'),
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
-    out.push_str(" \"");
+}
+
+/// Seconds with six decimals (microseconds, rounded).
+fn seconds6(out: &mut Vec<u8>, d: Duration) {
+    let us = (d.as_nanos() + 500) / 1000;
+    num(out, (us / 1_000_000) as u64);
+    out.push(b'.');
+    let frac = (us % 1_000_000) as u32;
+    let mut digits = [b'0'; 6];
+    let mut f = frac;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (f % 10) as u8;
+        f /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// `client - - [time] "METHOD URI VERSION" status bytes "referer" "user-agent"` (the combined
+/// log format), then `listener=... route=... upstream=pool/server duration=seconds
+/// request_id=...`.
+fn http_combined(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, r: &HttpRecord<'_>) {
+    let h = r.line;
+    clock.set(at);
+    ip(out, h.client.ip());
+    out.extend_from_slice(b" - - [");
+    out.extend_from_slice(&clock.clf);
+    out.extend_from_slice(b"] \"");
+    quoted_text(out, h.head.method.as_str().as_bytes());
+    out.push(b' ');
+    quoted_text(out, uri_str(&h.head.uri).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(version_str(h.head.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    num(out, r.status.into());
+    out.push(b' ');
+    match r.bytes {
+        Some(b) => num(out, b),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b" \"");
     quoted_text(out, h.head.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
-    out.push_str("\" \"");
+    out.extend_from_slice(b"\" \"");
     quoted_text(
         out,
         h.head.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()),
     );
-    let _ = write!(
-        out,
-        "\" listener={} route={} upstream={}/{} duration={:.6} request_id=",
-        h.listener,
-        h.route.as_deref().unwrap_or("-"),
-        h.pool.as_deref().unwrap_or("-"),
-        h.server.as_deref().unwrap_or("-"),
-        h.duration.as_secs_f64()
-    );
-    quoted_text(out, h.request_id.as_ref().map_or(b"-", |v| v.as_bytes()));
+    out.extend_from_slice(b"\" listener=");
+    out.extend_from_slice(h.listener.as_bytes());
+    out.extend_from_slice(b" route=");
+    out.extend_from_slice(h.route.as_bytes());
+    out.extend_from_slice(b" upstream=");
+    out.extend_from_slice(h.pool.unwrap_or("-").as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(r.server.unwrap_or("-").as_bytes());
+    out.extend_from_slice(b" duration=");
+    seconds6(out, h.duration);
+    out.extend_from_slice(b" request_id=");
+    quoted_text(out, h.request_id.unwrap_or(b"-"));
 }
 
-fn http_json(out: &mut String, e: &HttpEntry) {
-    let h = &e.line;
-    let v = serde_json::json!({
-        "time": rfc3339(e.at),
-        "type": "http",
-        "listener": &*h.listener,
-        "client": h.client.to_string(),
-        "method": h.head.method.as_str(),
-        "uri": uri_str(&h.head.uri),
-        "version": version_str(h.head.version),
-        "status": e.status,
-        "bytes": e.bytes,
-        "referer": h.head.referer.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
-        "user_agent": h.head.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
-        "pool": h.pool.as_deref(),
-        "route": h.route.as_deref(),
-        "server": h.server.as_deref(),
-        "request_id": h.request_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes())),
-        "duration_seconds": h.duration.as_secs_f64(),
-    });
-    let _ = write!(out, "{v}");
+fn http_json(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, r: &HttpRecord<'_>) {
+    let h = r.line;
+    json_time(out, clock, at);
+    out.extend_from_slice(b",\"type\":\"http\",\"listener\":");
+    json_str(out, h.listener.as_bytes());
+    out.extend_from_slice(b",\"client\":\"");
+    let _ = write!(out, "{}", h.client);
+    out.extend_from_slice(b"\",\"method\":");
+    json_str(out, h.head.method.as_str().as_bytes());
+    out.extend_from_slice(b",\"uri\":");
+    json_str(out, uri_str(&h.head.uri).as_bytes());
+    out.extend_from_slice(b",\"version\":\"");
+    out.extend_from_slice(version_str(h.head.version).as_bytes());
+    out.extend_from_slice(b"\",\"status\":");
+    num(out, r.status.into());
+    out.extend_from_slice(b",\"bytes\":");
+    match r.bytes {
+        Some(b) => num(out, b),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"referer\":");
+    json_opt(out, h.head.referer.as_ref().map(|v| v.as_bytes()));
+    out.extend_from_slice(b",\"user_agent\":");
+    json_opt(out, h.head.user_agent.as_ref().map(|v| v.as_bytes()));
+    out.extend_from_slice(b",\"pool\":");
+    json_opt(out, h.pool.map(str::as_bytes));
+    out.extend_from_slice(b",\"route\":");
+    json_str(out, h.route.as_bytes());
+    out.extend_from_slice(b",\"server\":");
+    json_opt(out, r.server.map(str::as_bytes));
+    out.extend_from_slice(b",\"request_id\":");
+    json_opt(out, h.request_id);
+    out.extend_from_slice(b",\"duration_seconds\":");
+    json_f64(out, h.duration.as_secs_f64());
+    out.push(b'}');
 }
 
-fn tcp_combined(out: &mut String, t: &TcpEntry) {
-    let _ = write!(out, "{} - - [", t.client.ip());
-    clf_time(out, t.at);
-    let _ = write!(
-        out,
-        "] \"TCP\" {} listener={} upstream={}/{} bytes_in={} bytes_out={} duration={:.6}",
-        t.outcome,
-        t.listener,
-        t.pool,
-        t.server.as_deref().unwrap_or("-"),
-        t.bytes_in,
-        t.bytes_out,
-        t.duration.as_secs_f64()
-    );
+fn tcp_combined(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, t: &TcpLine<'_>) {
+    clock.set(at);
+    ip(out, t.client.ip());
+    out.extend_from_slice(b" - - [");
+    out.extend_from_slice(&clock.clf);
+    out.extend_from_slice(b"] \"TCP\" ");
+    out.extend_from_slice(t.outcome.as_bytes());
+    out.extend_from_slice(b" listener=");
+    out.extend_from_slice(t.listener.as_bytes());
+    out.extend_from_slice(b" upstream=");
+    out.extend_from_slice(t.pool.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(t.server.unwrap_or("-").as_bytes());
+    out.extend_from_slice(b" bytes_in=");
+    num(out, t.bytes_in);
+    out.extend_from_slice(b" bytes_out=");
+    num(out, t.bytes_out);
+    out.extend_from_slice(b" duration=");
+    seconds6(out, t.duration);
 }
 
-fn tcp_json(out: &mut String, t: &TcpEntry) {
-    let v = serde_json::json!({
-        "time": rfc3339(t.at),
-        "type": "tcp",
-        "listener": &*t.listener,
-        "client": t.client.to_string(),
-        "pool": &*t.pool,
-        "server": t.server.as_deref(),
-        "bytes_in": t.bytes_in,
-        "bytes_out": t.bytes_out,
-        "duration_seconds": t.duration.as_secs_f64(),
-        "outcome": t.outcome,
-    });
-    let _ = write!(out, "{v}");
+fn tcp_json(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, t: &TcpLine<'_>) {
+    json_time(out, clock, at);
+    out.extend_from_slice(b",\"type\":\"tcp\",\"listener\":");
+    json_str(out, t.listener.as_bytes());
+    out.extend_from_slice(b",\"client\":\"");
+    let _ = write!(out, "{}", t.client);
+    out.extend_from_slice(b"\",\"pool\":");
+    json_str(out, t.pool.as_bytes());
+    out.extend_from_slice(b",\"server\":");
+    json_opt(out, t.server.map(str::as_bytes));
+    out.extend_from_slice(b",\"bytes_in\":");
+    num(out, t.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    num(out, t.bytes_out);
+    out.extend_from_slice(b",\"duration_seconds\":");
+    json_f64(out, t.duration.as_secs_f64());
+    out.extend_from_slice(b",\"outcome\":");
+    json_str(out, t.outcome.as_bytes());
+    out.push(b'}');
+}
+
+/// `{"time":"2000-10-10T13:55:36.123Z"`: the object's opening and first field.
+fn json_time(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime) {
+    let ms = clock.set(at);
+    out.extend_from_slice(b"{\"time\":\"");
+    out.extend_from_slice(&clock.iso);
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+        b'"',
+    ]);
+}
+
+/// A JSON string of `b`, read as UTF-8 (invalid sequences become U+FFFD).
+fn json_str(out: &mut Vec<u8>, b: &[u8]) {
+    if b.iter().all(|&c| PLAIN[c as usize]) {
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(b));
+    }
+}
+
+fn json_opt(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => json_str(out, b),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_f64(out: &mut Vec<u8>, x: f64) {
+    let _ = serde_json::to_writer(&mut *out, &x);
 }
 
 fn uri_str(u: &Uri) -> &str {
@@ -503,18 +715,40 @@ fn uri_str(u: &Uri) -> &str {
     }
 }
 
+/// The bytes written as they are inside a quoted field: printable ASCII but `"` and `\`.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0x20;
+    while c < 0x7f {
+        t[c] = c != b'"' as usize && c != b'\\' as usize;
+        c += 1;
+    }
+    t
+};
+
 /// Writes bytes for inside a quoted field: `"` and `\` escaped, control and non-ASCII bytes
 /// as `\xHH`, so a hostile header cannot forge a line.
-fn quoted_text(out: &mut String, b: &[u8]) {
-    for &c in b {
+fn quoted_text(out: &mut Vec<u8>, mut b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    while !b.is_empty() {
+        let plain = b
+            .iter()
+            .position(|&c| !PLAIN[c as usize])
+            .unwrap_or(b.len());
+        out.extend_from_slice(&b[..plain]);
+        let Some((&c, rest)) = b[plain..].split_first() else {
+            return;
+        };
         match c {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(c as char),
-            _ => {
-                let _ = write!(out, "\\x{c:02X}");
-            }
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', c]),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[(c >> 4) as usize],
+                HEX[(c & 15) as usize],
+            ]),
         }
+        b = rest;
     }
 }
 
@@ -532,44 +766,60 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-fn split_time(t: SystemTime) -> (i64, u32, u32, u64, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    (y, m, day, secs % 86_400, d.subsec_millis())
-}
-
-/// `10/Oct/2000:13:55:36 +0000` (UTC).
-fn clf_time(out: &mut String, t: SystemTime) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let (y, m, d, s, _) = split_time(t);
-    let _ = write!(
-        out,
-        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(m - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    );
-}
-
-/// `2000-10-10T13:55:36.123Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let (y, m, d, s, ms) = split_time(t);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(secs * 1000 + 123)
+    }
+
+    fn head() -> RequestHead {
+        let req = http::Request::get("/a/b?c=1")
+            .header("user-agent", "curl/8 \"x\"")
+            .body(())
+            .unwrap();
+        RequestHead::capture(&req)
+    }
+
+    fn line(head: &RequestHead) -> HttpLine<'_> {
+        HttpLine {
+            listener: "web",
+            client: "10.0.0.1:5555".parse().unwrap(),
+            head,
+            pool: Some("app"),
+            route: "api",
+            server: Some("o1"),
+            request_id: Some(b"abc123"),
+            duration: Duration::from_micros(2500),
+        }
+    }
+
+    fn response() -> http::Response<()> {
+        http::Response::builder()
+            .header("content-length", "12")
+            .body(())
+            .unwrap()
+    }
+
+    fn http_text(format: AccessLogFormat, line: &HttpLine<'_>) -> String {
+        let rec = HttpRecord {
+            line,
+            server: line.server,
+            status: 200,
+            bytes: Some(12),
+        };
+        let mut out = Vec::new();
+        let mut clock = Clock::new();
+        match format {
+            AccessLogFormat::Combined => http_combined(&mut out, &mut clock, at(971_186_136), &rec),
+            AccessLogFormat::Json => http_json(&mut out, &mut clock, at(971_186_136), &rec),
+        }
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
-    fn flush_writes_every_queued_line_in_batches() {
+    fn flush_writes_every_line_logged_in_bursts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("flush.log");
         let counter = IntCounter::new("dropped_total", "x").unwrap();
@@ -579,12 +829,13 @@ mod tests {
             buffer: 4096,
         };
         let log = AccessLog::open(&settings, counter.clone()).unwrap();
+        let (h, resp) = (head(), response());
         // Lines in three bursts: the writer lingers between batches, and a flush must not
         // wait for the linger to end.
         let mut n = 0;
         for _ in 0..3 {
             for _ in 0..1000 {
-                log.log(http_entry());
+                log.response(&line(&h), &resp);
                 n += 1;
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -593,8 +844,13 @@ mod tests {
         assert_eq!(counter.get(), 0, "nothing dropped");
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), n, "every line written by the flush");
-        // Still logging after a flush.
-        log.log(http_entry());
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["request_id"], "abc123");
+        }
+        // Still logging after a flush, and after a quiet spell (the writer sleeps).
+        std::thread::sleep(Duration::from_millis(50));
+        log.response(&line(&h), &resp);
         assert!(log.flush(Duration::from_secs(20)));
         assert_eq!(
             std::fs::read_to_string(&path).unwrap().lines().count(),
@@ -603,9 +859,68 @@ mod tests {
     }
 
     #[test]
+    fn a_line_after_a_quiet_spell_is_written_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quiet.log");
+        let counter = IntCounter::new("dropped_total", "x").unwrap();
+        let settings = AccessLogSettings {
+            target: AccessLogTarget::File(path.clone()),
+            format: AccessLogFormat::Combined,
+            buffer: 64,
+        };
+        let log = AccessLog::open(&settings, counter).unwrap();
+        let (h, resp) = (head(), response());
+        for want in 1..=3 {
+            // Long enough for the writer to find nothing and go to sleep.
+            std::thread::sleep(Duration::from_millis(60));
+            log.response(&line(&h), &resp);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = std::fs::read_to_string(&path).unwrap().lines().count();
+                if got == want {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "line {want} written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn lines_from_many_threads_are_all_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("threads.log");
+        let counter = IntCounter::new("dropped_total", "x").unwrap();
+        let settings = AccessLogSettings {
+            target: AccessLogTarget::File(path.clone()),
+            format: AccessLogFormat::Combined,
+            buffer: 100_000,
+        };
+        let log = AccessLog::open(&settings, counter.clone()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let (h, resp) = (head(), response());
+                    for _ in 0..2000 {
+                        log.response(&line(&h), &resp);
+                    }
+                });
+            }
+        });
+        assert!(log.flush(Duration::from_secs(20)));
+        assert_eq!(counter.get(), 0);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 8000);
+        let want = http_text(AccessLogFormat::Combined, &line(&head()));
+        let tail = &want[want.find(']').unwrap()..];
+        assert!(
+            text.lines().all(|l| l.ends_with(tail)),
+            "no line torn or interleaved"
+        );
+    }
+
+    #[test]
     fn linger_shrinks_under_pressure_and_grows_back() {
-        use super::{next_linger, MAX_LINGER};
-        use std::time::Duration;
         let mut l = MAX_LINGER;
         l = next_linger(l, 2000, 4096);
         assert_eq!(l, MAX_LINGER / 2);
@@ -624,84 +939,111 @@ mod tests {
         );
     }
 
-    use super::*;
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(secs * 1000 + 123)
-    }
-
     #[test]
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(rfc3339(at(971_186_136)), "2000-10-10T13:55:36.123Z");
-        let mut s = String::new();
-        clf_time(&mut s, at(971_186_136));
-        assert_eq!(s, "10/Oct/2000:13:55:36 +0000");
-    }
-
-    fn http_entry() -> Entry {
-        let req = http::Request::get("/a/b?c=1")
-            .header("user-agent", "curl/8 \"x\"")
-            .body(())
-            .unwrap();
-        Entry::Http(Box::new(HttpEntry {
-            at: at(971_186_136),
-            status: 200,
-            bytes: Some(12),
-            line: HttpLine {
-                listener: "web".into(),
-                client: "10.0.0.1:5555".parse().unwrap(),
-                head: RequestHead::capture(&req),
-                pool: Some("app".into()),
-                route: Some("api".into()),
-                server: Some("o1".into()),
-                request_id: Some(HeaderValue::from_static("abc123")),
-                duration: Duration::from_micros(2500),
-            },
-        }))
+        let mut c = Clock::new();
+        assert_eq!(c.set(at(971_186_136)), 123);
+        assert_eq!(c.clf, b"10/Oct/2000:13:55:36 +0000");
+        assert_eq!(c.iso, b"2000-10-10T13:55:36");
+        // The next second is formatted anew; the same second is not.
+        c.set(at(971_186_137));
+        assert_eq!(c.clf, b"10/Oct/2000:13:55:37 +0000");
+        let mut out = Vec::new();
+        json_time(
+            &mut out,
+            &mut c,
+            UNIX_EPOCH + Duration::from_millis(971_186_137_005),
+        );
+        assert_eq!(out, b"{\"time\":\"2000-10-10T13:55:37.005Z\"");
     }
 
     #[test]
     fn combined_line() {
-        let mut s = String::new();
-        format_entry(&mut s, &http_entry(), AccessLogFormat::Combined);
         assert_eq!(
-            s,
-            "10.0.0.1 - - [10/Oct/2000:13:55:36 +0000] \"GET /a/b?c=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\" listener=web route=api upstream=app/o1 duration=0.002500 request_id=abc123\n"
+            http_text(AccessLogFormat::Combined, &line(&head())),
+            "10.0.0.1 - - [10/Oct/2000:13:55:36 +0000] \"GET /a/b?c=1 HTTP/1.1\" 200 12 \"-\" \"curl/8 \\\"x\\\"\" listener=web route=api upstream=app/o1 duration=0.002500 request_id=abc123"
         );
     }
 
     #[test]
-    fn json_line() {
-        let mut s = String::new();
-        format_entry(&mut s, &http_entry(), AccessLogFormat::Json);
-        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
-        assert_eq!(v["status"], 200);
-        assert_eq!(v["uri"], "/a/b?c=1");
-        assert_eq!(v["server"], "o1");
-        assert_eq!(v["route"], "api");
-        assert_eq!(v["request_id"], "abc123");
-        assert_eq!(v["user_agent"], "curl/8 \"x\"");
-        assert_eq!(v["time"], "2000-10-10T13:55:36.123Z");
+    fn hostile_bytes_are_escaped_and_v6_clients_written_whole() {
+        let req = http::Request::get("/x")
+            .header(
+                "user-agent",
+                HeaderValue::from_bytes(b"a\\b\xff\tc").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let h = RequestHead::capture(&req);
+        let mut l = line(&h);
+        l.client = "[2001:db8::1]:443".parse().unwrap();
+        l.duration = Duration::from_nanos(1_234_567_499);
+        l.request_id = Some(b"\"\n");
+        let text = http_text(AccessLogFormat::Combined, &l);
+        assert!(text.starts_with("2001:db8::1 - - ["), "{text}");
+        assert!(text.contains("\"a\\\\b\\xFF\\x09c\""), "{text}");
+        assert!(text.contains("duration=1.234567 "), "{text}");
+        assert!(text.ends_with("request_id=\\\"\\x0A"), "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&http_text(AccessLogFormat::Json, &l)).unwrap();
+        assert_eq!(v["user_agent"], "a\\b\u{fffd}\tc");
+        assert_eq!(v["request_id"], "\"\n");
+        assert_eq!(v["client"], "[2001:db8::1]:443");
     }
 
     #[test]
-    fn tcp_line() {
-        let e = Entry::Tcp(TcpEntry {
-            at: at(0),
-            listener: "db".into(),
+    fn json_line() {
+        let text = http_text(AccessLogFormat::Json, &line(&head()));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "http");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 12);
+        assert_eq!(v["uri"], "/a/b?c=1");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["version"], "HTTP/1.1");
+        assert_eq!(v["server"], "o1");
+        assert_eq!(v["pool"], "app");
+        assert_eq!(v["route"], "api");
+        assert_eq!(v["listener"], "web");
+        assert_eq!(v["client"], "10.0.0.1:5555");
+        assert_eq!(v["request_id"], "abc123");
+        assert_eq!(v["user_agent"], "curl/8 \"x\"");
+        assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["time"], "2000-10-10T13:55:36.123Z");
+        assert_eq!(v["duration_seconds"], 0.0025);
+    }
+
+    fn tcp_line() -> TcpLine<'static> {
+        TcpLine {
+            listener: "db",
             client: "127.0.0.1:1".parse().unwrap(),
-            pool: "pg".into(),
+            pool: "pg",
             server: None,
             bytes_in: 1,
             bytes_out: 2,
             duration: Duration::from_secs(1),
             outcome: "no_server",
-        });
-        let mut s = String::new();
-        format_entry(&mut s, &e, AccessLogFormat::Combined);
-        assert_eq!(s, "127.0.0.1 - - [01/Jan/1970:00:00:00 +0000] \"TCP\" no_server listener=db upstream=pg/- bytes_in=1 bytes_out=2 duration=1.000000\n");
+        }
+    }
+
+    #[test]
+    fn tcp_lines() {
+        let mut out = Vec::new();
+        tcp_combined(&mut out, &mut Clock::new(), at(0), &tcp_line());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "127.0.0.1 - - [01/Jan/1970:00:00:00 +0000] \"TCP\" no_server listener=db upstream=pg/- bytes_in=1 bytes_out=2 duration=1.000000"
+        );
+        let mut out = Vec::new();
+        tcp_json(&mut out, &mut Clock::new(), at(0), &tcp_line());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "tcp");
+        assert_eq!(v["server"], serde_json::Value::Null);
+        assert_eq!(v["bytes_out"], 2);
+        assert_eq!(v["outcome"], "no_server");
+        assert_eq!(v["time"], "1970-01-01T00:00:00.123Z");
     }
 
     #[test]
@@ -732,10 +1074,11 @@ mod tests {
         let log = AccessLog::open(&settings, counter.clone()).unwrap();
         let n = 5000u64;
         for _ in 0..n {
-            log.log(http_entry());
+            log.connection(&tcp_line());
         }
-        // At most a pipe buffer (64 KiB), one batch (60 KiB) and the channel can be taken
-        // by a stalled writer: far fewer than 5000 lines of about 300 bytes.
+        // At most a pipe buffer (64 KiB), what the writer took when it stalled and a
+        // buffer of 16 lines can be held by a stalled writer: far fewer than 5000 lines of
+        // about 200 bytes.
         assert!(
             counter.get() > n / 2,
             "lines dropped while stalled: {}",

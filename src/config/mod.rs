@@ -241,7 +241,7 @@ pub struct AccessLogSettings {
     pub target: AccessLogTarget,
     /// Format.
     pub format: AccessLogFormat,
-    /// Bounded channel size.
+    /// Lines each thread's buffer holds before new ones are dropped.
     pub buffer: usize,
 }
 

@@ -106,7 +106,8 @@ pub struct RawAccessLog {
     pub path: Option<Spanned<String>>,
     /// "combined" (default) or "json".
     pub format: Option<Spanned<String>>,
-    /// Lines buffered before new ones are dropped (and counted); default 4096.
+    /// Lines each worker thread holds before new ones are dropped (and counted); default
+    /// 4096.
     pub buffer: Option<Spanned<i64>>,
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::proxy_protocol;
 use super::tunnel::{self, Cut, RelayEnd};
-use crate::access_log::{AccessLog, Entry, TcpEntry};
+use crate::access_log::{AccessLog, TcpLine};
 use crate::backend::{FailureKind, LoadGuard, Selection};
 use crate::balance::PickKey;
 use crate::config::ListenerSettings;
@@ -133,17 +133,16 @@ impl TcpRoute {
         outcome: &'static str,
     ) {
         if let Some(log) = &self.access_log {
-            log.log(Entry::Tcp(TcpEntry {
-                at: SystemTime::now(),
-                listener: self.listener.name.clone(),
+            log.connection(&TcpLine {
+                listener: &self.listener.name,
                 client,
-                pool: pool.map_or_else(|| Arc::from("-"), |p| p.settings.name.clone()),
-                server: server.cloned(),
+                pool: pool.map_or("-", |p| &p.settings.name),
+                server: server.map(|s| &**s),
                 bytes_in,
                 bytes_out,
                 duration: started.elapsed(),
                 outcome,
-            }));
+            });
         }
     }
 }

@@ -513,21 +513,19 @@ pub fn serve(
         route.metrics.duration.observe(took.as_secs_f64());
         // Matched apart: a tuple of the two would copy `head` (200 bytes) with the log off too.
         if let Some(log) = &route.access_log {
-            if let Some(head) = head {
-                let server = resp.body().finish().map(|f| f.load.state().name.clone());
-                log.response(
-                    HttpLine {
-                        listener: route.listener.name.clone(),
-                        client: client.addr,
-                        head,
-                        pool: pool.cloned(),
-                        route: Some(Arc::from(label)),
-                        server,
-                        request_id: request_id.map(|id| id.value),
-                        duration: took,
-                    },
-                    &resp,
-                );
+            if let Some(head) = &head {
+                let server = resp.body().finish().map(|f| &*f.load.state().name);
+                let line = HttpLine {
+                    listener: &route.listener.name,
+                    client: client.addr,
+                    head,
+                    pool: pool.map(|p| &**p),
+                    route: label,
+                    server,
+                    request_id: request_id.as_ref().map(|id| id.value.as_bytes()),
+                    duration: took,
+                };
+                log.response(&line, &resp);
             }
         }
         serving.hand_over(&mut resp);

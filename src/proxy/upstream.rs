@@ -15,8 +15,10 @@
 //! HTTP/1.1 is spoken by the request's own task ([`super::h1`]): an idle connection is a
 //! socket in the pool and nothing more. h2 connections are hyper's, each driven by a task.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -355,7 +357,17 @@ impl ServerUpstream {
     }
 
     /// A new connection, never a pooled one.
-    pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+    ///
+    /// Boxed: connecting (TCP, then TLS or the h2 handshake) is a future of about 7.9 KB,
+    /// which inline would make every request's future that large, and with it what hyper
+    /// holds per client connection, though pooled connections serve nearly every request.
+    pub fn connect(
+        self: &Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<Lease, ConnectError>> + Send + '_>> {
+        Box::pin(self.open())
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         let limit = self.connect_timeout();
         let stream = match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),

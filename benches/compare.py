@@ -27,8 +27,14 @@ fulcrum adds X-Forwarded-For, -Proto, -Host and X-Request-ID to each request (an
 request id); HAProxy and nginx add nothing unless `--same-headers` asks them to add the same,
 so that the origins (which share the load core with wrk) parse the same requests behind all.
 
-Needs wrk, haproxy, nginx (with the stream module) and, for `instructions`, valgrind and
-h2load. Debian: apt-get install wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client.
+Scenarios are MODE-BODY-cCONNECTIONS: `http` and `tcp` run wrk; `h2` (not in the default set,
+e.g. `--scenarios h2-small-c20`) runs h2load with h2 clients without TLS, 100 streams open on
+each connection, p99 taken from h2load's per-request log. Behind every proxy the servers
+speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`).
+
+Needs wrk, haproxy, nginx (with the stream module) and, for `instructions` and the h2
+scenarios, h2load (and valgrind for `instructions`). Debian: apt-get install wrk haproxy
+nginx libnginx-mod-stream valgrind nghttp2-client.
 """
 
 import argparse
@@ -130,6 +136,8 @@ def proxy_pid(p):
 
 
 def fulcrum_config(work, variant, mode, port, origins, workers):
+    # h2: the same HTTP listener; it tells h2's preface from HTTP/1 by itself.
+    mode = "http" if mode == "h2" else mode
     admin = free_port()
     servers = ", ".join(f'{{ addr = "127.0.0.1:{o}" }}' for o in origins)
     extra, routes, top = "", "", ""
@@ -192,6 +200,9 @@ NGINX_SAME_HEADERS = (
 
 
 def haproxy_config(mode, port, origins, workers, same_headers=False, log=False):
+    # h2: clients speak h2 without TLS (prior knowledge); the servers HTTP/1.1, as for fulcrum.
+    proto = " proto h2" if mode == "h2" else ""
+    mode = "http" if mode == "h2" else mode
     servers = "\n".join(f"  server s{i} 127.0.0.1:{o} check inter 2s" for i, o in enumerate(origins))
     http = "  option http-keep-alive\n" if mode == "http" else ""
     front = HAPROXY_SAME_HEADERS if mode == "http" and same_headers else ""
@@ -208,7 +219,7 @@ def haproxy_config(mode, port, origins, workers, same_headers=False, log=False):
   timeout client 60s
   timeout server 60s
 {http}frontend f
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{proto}
 {front}  default_backend b
 backend b
   balance roundrobin
@@ -217,14 +228,23 @@ backend b
 
 
 def nginx_config(work, mode, port, origins, workers, same_headers=False, log=False):
+    # h2: `listen ... http2` takes h2 without TLS (prior knowledge); the servers HTTP/1.1.
+    listen = f"127.0.0.1:{port} http2" if mode == "h2" else f"127.0.0.1:{port}"
+    # nginx ends a connection after 1,000 requests by default; h2load does not reconnect.
+    # (wrk does: HTTP/1 keeps the default.)
+    keep = "keepalive_requests 1000000; " if mode == "h2" else ""
+    # With h2 clients thousands of requests are in flight at once: cache as many server
+    # connections, rather than opening and closing most of them per request.
+    idle = 2048 if mode == "h2" else 64
+    mode = "http" if mode == "h2" else mode
     ups = " ".join(f"server 127.0.0.1:{o};" for o in origins)
     if mode == "http":
         extra = NGINX_SAME_HEADERS if same_headers else ""
         # nginx+log: the combined format to a file, buffered the way nginx advises under load.
         access = f"{work}/nginx-access.log combined buffer=64k flush=1s" if log else "off"
         block = (
-            f"http {{ access_log {access}; upstream u {{ {ups} keepalive 64; }} "
-            f"server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://u; "
+            f"http {{ access_log {access}; {keep}upstream u {{ {ups} keepalive {idle}; }} "
+            f"server {{ listen {listen}; location / {{ proxy_pass http://u; "
             f'proxy_http_version 1.1; proxy_set_header Connection ""; {extra}}} }} }}'
         )
     else:
@@ -299,9 +319,35 @@ def parse_wrk(out):
     return rps, total, p99, errors
 
 
+# h2 scenarios: streams each h2 client connection keeps open (HAProxy's default limit per
+# connection is 100, nginx's 128).
+H2_STREAMS = 100
+
+
+def parse_h2load(out, log):
+    """req/s, requests, p99 (ms, from h2load's per-request log) and errors of an h2load run."""
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    total, errors = int(m.group(2)), int(m.group(3)) + int(m.group(4)) + int(m.group(5))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors += int(m.group(3)) + int(m.group(4)) if m else 0
+    took = []
+    with open(log) as f:
+        for line in f:
+            cols = line.split("\t")
+            if len(cols) >= 3 and cols[1] != "-1":
+                took.append(int(cols[2]))
+    took.sort()
+    p99 = took[min(len(took) - 1, int(len(took) * 0.99))] / 1000.0 if took else float("nan")
+    return rps, total, p99, errors
+
+
 def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
     path = "/bytes/16384" if body == "16k" else "/"
     url = f"http://127.0.0.1:{port}{path}"
+    if mode == "h2":
+        return run_h2load(args, conns, url, pids, load_cpu, wrk_threads)
     wrk = ["wrk", f"-t{wrk_threads}", f"-c{conns}", "--timeout", "5s", "--latency"]
     if load_cpu is not None:
         wrk = ["taskset", "-c", str(load_cpu)] + wrk
@@ -316,8 +362,27 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
             "errors": errors, "requests": total}
 
 
+def run_h2load(args, conns, url, pids, load_cpu, threads):
+    """h2 without TLS: `conns` connections of H2_STREAMS streams each, for --duration."""
+    h2 = ["h2load", "-c", str(conns), "-m", str(H2_STREAMS), "-t", str(threads)]
+    if load_cpu is not None:
+        h2 = ["taskset", "-c", str(load_cpu)] + h2
+    if args.warmup:
+        subprocess.run(h2 + ["-D", str(args.warmup), url], capture_output=True, check=True)
+    with tempfile.NamedTemporaryFile(prefix="fulcrum-h2load-", suffix=".log") as log:
+        before = sum(cpu_seconds(p) for p in pids)
+        out = subprocess.run(h2 + ["-D", str(args.duration), "--log-file", log.name, url],
+                             capture_output=True, text=True, check=True).stdout
+        cpu = sum(cpu_seconds(p) for p in pids) - before
+        rps, total, p99, errors = parse_h2load(out, log.name)
+    rss = sum(peak_rss_mib(p) for p in pids)
+    return {"rps": rps, "p99_ms": p99, "us_per_req": cpu * 1e6 / max(total, 1), "rss_mib": rss,
+            "errors": errors, "requests": total}
+
+
 def load(args):
     need = ["wrk", "haproxy", "nginx"] + (["taskset"] if not args.unpinned else [])
+    need += ["h2load"] if any(sc.startswith("h2-") for sc in args.scenarios) else []
     for c in need:
         if not shutil.which(c):
             raise SystemExit(f"compare.py: needs {c}")

@@ -15,10 +15,8 @@
 //! HTTP/1.1 is spoken by the request's own task ([`super::h1`]): an idle connection is a
 //! socket in the pool and nothing more. h2 connections are hyper's, each driven by a task.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,16 +356,13 @@ impl ServerUpstream {
 
     /// A new connection, never a pooled one.
     ///
-    /// Boxed: connecting (TCP, then TLS or the h2 handshake) is a future of about 7.9 KB,
-    /// which inline would make every request's future that large, and with it what hyper
-    /// holds per client connection, though pooled connections serve nearly every request.
-    pub fn connect(
-        self: &Arc<Self>,
-    ) -> Pin<Box<dyn Future<Output = Result<Lease, ConnectError>> + Send + '_>> {
-        Box::pin(self.open())
-    }
-
-    async fn open(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+    /// The TCP connect is awaited in place; the TLS and h2 handshakes that may follow are
+    /// boxed. Their futures come to about 7.8 KB, which inline would make every request's
+    /// future that large (hyper holds one per HTTP/1 client connection and spawns one as the
+    /// task of every h2 stream), though pooled connections serve nearly every request and a
+    /// plain HTTP/1.1 server needs neither handshake. Boxing the whole connect instead would
+    /// put a box beside each of the connects a burst of new clients starts at once.
+    pub async fn connect(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         let limit = self.connect_timeout();
         let stream = match tokio::time::timeout(limit, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
@@ -375,45 +370,54 @@ impl ServerUpstream {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let tls = self.tls.load_full();
-        let hs = async {
-            match tls {
-                None if self.protocol == UpstreamProtocol::Http1 => {
-                    let sever = self.state.sever_token().child_token();
-                    Ok(Sender::H1(Some(h1::Conn::new(h1::Io::Tcp(stream), sever))))
-                }
-                None => self.handshake(TokioIo::new(stream)).await,
-                Some(tls) => {
-                    let name = tls.server_name(self.addr);
-                    let s = crate::tls::connect(stream, tls.client_config(), name, limit)
-                        .await
-                        .map_err(ConnectError::Tls)?;
-                    if self.protocol == UpstreamProtocol::H2
-                        && s.get_ref().1.alpn_protocol() != Some(b"h2")
-                    {
-                        return Err(ConnectError::Tls(io::Error::other(
-                            "the server did not agree to h2 over ALPN",
-                        )));
-                    }
-                    if self.protocol == UpstreamProtocol::Http1 {
-                        let sever = self.state.sever_token().child_token();
-                        return Ok(Sender::H1(Some(h1::Conn::new(
-                            h1::Io::Tls(Box::new(s)),
-                            sever,
-                        ))));
-                    }
-                    self.handshake(TokioIo::new(s)).await
+        let sender = match self.tls.load_full() {
+            None if self.protocol == UpstreamProtocol::Http1 => {
+                let sever = self.state.sever_token().child_token();
+                Sender::H1(Some(h1::Conn::new(h1::Io::Tcp(stream), sever)))
+            }
+            tls => {
+                let hs = Box::pin(self.handshakes(stream, tls, limit));
+                match tokio::time::timeout(limit, hs).await {
+                    Err(_) => return Err(ConnectError::Timeout),
+                    Ok(r) => r?,
                 }
             }
         };
-        match tokio::time::timeout(limit, hs).await {
-            Err(_) => Err(ConnectError::Timeout),
-            Ok(r) => r.map(|sender| Lease {
-                sender,
-                home: self.clone(),
-                reused: false,
-            }),
+        Ok(Lease {
+            sender,
+            home: self.clone(),
+            reused: false,
+        })
+    }
+
+    /// TLS (when the pool speaks it to its servers), then the h2 handshake (when it speaks
+    /// h2), on a connected stream.
+    async fn handshakes(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        tls: Option<Arc<ClientTls>>,
+        limit: Duration,
+    ) -> Result<Sender, ConnectError> {
+        let Some(tls) = tls else {
+            return self.handshake(TokioIo::new(stream)).await;
+        };
+        let name = tls.server_name(self.addr);
+        let s = crate::tls::connect(stream, tls.client_config(), name, limit)
+            .await
+            .map_err(ConnectError::Tls)?;
+        if self.protocol == UpstreamProtocol::H2 && s.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(ConnectError::Tls(io::Error::other(
+                "the server did not agree to h2 over ALPN",
+            )));
         }
+        if self.protocol == UpstreamProtocol::Http1 {
+            let sever = self.state.sever_token().child_token();
+            return Ok(Sender::H1(Some(h1::Conn::new(
+                h1::Io::Tls(Box::new(s)),
+                sever,
+            ))));
+        }
+        self.handshake(TokioIo::new(s)).await
     }
 
     /// The h2 handshake on a connected stream (plain or TLS); its connection task ends when

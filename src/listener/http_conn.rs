@@ -290,7 +290,12 @@ where
         }
         Proto::H2 => {
             let svc_cx = cx.clone();
-            let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
+            // Each stream's future boxed: hyper spawns every h2 stream as a task, and the
+            // spawn moves the stream's future several times on its way into the task's cell
+            // (3 KB each time, inline); a box is moved as a pointer. (HTTP/1 keeps the future
+            // inline: hyper holds it in one box per connection, reused by every request.)
+            let svc =
+                service_fn(move |req| Box::pin(crate::proxy::http::serve(req, svc_cx.clone())));
             // Boxed, as the HTTP/1 one is: inline, it would size every connection's task.
             let mut c = Box::pin(cur.h2.serve_connection(TokioIo::new(io), svc));
             let end = Box::pin(drive(

@@ -543,6 +543,18 @@ async fn request_ids_are_generated_echoed_logged_and_kept_from_trusted_senders()
     let (head, body) = request_from("127.0.0.2", web, "X-Request-ID: edge-77\r\n").await;
     assert_eq!(header_of(&head, "x-request-id"), Some("edge-77"));
     assert_eq!(header_of(&body, "x-request-id"), Some("edge-77"));
+    // Over h2 too, on one connection: each response carries its own id (sent as an HPACK
+    // literal that is never indexed), the one its server saw.
+    let c = h2_client();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = get(&c, &p.url("web", "/headers")).await;
+        assert_eq!(r.status, 200);
+        let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(header_of(&r.text(), "x-request-id"), Some(id.as_str()));
+        assert!(!seen.contains(&id), "ids repeat: {seen:?}");
+        seen.push(id);
+    }
     // Both are in the access log.
     let log = log.clone();
     let want = id.clone();

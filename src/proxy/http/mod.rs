@@ -506,7 +506,11 @@ pub fn serve(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(id) = &request_id {
-            resp.headers_mut().insert(X_REQUEST_ID, id.value.clone());
+            // Never indexed by HPACK: each id is unique, so adding it to an h2 connection's
+            // header table would only evict entries that repeat. (HTTP/1 ignores the flag.)
+            let mut v = id.value.clone();
+            v.set_sensitive(true);
+            resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         route.metrics.count_status(resp.status().as_u16());
         let took = crate::backend::since(started);

@@ -257,19 +257,25 @@ def nginx_config(work, mode, port, origins, workers, same_headers=False, log=Fal
     )
 
 
+def fulcrum_target(target):
+    """The binary and the config variant of a fulcrum target: `fulcrum`, `fulcrum+log`, ...;
+    `fulcrum-base`, `fulcrum-base+log`, ... run the build at FULCRUM_BASE_BIN."""
+    if not target.startswith("fulcrum-base"):
+        return FULCRUM, target
+    binary = os.environ.get("FULCRUM_BASE_BIN")
+    if not binary:
+        raise SystemExit(f"the target {target} needs FULCRUM_BASE_BIN")
+    return binary, target.replace("fulcrum-base", "fulcrum", 1)
+
+
 def start_target(procs, work, target, mode, origins, cpu, workers, same_headers=False):
     """Starts `target` for `mode`; returns (process, port, pids to measure)."""
     port = free_port()
     if target.startswith("fulcrum"):
         path = f"{work}/{target}.{mode}.toml"
-        # fulcrum, fulcrum+log, ...; a -base before the variant takes FULCRUM_BASE_BIN.
-        base = target.startswith("fulcrum-base")
+        binary, variant = fulcrum_target(target)
         with open(path, "w") as f:
-            f.write(fulcrum_config(work, target.replace("fulcrum-base", "fulcrum", 1), mode, port,
-                                   origins, workers))
-        binary = os.environ.get("FULCRUM_BASE_BIN") if base else FULCRUM
-        if not binary:
-            raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
+            f.write(fulcrum_config(work, variant, mode, port, origins, workers))
         p = procs.start([binary, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
     elif target in ("haproxy", "haproxy+log"):
         path = f"{work}/{target}.{mode}.cfg"
@@ -496,13 +502,7 @@ def instructions(args):
         def count(target, mode, n):
             port = free_port()
             if target.startswith("fulcrum"):
-                # fulcrum, fulcrum+log, ...; a -base before the variant takes FULCRUM_BASE_BIN.
-                binary = FULCRUM
-                if target.startswith("fulcrum-base"):
-                    binary = os.environ.get("FULCRUM_BASE_BIN")
-                    if not binary:
-                        raise SystemExit("the target fulcrum-base needs FULCRUM_BASE_BIN")
-                variant = target.replace("fulcrum-base", "fulcrum", 1)
+                binary, variant = fulcrum_target(target)
                 path = f"{work}/f.toml"
                 with open(path, "w") as f:
                     f.write(fulcrum_config(work, variant, mode, port, [origin], 1).replace(

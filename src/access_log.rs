@@ -818,17 +818,30 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A log writing `format` to `path`, each thread holding `buffer` lines, with its
+    /// dropped-lines counter.
+    fn open_at(
+        path: &Path,
+        format: AccessLogFormat,
+        buffer: usize,
+    ) -> (Arc<AccessLog>, IntCounter) {
+        let counter = IntCounter::new("dropped_total", "x").unwrap();
+        let settings = AccessLogSettings {
+            target: AccessLogTarget::File(path.to_path_buf()),
+            format,
+            buffer,
+        };
+        (
+            AccessLog::open(&settings, counter.clone()).unwrap(),
+            counter,
+        )
+    }
+
     #[test]
     fn flush_writes_every_line_logged_in_bursts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("flush.log");
-        let counter = IntCounter::new("dropped_total", "x").unwrap();
-        let settings = AccessLogSettings {
-            target: AccessLogTarget::File(path.clone()),
-            format: AccessLogFormat::Json,
-            buffer: 4096,
-        };
-        let log = AccessLog::open(&settings, counter.clone()).unwrap();
+        let (log, counter) = open_at(&path, AccessLogFormat::Json, 4096);
         let (h, resp) = (head(), response());
         // Lines in three bursts: the writer lingers between batches, and a flush must not
         // wait for the linger to end.
@@ -862,13 +875,7 @@ mod tests {
     fn a_line_after_a_quiet_spell_is_written_without_a_flush() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quiet.log");
-        let counter = IntCounter::new("dropped_total", "x").unwrap();
-        let settings = AccessLogSettings {
-            target: AccessLogTarget::File(path.clone()),
-            format: AccessLogFormat::Combined,
-            buffer: 64,
-        };
-        let log = AccessLog::open(&settings, counter).unwrap();
+        let (log, _) = open_at(&path, AccessLogFormat::Combined, 64);
         let (h, resp) = (head(), response());
         for want in 1..=3 {
             // Long enough for the writer to find nothing and go to sleep.
@@ -890,13 +897,7 @@ mod tests {
     fn lines_from_many_threads_are_all_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("threads.log");
-        let counter = IntCounter::new("dropped_total", "x").unwrap();
-        let settings = AccessLogSettings {
-            target: AccessLogTarget::File(path.clone()),
-            format: AccessLogFormat::Combined,
-            buffer: 100_000,
-        };
-        let log = AccessLog::open(&settings, counter.clone()).unwrap();
+        let (log, counter) = open_at(&path, AccessLogFormat::Combined, 100_000);
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
@@ -1065,13 +1066,7 @@ mod tests {
             .custom_flags(0o4000) // O_NONBLOCK: opening the read end must not wait
             .open(&path)
             .unwrap();
-        let counter = IntCounter::new("dropped_total", "x").unwrap();
-        let settings = AccessLogSettings {
-            target: AccessLogTarget::File(path.clone()),
-            format: AccessLogFormat::Json,
-            buffer: 16,
-        };
-        let log = AccessLog::open(&settings, counter.clone()).unwrap();
+        let (log, counter) = open_at(&path, AccessLogFormat::Json, 16);
         let n = 5000u64;
         for _ in 0..n {
             log.connection(&tcp_line());

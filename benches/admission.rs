@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use fulcrum::admission::cidr::{Cidr, CidrSet};
 use fulcrum::admission::forwarded::{self, ClientHeader};
 use fulcrum::admission::rate::RateLimiter;
+use fulcrum::backend::monotonic_ns;
 use fulcrum::config::{RateKey, RateLimitSettings};
 
 /// `n` random IPv4 prefixes of length 8 to 32 (deterministic).
@@ -118,18 +119,18 @@ fn limiter(c: &mut Criterion) {
     let one = RateLimiter::new(&s);
     let ip: IpAddr = "192.0.2.1".parse().unwrap();
     g.bench_function("1_key", |b| {
-        b.iter(|| black_box(one.check_request(black_box(ip), None)))
+        b.iter(|| black_box(one.check_request(black_box(ip), None, None, monotonic_ns())))
     });
     let many = RateLimiter::new(&s);
     let keys = addrs(100_000);
     for k in &keys {
-        let _ = many.check_request(*k, None);
+        let _ = many.check_request(*k, None, None, monotonic_ns());
     }
     let mut i = 0;
     g.bench_function("100000_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            black_box(many.check_request(black_box(keys[i]), None))
+            black_box(many.check_request(black_box(keys[i]), None, None, monotonic_ns()))
         })
     });
     g.finish();

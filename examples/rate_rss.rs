@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use fulcrum::admission::rate::RateLimiter;
+use fulcrum::backend::monotonic_ns;
 use fulcrum::config::{RateKey, RateLimitSettings};
 
 fn rss_kib() -> u64 {
@@ -24,7 +25,12 @@ fn main() {
     let before = rss_kib();
     let l = RateLimiter::new(&s);
     for i in 0..100_000u32 {
-        let _ = l.check_request(IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)), None);
+        let _ = l.check_request(
+            IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + i)),
+            None,
+            None,
+            monotonic_ns(),
+        );
     }
     let at_100k = rss_kib();
     println!("keys tracked: {}", l.len());
@@ -33,7 +39,12 @@ fn main() {
         at_100k - before
     );
     for i in 0..1_000_000u32 {
-        let _ = l.check_request(IpAddr::V4(Ipv4Addr::from(0x2000_0000 + i)), None);
+        let _ = l.check_request(
+            IpAddr::V4(Ipv4Addr::from(0x2000_0000 + i)),
+            None,
+            None,
+            monotonic_ns(),
+        );
     }
     let after = rss_kib();
     println!(

@@ -21,7 +21,7 @@ pub(crate) mod proxy_in;
 pub mod rate;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderMap;
 use prometheus::IntCounter;
@@ -282,34 +282,46 @@ impl Admission {
     ) -> Result<ClientAddr, Refused> {
         let (client, _) = decide(peer, proxied, None, &self.settings);
         if self.protocol == Protocol::Tcp {
-            self.admit(&client, None)?;
+            self.admit(&client, None, None, crate::backend::monotonic_ns())?;
         }
         Ok(client)
     }
 
     /// The request stage (http): decides the client from the connection's [`ClientAddr`] and
-    /// the request headers, then applies the access rules and the rate limit. On success,
-    /// returns the client and the chain the proxy forwards (before the sender's address).
+    /// the request headers, then applies the access rules and the rate limit, counting the
+    /// request at `at` (a [`crate::backend::monotonic_ns`] reading: the time the request's
+    /// handler read as it started). On success, returns the client and the chain the proxy
+    /// forwards (before the sender's address). `conn_key` keeps the connection's client's
+    /// rate-limit key between its requests.
     pub fn request(
         &self,
         conn: &ClientAddr,
+        conn_key: &OnceLock<u64>,
         headers: &HeaderMap,
+        at: u64,
     ) -> Result<(ClientAddr, ForwardChain), Refused> {
         // With nobody trusted, `decide` can only answer the TCP peer, and a connection whose
         // client is its peer is that answer already (per request, remaking it cost about 150
         // instructions). A reload that trusts someone takes the full path at once.
-        let (client, chain) =
+        let (client, chain, key) =
             if self.settings.trusted_proxies.is_empty() && conn.source == ClientSource::Peer {
-                (*conn, ForwardChain::default())
+                (*conn, ForwardChain::default(), Some(conn_key))
             } else {
-                decide(conn.peer, conn.proxied, Some(headers), &self.settings)
+                let (c, chain) = decide(conn.peer, conn.proxied, Some(headers), &self.settings);
+                (c, chain, None)
             };
-        self.admit(&client, Some(headers))?;
+        self.admit(&client, key, Some(headers), at)?;
         Ok((client, chain))
     }
 
     /// Access rules, then the rate limit (a refused request never spends a token).
-    fn admit(&self, client: &ClientAddr, headers: Option<&HeaderMap>) -> Result<(), Refused> {
+    fn admit(
+        &self,
+        client: &ClientAddr,
+        client_key: Option<&OnceLock<u64>>,
+        headers: Option<&HeaderMap>,
+        at: u64,
+    ) -> Result<(), Refused> {
         if let Some(a) = &self.settings.access {
             if let Err(rule) = a.check(client.ip()) {
                 if let Some(c) = self.metrics.denied.get(a.label_index(rule)) {
@@ -319,7 +331,7 @@ impl Admission {
             }
         }
         if let Some(l) = &self.limiter {
-            if let Err(r) = l.check_request(client.ip(), headers) {
+            if let Err(r) = l.check_request(client.ip(), client_key, headers, at) {
                 self.metrics.rate_limited.inc();
                 return Err(Refused::RateLimited(r));
             }

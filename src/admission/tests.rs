@@ -1,10 +1,12 @@
 use std::path::Path;
+use std::sync::OnceLock;
 
 use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::backend::monotonic_ns as now;
 use crate::config::ProxyProtocol;
 use crate::proxy::proxy_protocol::header as outbound;
 
@@ -116,7 +118,7 @@ fn a_request_is_decided_as_decide_would_with_or_without_trusted_proxies() {
         for (peer, proxied) in cases {
             // The connection's client, as accept decided it (no headers there).
             let (conn, _) = decide(peer, proxied, None, &l.admission);
-            let (got, chain) = a.request(&conn, &h).unwrap();
+            let (got, chain) = a.request(&conn, &OnceLock::new(), &h, now()).unwrap();
             let (want, want_chain) = decide(peer, proxied, Some(&h), &l.admission);
             assert_eq!(got, want, "{extra:?} {peer} {proxied:?}");
             assert_eq!(chain.as_slice(), want_chain.as_slice());
@@ -200,16 +202,21 @@ fn http_request_stage_limits_per_client_and_survives_a_reload() {
     );
     let a = Admission::new(&l, &m, None);
     let conn = ClientAddr::from_peer(sa("127.0.0.1:5000"));
-    let (c, chain) = a.request(&conn, &xff("1.2.3.4")).unwrap();
+    let (c, chain) = a
+        .request(&conn, &OnceLock::new(), &xff("1.2.3.4"), now())
+        .unwrap();
     assert_eq!(c.ip(), "1.2.3.4".parse::<IpAddr>().unwrap());
     assert_eq!(chain.to_string(), "1.2.3.4");
-    let e = a.request(&conn, &xff("1.2.3.4")).unwrap_err();
+    let e = a
+        .request(&conn, &OnceLock::new(), &xff("1.2.3.4"), now())
+        .unwrap_err();
     let Refused::RateLimited(r) = e else {
         panic!("{e}")
     };
     assert!(r.secs() >= 1);
     assert!(
-        a.request(&conn, &xff("1.2.3.5")).is_ok(),
+        a.request(&conn, &OnceLock::new(), &xff("1.2.3.5"), now())
+            .is_ok(),
         "another client is unaffected"
     );
 
@@ -220,8 +227,12 @@ fn http_request_stage_limits_per_client_and_survives_a_reload() {
     );
     let b = Admission::new(&l2, &m, Some(&a));
     assert!(Arc::ptr_eq(b.limiter().unwrap(), a.limiter().unwrap()));
-    assert!(b.request(&conn, &xff("1.2.3.4")).is_ok());
-    assert!(b.request(&conn, &xff("1.2.3.4")).is_err());
+    assert!(b
+        .request(&conn, &OnceLock::new(), &xff("1.2.3.4"), now())
+        .is_ok());
+    assert!(b
+        .request(&conn, &OnceLock::new(), &xff("1.2.3.4"), now())
+        .is_err());
 }
 
 #[test]
@@ -230,10 +241,20 @@ fn http_allow_list_answers_by_the_decided_client() {
     let l = listener("http", "allow = [\"127.0.0.1/32\"]");
     let a = Admission::new(&l, &m, None);
     assert!(a
-        .request(&ClientAddr::from_peer(sa("127.0.0.1:1")), &HeaderMap::new())
+        .request(
+            &ClientAddr::from_peer(sa("127.0.0.1:1")),
+            &OnceLock::new(),
+            &HeaderMap::new(),
+            now(),
+        )
         .is_ok());
     let e = a
-        .request(&ClientAddr::from_peer(sa("127.0.0.2:1")), &HeaderMap::new())
+        .request(
+            &ClientAddr::from_peer(sa("127.0.0.2:1")),
+            &OnceLock::new(),
+            &HeaderMap::new(),
+            now(),
+        )
         .unwrap_err();
     assert!(matches!(e, Refused::Denied(DenyRule::NotAllowed)));
     assert!(scrape(&m, "fulcrum_access_denied_total").contains("rule=\"allow:unlisted\"} 1"));

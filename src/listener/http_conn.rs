@@ -264,6 +264,7 @@ where
     let cx = Arc::new(ConnCtx {
         route,
         client: conn.client,
+        client_key: Default::default(),
         sender: crate::proxy::headers::Sender::new(conn.client.sender().ip(), conn.scheme.as_str()),
         h2: conn.proto == Proto::H2,
         tracker: ctl.tracker.clone(),

@@ -270,6 +270,8 @@ pub struct ConnCtx {
     /// The client as the connection tells it (its peer, or a trusted PROXY header's source);
     /// each request may refine it from trusted forwarding headers.
     pub client: ClientAddr,
+    /// `client`'s rate-limit key, hashed at the connection's first limited request.
+    pub client_key: std::sync::OnceLock<u64>,
     /// The connection's sender, and the scheme it used to reach us, as forwarding headers
     /// name them (formatted once).
     pub sender: crate::proxy::headers::Sender,
@@ -446,7 +448,9 @@ pub fn serve(
         let mut serving = Serving::begin(cx.clone());
         let route = cx.route.load_full();
         let started = crate::backend::monotonic_ns();
-        let admitted = route.admission.request(&cx.client, req.headers());
+        let admitted = route
+            .admission
+            .request(&cx.client, &cx.client_key, req.headers(), started);
         let client = match &admitted {
             Ok((c, _)) => *c,
             Err(_) => cx.client,

@@ -12,8 +12,9 @@ Two measures:
                                              it does not move with machine noise.
 
 Everything listens on 127.0.0.1. Every process started is stopped on exit, every load run is
-bounded by wrk's duration (or h2load's request count). The origins are `fulcrum origin` processes
-(hyper, one worker each), the same for every proxy.
+bounded by wrk's duration (or h2load's request count). The origins are one nginx worker on three
+ports, tuned to be as cheap as nginx can be, as the shared harness runs them (`--origin fulcrum`
+runs three `fulcrum origin` processes instead), the same for every proxy.
 
 Load: by default the proxy is pinned to core 0 with one worker (HAProxy `nbthread 1`, nginx one
 worker process), and wrk and the origins share core 1. `--unpinned` runs the way most people do:
@@ -257,6 +258,45 @@ def nginx_config(work, mode, port, origins, workers, same_headers=False, log=Fal
     )
 
 
+def origin_nginx_config(work, origins):
+    """One nginx worker serving every origin port, as cheap as nginx can be (the shared
+    harness's origin): `/` answers "ok\\n", `/bytes/16384` a 16 KiB file by sendfile, and
+    every answer names its port in X-Origin."""
+    os.makedirs(f"{work}/www/bytes", exist_ok=True)
+    with open(f"{work}/www/bytes/16384", "wb") as f:
+        f.write(bytes(i % 251 for i in range(16384)))
+    listens = " ".join(f"listen 127.0.0.1:{o} backlog=4096;" for o in origins)
+    return (
+        f"daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 65536; "
+        f"error_log {work}/origin.err warn; pid {work}/origin.pid;\n"
+        f"events {{ worker_connections 16384; multi_accept on; }}\n"
+        f"http {{ access_log off; server_tokens off; default_type application/octet-stream; "
+        f"sendfile on; tcp_nopush on; tcp_nodelay on; etag off; keepalive_timeout 300s; "
+        f"keepalive_requests 100000000; open_file_cache max=64 inactive=300s; "
+        f"open_file_cache_valid 300s; server {{ {listens} root {work}/www; "
+        f"add_header X-Origin $server_port always; "
+        f'location = / {{ default_type text/plain; return 200 "ok\\n"; }} location / {{ }} }} }}\n'
+    )
+
+
+def start_origins(procs, work, kind, cpu):
+    """Three origins on the load core: one nginx worker on three ports (`nginx`, the default,
+    as the shared harness runs them) or three `fulcrum origin` processes (`fulcrum`)."""
+    origins = [free_port() for _ in range(3)]
+    if kind == "nginx":
+        path = f"{work}/origin.conf"
+        with open(path, "w") as f:
+            f.write(origin_nginx_config(work, origins))
+        p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/origin.log")
+        for o in origins:
+            wait_port(o, p)
+    else:
+        for i, o in enumerate(origins):
+            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"], cpu)
+            wait_port(o, p)
+    return origins
+
+
 def fulcrum_target(target):
     """The binary and the config variant of a fulcrum target: `fulcrum`, `fulcrum+log`, ...;
     `fulcrum-base`, `fulcrum-base+log`, ... run the build at FULCRUM_BASE_BIN."""
@@ -399,10 +439,7 @@ def load(args):
     work = tempfile.mkdtemp(prefix="fulcrum-bench-")
     results = {}
     try:
-        origins = [free_port() for _ in range(3)]
-        for i, o in enumerate(origins):
-            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"], load_cpu)
-            wait_port(o, p)
+        origins = start_origins(procs, work, args.origin, load_cpu)
         for rnd in range(args.rounds):
             for scen in args.scenarios:
                 mode, body, c = scen.split("-")
@@ -568,6 +605,9 @@ def main():
                     "(default: 1 pinned, 2 unpinned)")
     lo.add_argument("--same-headers", action="store_true",
                     help="HAProxy and nginx add the forwarding headers and request id fulcrum adds")
+    lo.add_argument("--origin", choices=["nginx", "fulcrum"], default="nginx",
+                    help="what serves behind the proxies: one nginx worker, as cheap as it can be "
+                    "(the default), or three `fulcrum origin` processes")
     lo.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke test")
     lo.add_argument("--json", help="write every run to this file")
     ins = sub.add_parser("instructions", help="instructions per request under callgrind")

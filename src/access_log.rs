@@ -10,6 +10,11 @@
 //! side is woken per line, and when traffic stops it sleeps until the next line. Shutdown
 //! flushes what is buffered. A reload reopens the file (for log rotation).
 //!
+//! The writer takes the buffers one after another, so lines formatted on different threads
+//! within one batch may be written out of order (a connection's task can move between
+//! workers between two of its requests). Each line carries its own timestamp; keeping one
+//! global order would need a lock or a sequence number shared by every worker.
+//!
 //! Formatting where the request was served, rather than handing the writer a record of
 //! it, keeps the request's values on the thread that owns them: no reference counts shared
 //! with the writer, no allocation freed on another thread, and the request head's bytes

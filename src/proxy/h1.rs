@@ -36,7 +36,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::ReqBody;
-use super::headers::Forwarding;
+use super::headers::{fixed_hop_by_hop, Forwarding};
 
 /// Headers in a response head, at most (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -588,6 +588,13 @@ fn parse_head(
         // What the framing and reuse depend on, noted on the way rather than looked up after.
         let (mut close, mut keep_alive_token) = (false, false);
         let (mut te_chunked, mut has_te, mut length) = (false, false, None);
+        // Hop-by-hop fields belong to this connection alone (RFC 9110 §7.6.1): what this
+        // codec needs of them is noted here, and they stay out of the response the client
+        // is given, so `respond` finds nothing to strip (an origin's `Connection:
+        // keep-alive` cost ~400 instructions a response to strip there). A 101 keeps them
+        // all: they are its upgrade's.
+        let tunnel = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut lists_names = false;
         for &[name_at, name_len, value_at, value_len] in spans.iter() {
             let (name_at, value_at) = (name_at as usize, value_at as usize);
             let name = names.name(&head[name_at..name_at + name_len as usize])?;
@@ -601,20 +608,44 @@ fn parse_head(
             if name == header::CONNECTION {
                 for t in value.as_bytes().split(|&b| b == b',') {
                     let t = t.trim_ascii();
-                    close |= t.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+                    let (c, k) = (
+                        t.eq_ignore_ascii_case(b"close"),
+                        t.eq_ignore_ascii_case(b"keep-alive"),
+                    );
+                    close |= c;
+                    keep_alive_token |= k;
+                    lists_names |= !(c || k || t.is_empty() || t.eq_ignore_ascii_case(b"upgrade"));
+                }
+                if !tunnel {
+                    continue;
                 }
             } else if name == header::TRANSFER_ENCODING {
                 has_te = true;
                 te_chunked = last_coding_is_chunked(&value);
+                if !tunnel {
+                    continue;
+                }
             } else if name == header::CONTENT_LENGTH {
                 let n = content_length(value.as_bytes())?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Error::Protocol("conflicting content-length values"));
                 }
                 length = Some(n);
+            } else if !tunnel && fixed_hop_by_hop(&name) {
+                continue;
             }
             map.append(name, value);
+        }
+        if !tunnel {
+            if has_te && length.is_some() {
+                // RFC 9112 §6.3: with both, Transfer-Encoding frames the body and
+                // Content-Length must be ignored; passing it on would frame it wrongly.
+                map.remove(header::CONTENT_LENGTH);
+            }
+            if lists_names {
+                // Rare: Connection names other fields as hop-by-hop; they go too.
+                drop_listed(map, &head, spans);
+            }
         }
         let keep_alive = if version == Version::HTTP_10 {
             keep_alive_token && !close
@@ -650,6 +681,22 @@ fn parse_head(
             framing,
             keep_alive,
         }));
+    }
+}
+
+/// Removes from `map` the fields that the head's Connection fields (at `spans` in `head`)
+/// name, besides the tokens the codec acts on itself.
+fn drop_listed(map: &mut HeaderMap, head: &[u8], spans: &[[u32; 4]]) {
+    for &[name_at, name_len, value_at, value_len] in spans {
+        let name = &head[name_at as usize..(name_at + name_len) as usize];
+        if !name.eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        for t in head[value_at as usize..(value_at + value_len) as usize].split(|&b| b == b',') {
+            if let Ok(n) = HeaderName::from_bytes(t.trim_ascii()) {
+                map.remove(n);
+            }
+        }
     }
 }
 

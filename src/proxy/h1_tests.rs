@@ -216,6 +216,53 @@ async fn header_values_come_through_byte_for_byte_with_tabs_and_obs_text() {
     assert_eq!(h["x-c"].as_bytes(), b"");
 }
 
+/// The response head as `send` hands it on.
+async fn head_of(answer: &'static [u8], req: Request<ReqBody>) -> Response<RespIn> {
+    let (addr, _got) = scripted(vec![answer]).await;
+    tokio::time::timeout(
+        LIMIT,
+        send(conn(addr).await, &mut Some(req), &Forwarding::default()),
+    )
+    .await
+    .expect("answered")
+    .unwrap()
+}
+
+fn names(resp: &Response<RespIn>) -> Vec<&str> {
+    resp.headers().keys().map(|k| k.as_str()).collect()
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_acted_on_and_not_handed_on() {
+    // Keep-alive with a Keep-Alive field, as nginx and Apache answer.
+    let r = head_of(
+        b"HTTP/1.1 200 OK\r\nServer: o\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\ncontent-length: 0\r\n\r\n",
+        get("/"),
+    )
+    .await;
+    assert_eq!(names(&r), ["server", "content-length"]);
+    // Connection naming another field, over two Connection fields; Transfer-Encoding with a
+    // Content-Length, which must not frame the client's copy.
+    let r = head_of(
+        b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nx-hop: 1\r\nx-end: 1\r\ncontent-length: 9\r\nConnection: keep-alive, X-Other\r\nx-other: 2\r\nTransfer-Encoding: chunked\r\nProxy-Connection: x\r\n\r\n0\r\n\r\n",
+        get("/"),
+    )
+    .await;
+    assert_eq!(names(&r), ["x-end"]);
+    // A 101 keeps them: they are the upgrade's.
+    let mut up = get("/ws");
+    up.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    up.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let r = head_of(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        up,
+    )
+    .await;
+    assert_eq!(names(&r), ["connection", "upgrade"]);
+}
+
 #[tokio::test]
 async fn a_close_before_the_whole_response_is_an_error_and_keep_alive_rules_hold() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -22,7 +22,7 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// comparison with a standard name is one of its tag, cheaper than spelling the name out
 /// for `classify` (about 30 instructions a response); the scan's test holds the two to the
 /// same list.
-fn fixed_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn fixed_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
         || name == header::TRANSFER_ENCODING

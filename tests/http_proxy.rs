@@ -361,3 +361,97 @@ async fn h2_upstream_pool_option() {
     let r = send(&c, req).await.unwrap();
     assert_eq!(sha(&r.body), sha(&body), "body through an h2 upstream");
 }
+
+/// An origin that writes each response's head, then its body in two pieces, each after a
+/// pause (as many application servers do): answers `GET /N` with N bytes of `pattern`.
+/// Counts the connections it accepts.
+async fn head_then_body_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let n: usize = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.trim_start_matches('/').parse().ok())
+                        .unwrap_or(0);
+                    let body = pattern(n);
+                    let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    pause().await;
+                    let (a, b) = body.split_at(n / 2);
+                    if s.write_all(a).await.is_err() {
+                        return;
+                    }
+                    pause().await;
+                    if s.write_all(b).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_written_apart_from_their_heads_arrive_whole_on_one_server_connection() {
+    let (origin, conns) = head_then_body_origin().await;
+    let p = Proxy::start(&http_config(
+        &format!("{{ addr = \"{origin}\", name = \"apart\" }}"),
+        "",
+        NO_HEALTH,
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    // Short bodies are read whole before the head is passed on; a long one streams.
+    for n in [1, 10, 5000, 16 * 1024, 100_000, 7] {
+        let (head, body) = raw_get(&mut s, &format!("/{n}")).await;
+        assert!(head.starts_with("http/1.1 200"), "{n}: {head}");
+        assert!(
+            head.contains(&format!("content-length: {n}\r\n")),
+            "{n}: {head}"
+        );
+        assert_eq!(body.len(), n, "/{n}");
+        assert!(body == pattern(n), "/{n}: the body came through changed");
+    }
+    // A short body goes out with its head, in one write: the first read gets both.
+    s.write_all(b"GET /10 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let k = s.read(&mut first).await.unwrap();
+    assert!(
+        first[..k].ends_with(&pattern(10)),
+        "head and body in one piece: {:?}",
+        String::from_utf8_lossy(&first[..k])
+    );
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every response ended cleanly, so one server connection carried them all"
+    );
+}

@@ -149,11 +149,15 @@ struct IdleWatch {
 
 impl IdleWatch {
     fn new(idle: Duration) -> Self {
-        let now = Instant::now();
+        Self::since(Instant::now(), idle)
+    }
+
+    /// A watch whose last progress was at `last`.
+    fn since(last: Instant, idle: Duration) -> Self {
         IdleWatch {
-            sleep: Box::pin(tokio::time::sleep_until(now + idle)),
-            started: now,
-            last: now,
+            sleep: Box::pin(tokio::time::sleep_until(last + idle)),
+            started: last,
+            last,
         }
     }
 
@@ -415,6 +419,12 @@ struct Upstream {
     watch: Option<IdleWatch>,
 }
 
+/// Set on a server's response whose short body was awaited with its head and did not
+/// move for `upstream_read_idle` (see `forward::read_short_rest`): its idle wait began then,
+/// not when the body is first polled.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleSince(pub Instant);
+
 /// A response body sent to the client.
 pub struct RespBody {
     kind: Kind,
@@ -458,6 +468,15 @@ impl RespBody {
             })),
             on_end: None,
             ended: false,
+        }
+    }
+
+    /// Counts the server's body as idle since `since` (it has sent nothing since then).
+    pub fn idle_since(&mut self, since: Instant) {
+        if let Kind::Upstream(u) = &mut self.kind {
+            if let Some(f) = &u.finish {
+                u.watch = Some(IdleWatch::since(since, f.read_idle));
+            }
         }
     }
 

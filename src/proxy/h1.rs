@@ -584,7 +584,9 @@ fn parse_head(
         // moved in, and the response's own empty one dropped.
         let mut resp = Response::new(());
         let map = resp.headers_mut();
-        map.reserve(count);
+        // Room for the X-Request-ID the proxy echoes by default too: a map one field short
+        // grows (a second allocation, every entry rehashed).
+        map.reserve(count + 1);
         // What the framing and reuse depend on, noted on the way rather than looked up after.
         let (mut close, mut keep_alive_token) = (false, false);
         let (mut te_chunked, mut has_te, mut length) = (false, false, None);
@@ -763,6 +765,44 @@ impl RespIn {
             self.conn.take().filter(|c| c.rd.is_empty())
         } else {
             None
+        }
+    }
+
+    /// Whether the rest of the body is short (at most `max` bytes, by Content-Length), not
+    /// here yet, and the request has gone out whole: then it is worth reading before the
+    /// head is handed on ([`RespIn::poll_short_rest`]).
+    pub fn short_rest_pending(&self, max: u64) -> bool {
+        match (self.framing, &self.conn, &self.out) {
+            (Framing::Length(left), Some(conn), None) => {
+                left <= max && (conn.rd.len() as u64) < left
+            }
+            _ => false,
+        }
+    }
+
+    /// Body bytes read and not yet handed on.
+    pub fn buffered(&self) -> usize {
+        self.conn.as_ref().map_or(0, |c| c.rd.len())
+    }
+
+    /// Reads until the rest of a Content-Length body is buffered. Also ready when it cannot
+    /// come (the server closed or failed, or the connection was severed): the body's first
+    /// poll finds that again and reports it.
+    pub fn poll_short_rest(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (Framing::Length(left), Some(conn)) = (self.framing, self.conn.as_mut()) else {
+            return Poll::Ready(());
+        };
+        loop {
+            let have = conn.rd.len() as u64;
+            if have >= left {
+                return Poll::Ready(());
+            }
+            match conn.poll_fill(cx, (left - have) as usize) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending if conn.poll_severed(cx) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 

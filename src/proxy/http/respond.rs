@@ -11,7 +11,7 @@ use super::{ConnCtx, HttpRoute, Target};
 use crate::access_log::Upstream;
 use crate::backend::{LoadGuard, Selection};
 use crate::pool::{PoolLoad, Server};
-use crate::proxy::body::{BodyState, Finish, RespBody};
+use crate::proxy::body::{BodyState, Finish, IdleSince, RespBody};
 use crate::proxy::headers::{any_hop_by_hop, strip_hop_by_hop};
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{Lease, UpBody};
@@ -47,7 +47,8 @@ pub(super) fn respond(
     if let (Some(cookies), false) = (&target.sticky_set_cookie, why == Selection::Sticky) {
         h.append(header::SET_COOKIE, cookies[server.idx.get()].clone());
     }
-    let (parts, mut inner) = resp.into_parts();
+    let (mut parts, mut inner) = resp.into_parts();
+    let idle_since = parts.extensions.remove::<IdleSince>();
     let mut finish = Finish {
         lease: Some(lease),
         load,
@@ -59,7 +60,11 @@ pub(super) fn respond(
         // hyper will not poll an empty body, so give the connection back now.
         finish.release_connection(&mut inner);
     }
-    Response::from_parts(parts, RespBody::upstream(inner, finish))
+    let mut body = RespBody::upstream(inner, finish);
+    if let Some(IdleSince(since)) = idle_since {
+        body.idle_since(since);
+    }
+    Response::from_parts(parts, body)
 }
 
 /// Completes a WebSocket-style upgrade: the 101 goes to the client, and once both sides

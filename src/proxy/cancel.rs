@@ -3,17 +3,14 @@
 //!
 //! `token.cancelled()` re-registers its waker on each poll, taking the token's waiter lock
 //! every time: a few hundred instructions per wake of a busy relay or keep-alive
-//! connection, for a signal that fires once in the connection's life. Even
-//! `token.is_cancelled()` takes the token's lock. [`cancelled`] registers once, on its first
-//! poll, with a waker of its own that notes that the token woke it before it wakes the task;
-//! afterwards a poll reads that note, one atomic load, and looks at the token only once
-//! the token has woken it.
+//! connection, for a signal that fires once in the connection's life. [`cancelled`]
+//! registers once, on its first poll, and afterwards only reads the token's flag: the
+//! waker it registered belongs to the task that polls it, which is woken when the token
+//! fires whichever branch of its `select!` it happens to be in.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -23,36 +20,19 @@ pub fn cancelled(token: &CancellationToken) -> Cancelled<'_> {
     Cancelled {
         token,
         wait: token.cancelled(),
-        woken: None,
-    }
-}
-
-/// The waker registered with the token: notes the wake, then wakes the task.
-struct Noted {
-    woken: AtomicBool,
-    task: Waker,
-}
-
-impl Wake for Noted {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake_by_ref();
+        registered: false,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`cancelled`]. The token's waiter lives inside it, not in a box of its
-    /// own: a parked connection waits on a token for as long as it is open.
+    /// The future of [`cancelled`]. The waiter lives inside it, not in a box of its own: a
+    /// parked connection waits on a token for as long as it is open, and an allocation per
+    /// waiter would cost more than the waiter's own 72 bytes.
     pub struct Cancelled<'a> {
         token: &'a CancellationToken,
         #[pin]
         wait: WaitForCancellationFuture<'a>,
-        // Set on the first poll: the waker the token wakes.
-        woken: Option<Arc<Noted>>,
+        registered: bool,
     }
 }
 
@@ -61,21 +41,14 @@ impl Future for Cancelled<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        let noted = match this.woken {
-            // The token only ever wakes its waiters to say it was cancelled.
-            Some(n) if !n.woken.load(Ordering::Acquire) => return Poll::Pending,
-            Some(n) => {
-                // Polled again below, which registers this waker anew if it is not over.
-                n.woken.store(false, Ordering::Relaxed);
-                n
-            }
-            None => this.woken.insert(Arc::new(Noted {
-                woken: AtomicBool::new(false),
-                task: cx.waker().clone(),
-            })),
-        };
-        let waker = Waker::from(noted.clone());
-        this.wait.poll(&mut Context::from_waker(&waker))
+        if this.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if !*this.registered {
+            *this.registered = true;
+            return this.wait.poll(cx);
+        }
+        Poll::Pending
     }
 }
 

@@ -585,8 +585,11 @@ fn parse_head(
         let mut resp = Response::new(());
         let map = resp.headers_mut();
         // Room for the X-Request-ID the proxy echoes by default too: a map one field short
-        // grows (a second allocation, every entry rehashed).
-        map.reserve(count + 1);
+        // grows on that insert (a second allocation, every entry rehashed: 1.2k instructions
+        // for a three-field head, as Go's and Python's servers send). A table sized for 4
+        // has room for 6; reserving one more for every head would double the table for
+        // heads of 6, 12... fields, and cost more time than the rare growth saves.
+        map.reserve(count.max(4));
         // What the framing and reuse depend on, noted on the way rather than looked up after.
         let (mut close, mut keep_alive_token) = (false, false);
         let (mut te_chunked, mut has_te, mut length) = (false, false, None);
@@ -769,12 +772,17 @@ impl RespIn {
     }
 
     /// Whether the rest of the body is short (at most `max` bytes, by Content-Length), not
-    /// here yet, and the request has gone out whole: then it is worth reading before the
-    /// head is handed on ([`RespIn::poll_short_rest`]).
+    /// here yet, fits in the room left in the read buffer (with a byte to spare: see
+    /// [`Conn::poll_fill`]), and the request has gone out
+    /// whole: then it is worth reading before the head is handed on
+    /// ([`RespIn::poll_short_rest`]). A rest that does not fit would move what was read to
+    /// a larger buffer, a copy that streaming it never makes (−9 % CPU per 16 KiB response
+    /// when every such body was awaited).
     pub fn short_rest_pending(&self, max: u64) -> bool {
         match (self.framing, &self.conn, &self.out) {
             (Framing::Length(left), Some(conn), None) => {
-                left <= max && (conn.rd.len() as u64) < left
+                let have = conn.rd.len() as u64;
+                left <= max && have < left && left - have < conn.rd.capacity() as u64 - have
             }
             _ => false,
         }

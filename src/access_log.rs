@@ -11,9 +11,12 @@
 //! flushes what is buffered. A reload reopens the file (for log rotation).
 //!
 //! The writer takes the buffers one after another, so lines formatted on different threads
-//! within one batch may be written out of order (a connection's task can move between
-//! workers between two of its requests). Each line carries its own timestamp; keeping one
-//! global order would need a lock or a sequence number shared by every worker.
+//! within one batch may be written out of order. `fulcrum run` serves each connection on one
+//! worker thread from start to end (see `workers`), so a connection's lines keep their
+//! order; a proxy run in-process on a work-stealing runtime (as the integration tests do)
+//! may move a connection between threads and loses even that. Each line carries its own
+//! timestamp; keeping one global order would need a lock or a sequence number shared by
+//! every worker.
 //!
 //! Formatting where the request was served, rather than handing the writer a record of
 //! it, keeps the request's values on the thread that owns them: no reference counts shared

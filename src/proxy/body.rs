@@ -576,3 +576,23 @@ impl Body for RespBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_idle_since_one_period_ago_expires_without_waiting_another() {
+        // What `RespBody::idle_since` relies on: a short body that did not move while it
+        // was awaited with its head is cut off as soon as it is polled, not one more
+        // `upstream_read_idle` later. (The clock is paused: it moves only to the next timer.)
+        let idle = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut stalled = IdleWatch::since(start - idle, idle);
+        std::future::poll_fn(|cx| stalled.poll_expired(cx, idle, (0, 0))).await;
+        assert!(start.elapsed() < idle, "waited {:?}", start.elapsed());
+        let mut fresh = IdleWatch::new(idle);
+        std::future::poll_fn(|cx| fresh.poll_expired(cx, idle, (0, 0))).await;
+        assert!(start.elapsed() >= idle, "a fresh watch waits its period");
+    }
+}

@@ -36,7 +36,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::ReqBody;
-use super::headers::{fixed_hop_by_hop, Forwarding};
+use super::headers::{fixed_hop_by_hop, listed_in_connection, names_a_field, Forwarding};
 
 /// Headers in a response head, at most (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -619,7 +619,7 @@ fn parse_head(
                     );
                     close |= c;
                     keep_alive_token |= k;
-                    lists_names |= !(c || k || t.is_empty() || t.eq_ignore_ascii_case(b"upgrade"));
+                    lists_names |= !(c || k) && names_a_field(t);
                 }
                 if !tunnel {
                     continue;
@@ -690,17 +690,16 @@ fn parse_head(
 }
 
 /// Removes from `map` the fields that the head's Connection fields (at `spans` in `head`)
-/// name, besides the tokens the codec acts on itself.
+/// name. (`headers::strip_hop_by_hop` does the same on a map that still holds Connection;
+/// here Connection never entered the map, so its values are read from the head.)
 fn drop_listed(map: &mut HeaderMap, head: &[u8], spans: &[[u32; 4]]) {
     for &[name_at, name_len, value_at, value_len] in spans {
         let name = &head[name_at as usize..(name_at + name_len) as usize];
         if !name.eq_ignore_ascii_case(b"connection") {
             continue;
         }
-        for t in head[value_at as usize..(value_at + value_len) as usize].split(|&b| b == b',') {
-            if let Ok(n) = HeaderName::from_bytes(t.trim_ascii()) {
-                map.remove(n);
-            }
+        for n in listed_in_connection(&head[value_at as usize..(value_at + value_len) as usize]) {
+            map.remove(n);
         }
     }
 }

@@ -135,20 +135,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut extra: Vec<HeaderName> = Vec::new();
     for v in headers.get_all(header::CONNECTION) {
         let Ok(list) = v.to_str() else { continue };
-        for t in list.split(',').map(str::trim) {
-            if t.is_empty()
-                || t.eq_ignore_ascii_case("close")
-                || t.eq_ignore_ascii_case("keep-alive")
-                || t.eq_ignore_ascii_case("upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
-                extra.push(name);
-            }
-        }
+        extra.extend(listed_in_connection(list.as_bytes()));
     }
     remove_where(headers, |k| fixed_hop_by_hop(k) || extra.contains(k));
+}
+
+/// Whether a token of a Connection field names a field of its own (one that is hop-by-hop
+/// for that reason), rather than being empty or one of the options `close`, `keep-alive`
+/// and `upgrade`, which name fields already in the fixed hop-by-hop list.
+pub(crate) fn names_a_field(token: &[u8]) -> bool {
+    !(token.is_empty()
+        || token.eq_ignore_ascii_case(b"close")
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// The field names a Connection field's value lists ([`names_a_field`]).
+pub(crate) fn listed_in_connection(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| names_a_field(t))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
 /// Removes inbound forwarding headers (X-Forwarded-*, Forwarded, X-Real-IP, and their

@@ -34,9 +34,16 @@ pub(super) fn respond(
             return tunnel_upgrade(resp, client_up, load, pool_load, route, cx);
         }
     }
+    // The HTTP/1.1 codec leaves a server's hop-by-hop fields out of the response, except
+    // on a 101 (kept for an upgrade, which did not happen if we are here); h2 forbids most
+    // of them, and TE or HTTP2-Settings could still come. So only those two are scanned.
+    let scan = match resp.body() {
+        UpBody::H1(_) => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+        UpBody::H2(_) => true,
+    };
     let h = resp.headers_mut();
     // Transfer-Encoding is hop-by-hop: most responses have none of those names.
-    if any_hop_by_hop(h) {
+    if scan && any_hop_by_hop(h) {
         if h.contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: with both, Transfer-Encoding decides the framing and
             // Content-Length must be ignored; passing it on would frame the body wrongly.

@@ -552,13 +552,10 @@ fn ip(out: &mut Vec<u8>, a: IpAddr) {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();
             let mut text = [0u8; 15];
-            let mut at = 0;
-            for (i, x) in [a, b, c, d].into_iter().enumerate() {
-                if i > 0 {
-                    text[at] = b'.';
-                    at += 1;
-                }
-                at += octet(&mut text[at..], x);
+            let mut at = octet(&mut text, a);
+            for x in [b, c, d] {
+                text[at] = b'.';
+                at += 1 + octet(&mut text[at + 1..], x);
             }
             out.extend_from_slice(&text[..at]);
         }
@@ -757,24 +754,28 @@ fn uri_str(u: &Uri) -> &str {
     }
 }
 
-/// The bytes written as they are inside a quoted field: printable ASCII but `"` and `\`.
+/// Whether `c` is written as it is inside a quoted field: printable ASCII but `"` and `\`.
+const fn plain(c: u8) -> bool {
+    // `&`, not `&&`: no branches, so that `all_plain` vectorises.
+    (c.wrapping_sub(0x20) < 0x5f) & (c != b'"') & (c != b'\\')
+}
+
+/// [`plain`] for every byte, for the scan of a field that needs escaping.
 static PLAIN: [bool; 256] = {
     let mut t = [false; 256];
-    let mut c = 0x20;
-    while c < 0x7f {
-        t[c] = c != b'"' as usize && c != b'\\' as usize;
+    let mut c = 0;
+    while c < 256 {
+        t[c] = plain(c as u8);
         c += 1;
     }
     t
 };
 
-/// Whether every byte of `b` is in [`PLAIN`]. The same test as the table's, written as
-/// arithmetic over the whole slice with no early exit, which the compiler turns into vector
-/// compares: a few instructions per 16 bytes rather than a load and a branch per byte.
+/// Whether every byte of `b` is [`plain`]: over the whole slice with no early exit, which
+/// the compiler turns into vector compares, a few instructions per 16 bytes rather than a
+/// load and a branch per byte.
 fn all_plain(b: &[u8]) -> bool {
-    b.iter().fold(true, |ok, &c| {
-        ok & (c.wrapping_sub(0x20) < 0x5f) & (c != b'"') & (c != b'\\')
-    })
+    b.iter().fold(true, |ok, &c| ok & plain(c))
 }
 
 /// Writes bytes for inside a quoted field: `"` and `\` escaped, control and non-ASCII bytes

@@ -4,9 +4,11 @@
 //! `token.cancelled()` re-registers its waker on each poll, taking the token's waiter lock
 //! every time: a few hundred instructions per wake of a busy relay or keep-alive
 //! connection, for a signal that fires once in the connection's life. [`cancelled`]
-//! registers once, on its first poll, and afterwards only reads the token's flag: the
-//! waker it registered belongs to the task that polls it, which is woken when the token
-//! fires whichever branch of its `select!` it happens to be in.
+//! registers once, on its first poll, and afterwards only asks `is_cancelled` (which takes
+//! the token's node lock, but registers nothing): the waker it registered belongs to the
+//! task that polls it, which is woken when the token fires whichever branch of its
+//! `select!` it happens to be in. (Noting the wake in a waker of its own, to skip even that
+//! lock, saved 24–73 instructions per request and nothing on the wall clock.)
 
 use std::future::Future;
 use std::pin::Pin;

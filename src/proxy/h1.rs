@@ -619,7 +619,7 @@ fn parse_head(
                     );
                     close |= c;
                     keep_alive_token |= k;
-                    lists_names |= !(c || k) && names_a_field(t);
+                    lists_names |= names_a_field(t);
                 }
                 if !tunnel {
                     continue;
@@ -780,8 +780,9 @@ impl RespIn {
     pub fn short_rest_pending(&self, max: u64) -> bool {
         match (self.framing, &self.conn, &self.out) {
             (Framing::Length(left), Some(conn), None) => {
-                let have = conn.rd.len() as u64;
-                left <= max && have < left && left - have < conn.rd.capacity() as u64 - have
+                // The rest (`left` less what is here) fits in the room left (capacity less
+                // what is here), with a byte to spare, exactly when `left` < capacity.
+                left <= max && (conn.rd.len() as u64) < left && left < conn.rd.capacity() as u64
             }
             _ => false,
         }

@@ -524,6 +524,22 @@ def report(results, args):
 # instructions
 
 
+# The shared harness's callgrind origin (../shared/bench/callgrind.sh): Python's http.server,
+# which sends a response's head and its body in two writes, with Nagle's algorithm on.
+PYTHON_ORIGIN = """
+import sys, http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers()
+        self.wfile.write(b"ok\\n")
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True; allow_reuse_address = True
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
 def instructions(args):
     for c in ["valgrind", "h2load", "haproxy", "nginx"]:
         if not shutil.which(c):
@@ -533,7 +549,10 @@ def instructions(args):
     rows = []
     try:
         origin = free_port()
-        p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
+        if args.origin == "python":
+            p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
+        else:
+            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
         wait_port(origin, p)
 
         def count(target, mode, n):
@@ -573,7 +592,12 @@ def instructions(args):
                         for line in f:
                             if line.startswith("summary:"):
                                 total += int(line.split()[1])
-                    os.remove(os.path.join(work, name))
+                    if args.keep:
+                        os.makedirs(args.keep, exist_ok=True)
+                        shutil.move(os.path.join(work, name),
+                                    os.path.join(args.keep, f"{target}.{mode}.{n}.{name[7:]}"))
+                    else:
+                        os.remove(os.path.join(work, name))
             return total
 
         for mode in args.modes:
@@ -615,6 +639,11 @@ def main():
     ins.add_argument("--modes", type=lambda s: s.split(","), default=["http", "tcp"])
     ins.add_argument("--low", type=int, default=2000)
     ins.add_argument("--high", type=int, default=12000)
+    ins.add_argument("--origin", choices=["fulcrum", "python"], default="fulcrum",
+                     help="one `fulcrum origin` (head and body in one write, the default), or "
+                     "the shared harness's Python server (head and body in two writes)")
+    ins.add_argument("--keep", metavar="DIR", help="keep callgrind's output files in DIR, named "
+                     "TARGET.MODE.REQUESTS.PID (read them with callgrind_annotate)")
     args = ap.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fulcrum"], cwd=ROOT, check=True)

@@ -445,6 +445,6 @@ impl Acceptor {
                 Route::Http(r) => Either::Right(http_conn::run(stream, client, r, ctl, keep)),
             })
         };
-        admit.then(OptionFuture::from).map(drop)
+        crate::backend::PerPoll::new(admit.then(OptionFuture::from).map(drop))
     }
 }

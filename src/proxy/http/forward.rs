@@ -344,8 +344,10 @@ async fn read_short_rest(
     idle: std::time::Duration,
     cx: &ConnCtx,
 ) -> Option<tokio::time::Instant> {
-    let (since, had) = (tokio::time::Instant::now(), b.buffered());
+    let had = b.buffered();
     let mut timer = cx.response_timer.take(idle);
+    // The wait began when the timer was set, `idle` before its deadline: one clock read.
+    let since = timer.deadline - idle;
     let whole = tokio::select! {
         biased;
         () = std::future::poll_fn(|c| b.poll_short_rest(c)) => true,
@@ -373,7 +375,7 @@ async fn send(
     let timeout = pool.settings.timeouts.response_header;
     let epoch = server.state.sever_epoch();
     for _ in 0..2 {
-        let started = crate::backend::monotonic_ns();
+        let started = crate::backend::poll_ns();
         let mut timer = cx.response_timer.take(timeout);
         let sent_then_timeout = async {
             if let Some(b) = body {
@@ -398,7 +400,7 @@ async fn send(
                     .state
                     .metrics
                     .response
-                    .observe(crate::backend::since(started).as_secs_f64());
+                    .observe(crate::backend::poll_since(started).as_secs_f64());
                 if let UpBody::H1(b) = resp.body_mut() {
                     if b.short_rest_pending(SHORT_BODY) {
                         let idle = pool.settings.timeouts.upstream_read_idle;

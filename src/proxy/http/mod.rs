@@ -25,7 +25,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -122,7 +122,7 @@ pub struct HttpRoute {
     /// HTTP/1.1 serving settings (limits from `[listener.limits]`).
     pub h1: http1::Builder,
     /// h2 serving settings.
-    pub h2: http2::Builder<TokioExecutor>,
+    pub h2: http2::Builder<StreamExec>,
     /// TLS termination, when the listener has `[listener.tls]`, and its handshake counters.
     pub tls: Option<(Arc<ServerTls>, TlsListenerMetrics)>,
     /// Who the client is, who may come in, and how often.
@@ -227,9 +227,25 @@ fn h1_builder(l: &ListenerSettings) -> http1::Builder {
     b
 }
 
-fn h2_builder(l: &ListenerSettings) -> http2::Builder<TokioExecutor> {
+/// Spawns the task of each stream of an h2 client connection on the current runtime, each
+/// poll of it with one reading of the fine clock, as an HTTP/1 connection's task has
+/// (see `backend::poll_ns`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(crate::backend::PerPoll::new(fut));
+    }
+}
+
+fn h2_builder(l: &ListenerSettings) -> http2::Builder<StreamExec> {
     let lim = &l.limits;
-    let mut b = http2::Builder::new(TokioExecutor::new());
+    let mut b = http2::Builder::new(StreamExec);
     b.timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .max_concurrent_streams(lim.h2_max_concurrent_streams)
@@ -308,7 +324,9 @@ pub struct ResponseTimer(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>)
 impl ResponseTimer {
     /// A wait that ends `after` from now.
     pub fn take(&self, after: std::time::Duration) -> ResponseWait {
-        let deadline = tokio::time::Instant::now() + after;
+        // The connection task's poll's time (see `backend::poll_ns`), read when the request
+        // began or was sent, in this same poll.
+        let deadline = crate::backend::poll_instant() + after;
         let kept = self.slot().take();
         let mut w = ResponseWait {
             sleep: kept.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline))),
@@ -348,7 +366,7 @@ pub struct ResponseWait {
 impl ResponseWait {
     /// Starts the wait over: it ends `after` from now.
     pub fn restart(&mut self, after: std::time::Duration) {
-        self.end_at(tokio::time::Instant::now() + after);
+        self.end_at(crate::backend::poll_instant() + after);
     }
 
     /// Makes `deadline` the wait's end: the timer is moved only if it is set later (one set
@@ -447,7 +465,9 @@ pub fn serve(
     async move {
         let mut serving = Serving::begin(cx.clone());
         let route = cx.route.load_full();
-        let started = crate::backend::monotonic_ns();
+        // Read once per poll of the connection's task (see `backend::poll_ns`): the
+        // forwarding below reads the same time when it sends at once.
+        let started = crate::backend::poll_ns();
         let admitted = route
             .admission
             .request(&cx.client, &cx.client_key, req.headers(), started);
@@ -517,7 +537,7 @@ pub fn serve(
             resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         route.metrics.count_status(resp.status().as_u16());
-        let took = crate::backend::since(started);
+        let took = crate::backend::poll_since(started);
         route.metrics.duration.observe(took.as_secs_f64());
         // Matched apart: a tuple of the two would copy `head` (200 bytes) with the log off too.
         if let Some(log) = &route.access_log {

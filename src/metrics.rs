@@ -11,11 +11,14 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proxy::Rejection;
+
+mod sharded;
+pub use sharded::{HistogramFamily, HistogramSnapshot, ShardedHistogram};
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from 0.5 ms to 30 s.
@@ -35,7 +38,7 @@ pub struct Metrics {
     /// Responses per listener by status class.
     pub listener_requests: IntCounterVec,
     /// Request duration per listener.
-    pub listener_duration: HistogramVec,
+    pub listener_duration: HistogramFamily,
     /// Requests the proxy answered itself for a server-side reason, per listener and reason.
     pub proxy_errors: IntCounterVec,
     /// Requests and connections refused for what the client sent (or how slowly).
@@ -48,7 +51,7 @@ pub struct Metrics {
     /// Failures per server by kind.
     pub backend_errors: IntCounterVec,
     /// Response-head latency per server.
-    pub backend_response: HistogramVec,
+    pub backend_response: HistogramFamily,
     /// Why each server was chosen.
     pub selections: IntCounterVec,
     /// Retries per pool.
@@ -215,7 +218,7 @@ impl Metrics {
                 "Responses sent to clients, by status class.",
                 &["listener", "class"],
             ),
-            listener_duration: histogram(
+            listener_duration: HistogramFamily::register(
                 &r,
                 "fulcrum_listener_request_duration_seconds",
                 "Time from request head received to response head sent.",
@@ -251,7 +254,7 @@ impl Metrics {
                 "Failures talking to a server, by kind.",
                 &["pool", "server", "kind"],
             ),
-            backend_response: histogram(
+            backend_response: HistogramFamily::register(
                 &r,
                 "fulcrum_server_response_seconds",
                 "Time from request sent to response head received, per server.",
@@ -462,7 +465,7 @@ pub struct ListenerMetrics {
     /// Responses by class: index 0 = 1xx ... 4 = 5xx.
     pub by_class: [IntCounter; 5],
     /// Request duration.
-    pub duration: Histogram,
+    pub duration: ShardedHistogram,
     /// Refusals, indexed by `Rejection as usize`.
     rejected: [IntCounter; Rejection::ALL.len()],
     /// Client aborts: [request body, response].

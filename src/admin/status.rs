@@ -5,13 +5,12 @@
 
 use std::sync::atomic::Ordering;
 
-use prometheus::core::Metric as _;
-use prometheus::Histogram;
 use serde_json::{json, Value};
 
 use super::Shared;
 use crate::backend::{now_ms, AdminState, BackendState};
 use crate::config::RouteAction;
+use crate::metrics::{HistogramSnapshot, ShardedHistogram};
 use crate::pool::Server;
 
 /// A split route's pools with their configured and effective weights, and whether an
@@ -191,18 +190,15 @@ pub fn server_json(s: &Server, slow_start: Option<std::time::Duration>) -> Value
 
 /// Response-time quantiles of one server, from its `fulcrum_server_response_seconds`
 /// histogram, since the server was configured; `null` quantiles when it has no samples.
-fn latency(h: &Histogram) -> Value {
-    let m = h.metric();
-    let hist = m.get_histogram();
-    let count = hist.get_sample_count();
-    let buckets: Vec<(f64, u64)> = hist
-        .get_bucket()
-        .iter()
-        .map(|b| (b.get_upper_bound(), b.get_cumulative_count()))
-        .collect();
+fn latency(h: &ShardedHistogram) -> Value {
+    let HistogramSnapshot {
+        cumulative: buckets,
+        count,
+        sum,
+    } = h.snapshot();
     json!({
         "count": count,
-        "sum_seconds": hist.get_sample_sum(),
+        "sum_seconds": sum,
         "p50_seconds": quantile(0.5, &buckets, count),
         "p99_seconds": quantile(0.99, &buckets, count),
     })

@@ -1,7 +1,7 @@
 //! What a server's traffic is counted by: failure kinds, selection reasons and the
 //! pre-resolved metric handles of one server, so the request path never looks a label up.
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::IntCounter;
 
 use crate::metrics::Metrics;
 
@@ -83,7 +83,7 @@ impl Selection {
 pub struct BackendMetrics {
     errors: [IntCounter; FailureKind::ALL.len()],
     /// Response-head latency.
-    pub response: Histogram,
+    pub response: crate::metrics::ShardedHistogram,
     selections: [IntCounter; Selection::ALL.len()],
     /// Passive ejections.
     pub ejections: IntCounter,

@@ -595,7 +595,7 @@ def instructions(args):
                     if args.keep:
                         os.makedirs(args.keep, exist_ok=True)
                         shutil.move(os.path.join(work, name),
-                                    os.path.join(args.keep, f"{target}.{mode}.{n}.{name[7:]}"))
+                                    os.path.join(args.keep, f"{target}.{mode}.{n}.{name[len('cg.out.'):]}"))
                     else:
                         os.remove(os.path.join(work, name))
             return total

@@ -4,17 +4,17 @@
 //! instances in one process). Hot-path users hold pre-resolved child handles (resolved once
 //! when a listener or server is built), so a request never hashes label values. Gauges that
 //! mirror live state (in-flight, health, availability) are read from the backend registry at
-//! scrape time instead of being updated per request; see `admin`.
+//! scrape time instead of being updated per request; see `admin`. The two latency
+//! histograms the request path observes are kept per worker (see `sharded`).
+
+mod sharded;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proxy::Rejection;
-
-mod sharded;
 pub use sharded::{HistogramFamily, HistogramSnapshot, ShardedHistogram};
-use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -516,6 +516,54 @@ async fn connections_are_spread_evenly_over_the_worker_threads() {
     .await;
 }
 
+/// The request-duration and response-time histograms are kept per worker and summed when
+/// scraped: with connections on both workers, the counts are every request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_histograms_count_the_requests_of_every_worker() {
+    let o = fleet(1).await;
+    let cfg = format!(
+        "[runtime]\nworker_threads = 2\n{}",
+        http_config(&servers(&[&o[0]]), "", NO_HEALTH)
+    );
+    let d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
+    let web = d.addrs["web"];
+    let admin = d.admin.expect("admin listener");
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        for _ in 0..3 {
+            let (head, _) = raw_get(&mut s, "/").await;
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+        }
+        open.push(s);
+    }
+    let text = scrape(admin).await;
+    let on = |w: &str| metric(&text, "fulcrum_worker_connections", &[("worker", w)]).unwrap();
+    assert!(
+        on("0") >= 1.0 && on("1") >= 1.0,
+        "both workers served: {} and {}",
+        on("0"),
+        on("1")
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fulcrum_listener_request_duration_seconds_count",
+            &[("listener", "web")]
+        ),
+        Some(30.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fulcrum_server_response_seconds_count",
+            &[("pool", "app"), ("server", &o[0].name)]
+        ),
+        Some(30.0)
+    );
+    drop(open);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_connections_get_connection_close_or_goaway_and_finish() {
     let o = fleet(1).await;

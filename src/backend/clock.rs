@@ -33,12 +33,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The time from `start` (a [`monotonic_ns`] reading) to now.
-#[inline]
-pub fn since(start: u64) -> std::time::Duration {
-    std::time::Duration::from_nanos(monotonic_ns().saturating_sub(start))
-}
-
 /// [`monotonic_ns`] as first read in the current poll of a [`PerPoll`] future (read then,
 /// and kept until that poll returns); outside one, a fresh reading.
 ///
@@ -51,21 +45,29 @@ pub fn since(start: u64) -> std::time::Duration {
 /// reads it once per poll, and only in polls that ask.
 #[inline]
 pub fn poll_ns() -> u64 {
-    POLL_NS.with(|c| match c.get() {
-        OUTSIDE => monotonic_ns(),
-        UNREAD => {
-            let now = monotonic_ns();
-            c.set(now);
-            now
-        }
-        now => now,
-    })
+    this_poll().unwrap_or_else(monotonic_ns)
 }
 
-/// The time from `start` (a [`poll_ns`] or [`monotonic_ns`] reading) to [`poll_ns`].
+/// The time from `start` (a [`poll_ns`] or [`monotonic_ns`] reading) to [`poll_ns`]: to
+/// now, outside a [`PerPoll`].
 #[inline]
 pub fn poll_since(start: u64) -> std::time::Duration {
     std::time::Duration::from_nanos(poll_ns().saturating_sub(start))
+}
+
+/// The current [`PerPoll`] poll's reading, taken now if it has none yet; `None` outside
+/// every such poll.
+#[inline]
+fn this_poll() -> Option<u64> {
+    POLL_NS.with(|c| match c.get() {
+        OUTSIDE => None,
+        UNREAD => {
+            let now = monotonic_ns();
+            c.set(now);
+            Some(now)
+        }
+        now => Some(now),
+    })
 }
 
 /// The time of [`poll_ns`], for a tokio timer's deadline: inside a [`PerPoll`] poll it is
@@ -73,10 +75,9 @@ pub fn poll_since(start: u64) -> std::time::Duration {
 /// follows a paused test clock).
 #[inline]
 pub fn poll_instant() -> tokio::time::Instant {
-    if POLL_NS.with(|c| c.get()) == OUTSIDE {
+    let Some(ns) = this_poll() else {
         return tokio::time::Instant::now();
-    }
-    let ns = poll_ns();
+    };
     // An `Instant` and a `monotonic_ns` reading taken together, once: both count on
     // CLOCK_MONOTONIC, so a reading converts by its distance from the pair (the pair's
     // own two reads are nanoseconds apart).
@@ -156,7 +157,7 @@ fn read(clock: libc::clockid_t) -> libc::timespec {
 
 #[cfg(test)]
 mod tests {
-    use super::{monotonic_ns, now_ms, poll_instant, poll_ns, poll_since, since, PerPoll};
+    use super::{monotonic_ns, now_ms, poll_instant, poll_ns, poll_since, PerPoll};
     use std::time::{Duration, Instant};
 
     /// How far [`now_ms`] may lag behind the fine clock, in whole milliseconds (rounded up).
@@ -195,7 +196,8 @@ mod tests {
         let outer = Instant::now();
         let start = monotonic_ns();
         std::thread::sleep(Duration::from_millis(20));
-        let took = since(start);
+        // Outside a `PerPoll`, `poll_since` reads the clock afresh.
+        let took = poll_since(start);
         assert!(took >= Duration::from_millis(20), "{took:?}");
         assert!(took <= outer.elapsed(), "{took:?}");
     }

@@ -17,7 +17,7 @@ mod registry;
 mod state;
 
 pub use availability::Availability;
-pub use clock::{monotonic_ns, now_ms, poll_instant, poll_ns, poll_since, since, PerPoll};
+pub use clock::{monotonic_ns, now_ms, poll_instant, poll_ns, poll_since, PerPoll};
 pub use load::{LoadGuard, Waiters};
 pub use metrics::{
     BackendMetrics, FailureKind, Selection, DISAGREE_CHECK_FAILING, DISAGREE_TRAFFIC_FAILING,

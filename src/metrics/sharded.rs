@@ -36,6 +36,15 @@ const SHARDS: usize = 8;
 /// Buckets per shard: one per bound, and one for what falls above them all.
 const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
 
+/// The shard of the thread that is worker `worker` (`None`: not a worker).
+#[inline]
+fn shard_of(worker: Option<usize>) -> usize {
+    match worker {
+        Some(w) => 1 + w % (SHARDS - 1),
+        None => 0,
+    }
+}
+
 /// One thread's part of a series.
 struct Shard {
     /// Non-cumulative: `buckets[i]` counts the observations in (bound i-1, bound i].
@@ -76,10 +85,12 @@ impl ShardedHistogram {
     /// Records one observation (seconds, for these families).
     #[inline]
     pub fn observe(&self, v: f64) {
-        let shard = match crate::workers::current() {
-            Some(w) => 1 + w % (SHARDS - 1),
-            None => 0,
-        };
+        self.observe_on(shard_of(crate::workers::current()), v);
+    }
+
+    /// Records `v` in shard `shard`.
+    #[inline]
+    fn observe_on(&self, shard: usize, v: f64) {
         let s = &self.0[shard];
         let i = LATENCY_BUCKETS
             .iter()
@@ -271,6 +282,53 @@ mod tests {
         assert!(!f.remove_label_values(&["a", "s2"]));
         f.remove_label_values(&["b", "s1"]);
         assert_eq!(text(&ours), "");
+    }
+
+    #[test]
+    fn a_scrape_sums_every_workers_shard() {
+        // Each worker has a shard of its own; workers past the shards share them.
+        assert_eq!(shard_of(None), 0);
+        assert_eq!((shard_of(Some(0)), shard_of(Some(1))), (1, 2));
+        assert_eq!(shard_of(Some(SHARDS - 1)), shard_of(Some(0)));
+        let r = Registry::new();
+        let f = HistogramFamily::register(&r, "w_seconds", "Help.", &["listener"]);
+        let h = f.with_label_values(&["web"]);
+        // 0.001 on every shard, 0.2 on two, 45 (above every bound) on one.
+        for shard in 0..SHARDS {
+            h.observe_on(shard, 0.001);
+        }
+        h.observe_on(1, 0.2);
+        h.observe_on(5, 0.2);
+        h.observe_on(7, 45.0);
+        let snap = h.snapshot();
+        assert_eq!(snap.count, SHARDS as u64 + 3);
+        let want = SHARDS as f64 * 0.001 + 0.4 + 45.0;
+        assert!(
+            (snap.sum - want).abs() < 1e-9,
+            "{} against {want}",
+            snap.sum
+        );
+        let at = |bound: f64| snap.cumulative.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(at(0.0005), 0);
+        assert_eq!(at(0.001), SHARDS as u64);
+        assert_eq!(at(0.25), SHARDS as u64 + 2);
+        assert_eq!(at(30.0), SHARDS as u64 + 2, "45 s only in the count");
+        // And the exposition says the same.
+        let t = text(&r);
+        assert!(
+            t.contains(&format!(
+                "w_seconds_count{{listener=\"web\"}} {}",
+                SHARDS + 3
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "w_seconds_bucket{{listener=\"web\",le=\"+Inf\"}} {}",
+                SHARDS + 3
+            )),
+            "{t}"
+        );
     }
 
     #[test]

@@ -541,7 +541,7 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def instructions(args):
-    for c in ["valgrind", "h2load", "haproxy", "nginx"]:
+    for c in (["h2load", "haproxy", "nginx"] + ([] if args.native else ["valgrind"])):
         if not shutil.which(c):
             raise SystemExit(f"compare.py: needs {c}")
     procs = Procs()
@@ -577,14 +577,19 @@ def instructions(args):
             else:
                 raise SystemExit(f"compare.py instructions: unknown target {target}")
             out = f"{work}/cg.out.%p"
-            v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
-                            log=f"{work}/valgrind.log")
+            if args.native:
+                v = procs.start(cmd, log=f"{work}/native.log")
+            else:
+                v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
+                                log=f"{work}/valgrind.log")
             wait_port(port, v, 60)
             r = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
                 raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
             procs.stop(v)
+            if args.native:
+                return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", r.stdout).group(1))
             total = 0
             for name in os.listdir(work):
                 if name.startswith("cg.out."):
@@ -602,6 +607,11 @@ def instructions(args):
 
         for mode in args.modes:
             for target in args.targets:
+                if args.native:
+                    rps = count(target, mode, args.low)
+                    rows.append((target, mode, rps))
+                    print(f"{target:8} {mode:5} {rps:>10.0f} req/s", file=sys.stderr)
+                    continue
                 lo, hi = count(target, mode, args.low), count(target, mode, args.high)
                 per = (hi - lo) / (args.high - args.low)
                 rows.append((target, mode, per))
@@ -609,6 +619,11 @@ def instructions(args):
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
+    if args.native:
+        print("| proxy | mode | req/s (10 connections, one request at a time on each) |\n|---|---|---|")
+        for t, m, rps in rows:
+            print(f"| {t} | {m} | {rps:.0f} |")
+        return
     print("| proxy | mode | instructions per request |\n|---|---|---|")
     for t, m, per in rows:
         print(f"| {t} | {m} | {per / 1000:.1f}k |")
@@ -644,6 +659,9 @@ def main():
                      "the shared harness's Python server (head and body in two writes)")
     ins.add_argument("--keep", metavar="DIR", help="keep callgrind's output files in DIR, named "
                      "TARGET.MODE.REQUESTS.PID (read them with callgrind_annotate)")
+    ins.add_argument("--native", action="store_true",
+                     help="no valgrind: run the same --low requests at full speed and print req/s "
+                     "(behind the Python origin this shows what its two writes cost in waiting)")
     args = ap.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fulcrum"], cwd=ROOT, check=True)

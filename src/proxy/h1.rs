@@ -160,6 +160,24 @@ pub struct Conn {
     sever_wait: Option<(Pin<Box<WaitForCancellationFutureOwned>>, Arc<SeverRelay>)>,
     /// The header names this server sends.
     names: NameCache,
+    /// Where the ACK of what the server sent since the proxy last wrote to it stands. See
+    /// [`Conn::poll_fill`].
+    ack: Ack,
+}
+
+/// The kernel may hold back the ACK of what a server sent (delayed ACK: up to 40 ms on a
+/// connection whose two ends take turns, as a keep-alive connection does), and a server
+/// that leaves Nagle's algorithm on holds a small write until its previous one is
+/// acknowledged: a response head and body written apart then take 40 ms.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ack {
+    /// Nothing read since the proxy last wrote (its write carried the ACK).
+    Even,
+    /// Bytes read since, and perhaps not acknowledged yet.
+    Owed,
+    /// Acknowledged at once, which also leaves the turn-taking mode: the kernel
+    /// acknowledges what comes next when it is read, until the proxy writes again.
+    Sent,
 }
 
 /// Passes a sever on to whichever task waits on the connection now. The connection's wait
@@ -219,6 +237,7 @@ impl Conn {
             sever,
             sever_wait: None,
             names: NameCache::default(),
+            ack: Ack::Even,
         })
     }
 
@@ -296,7 +315,46 @@ impl Conn {
             self.rd
                 .reserve((want + 1).clamp(READ_CHUNK, 4 * READ_CHUNK));
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rd)
+        let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rd);
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 && self.ack == Ack::Even => self.ack = Ack::Owed,
+            // A response came in part and the rest is not here: the server may be waiting
+            // for the ACK of what it sent (see [`Ack`]). Acknowledge now: one system call
+            // per response that comes in pieces, none for one that comes whole or while
+            // the proxy waits for a response to begin.
+            Poll::Pending if self.ack == Ack::Owed => {
+                self.ack = Ack::Sent;
+                self.ack_now();
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// Sends the ACK of everything read so far at once (`TCP_QUICKACK`), and leaves the
+    /// kernel's delayed-ACK turn-taking mode until the proxy next writes. Best effort: a
+    /// failure only means the ACK comes when the kernel would have sent it anyway.
+    fn ack_now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = match &self.io {
+                Io::Tcp(s) => s.as_raw_fd(),
+                Io::Tls(s) => s.get_ref().0.as_raw_fd(),
+            };
+            let on: libc::c_int = 1;
+            // SAFETY: `fd` is the open socket `self.io` owns for the whole call; the option
+            // value is a c_int on the stack, passed with its size.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
     }
 }
 
@@ -472,6 +530,8 @@ pub async fn send(
         return Err(Error::Closed);
     };
     let head_req = r.method() == Method::HEAD;
+    // The request about to go out acknowledges everything read before it.
+    conn.ack = Ack::Even;
     let (framing, upgrade) = encode_head(&mut conn.wr, r, forwarding);
     let mut out = Out {
         framing,

@@ -255,6 +255,20 @@ impl Daemon {
         "--config",
     ];
 
+    /// Runs fulcrum inside the network namespace `ns` (`ip netns exec`, which becomes
+    /// fulcrum: the child is the daemon itself).
+    pub fn spawn_in_netns(toml: &str, ns: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fulcrum.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(env!("CARGO_BIN_EXE_fulcrum"))
+            .args(Self::ARGS)
+            .arg(&path);
+        Self::run(cmd, dir, path)
+    }
+
     /// Runs fulcrum with its open-files limit (RLIMIT_NOFILE) set to `nofile`, through
     /// util-linux's `prlimit`.
     pub fn spawn_limited(toml: &str, nofile: u32) -> Daemon {

@@ -10,6 +10,7 @@
 //! unbounded: a graceful shutdown stays under the watchdog (and the hard stop) too.
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -169,6 +170,7 @@ async fn serve(
                         proto,
                         scheme: Scheme::Http,
                         client_cert: None,
+                        fd: (proto == Proto::H1).then(|| stream.as_raw_fd()),
                     };
                     serve_http(stream, conn, route, &cur, ctl).await
                 }
@@ -209,6 +211,7 @@ async fn serve_tls(
     cur: &HttpRoute,
     ctl: &Control,
 ) {
+    let fd = stream.as_raw_fd();
     let handshake = tokio::select! {
         h = crate::tls::accept(stream, tls.server_config(), tls.handshake_timeout()) => h,
         _ = cancelled(&ctl.hard_stop) => return,
@@ -227,6 +230,7 @@ async fn serve_tls(
                 client_cert: negotiated
                     .client_cert
                     .and_then(|c| HeaderValue::from_str(&c).ok()),
+                fd: (proto == Proto::H1).then_some(fd),
             };
             between_bursts(serve_http(stream, conn, route, cur, ctl).await, ctl).await;
         }
@@ -245,6 +249,8 @@ struct Conn {
     proto: Proto,
     scheme: Scheme,
     client_cert: Option<HeaderValue>,
+    /// The client's socket, for quick ACKs (see [`ConnCtx::client_fd`]).
+    fd: Option<RawFd>,
 }
 
 /// Serves HTTP on a connection (plain or TLS) under its deadlines, until it ends or (HTTP/1)
@@ -273,6 +279,7 @@ where
         watch: watch_state.clone(),
         client_cert: conn.client_cert,
         response_timer: Default::default(),
+        client_fd: conn.fd,
     });
     let io = Watched::new(io, watch_state);
     let d = Deadlines {

@@ -196,17 +196,27 @@ pub struct ClientBody {
     received: u64,
     /// Armed the first time the body has to wait for the client.
     watch: Option<IdleWatch>,
+    /// The client's socket, acknowledged at once the first time the body has to wait: a
+    /// client that wrote the head and the body apart with Nagle's algorithm on is holding
+    /// the body back until its head is acknowledged ([`crate::proxy::quick_ack`]).
+    ack: Option<std::os::fd::RawFd>,
 }
 
 impl ClientBody {
-    /// Wraps `inner`; `state` learns how it ends.
-    pub fn new(inner: Incoming, limits: BodyLimits, state: Arc<BodyState>) -> Self {
+    /// Wraps `inner`; `state` learns how it ends; `ack` is the client's socket (HTTP/1).
+    pub fn new(
+        inner: Incoming,
+        limits: BodyLimits,
+        state: Arc<BodyState>,
+        ack: Option<std::os::fd::RawFd>,
+    ) -> Self {
         ClientBody {
             inner,
             state,
             limits,
             received: 0,
             watch: None,
+            ack,
         }
     }
 }
@@ -247,6 +257,11 @@ impl Body for ClientBody {
             }
             Poll::Pending => {
                 let limits = this.limits;
+                if this.watch.is_none() {
+                    if let Some(fd) = this.ack {
+                        crate::proxy::quick_ack(fd);
+                    }
+                }
                 let w = this
                     .watch
                     .get_or_insert_with(|| IdleWatch::new(limits.read_idle));

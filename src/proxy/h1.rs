@@ -331,30 +331,13 @@ impl Conn {
         r
     }
 
-    /// Sends the ACK of everything read so far at once (`TCP_QUICKACK`), and leaves the
-    /// kernel's delayed-ACK turn-taking mode until the proxy next writes. Best effort: a
-    /// failure only means the ACK comes when the kernel would have sent it anyway.
+    /// Acknowledges at once what was read (see [`Ack`]).
     fn ack_now(&self) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let fd = match &self.io {
-                Io::Tcp(s) => s.as_raw_fd(),
-                Io::Tls(s) => s.get_ref().0.as_raw_fd(),
-            };
-            let on: libc::c_int = 1;
-            // SAFETY: `fd` is the open socket `self.io` owns for the whole call; the option
-            // value is a c_int on the stack, passed with its size.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_QUICKACK,
-                    (&on as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        use std::os::fd::AsRawFd;
+        super::quick_ack(match &self.io {
+            Io::Tcp(s) => s.as_raw_fd(),
+            Io::Tls(s) => s.get_ref().0.as_raw_fd(),
+        });
     }
 }
 

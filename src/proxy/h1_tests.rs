@@ -374,6 +374,7 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
             min_rate: 0,
         },
         state,
+        None,
     )));
     let req = Request::builder()
         .method(Method::POST)

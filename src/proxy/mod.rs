@@ -31,3 +31,33 @@ pub use error::{local_error_kind, Blame, ProxyError, Rejection};
 pub(crate) fn read_readiness_empty(s: &tokio::net::TcpStream) -> bool {
     s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_err()
 }
+
+/// Acknowledges at once everything read so far on the TCP socket `fd` (`TCP_QUICKACK`),
+/// and leaves the kernel's delayed-ACK turn-taking mode until the next write on it.
+///
+/// Why: on a connection whose two ends take turns (any keep-alive connection), the kernel
+/// holds back the ACK of what it received, for data to carry it, until its delayed-ACK
+/// timer fires (40 ms). A peer that leaves Nagle's algorithm on and writes a message in two
+/// small pieces (a head, then a body) sends the second only once the first is
+/// acknowledged: each such message would take 40 ms. Call this when a message came in part
+/// and the rest is awaited. Best effort: a failure only means the ACK comes when the
+/// kernel would have sent it anyway.
+pub(crate) fn quick_ack(fd: std::os::fd::RawFd) {
+    #[cfg(target_os = "linux")]
+    {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from a c_int on the stack
+        // for the duration of the call; on an fd that is not a TCP socket it fails, harmlessly.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}

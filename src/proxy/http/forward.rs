@@ -164,6 +164,7 @@ pub(super) fn forward<'a>(
                         min_rate: t.limits.min_body_rate,
                     },
                     st.clone(),
+                    cx.client_fd,
                 )))
             }
             None => ReqBody::Empty,

@@ -307,6 +307,11 @@ pub struct ConnCtx {
     pub client_cert: Option<HeaderValue>,
     /// The `response_header` timer, kept between the connection's requests.
     pub response_timer: ResponseTimer,
+    /// The client's TCP socket, to acknowledge a request body's first piece at once when
+    /// the rest must be waited for ([`crate::proxy::quick_ack`]). HTTP/1 only: there the
+    /// request's future lives and dies in the task that owns the socket, so the descriptor
+    /// is open whenever the body is polled (an h2 stream's task may outlive its connection).
+    pub client_fd: Option<std::os::fd::RawFd>,
 }
 
 /// A timer a connection reuses for the `response_header` wait of each of its requests.

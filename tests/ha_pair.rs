@@ -27,19 +27,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Why this machine cannot run the pair, if it cannot.
 fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    let probe = format!("flha{}-probe", std::process::id());
-    let ok = Command::new("ip")
-        .args(["netns", "add", &probe])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    if !ok {
-        return Some("`ip netns` is unavailable (iproute2 missing, or no permission)".into());
+    if let Some(why) = netns_unavailable("ha") {
+        return Some(why);
     }
     let ka = Command::new("keepalived")
         .arg("--version")
@@ -54,14 +43,7 @@ fn cannot_run() -> Option<String> {
 
 /// Skips (with the reason printed) where the pair cannot run, except under CI, which must.
 fn skip() -> bool {
-    match cannot_run() {
-        None => false,
-        Some(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: {why}");
-            true
-        }
-        Some(why) => panic!("CI must run the HA pair test, but {why}"),
-    }
+    skip_unless_ci(cannot_run().as_deref())
 }
 
 /// The lab: namespaces, links and processes, all removed when it drops (also on panic).

@@ -471,16 +471,22 @@ async fn a_second_stop_signal_exits_at_once() {
     });
 }
 
+/// fulcrum as a process with two workers in front of `o`: the daemon, its "web" listener
+/// and its admin listener.
+fn two_workers(o: &fulcrum::demo::Origin) -> (Daemon, std::net::SocketAddr, std::net::SocketAddr) {
+    let cfg = format!(
+        "[runtime]\nworker_threads = 2\n{}",
+        http_config(&servers(&[o]), "", NO_HEALTH)
+    );
+    let d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
+    let (web, admin) = (d.addrs["web"], d.admin.expect("admin listener"));
+    (d, web, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_evenly_over_the_worker_threads() {
     let o = fleet(1).await;
-    let cfg = format!(
-        "[runtime]\nworker_threads = 2\n{}",
-        http_config(&servers(&[&o[0]]), "", NO_HEALTH)
-    );
-    let d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
-    let web = d.addrs["web"];
-    let admin = d.admin.expect("admin listener");
+    let (_daemon, web, admin) = two_workers(&o[0]);
     let per_worker = |text: &str| {
         ["0", "1"].map(|w| {
             metric(text, "fulcrum_worker_connections", &[("worker", w)])
@@ -521,13 +527,7 @@ async fn connections_are_spread_evenly_over_the_worker_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_histograms_count_the_requests_of_every_worker() {
     let o = fleet(1).await;
-    let cfg = format!(
-        "[runtime]\nworker_threads = 2\n{}",
-        http_config(&servers(&[&o[0]]), "", NO_HEALTH)
-    );
-    let d = tokio::task::block_in_place(|| Daemon::spawn(&cfg));
-    let web = d.addrs["web"];
-    let admin = d.admin.expect("admin listener");
+    let (_daemon, web, admin) = two_workers(&o[0]);
     let mut open = Vec::new();
     for _ in 0..10 {
         let mut s = TcpStream::connect(web).await.unwrap();

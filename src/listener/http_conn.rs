@@ -170,7 +170,7 @@ async fn serve(
                         proto,
                         scheme: Scheme::Http,
                         client_cert: None,
-                        fd: (proto == Proto::H1).then(|| stream.as_raw_fd()),
+                        fd: stream.as_raw_fd(),
                     };
                     serve_http(stream, conn, route, &cur, ctl).await
                 }
@@ -230,7 +230,7 @@ async fn serve_tls(
                 client_cert: negotiated
                     .client_cert
                     .and_then(|c| HeaderValue::from_str(&c).ok()),
-                fd: (proto == Proto::H1).then_some(fd),
+                fd,
             };
             between_bursts(serve_http(stream, conn, route, cur, ctl).await, ctl).await;
         }
@@ -249,8 +249,8 @@ struct Conn {
     proto: Proto,
     scheme: Scheme,
     client_cert: Option<HeaderValue>,
-    /// The client's socket, for quick ACKs (see [`ConnCtx::client_fd`]).
-    fd: Option<RawFd>,
+    /// The client's TCP socket (under TLS, the one beneath it).
+    fd: RawFd,
 }
 
 /// Serves HTTP on a connection (plain or TLS) under its deadlines, until it ends or (HTTP/1)
@@ -279,7 +279,8 @@ where
         watch: watch_state.clone(),
         client_cert: conn.client_cert,
         response_timer: Default::default(),
-        client_fd: conn.fd,
+        // See the field: HTTP/1 only.
+        client_fd: (conn.proto == Proto::H1).then_some(conn.fd),
     });
     let io = Watched::new(io, watch_state);
     let d = Deadlines {

@@ -826,7 +826,7 @@ pub struct RawOrigin {
 }
 
 /// Whether `buf` starting at `from` holds a complete request; returns where it ends.
-fn request_end(buf: &[u8], from: usize) -> Option<usize> {
+pub fn request_end(buf: &[u8], from: usize) -> Option<usize> {
     let rest = &buf[from..];
     let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&rest[..head_end]).to_lowercase();
@@ -933,4 +933,39 @@ pub async fn request_from(from: &str, to: SocketAddr, extra_headers: &str) -> (S
         .unwrap();
     let (head, body) = read_response(&mut s).await;
     (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+// ---- network namespaces --------------------------------------------------------------
+
+/// Why this machine cannot make network namespaces, if it cannot: they need root and
+/// iproute2's `ip netns`. The probe namespace is named after the process and `tag`.
+pub fn netns_unavailable(tag: &str) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    let probe = format!("fl{tag}{}-probe", std::process::id());
+    let ip = |verb: &str| {
+        Command::new("ip")
+            .args(["netns", verb, &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = ip("add");
+    ip("del");
+    (!ok).then(|| "`ip netns` is unavailable (iproute2 missing, or no permission)".into())
+}
+
+/// Whether to skip a test this machine cannot run (`why`), printing why; under CI, which
+/// must run it, panics instead.
+pub fn skip_unless_ci(why: Option<&str>) -> bool {
+    match why {
+        None => false,
+        Some(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {why}");
+            true
+        }
+        Some(why) => panic!("CI must run this test, but {why}"),
+    }
 }

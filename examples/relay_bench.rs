@@ -82,17 +82,21 @@ async fn serve_relay(variant: String, up: SocketAddr) -> Result<(), String> {
             };
             let _ = c.set_nodelay(true);
             let _ = s.set_nodelay(true);
+            let stops = tunnel::Stops {
+                shutdown: &stop,
+                drain: &stop,
+            };
             let r = match variant.as_str() {
                 "copy" => copy_fixed(c, s, &stop).await,
                 "lazy" => {
                     let (mut c, mut s) = (c, s);
-                    tunnel::relay_tcp(&mut c, &mut s, IDLE, &stop)
+                    tunnel::relay_tcp(&mut c, &mut s, IDLE, stops)
                         .await
                         .map_err(|c| c.end)
                 }
                 "generic" => {
                     let (mut c, mut s) = (c, s);
-                    tunnel::relay(&mut c, &mut s, IDLE, &stop)
+                    tunnel::relay(&mut c, &mut s, IDLE, stops)
                         .await
                         .map_err(|c| c.end)
                 }

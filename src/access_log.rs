@@ -138,8 +138,8 @@ pub struct TcpLine<'a> {
     pub bytes_out: u64,
     /// Connection lifetime.
     pub duration: Duration,
-    /// How it ended: "closed", "idle", "shutdown", "error", "no_server", "overloaded",
-    /// "connect_failed".
+    /// How it ended: "closed", "idle", "shutdown", "drained" (at an operator's drain
+    /// deadline), "error", "no_server", "overloaded", "connect_failed".
     pub outcome: &'static str,
 }
 

@@ -1,5 +1,5 @@
 //! L4 relaying through a running fulcrum: byte-exact echo, half-close, PROXY headers, idle
-//! close and its access-log line, many relays at once.
+//! close and drain deadlines with their access-log lines, many relays at once.
 
 mod common;
 
@@ -241,8 +241,16 @@ async fn idle_tunnel_is_closed_after_tunnel_idle() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_closed_relay_logs_the_bytes_it_moved() {
+/// How a test ends a relay that has moved 5 bytes each way.
+enum End {
+    /// Nothing more either way: `tunnel_idle` (300 ms) runs out.
+    Idle,
+    /// An operator drains the server with a 300 ms deadline.
+    DrainDeadline,
+}
+
+/// Relays 5 bytes each way, lets `end` close the relay, and returns its access-log line.
+async fn relay_closed_by(end: End) -> serde_json::Value {
     let echo = echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
@@ -251,18 +259,33 @@ async fn an_idle_closed_relay_logs_the_bytes_it_moved() {
         log_path.display(),
         tcp_config(echo, "[listener.timeouts]\ntunnel_idle = \"300ms\"")
     );
+    let cfg = match end {
+        End::Idle => cfg,
+        // The same relay with a long idle timeout, and the admin API to drain with.
+        End::DrainDeadline => cfg
+            .replace(
+                "enabled = false",
+                "bind = \"127.0.0.1:0\"\nallow_unauthenticated_loopback = true",
+            )
+            .replace("300ms", "60s"),
+    };
     let p = Proxy::start(&cfg).await;
     let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
     s.write_all(b"hello").await.unwrap();
     let mut b = [0u8; 5];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"hello");
-    // Nothing more either way: the proxy closes it, then logs it.
+    if let End::DrainDeadline = end {
+        let path = format!("/servers/p/{echo}/drain?deadline=300ms");
+        let r = admin_call(p.admin().await, "POST", &path, None, "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // The proxy closes it, then logs it.
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(LIMIT, s.read_to_end(&mut rest)).await;
     assert!(
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "idle tunnel closed: {closed:?}"
+        "relay closed: {closed:?}"
     );
     let line = || {
         std::fs::read_to_string(&log_path)
@@ -275,12 +298,28 @@ async fn an_idle_closed_relay_logs_the_bytes_it_moved() {
         line().is_some()
     })
     .await;
-    let v: serde_json::Value = serde_json::from_str(&line().unwrap()).unwrap();
+    serde_json::from_str(&line().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_closed_relay_logs_the_bytes_it_moved() {
+    let v = relay_closed_by(End::Idle).await;
     assert_eq!(v["outcome"], "idle", "{v}");
     assert_eq!(
         (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
         (Some(5), Some(5)),
         "an idle-closed relay logs what it moved: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_closed_at_a_drain_deadline_logs_drained_and_the_bytes_it_moved() {
+    let v = relay_closed_by(End::DrainDeadline).await;
+    assert_eq!(v["outcome"], "drained", "{v}");
+    assert_eq!(
+        (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
+        (Some(5), Some(5)),
+        "a relay cut at a drain deadline logs what it moved: {v}"
     );
 }
 

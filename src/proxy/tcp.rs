@@ -258,19 +258,16 @@ pub async fn serve(
     let idle = route.listener.timeouts.tunnel_idle;
     // An operator's drain deadline closes the relay too (the server's sever token).
     let sever = server.state.sever_token();
-    let relay = async {
-        match &mut client {
-            Client::Plain(c) => {
-                let _ = c.set_nodelay(true);
-                tunnel::relay_tcp(c, &mut upstream, idle, &hard_stop).await
-            }
-            Client::Tls(c) => tunnel::relay(&mut **c, &mut upstream, idle, &hard_stop).await,
-        }
+    let stops = tunnel::Stops {
+        shutdown: &hard_stop,
+        drain: &sever,
     };
-    let relayed = tokio::select! {
-        biased;
-        r = relay => r,
-        _ = crate::proxy::cancel::cancelled(&sever) => Err(Cut { end: RelayEnd::Cancelled, moved: (0, 0) }),
+    let relayed = match &mut client {
+        Client::Plain(c) => {
+            let _ = c.set_nodelay(true);
+            tunnel::relay_tcp(c, &mut upstream, idle, stops).await
+        }
+        Client::Tls(c) => tunnel::relay(&mut **c, &mut upstream, idle, stops).await,
     };
     let (moved, outcome) = match &relayed {
         Ok(m) => (*m, "closed"),

@@ -110,12 +110,13 @@ fn tunnel_upgrade(
             }
         };
         let (server, to_client) = (*server).into_parts();
-        tokio::select! {
-            r = tunnel::relay_upgraded_to(client, server, to_client, idle, &stop) => match r {
-                Ok((up, down)) => tracing::trace!(up, down, "upgraded tunnel done"),
-                Err(cut) => tracing::debug!(error = ?cut.end, up = cut.moved.0, down = cut.moved.1, "upgraded tunnel ended"),
-            },
-            _ = crate::proxy::cancel::cancelled(&sever) => tracing::debug!("upgraded tunnel severed at a drain deadline"),
+        let stops = tunnel::Stops {
+            shutdown: &stop,
+            drain: &sever,
+        };
+        match tunnel::relay_upgraded_to(client, server, to_client, idle, stops).await {
+            Ok((up, down)) => tracing::trace!(up, down, "upgraded tunnel done"),
+            Err(cut) => tracing::debug!(error = ?cut.end, up = cut.moved.0, down = cut.moved.1, "upgraded tunnel ended"),
         }
     });
     let (mut parts, _) = resp.into_parts();

@@ -36,6 +36,8 @@ pub enum RelayEnd {
     Idle,
     /// The process is shutting down and the grace period ran out.
     Cancelled,
+    /// An operator's drain deadline for the server ran out.
+    Drained,
     /// A socket error.
     Io(io::Error),
 }
@@ -46,9 +48,19 @@ impl RelayEnd {
         match self {
             RelayEnd::Idle => "idle",
             RelayEnd::Cancelled => "shutdown",
+            RelayEnd::Drained => "drained",
             RelayEnd::Io(_) => "error",
         }
     }
+}
+
+/// What cuts a relay short from outside.
+#[derive(Clone, Copy)]
+pub struct Stops<'a> {
+    /// The process's hard stop (the grace period of a shutdown ran out).
+    pub shutdown: &'a CancellationToken,
+    /// The drain deadline of the server relayed to (its sever token).
+    pub drain: &'a CancellationToken,
 }
 
 /// A relay that ended before both directions finished, with the bytes it had moved by then.
@@ -62,14 +74,15 @@ pub struct Cut {
 
 /// Relays between two TCP streams until both directions have ended (each side's EOF is
 /// passed on as a write shutdown to the other, so half-closed connections keep working),
-/// until no byte moves either way for `idle`, or until `cancel`.
+/// until no byte moves either way for `idle`, or until one of `stops` fires. However it
+/// ends, it reports the bytes it moved.
 pub async fn relay_tcp(
     a: &mut TcpStream,
     b: &mut TcpStream,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut> {
-    run(a, b, Flow::default(), Flow::default(), idle, cancel).await
+    run(a, b, Flow::default(), Flow::default(), idle, stops).await
 }
 
 /// [`relay_tcp`] for any two async streams (an upgraded connection, a TLS stream).
@@ -77,7 +90,7 @@ pub async fn relay<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -89,12 +102,12 @@ where
         Flow::default(),
         Flow::default(),
         idle,
-        cancel,
+        stops,
     )
     .await
 }
 
-/// Drives both directions, the idle watchdog and the hard stop; `ab` and `ba` may start with
+/// Drives both directions, the idle watchdog and the stops; `ab` and `ba` may start with
 /// bytes already read.
 async fn run<A: Side, B: Side>(
     mut a: A,
@@ -102,7 +115,7 @@ async fn run<A: Side, B: Side>(
     mut ab: Flow,
     mut ba: Flow,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut> {
     let ticks = AtomicU64::new(0);
     let copy = poll_fn(|cx| {
@@ -118,11 +131,14 @@ async fn run<A: Side, B: Side>(
     });
     // Biased: the branches are polled in this order on every wake, without drawing a
     // random start; only the copy can be ready often, and when it is the relay is done.
+    // Both stops are branches here, not a select around the relay, so a cut relay still
+    // reports what it moved.
     let end = tokio::select! {
         biased;
         r = copy => r.err().map(RelayEnd::Io),
         _ = idle_for(&ticks, idle) => Some(RelayEnd::Idle),
-        _ = crate::proxy::cancel::cancelled(cancel) => Some(RelayEnd::Cancelled),
+        _ = crate::proxy::cancel::cancelled(stops.shutdown) => Some(RelayEnd::Cancelled),
+        _ = crate::proxy::cancel::cancelled(stops.drain) => Some(RelayEnd::Drained),
     };
     let moved = (ab.moved, ba.moved);
     match end {
@@ -225,23 +241,60 @@ mod tests {
         assert_eq!(got, down);
     }
 
-    #[tokio::test]
-    async fn a_relay_cut_by_the_hard_stop_reports_what_it_moved() {
+    /// Stops that never fire.
+    fn never(t: &CancellationToken) -> Stops<'_> {
+        Stops {
+            shutdown: t,
+            drain: t,
+        }
+    }
+
+    /// Relays, exchanges a few bytes each way, fires the hard stop (`drain` false) or the
+    /// drain deadline (true), and returns how the relay ended.
+    async fn cut_by(drain: bool) -> Cut {
         let (mut c, mut a, mut b, mut s) = ends().await;
-        let stop = CancellationToken::new();
+        let (shutdown, deadline) = (CancellationToken::new(), CancellationToken::new());
         let relay = {
-            let stop = stop.clone();
-            tokio::spawn(async move { relay_tcp(&mut a, &mut b, LIMIT, &stop).await })
+            let (shutdown, deadline) = (shutdown.clone(), deadline.clone());
+            tokio::spawn(async move {
+                let stops = Stops {
+                    shutdown: &shutdown,
+                    drain: &deadline,
+                };
+                relay_tcp(&mut a, &mut b, LIMIT, stops).await
+            })
         };
         exchange(&mut c, &mut s, b"0123456789", b"abcdefg").await;
-        stop.cancel();
-        let cut = tokio::time::timeout(LIMIT, relay)
+        if drain {
+            deadline.cancel();
+        } else {
+            shutdown.cancel();
+        }
+        tokio::time::timeout(LIMIT, relay)
             .await
             .expect("the relay stops at once")
             .unwrap()
-            .expect_err("cancelled");
+            .expect_err("cut")
+    }
+
+    #[tokio::test]
+    async fn a_relay_cut_by_the_hard_stop_reports_what_it_moved() {
+        let cut = cut_by(false).await;
         assert!(matches!(cut.end, RelayEnd::Cancelled), "{cut:?}");
+        assert_eq!(cut.end.outcome(), "shutdown");
         assert_eq!(cut.moved, (10, 7), "bytes moved each way before the stop");
+    }
+
+    #[tokio::test]
+    async fn a_relay_cut_at_a_drain_deadline_reports_what_it_moved() {
+        let cut = cut_by(true).await;
+        assert!(matches!(cut.end, RelayEnd::Drained), "{cut:?}");
+        assert_eq!(cut.end.outcome(), "drained");
+        assert_eq!(
+            cut.moved,
+            (10, 7),
+            "bytes moved each way before the deadline"
+        );
     }
 
     #[tokio::test]
@@ -249,7 +302,7 @@ mod tests {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
             let idle = Duration::from_millis(100);
-            relay_tcp(&mut a, &mut b, idle, &CancellationToken::new()).await
+            relay_tcp(&mut a, &mut b, idle, never(&CancellationToken::new())).await
         });
         exchange(&mut c, &mut s, b"abc", b"de").await;
         let cut = tokio::time::timeout(LIMIT, relay)
@@ -269,7 +322,7 @@ mod tests {
         // then they alternate: a direction that missed its wake would stall the exchange.
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            relay_tcp(&mut a, &mut b, LIMIT, &CancellationToken::new()).await
+            relay_tcp(&mut a, &mut b, LIMIT, never(&CancellationToken::new())).await
         });
         let run = async {
             let mut buf = [0u8; 4];
@@ -307,10 +360,9 @@ mod tests {
     #[tokio::test]
     async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
         let (mut c, mut a, mut b, mut s) = ends().await;
-        let relay =
-            tokio::spawn(
-                async move { relay(&mut a, &mut b, LIMIT, &CancellationToken::new()).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay(&mut a, &mut b, LIMIT, never(&CancellationToken::new())).await
+        });
         // The server ends its side first; the client keeps sending after seeing that EOF.
         s.write_all(b"bye").await.unwrap();
         s.shutdown().await.unwrap();

@@ -11,10 +11,9 @@ use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::flow::{Flow, Stream};
-use super::{run, Active, Cut, Moved};
+use super::{run, Active, Cut, Moved, Stops};
 use crate::listener::watch::{join, Watched};
 
 /// A connection type that is a TCP stream underneath and can give it back.
@@ -60,22 +59,22 @@ pub async fn relay_upgraded_to(
     server: crate::proxy::h1::Io,
     to_client: Bytes,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut> {
     use crate::proxy::h1::Io;
     let client = unwrap::<ClientIo>(client);
     match server {
-        Io::Tcp(s) => relay_sides(client, Unwrapped::Tcp(s, to_client), idle, cancel).await,
+        Io::Tcp(s) => relay_sides(client, Unwrapped::Tcp(s, to_client), idle, stops).await,
         Io::Tls(mut s) => {
             let from = Flow::starting_with;
             let s = Stream(&mut *s);
             match client {
                 Unwrapped::Tcp(mut c, to_server) => {
-                    run(&mut c, s, from(to_server), from(to_client), idle, cancel).await
+                    run(&mut c, s, from(to_server), from(to_client), idle, stops).await
                 }
                 Unwrapped::Other(mut c) => {
                     let c = Stream(&mut c);
-                    run(c, s, Flow::default(), from(to_client), idle, cancel).await
+                    run(c, s, Flow::default(), from(to_client), idle, stops).await
                 }
             }
         }
@@ -83,7 +82,7 @@ pub async fn relay_upgraded_to(
 }
 
 /// Relays an upgraded client connection to its upgraded server connection until both
-/// directions end, the tunnel idles out, or `cancel`; moved bytes are (client → server,
+/// directions end, the tunnel idles out, or one of `stops` fires; moved bytes are (client → server,
 /// server → client). `C` and `S` are the io types hyper was given for each side: a side
 /// whose boxed io is of that type is unwrapped to its TCP stream, any other is relayed as
 /// a generic stream, so a wrong guess costs speed, never bytes.
@@ -91,7 +90,7 @@ pub async fn relay_upgraded_as<C, S>(
     client: Upgraded,
     server: Upgraded,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut>
 where
     C: TcpInside + hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
@@ -99,7 +98,7 @@ where
 {
     let client = unwrap::<C>(client);
     let server = unwrap::<S>(server);
-    relay_sides(client, server, idle, cancel).await
+    relay_sides(client, server, idle, stops).await
 }
 
 /// One side of an upgraded connection, taken apart as far as its type allows.
@@ -130,7 +129,7 @@ async fn relay_sides(
     client: Unwrapped,
     server: Unwrapped,
     idle: Duration,
-    cancel: &CancellationToken,
+    stops: Stops<'_>,
 ) -> Result<Moved, Cut> {
     use Unwrapped::{Other, Tcp};
     let from = Flow::starting_with;
@@ -142,21 +141,21 @@ async fn relay_sides(
                 from(to_server),
                 from(to_client),
                 idle,
-                cancel,
+                stops,
             )
             .await
         }
         (Tcp(mut c, to_server), Other(mut s)) => {
             let s = Stream(&mut s);
-            run(&mut c, s, from(to_server), Flow::default(), idle, cancel).await
+            run(&mut c, s, from(to_server), Flow::default(), idle, stops).await
         }
         (Other(mut c), Tcp(mut s, to_client)) => {
             let c = Stream(&mut c);
-            run(c, &mut s, Flow::default(), from(to_client), idle, cancel).await
+            run(c, &mut s, Flow::default(), from(to_client), idle, stops).await
         }
         (Other(mut c), Other(mut s)) => {
             let (c, s) = (Stream(&mut c), Stream(&mut s));
-            run(c, s, Flow::default(), Flow::default(), idle, cancel).await
+            run(c, s, Flow::default(), Flow::default(), idle, stops).await
         }
     }
 }
@@ -262,7 +261,12 @@ mod tests {
                             Unwrapped::Other(_) => None,
                         };
                         let (ca, sa) = (ahead(&c), ahead(&s));
-                        let r = relay_sides(c, s, IDLE, &CancellationToken::new()).await;
+                        let never = tokio_util::sync::CancellationToken::new();
+                        let stops = Stops {
+                            shutdown: &never,
+                            drain: &never,
+                        };
+                        let r = relay_sides(c, s, IDLE, stops).await;
                         let _ = tx.unwrap().send((ca, sa, r));
                     });
                     Ok::<_, Infallible>(

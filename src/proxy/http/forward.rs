@@ -14,7 +14,7 @@ use hyper::body::{Body, Incoming};
 
 use super::check::{prepare, upgrade_of, BodyShape};
 use super::respond::respond;
-use super::{ConnCtx, HttpRoute, Target};
+use super::{ConnCtx, HttpRoute, ResponseWait, Target};
 use crate::admission::{ClientAddr, ForwardChain};
 use crate::backend::{FailureKind, Selection};
 use crate::balance::{hash_bytes, PickKey};
@@ -336,25 +336,24 @@ fn classify(e: &UpError) -> (FailureKind, ProxyError) {
 /// from a server that wrote them back to back).
 const SHORT_BODY: u64 = 16 * 1024;
 
-/// Reads the rest of `b`'s short body, waiting `upstream_read_idle` at most. When nothing
-/// at all came in that time, returns when the wait began, for the body's idle watch to count
-/// from: a stalled server is cut off one `upstream_read_idle` after its last byte, as it
-/// would be mid-stream.
+/// Reads the rest of `b`'s short body, waiting `upstream_read_idle` at most, on `timer`
+/// (the request's response timer, restarted). When nothing at all came in that time,
+/// returns when the wait began, for the body's idle watch to count from: a stalled server
+/// is cut off one `upstream_read_idle` after its last byte, as it would be mid-stream.
 async fn read_short_rest(
     b: &mut crate::proxy::h1::RespIn,
     idle: std::time::Duration,
-    cx: &ConnCtx,
+    timer: &mut ResponseWait,
 ) -> Option<tokio::time::Instant> {
     let had = b.buffered();
-    let mut timer = cx.response_timer.take(idle);
+    timer.restart(idle);
     // The wait began when the timer was set, `idle` before its deadline: one clock read.
     let since = timer.deadline - idle;
     let whole = tokio::select! {
         biased;
         () = std::future::poll_fn(|c| b.poll_short_rest(c)) => true,
-        () = &mut timer => false,
+        () = &mut *timer => false,
     };
-    cx.response_timer.give_back(timer);
     (!whole && b.buffered() == had).then_some(since)
 }
 
@@ -386,32 +385,32 @@ async fn send(
             }
             (&mut timer).await;
         };
-        let r = tokio::select! {
+        let mut r = tokio::select! {
             biased;
             r = lease.send(req, forwarding) => Some(r),
             _ = sent_then_timeout => None,
         };
+        if let Some(Ok(resp)) = &mut r {
+            server
+                .state
+                .metrics
+                .response
+                .observe(crate::backend::poll_since(started).as_secs_f64());
+            if let UpBody::H1(b) = resp.body_mut() {
+                if b.short_rest_pending(SHORT_BODY) {
+                    let idle = pool.settings.timeouts.upstream_read_idle;
+                    if let Some(since) = read_short_rest(b, idle, &mut timer).await {
+                        resp.extensions_mut().insert(IdleSince(since));
+                    }
+                }
+            }
+        }
         cx.response_timer.give_back(timer);
         let Some(r) = r else {
             return Err(SendFailure::new(FailureKind::Timeout, ProxyError::Timeout));
         };
         match r {
-            Ok(mut resp) => {
-                server
-                    .state
-                    .metrics
-                    .response
-                    .observe(crate::backend::poll_since(started).as_secs_f64());
-                if let UpBody::H1(b) = resp.body_mut() {
-                    if b.short_rest_pending(SHORT_BODY) {
-                        let idle = pool.settings.timeouts.upstream_read_idle;
-                        if let Some(since) = read_short_rest(b, idle, cx).await {
-                            resp.extensions_mut().insert(IdleSince(since));
-                        }
-                    }
-                }
-                return Ok((resp, lease));
-            }
+            Ok(resp) => return Ok((resp, lease)),
             Err(_) if req.is_some() && lease.reused() => {
                 lease = match up.connect().await {
                     Ok(l) => l,

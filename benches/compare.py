@@ -31,7 +31,8 @@ so that the origins (which share the load core with wrk) parse the same requests
 Scenarios are MODE-BODY-cCONNECTIONS: `http` and `tcp` run wrk; `h2` (not in the default set,
 e.g. `--scenarios h2-small-c20`) runs h2load with h2 clients without TLS, 100 streams open on
 each connection, p99 taken from h2load's per-request log. Behind every proxy the servers
-speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`).
+speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`). `instructions` takes
+the same modes (`--modes http,tcp,h2`; h2 with 10 streams open on each of 10 connections).
 
 Needs wrk, haproxy, nginx (with the stream module) and, for `instructions` and the h2
 scenarios, h2load (and valgrind for `instructions`). Debian: apt-get install wrk haproxy
@@ -540,6 +541,10 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
+# `instructions --modes h2`: streams each h2 client connection keeps open.
+H2_INSTRUCTION_STREAMS = 10
+
+
 def instructions(args):
     for c in (["h2load", "haproxy", "nginx"] + ([] if args.native else ["valgrind"])):
         if not shutil.which(c):
@@ -583,7 +588,9 @@ def instructions(args):
                 v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
                                 log=f"{work}/valgrind.log")
             wait_port(port, v, 60)
-            r = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
+            # h2: the same 10 connections as h2 clients without TLS, 10 streams open on each.
+            client = ["-m", str(H2_INSTRUCTION_STREAMS)] if mode == "h2" else ["--h1"]
+            r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
                 raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
@@ -651,7 +658,9 @@ def main():
     lo.add_argument("--json", help="write every run to this file")
     ins = sub.add_parser("instructions", help="instructions per request under callgrind")
     ins.add_argument("--targets", type=lambda s: s.split(","), default=["fulcrum", "haproxy", "nginx"])
-    ins.add_argument("--modes", type=lambda s: s.split(","), default=["http", "tcp"])
+    ins.add_argument("--modes", type=lambda s: s.split(","), default=["http", "tcp"],
+                     help="http and tcp: HTTP/1.1 clients, one request at a time on each of 10 "
+                     "connections; h2: h2 clients without TLS, 10 streams open on each")
     ins.add_argument("--low", type=int, default=2000)
     ins.add_argument("--high", type=int, default=12000)
     ins.add_argument("--origin", choices=["fulcrum", "python"], default="fulcrum",

@@ -139,7 +139,8 @@ pub struct TcpLine<'a> {
     /// Connection lifetime.
     pub duration: Duration,
     /// How it ended: "closed", "idle", "shutdown", "drained" (at an operator's drain
-    /// deadline), "error", "no_server", "overloaded", "connect_failed".
+    /// deadline), "error", or, before any relay, "no_client_hello", "no_route",
+    /// "no_server", "overloaded", "local_error", "connect_failed".
     pub outcome: &'static str,
 }
 

@@ -590,7 +590,8 @@ def instructions(args):
             if args.native:
                 v = procs.start(cmd, log=f"{work}/native.log")
             else:
-                v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
+                sim = ["--cache-sim=yes"] if args.cache_sim else []
+                v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + sim + cmd,
                                 log=f"{work}/valgrind.log")
             wait_port(port, v, 60)
             # h2: the same 10 connections as h2 clients without TLS, 10 streams open on each.
@@ -602,13 +603,19 @@ def instructions(args):
             procs.stop(v)
             if args.native:
                 return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", r.stdout).group(1))
-            total = 0
+            # Each event's total over the output files (one per process): Ir, the
+            # instructions, and with --cache-sim the cache events (I1mr, D1mr, ...).
+            total = {}
             for name in os.listdir(work):
                 if name.startswith("cg.out."):
+                    events = []
                     with open(os.path.join(work, name)) as f:
                         for line in f:
-                            if line.startswith("summary:"):
-                                total += int(line.split()[1])
+                            if line.startswith("events:"):
+                                events = line.split()[1:]
+                            elif line.startswith("summary:"):
+                                for e, x in zip(events, line.split()[1:]):
+                                    total[e] = total.get(e, 0) + int(x)
                     if args.keep:
                         os.makedirs(args.keep, exist_ok=True)
                         shutil.move(os.path.join(work, name),
@@ -625,9 +632,12 @@ def instructions(args):
                     print(f"{target:8} {mode:5} {rps:>10.0f} req/s", file=sys.stderr)
                     continue
                 lo, hi = count(target, mode, args.low), count(target, mode, args.high)
-                per = (hi - lo) / (args.high - args.low)
+                per = {e: (hi[e] - lo.get(e, 0)) / (args.high - args.low) for e in hi}
                 rows.append((target, mode, per))
-                print(f"{target:8} {mode:5} {per:>10.0f} instructions/request", file=sys.stderr)
+                print(f"{target:8} {mode:5} {per['Ir']:>10.0f} instructions/request"
+                      + (f", {per['I1mr']:.0f} I1 and {per['D1mr']:.0f} D1 read misses, "
+                         f"{per['ILmr'] + per['DLmr'] + per['DLmw']:.0f} last-level misses"
+                         if args.cache_sim else ""), file=sys.stderr)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -636,9 +646,16 @@ def instructions(args):
         for t, m, rps in rows:
             print(f"| {t} | {m} | {rps:.0f} |")
         return
+    if args.cache_sim:
+        print("| proxy | mode | instructions per request | I1 misses | D1 read misses | last-level misses |"
+              "\n|---|---|---|---|---|---|")
+        for t, m, per in rows:
+            print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k | {per['I1mr']:.0f} | {per['D1mr']:.0f} | "
+                  f"{per['ILmr'] + per['DLmr'] + per['DLmw']:.0f} |")
+        return
     print("| proxy | mode | instructions per request |\n|---|---|---|")
     for t, m, per in rows:
-        print(f"| {t} | {m} | {per / 1000:.1f}k |")
+        print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k |")
 
 
 def main():
@@ -673,6 +690,9 @@ def main():
                      "the shared harness's Python server (head and body in two writes)")
     ins.add_argument("--keep", metavar="DIR", help="keep callgrind's output files in DIR, named "
                      "TARGET.MODE.REQUESTS.PID (read them with callgrind_annotate)")
+    ins.add_argument("--cache-sim", action="store_true",
+                     help="also simulate the caches (valgrind --cache-sim=yes): instruction-cache, "
+                     "data-cache and last-level misses per request; slower")
     ins.add_argument("--native", action="store_true",
                      help="no valgrind: run the same --low requests at full speed and print req/s "
                      "(behind the Python origin this shows what its two writes cost in waiting)")

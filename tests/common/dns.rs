@@ -33,6 +33,9 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
     stop: Mutex<CancellationToken>,
+    /// The tasks that own the UDP socket and the TCP listener: each closes its socket when
+    /// it ends.
+    sockets: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn key(name: &str) -> String {
@@ -58,6 +61,7 @@ impl DnsServer {
             addr,
             zone: Arc::new(Mutex::new(Zone::default())),
             stop: Mutex::new(CancellationToken::new()),
+            sockets: Mutex::new(Vec::new()),
         };
         s.serve(udp, tcp);
         s
@@ -67,7 +71,7 @@ impl DnsServer {
         let stop = self.stop.lock().unwrap().clone();
         let zone = self.zone.clone();
         let (z2, s2) = (zone.clone(), stop.clone());
-        tokio::spawn(async move {
+        let udp_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let (n, peer) = tokio::select! {
@@ -79,7 +83,7 @@ impl DnsServer {
                 }
             }
         });
-        tokio::spawn(async move {
+        let tcp_task = tokio::spawn(async move {
             loop {
                 let (mut conn, _) = tokio::select! {
                     _ = s2.cancelled() => return,
@@ -108,6 +112,7 @@ impl DnsServer {
                 });
             }
         });
+        self.sockets.lock().unwrap().extend([udp_task, tcp_task]);
     }
 
     /// Sets the A records of `name` (replacing any), with `ttl` seconds.
@@ -144,8 +149,14 @@ impl DnsServer {
         self.stop.lock().unwrap().cancel();
     }
 
-    /// Answers again on the same port.
+    /// Answers again on the same port, after [`DnsServer::stop`].
     pub async fn restart(&self) {
+        // The stopped tasks close the old sockets as they end, on whichever thread sees the
+        // stop: bind only once they have, or the port may still be taken.
+        let old = std::mem::take(&mut *self.sockets.lock().unwrap());
+        for task in old {
+            let _ = task.await;
+        }
         let udp = UdpSocket::bind(self.addr).await.expect("udp rebind");
         let tcp = TcpListener::bind(self.addr).await.expect("tcp rebind");
         *self.stop.lock().unwrap() = CancellationToken::new();

@@ -633,11 +633,12 @@ def instructions(args):
                     continue
                 lo, hi = count(target, mode, args.low), count(target, mode, args.high)
                 per = {e: (hi[e] - lo.get(e, 0)) / (args.high - args.low) for e in hi}
+                if args.cache_sim:
+                    per["LL"] = per["ILmr"] + per["DLmr"] + per["DLmw"]
                 rows.append((target, mode, per))
                 print(f"{target:8} {mode:5} {per['Ir']:>10.0f} instructions/request"
                       + (f", {per['I1mr']:.0f} I1 and {per['D1mr']:.0f} D1 read misses, "
-                         f"{per['ILmr'] + per['DLmr'] + per['DLmw']:.0f} last-level misses"
-                         if args.cache_sim else ""), file=sys.stderr)
+                         f"{per['LL']:.0f} last-level misses" if args.cache_sim else ""), file=sys.stderr)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -646,16 +647,13 @@ def instructions(args):
         for t, m, rps in rows:
             print(f"| {t} | {m} | {rps:.0f} |")
         return
-    if args.cache_sim:
-        print("| proxy | mode | instructions per request | I1 misses | D1 read misses | last-level misses |"
-              "\n|---|---|---|---|---|---|")
-        for t, m, per in rows:
-            print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k | {per['I1mr']:.0f} | {per['D1mr']:.0f} | "
-                  f"{per['ILmr'] + per['DLmr'] + per['DLmw']:.0f} |")
-        return
-    print("| proxy | mode | instructions per request |\n|---|---|---|")
+    # Columns after the instructions: (heading, event), the cache events with --cache-sim.
+    extra = [("I1 misses", "I1mr"), ("D1 read misses", "D1mr"), ("last-level misses", "LL")] \
+        if args.cache_sim else []
+    print("| proxy | mode | instructions per request |" + "".join(f" {h} |" for h, _ in extra)
+          + "\n|---|---|---|" + "---|" * len(extra))
     for t, m, per in rows:
-        print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k |")
+        print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k |" + "".join(f" {per[e]:.0f} |" for _, e in extra))
 
 
 def main():

@@ -245,30 +245,36 @@ async fn idle_tunnel_is_closed_after_tunnel_idle() {
 enum End {
     /// Nothing more either way: `tunnel_idle` (300 ms) runs out.
     Idle,
-    /// An operator drains the server with a 300 ms deadline.
+    /// An operator drains the server with a 300 ms deadline (`tunnel_idle` 60 s, and the
+    /// admin API on loopback to drain with).
     DrainDeadline,
 }
 
-/// Relays 5 bytes each way, lets `end` close the relay, and returns its access-log line.
-async fn relay_closed_by(end: End) -> serde_json::Value {
+/// Relays 5 bytes each way, lets `end` close the relay, and checks its access-log line: the
+/// `outcome` expected, and the 5 bytes each way it moved.
+async fn relay_closed_by(end: End, outcome: &str) {
     let echo = echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
-    let cfg = format!(
-        "[access_log]\nenabled = true\npath = \"{}\"\nformat = \"json\"\n{}",
-        log_path.display(),
-        tcp_config(echo, "[listener.timeouts]\ntunnel_idle = \"300ms\"")
-    );
-    let cfg = match end {
-        End::Idle => cfg,
-        // The same relay with a long idle timeout, and the admin API to drain with.
-        End::DrainDeadline => cfg
-            .replace(
-                "enabled = false",
-                "bind = \"127.0.0.1:0\"\nallow_unauthenticated_loopback = true",
-            )
-            .replace("300ms", "60s"),
+    let idle = match end {
+        End::Idle => "300ms",
+        End::DrainDeadline => "60s",
     };
+    let relay = tcp_config(
+        echo,
+        &format!("[listener.timeouts]\ntunnel_idle = \"{idle}\""),
+    );
+    let relay = match end {
+        End::Idle => relay,
+        End::DrainDeadline => relay.replace(
+            "enabled = false",
+            "bind = \"127.0.0.1:0\"\nallow_unauthenticated_loopback = true",
+        ),
+    };
+    let cfg = format!(
+        "[access_log]\nenabled = true\npath = \"{}\"\nformat = \"json\"\n{relay}",
+        log_path.display(),
+    );
     let p = Proxy::start(&cfg).await;
     let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
     s.write_all(b"hello").await.unwrap();
@@ -298,29 +304,23 @@ async fn relay_closed_by(end: End) -> serde_json::Value {
         line().is_some()
     })
     .await;
-    serde_json::from_str(&line().unwrap()).unwrap()
+    let v: serde_json::Value = serde_json::from_str(&line().unwrap()).unwrap();
+    assert_eq!(v["outcome"], outcome, "{v}");
+    assert_eq!(
+        (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
+        (Some(5), Some(5)),
+        "a relay that ended {outcome} logs what it moved: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_closed_relay_logs_the_bytes_it_moved() {
-    let v = relay_closed_by(End::Idle).await;
-    assert_eq!(v["outcome"], "idle", "{v}");
-    assert_eq!(
-        (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
-        (Some(5), Some(5)),
-        "an idle-closed relay logs what it moved: {v}"
-    );
+    relay_closed_by(End::Idle, "idle").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_closed_at_a_drain_deadline_logs_drained_and_the_bytes_it_moved() {
-    let v = relay_closed_by(End::DrainDeadline).await;
-    assert_eq!(v["outcome"], "drained", "{v}");
-    assert_eq!(
-        (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
-        (Some(5), Some(5)),
-        "a relay cut at a drain deadline logs what it moved: {v}"
-    );
+    relay_closed_by(End::DrainDeadline, "drained").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

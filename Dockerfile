@@ -14,20 +14,35 @@
 # admin listener's /healthz (no curl in the image). The admin listener must therefore be
 # enabled, and reachable on 127.0.0.1 inside the container (a bind of 0.0.0.0 is fine).
 
+#
+# A profile-guided build (about 5 % less CPU per request and 3 MiB less memory; the README's
+# "Performance"): `docker build --build-arg PGO=1 -t fulcrum .`. It runs benches/pgo.sh in
+# the build stage: an instrumented build, a minute of training on the stage's loopback by
+# examples/pgo_train.rs, and the build that uses the profile. It takes about three times as
+# long as the plain build and fetches the toolchain's llvm-tools with rustup.
+
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
+ARG PGO=0
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY examples ./examples
 # The caches keep the registry and compiled dependencies between builds; the binary is
 # copied out of the cached target directory so the next stage can see it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin fulcrum \
- && install -m 0755 target/release/fulcrum /usr/local/bin/fulcrum
+    if [ "$PGO" = 1 ]; then \
+      rustup component add llvm-tools \
+      && bash benches/pgo.sh \
+      && install -m 0755 target/pgo/release/fulcrum /usr/local/bin/fulcrum; \
+    else \
+      cargo build --release --locked --bin fulcrum \
+      && install -m 0755 target/release/fulcrum /usr/local/bin/fulcrum; \
+    fi
 
 FROM debian:${DEBIAN_RELEASE}-slim
 # No packages needed: the binary links only glibc, and probes its own health.

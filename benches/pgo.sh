@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # pgo.sh: a profile-guided build of fulcrum (PGO). Three steps:
 #   1. an instrumented release build (target/pgo/gen), which counts every branch it takes;
-#   2. a training run through it, about two minutes: `compare.py load --quick` over HTTP/1
-#      (small and 16 KiB bodies, 50 and 200 connections), h2 and L4, plain and with the access
-#      log, 100 routes and a rate limit; then `tls-handshake.sh` for TLS (full handshakes with
-#      ECDSA and RSA certificates, resumed handshakes, HTTPS keep-alive);
+#   2. a training run through it, about a minute and a half: `examples/pgo_train.rs` serves
+#      origins and replays the benchmarks' scenarios on loopback: HTTP/1 (small and 16 KiB
+#      bodies, 50 and 200 connections), h2 and L4 through fulcrum plain, with the access log,
+#      with 100 routes and with a rate limit, then `tls-handshake.sh`'s (full ECDSA and RSA
+#      handshakes, resumed handshakes, HTTPS keep-alive). It needs nothing but cargo;
 #   3. the release build that uses the merged profile: target/pgo/release/fulcrum.
 # `target/release/fulcrum` is left as it is. Run the result like any build, or measure it:
 #   FULCRUM_BIN=target/pgo/release/fulcrum python3 benches/compare.py --no-build load
 #
-# What the profile buys is in the README ("Performance"). Code the training does not reach
-# is optimised as LLVM sees fit without counts, as in a plain build; the training covers the
-# request paths the benchmarks measure and TLS.
+# usage: benches/pgo.sh [--seconds S]     (S: each training phase's length, default 3)
 #
-# Needs: what compare.py load and tls-handshake.sh need (wrk, h2load, haproxy, nginx with the
-# stream module, openssl, python3, taskset) and llvm-profdata for the toolchain's LLVM:
-# `rustup component add llvm-tools`, or LLVM_PROFDATA=/path/to/llvm-profdata.
-# The training's processes listen on 127.0.0.1 only, and each load stops by itself.
+# What the profile buys is in the README ("Performance"). Code the training does not reach
+# is optimised as LLVM sees fit without counts, as in a plain build.
+#
+# Needs llvm-profdata for the toolchain's LLVM: `rustup component add llvm-tools`, or
+# LLVM_PROFDATA=/path/to/llvm-profdata. The training listens on 127.0.0.1 only, and every
+# phase stops by itself. The Dockerfile runs this script with `--build-arg PGO=1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/target/pgo
+seconds=3
+while [ $# -gt 0 ]; do
+  case $1 in
+    --seconds) seconds=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "pgo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata=${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata}
@@ -28,9 +37,6 @@ if [ ! -x "$profdata" ]; then
   echo "pgo.sh: needs llvm-profdata: rustup component add llvm-tools (or set LLVM_PROFDATA)" >&2
   exit 2
 fi
-for c in wrk h2load haproxy nginx openssl python3 taskset; do
-  command -v "$c" >/dev/null || { echo "pgo.sh: needs $c (see benches/compare.py)" >&2; exit 2; }
-done
 
 rm -rf "$work/profiles" "$work/build-profiles"
 mkdir -p "$work/profiles"
@@ -43,13 +49,11 @@ RUSTFLAGS="-Cprofile-generate=$work/build-profiles" \
 
 echo "pgo.sh: 2/3 training" >&2
 gen=$work/gen/release/fulcrum
-export LLVM_PROFILE_FILE="$work/profiles/fulcrum-%p-%m.profraw"
-FULCRUM_BIN=$gen python3 benches/compare.py --no-build load --quick \
-  --scenarios http-small-c50,http-small-c200,http-16k-c50,h2-small-c20,tcp-small-c50 \
-  --targets fulcrum,fulcrum+log,fulcrum+routes,fulcrum+ratelimit
-CANDIDATE_NAME=fulcrum CANDIDATE_CMD="$gen run --config {config} --log-level warn" \
-  benches/tls-handshake.sh -r 1 -d 3 -t candidate
-unset LLVM_PROFILE_FILE
+# The trainer is built apart (its own target directory, uninstrumented): as an example it
+# takes the dev-dependencies, which must not leak into the release build's features.
+cargo build --release --locked --example pgo_train --target-dir "$work/train"
+LLVM_PROFILE_FILE="$work/profiles/fulcrum-%p-%m.profraw" \
+  "$work/train/release/examples/pgo_train" "$gen" --seconds "$seconds"
 ls "$work"/profiles/fulcrum-*.profraw >/dev/null
 
 echo "pgo.sh: 3/3 build with the profile" >&2

@@ -72,12 +72,20 @@ mkdir -p "$W/log" "$W/tmp"
 chmod 755 "$W"
 STARTED=()
 tree_pids() { local p=$1 c; [ -d "/proc/$p" ] || return 0; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree_pids "$c"; done; }
+running() { [ -d "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 stop_pid() {  # TERM a process we started and its children, KILL after 5 s
-  local p=$1 kids i
+  # start_bg backgrounds a shell function, so the PID is a subshell and the program runs as
+  # its child: the child must get the TERM too, or it only ever sees the KILL (and a profiling
+  # build, benches/pgo.sh, never writes its counts).
+  local p=$1 kids i k alive
   [ -d "/proc/$p" ] || { wait "$p" 2>/dev/null || true; return 0; }
   kids=$(tree_pids "$p" | tail -n +2 | tr '\n' ' ')
+  for k in $kids; do kill -TERM "$k" 2>/dev/null || true; done
   kill -TERM "$p" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do [ -d "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] || break; sleep 0.1; done
+  for ((i = 0; i < 50; i++)); do
+    alive=0; for k in "$p" $kids; do running "$k" && alive=1; done
+    [ $alive = 1 ] || break; sleep 0.1
+  done
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
   for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done

@@ -46,7 +46,7 @@ const ERRORS_PER_TASK: u64 = 20;
 const BIG: usize = 16 * 1024;
 
 fn usage() -> ! {
-    eprintln!("usage: pgo_train FULCRUM_BIN [--seconds S]");
+    eprintln!("usage: pgo_train FULCRUM_BIN [--seconds S] [--profiles DIR]");
     std::process::exit(2);
 }
 
@@ -54,8 +54,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let bin = PathBuf::from(args.next().unwrap_or_else(|| usage()));
     let mut seconds = 3.0f64;
+    let mut profiles = None;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--profiles" => profiles = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--seconds" => {
                 seconds = args
                     .next()
@@ -71,7 +73,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let failed = rt.block_on(train(&bin, Duration::from_secs_f64(seconds)));
+    let failed = rt.block_on(train(
+        &bin,
+        Duration::from_secs_f64(seconds),
+        profiles.as_deref(),
+    ));
     if failed {
         std::process::exit(1);
     }
@@ -88,8 +94,22 @@ enum Variant {
     Tls,
 }
 
-/// Runs a fulcrum process per variant through its phases; true if anything failed.
-async fn train(bin: &Path, phase: Duration) -> bool {
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::AccessLog => "log",
+            Variant::Routes => "routes",
+            Variant::RateLimit => "ratelimit",
+            Variant::Tls => "tls",
+        }
+    }
+}
+
+/// Runs a fulcrum process per variant through its phases; true if anything failed. With
+/// `profiles`, an instrumented binary writes its counts there, one file per process named
+/// after the variant (`tls-...profraw`), so that `benches/pgo.sh` can weigh them.
+async fn train(bin: &Path, phase: Duration, profiles: Option<&Path>) -> bool {
     let dir = tempfile::tempdir().expect("temporary directory");
     let certs = Certs::write(dir.path());
     let mut origins = Vec::new();
@@ -108,8 +128,9 @@ async fn train(bin: &Path, phase: Duration) -> bool {
         let cfg = dir.path().join(format!("{v:?}.toml"));
         let log_path = dir.path().join(format!("{v:?}.log"));
         std::fs::write(&cfg, config(v, &ports, &origins, &certs, &log_path)).expect("write config");
-        let mut proxy = Proxy::start(bin, &cfg, &ports.serving(v)).await;
-        println!("pgo_train: {v:?}");
+        let profile = profiles.map(|d| d.join(format!("{}-%p-%m.profraw", v.name())));
+        let mut proxy = Proxy::start(bin, &cfg, profile.as_deref(), &ports.serving(v)).await;
+        println!("pgo_train: {}", v.name());
         failed |= phases(v, &ports, &certs, phase).await;
         let status = proxy.stop();
         if !status.success() {
@@ -337,8 +358,17 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(bin: &Path, cfg: &Path, listening: &[SocketAddr]) -> Proxy {
-        let child = Command::new(bin)
+    async fn start(
+        bin: &Path,
+        cfg: &Path,
+        profile: Option<&Path>,
+        listening: &[SocketAddr],
+    ) -> Proxy {
+        let mut cmd = Command::new(bin);
+        if let Some(p) = profile {
+            cmd.env("LLVM_PROFILE_FILE", p);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(cfg)
             .args(["--log-level", "warn"])

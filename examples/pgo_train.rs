@@ -84,7 +84,7 @@ fn main() {
 }
 
 /// What a training process is configured with, beside its plain HTTP and L4 listeners.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Plain,
     AccessLog,
@@ -125,8 +125,8 @@ async fn train(bin: &Path, phase: Duration, profiles: Option<&Path>) -> bool {
         Variant::Tls,
     ] {
         let ports = Ports::pick();
-        let cfg = dir.path().join(format!("{v:?}.toml"));
-        let log_path = dir.path().join(format!("{v:?}.log"));
+        let cfg = dir.path().join(format!("{}.toml", v.name()));
+        let log_path = dir.path().join(format!("{}.log", v.name()));
         std::fs::write(&cfg, config(v, &ports, &origins, &certs, &log_path)).expect("write config");
         let profile = profiles.map(|d| d.join(format!("{}-%p-%m.profraw", v.name())));
         let mut proxy = Proxy::start(bin, &cfg, profile.as_deref(), &ports.serving(v)).await;
@@ -375,10 +375,14 @@ impl Proxy {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let proxy = Proxy { child: Some(child) };
+        let mut proxy = Proxy { child: Some(child) };
         let until = Instant::now() + Duration::from_secs(30);
         for &addr in listening {
             while TcpStream::connect(addr).await.is_err() {
+                let child = proxy.child.as_mut().expect("started");
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("fulcrum exited before it listened on {addr}: {status}");
+                }
                 assert!(
                     Instant::now() < until,
                     "fulcrum did not listen on {addr} in 30 s"

@@ -13,13 +13,12 @@
 # The image runs as an unprivileged user and checks itself with `fulcrum probe` against the
 # admin listener's /healthz (no curl in the image). The admin listener must therefore be
 # enabled, and reachable on 127.0.0.1 inside the container (a bind of 0.0.0.0 is fine).
-
 #
-# A profile-guided build (about 5 % less CPU per request and 3 MiB less memory; the README's
+# A profile-guided build (about 5 % less CPU per request and 2 MiB less memory; the README's
 # "Performance"): `docker build --build-arg PGO=1 -t fulcrum .`. It runs benches/pgo.sh in
-# the build stage: an instrumented build, a minute of training on the stage's loopback by
-# examples/pgo_train.rs, and the build that uses the profile. It takes about three times as
-# long as the plain build and fetches the toolchain's llvm-tools with rustup.
+# the build stage: an instrumented build, a minute and a half of training on the stage's
+# loopback by examples/pgo_train.rs, and the build that uses the profile. It takes about
+# three times as long as the plain build and fetches the toolchain's llvm-tools with rustup.
 
 ARG RUST_VERSION=1
 ARG DEBIAN_RELEASE=bookworm

@@ -75,8 +75,8 @@ tree_pids() { local p=$1 c; [ -d "/proc/$p" ] || return 0; echo "$p"; for c in $
 running() { [ -d "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 stop_pid() {  # TERM a process we started and its children, KILL after 5 s
   # start_bg backgrounds a shell function, so the PID is a subshell and the program runs as
-  # its child: the child must get the TERM too, or it only ever sees the KILL (and a profiling
-  # build, benches/pgo.sh, never writes its counts).
+  # its child: the child must get the TERM too, or it only ever sees the KILL (a candidate
+  # never drains, and an instrumented build never writes its profile).
   local p=$1 kids i k alive
   [ -d "/proc/$p" ] || { wait "$p" 2>/dev/null || true; return 0; }
   kids=$(tree_pids "$p" | tail -n +2 | tr '\n' ' ')

@@ -66,7 +66,10 @@ for f in "$work"/profiles/*.profraw; do
     *) inputs+=("-weighted-input=4,$f") ;;
   esac
 done
-[ ${#inputs[@]} -ge 5 ] || { echo "pgo.sh: the training wrote ${#inputs[@]} profiles, not 5" >&2; exit 1; }
+# Both kinds must be there, or the weights would weigh nothing (a binary that ignored
+# LLVM_PROFILE_FILE, a trainer that skipped a variant).
+ls "$work"/profiles/tls-*.profraw >/dev/null && ls "$work"/profiles/plain-*.profraw >/dev/null \
+  || { echo "pgo.sh: the training wrote no TLS or no plain profile" >&2; exit 1; }
 "$profdata" merge -o "$work/fulcrum.profdata" "${inputs[@]}"
 RUSTFLAGS="-Cprofile-use=$work/fulcrum.profdata" \
   cargo build --release --locked --bin fulcrum --target-dir "$work"

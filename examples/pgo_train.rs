@@ -3,7 +3,7 @@
 //! dependencies, so that a machine without wrk, h2load, HAProxy or nginx (a container's build
 //! stage) can make the profile.
 //!
-//! `pgo_train FULCRUM_BIN [--seconds S]` starts three HTTP/1.1 keep-alive origins in this
+//! `pgo_train FULCRUM_BIN [--seconds S] [--profiles DIR]` starts three HTTP/1.1 keep-alive origins in this
 //! process (`/bytes/16384` answers 16 KiB, anything else "ok\n", one write each) and replays
 //! the benchmarks' shape against them, S seconds a phase (default 3):
 //! - four fulcrum processes, one worker each, configured as `benches/compare.py`'s targets
@@ -15,7 +15,8 @@
 //!   handshakes and HTTPS keep-alive.
 //!
 //! Each process is stopped with SIGTERM, so that an instrumented binary writes its counts as
-//! it exits. Why the same shape: a profile weighs code by how often the training runs it, and
+//! it exits; with `--profiles DIR` it writes them to DIR, one file per process named after
+//! its variant (`plain-`, `log-`, `routes-`, `ratelimit-`, `tls-`), for `pgo.sh` to weigh. Why the same shape: a profile weighs code by how often the training runs it, and
 //! one that gives the benchmarks' paths their weight builds the binary they measure best.
 //!
 //! Every phase is bounded in time and in count, every socket is on 127.0.0.1, and the exit

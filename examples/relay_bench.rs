@@ -82,10 +82,7 @@ async fn serve_relay(variant: String, up: SocketAddr) -> Result<(), String> {
             };
             let _ = c.set_nodelay(true);
             let _ = s.set_nodelay(true);
-            let stops = tunnel::Stops {
-                shutdown: &stop,
-                drain: &stop,
-            };
+            let stops = tunnel::Stops::either(&stop);
             let r = match variant.as_str() {
                 "copy" => copy_fixed(c, s, &stop).await,
                 "lazy" => {

@@ -63,6 +63,17 @@ pub struct Stops<'a> {
     pub drain: &'a CancellationToken,
 }
 
+impl<'a> Stops<'a> {
+    /// One token for both stops (a relay with no server to drain: a benchmark, a test).
+    /// Its end is reported as a shutdown.
+    pub fn either(token: &'a CancellationToken) -> Stops<'a> {
+        Stops {
+            shutdown: token,
+            drain: token,
+        }
+    }
+}
+
 /// A relay that ended before both directions finished, with the bytes it had moved by then.
 #[derive(Debug)]
 pub struct Cut {
@@ -241,14 +252,6 @@ mod tests {
         assert_eq!(got, down);
     }
 
-    /// Stops that never fire.
-    fn never(t: &CancellationToken) -> Stops<'_> {
-        Stops {
-            shutdown: t,
-            drain: t,
-        }
-    }
-
     /// Relays, exchanges a few bytes each way, fires the hard stop (`drain` false) or the
     /// drain deadline (true), and returns how the relay ended.
     async fn cut_by(drain: bool) -> Cut {
@@ -302,7 +305,13 @@ mod tests {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
             let idle = Duration::from_millis(100);
-            relay_tcp(&mut a, &mut b, idle, never(&CancellationToken::new())).await
+            relay_tcp(
+                &mut a,
+                &mut b,
+                idle,
+                Stops::either(&CancellationToken::new()),
+            )
+            .await
         });
         exchange(&mut c, &mut s, b"abc", b"de").await;
         let cut = tokio::time::timeout(LIMIT, relay)
@@ -322,7 +331,13 @@ mod tests {
         // then they alternate: a direction that missed its wake would stall the exchange.
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            relay_tcp(&mut a, &mut b, LIMIT, never(&CancellationToken::new())).await
+            relay_tcp(
+                &mut a,
+                &mut b,
+                LIMIT,
+                Stops::either(&CancellationToken::new()),
+            )
+            .await
         });
         let run = async {
             let mut buf = [0u8; 4];
@@ -361,7 +376,13 @@ mod tests {
     async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            relay(&mut a, &mut b, LIMIT, never(&CancellationToken::new())).await
+            relay(
+                &mut a,
+                &mut b,
+                LIMIT,
+                Stops::either(&CancellationToken::new()),
+            )
+            .await
         });
         // The server ends its side first; the client keeps sending after seeing that EOF.
         s.write_all(b"bye").await.unwrap();

@@ -262,11 +262,7 @@ mod tests {
                         };
                         let (ca, sa) = (ahead(&c), ahead(&s));
                         let never = tokio_util::sync::CancellationToken::new();
-                        let stops = Stops {
-                            shutdown: &never,
-                            drain: &never,
-                        };
-                        let r = relay_sides(c, s, IDLE, stops).await;
+                        let r = relay_sides(c, s, IDLE, Stops::either(&never)).await;
                         let _ = tx.unwrap().send((ca, sa, r));
                     });
                     Ok::<_, Infallible>(

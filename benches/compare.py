@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """fulcrum beside HAProxy and nginx, on this machine, in one run.
 
-Two measures:
+Three measures:
 
   benches/compare.py load [options]          wrk through each proxy; req/s, p99, CPU per request
-                                             and peak RSS, medians over interleaved rounds (each
-                                             round starting with the next target), with
-                                             ratios to HAProxy and nginx.
+                                             (and the kernel's part of it) and peak RSS, medians
+                                             over interleaved rounds (each round starting with
+                                             the next target), with ratios to HAProxy and nginx.
   benches/compare.py instructions [options]  user-space instructions per request under valgrind's
                                              callgrind: the A/B figure for hot-path changes, since
                                              it does not move with machine noise.
+  benches/compare.py kernel [options]        what each proxy asks of the kernel per request under
+                                             load: system calls by name, context switches, page
+                                             faults, wake-ups (perf stat; needs root or a low
+                                             perf_event_paranoid).
 
 Everything listens on 127.0.0.1. Every process started is stopped on exit, every load run is
 bounded by wrk's duration (or h2load's request count). The origins are one nginx worker on three
@@ -35,8 +39,8 @@ speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`). `instruc
 the same modes (`--modes http,tcp,h2`; h2 with 10 streams open on each of 10 connections).
 
 Needs wrk, haproxy, nginx (with the stream module) and, for `instructions` and the h2
-scenarios, h2load (and valgrind for `instructions`). Debian: apt-get install wrk haproxy
-nginx libnginx-mod-stream valgrind nghttp2-client.
+scenarios, h2load (valgrind for `instructions`, perf for `kernel`). Debian: apt-get install
+wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client linux-perf.
 """
 
 import argparse
@@ -113,11 +117,25 @@ class Procs:
             self.stop(p)
 
 
-def cpu_seconds(pid):
-    """User + system CPU of a process and its threads, in seconds."""
+def cpu_split(pid):
+    """(user, system) CPU of a process and its threads, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_used(pids, before=None):
+    """(user, system) seconds of `pids` so far, or since `before` (an earlier reading)."""
+    now = [sum(x) for x in zip(*(cpu_split(p) for p in pids))] or [0.0, 0.0]
+    return now if before is None else [a - b for a, b in zip(now, before)]
+
+
+def cpu_fields(user_sys, total):
+    """A run's CPU per request: the whole, and the kernel's part of it (system time: the
+    system calls, TCP on loopback, the wake-ups), which is the same work for every proxy."""
+    user, system = user_sys
+    n = max(total, 1)
+    return {"us_per_req": (user + system) * 1e6 / n, "sys_us_per_req": system * 1e6 / n}
 
 
 def peak_rss_mib(pid):
@@ -400,12 +418,12 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
         wrk = ["taskset", "-c", str(load_cpu)] + wrk
     if args.warmup:
         subprocess.run(wrk + [f"-d{args.warmup}s", url], capture_output=True, check=True)
-    before = sum(cpu_seconds(p) for p in pids)
+    before = cpu_used(pids)
     out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True, check=True).stdout
-    cpu = sum(cpu_seconds(p) for p in pids) - before
+    cpu = cpu_used(pids, before)
     rps, total, p99, errors = parse_wrk(out)
     rss = sum(peak_rss_mib(p) for p in pids)
-    return {"rps": rps, "p99_ms": p99, "us_per_req": cpu * 1e6 / max(total, 1), "rss_mib": rss,
+    return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": rss,
             "errors": errors, "requests": total}
 
 
@@ -417,13 +435,13 @@ def run_h2load(args, conns, url, pids, load_cpu, threads):
     if args.warmup:
         subprocess.run(h2 + ["-D", str(args.warmup), url], capture_output=True, check=True)
     with tempfile.NamedTemporaryFile(prefix="fulcrum-h2load-", suffix=".log") as log:
-        before = sum(cpu_seconds(p) for p in pids)
+        before = cpu_used(pids)
         out = subprocess.run(h2 + ["-D", str(args.duration), "--log-file", log.name, url],
                              capture_output=True, text=True, check=True).stdout
-        cpu = sum(cpu_seconds(p) for p in pids) - before
+        cpu = cpu_used(pids, before)
         rps, total, p99, errors = parse_h2load(out, log.name)
     rss = sum(peak_rss_mib(p) for p in pids)
-    return {"rps": rps, "p99_ms": p99, "us_per_req": cpu * 1e6 / max(total, 1), "rss_mib": rss,
+    return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": rss,
             "errors": errors, "requests": total}
 
 
@@ -460,6 +478,7 @@ def load(args):
                     results.setdefault(scen, {}).setdefault(target, []).append(r)
                     print(f"round {rnd + 1} {scen:16} {target:18} {r['rps']:>10.0f} req/s "
                           f"p99 {r['p99_ms']:.2f} ms {r['us_per_req']:.2f} us/req "
+                          f"(kernel {r['sys_us_per_req']:.2f}) "
                           f"rss {r['rss_mib']:.1f} MiB errors {r['errors']}", file=sys.stderr)
     finally:
         procs.stop_all()
@@ -523,7 +542,49 @@ def report(results, args):
         lines += ["", "Median of the per-round ratios to HAProxy (lowest–highest round; rounds in which "
                   "it was level with HAProxy or ahead):", "",
                   "| scenario | proxy | req/s | p99 | µs/req | peak RSS |", "|---|---|---|---|---|---|"] + paired
+    lines += cpu_split_report(results)
     return "\n".join(lines)
+
+
+def cpu_split_report(results):
+    """Where each proxy's CPU per request goes: the kernel's part (system time) and its own
+    (user time), medians over the rounds, and per-round ratios to HAProxy's. The kernel's
+    part is the same system calls and TCP segments for every proxy, so no proxy's own code
+    can take it away: `floor`, its kernel part over HAProxy's whole CPU per request, is the
+    lowest µs/req ratio it could reach if its own code cost nothing."""
+    def median_ratio(runs, base, f, g):
+        rs = [f(r) / g(b) for r, b in zip(runs, base) if g(b) > 0]
+        return f"{statistics.median(rs):.2f}×" if rs else "-"
+
+    def user(r):
+        return r["us_per_req"] - r["sys_us_per_req"]
+
+    rows = []
+    for scen, by_target in results.items():
+        base = by_target.get("haproxy")
+        if base and not all("sys_us_per_req" in b for b in base):
+            base = None
+        for t, runs in by_target.items():
+            if not all("sys_us_per_req" in r for r in runs):
+                continue
+            total = statistics.median(r["us_per_req"] for r in runs)
+            sys_us = statistics.median(r["sys_us_per_req"] for r in runs)
+            user_us = statistics.median(user(r) for r in runs)
+            ratios = ["-", "-", "-"]
+            if base and t != "haproxy":
+                ratios = [median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["sys_us_per_req"]),
+                          median_ratio(runs, base, user, user),
+                          median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["us_per_req"])]
+            share = sys_us / total if total else float("nan")
+            rows.append(f"| {scen} | {t} | {total:.2f} | {sys_us:.2f} ({share:.0%}) | {user_us:.2f} | "
+                        + " | ".join(ratios) + " |")
+    if not rows:
+        return []
+    return ["", "CPU per request, the kernel's part and the proxy's own (medians; then the median "
+            "per-round ratios to HAProxy: kernel to kernel, user to user, and the floor, this "
+            "proxy's kernel part over HAProxy's whole µs/req):", "",
+            "| scenario | proxy | µs/req | kernel µs/req | user µs/req | kernel | user | floor |",
+            "|---|---|---|---|---|---|---|---|"] + rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,6 +717,73 @@ def instructions(args):
         print(f"| {t} | {m} | {per['Ir'] / 1000:.1f}k |" + "".join(f" {per[e]:.0f} |" for _, e in extra))
 
 
+# ---------------------------------------------------------------------------------------------
+# kernel
+
+# What `kernel` counts besides the system calls: (perf event, heading).
+KERNEL_EVENTS = [("context-switches", "context switches"), ("page-faults", "page faults"),
+                 ("sched:sched_waking", "wake-ups it makes"), ("irq:softirq_entry", "softirqs")]
+
+
+def kernel(args):
+    """What each proxy asks of the kernel per request under load: every system call it makes
+    (perf's syscall tracepoints), its context switches and page faults, the wake-ups it
+    makes of other tasks, and the softirqs run in its context (loopback delivers a segment
+    to its receiver's socket in the sender's softirq). Pinned as `load` is; one run each."""
+    if not shutil.which("perf"):
+        raise SystemExit("compare.py: needs perf (linux-perf)")
+    probe = subprocess.run(["perf", "stat", "-e", "syscalls:sys_enter_read", "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise SystemExit("compare.py kernel: perf cannot read the syscall tracepoints here "
+                         "(run as root, or lower /proc/sys/kernel/perf_event_paranoid)")
+    procs = Procs()
+    work = tempfile.mkdtemp(prefix="fulcrum-kernel-")
+    rows = {}
+    try:
+        origins = start_origins(procs, work, args.origin, 1)
+        for scen in args.scenarios:
+            mode, body, c = scen.split("-")
+            path = "/bytes/16384" if body == "16k" else "/"
+            for target in args.targets:
+                p, port = start_target(procs, work, target, mode, origins, 0, 1)
+                try:
+                    pids = measured_pids(p)
+                    wrk = ["taskset", "-c", "1", "wrk", "-t1", f"-c{c[1:]}", "--timeout", "5s"]
+                    url = f"http://127.0.0.1:{port}{path}"
+                    subprocess.run(wrk + ["-d2s", url], capture_output=True, check=True)
+                    events = "syscalls:sys_enter_*," + ",".join(e for e, _ in KERNEL_EVENTS)
+                    # perf counts for a little longer than wrk runs: the proxy is idle then.
+                    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)),
+                                             "--", "sleep", str(args.duration + 1)],
+                                            stderr=subprocess.PIPE, text=True)
+                    time.sleep(0.3)
+                    out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True,
+                                         check=True).stdout
+                    _, total, _, _ = parse_wrk(out)
+                    counts = {}
+                    for line in perf.communicate()[1].splitlines():
+                        f = line.split(",")
+                        if len(f) > 2 and re.fullmatch(r"[\d.]+", f[0]):
+                            counts[f[2]] = float(f[0]) / max(total, 1)
+                finally:
+                    procs.stop(p)
+                rows[(scen, target)] = counts
+                print(f"{scen:16} {target:18} {total} requests", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    calls = sorted({e for c in rows.values() for e, v in c.items()
+                    if e.startswith("syscalls:") and v >= 0.001})
+    heads = [e.split("sys_enter_")[1] for e in calls] + [h for _, h in KERNEL_EVENTS]
+    print("Per request (perf stat, one run each; system calls made at least once per 1,000 "
+          "requests):\n")
+    print("| scenario | proxy | " + " | ".join(heads) + " |\n|---|---|" + "---|" * len(heads))
+    for (scen, target), c in rows.items():
+        print(f"| {scen} | {target} | " + " | ".join(f"{c.get(e, 0):.3f}" for e in calls + [e for e, _ in KERNEL_EVENTS])
+              + " |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-build", action="store_true", help="use target/release/fulcrum as it is")
@@ -694,6 +822,12 @@ def main():
     ins.add_argument("--native", action="store_true",
                      help="no valgrind: run the same --low requests at full speed and print req/s "
                      "(behind the Python origin this shows what its two writes cost in waiting)")
+    ke = sub.add_parser("kernel", help="system calls, context switches, page faults and wake-ups "
+                        "per request under load (perf)")
+    ke.add_argument("--targets", type=lambda s: s.split(","), default=["fulcrum", "haproxy", "nginx"])
+    ke.add_argument("--scenarios", type=lambda s: s.split(","), default=["http-small-c50", "tcp-small-c50"])
+    ke.add_argument("--duration", type=int, default=5, help="seconds of load counted")
+    ke.add_argument("--origin", choices=["nginx", "fulcrum"], default="nginx")
     args = ap.parse_args()
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fulcrum"], cwd=ROOT, check=True)
@@ -701,6 +835,8 @@ def main():
         if args.quick:
             args.rounds, args.duration, args.warmup = 1, 3, 1
         load(args)
+    elif args.cmd == "kernel":
+        kernel(args)
     else:
         instructions(args)
 

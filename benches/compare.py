@@ -657,6 +657,10 @@ def instructions(args):
             wait_port(port, v, 60)
             # h2: the same 10 connections as h2 clients without TLS, 10 streams open on each.
             client = ["-m", str(H2_INSTRUCTION_STREAMS)] if mode == "h2" else ["--h1"]
+            if args.close:
+                # h2load opens a new connection for the next request when the server
+                # closes one: each request pays for a connection, through the proxy too.
+                client += ["-H", "Connection: close"]
             r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
@@ -819,6 +823,9 @@ def main():
     ins.add_argument("--cache-sim", action="store_true",
                      help="also simulate the caches (valgrind --cache-sim=yes): instruction-cache, "
                      "data-cache and last-level misses per request; slower")
+    ins.add_argument("--close", action="store_true",
+                     help="every request on a connection of its own (`Connection: close`; with "
+                     "--modes http,tcp): what accepting, serving and closing a connection costs")
     ins.add_argument("--native", action="store_true",
                      help="no valgrind: run the same --low requests at full speed and print req/s "
                      "(behind the Python origin this shows what its two writes cost in waiting)")

@@ -26,7 +26,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -37,6 +37,7 @@ use http::{HeaderValue, Method, Uri, Version};
 use prometheus::IntCounter;
 
 use crate::config::{AccessLogFormat, AccessLogSettings, AccessLogTarget};
+use crate::proxy::headers::write_ip;
 
 /// Why the access log could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -533,39 +534,6 @@ fn num(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Writes `x` in decimal at the start of `to` (3 bytes of room at least); returns its length.
-fn octet(to: &mut [u8], x: u8) -> usize {
-    let (h, t, u) = (x / 100, x / 10 % 10, x % 10);
-    if h > 0 {
-        to[..3].copy_from_slice(&[b'0' + h, b'0' + t, b'0' + u]);
-        3
-    } else if t > 0 {
-        to[..2].copy_from_slice(&[b'0' + t, b'0' + u]);
-        2
-    } else {
-        to[0] = b'0' + u;
-        1
-    }
-}
-
-fn ip(out: &mut Vec<u8>, a: IpAddr) {
-    match a {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            let mut text = [0u8; 15];
-            let mut at = octet(&mut text, a);
-            for x in [b, c, d] {
-                text[at] = b'.';
-                at += 1 + octet(&mut text[at + 1..], x);
-            }
-            out.extend_from_slice(&text[..at]);
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 /// Seconds with six decimals (microseconds, rounded).
 fn seconds6(out: &mut Vec<u8>, d: Duration) {
     // In u64 and u32: `as_nanos` is a u128, whose division is a library call.
@@ -592,7 +560,7 @@ fn seconds6(out: &mut Vec<u8>, d: Duration) {
 fn http_combined(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, r: &HttpRecord<'_>) {
     let h = r.line;
     clock.set(at);
-    ip(out, h.client.ip());
+    write_ip(out, h.client.ip());
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(&clock.clf);
     out.extend_from_slice(b"] \"");
@@ -668,7 +636,7 @@ fn http_json(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, r: &HttpRecor
 
 fn tcp_combined(out: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, t: &TcpLine<'_>) {
     clock.set(at);
-    ip(out, t.client.ip());
+    write_ip(out, t.client.ip());
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(&clock.clf);
     out.extend_from_slice(b"] \"TCP\" ");
@@ -1037,9 +1005,9 @@ mod tests {
             assert_eq!(text(&|o| seconds6(o, d)), want, "{d:?}");
         }
         for a in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "127.0.0.1"] {
-            assert_eq!(text(&|o| ip(o, a.parse().unwrap())), a);
+            assert_eq!(text(&|o| write_ip(o, a.parse().unwrap())), a);
         }
-        assert_eq!(text(&|o| ip(o, "::1".parse().unwrap())), "::1");
+        assert_eq!(text(&|o| write_ip(o, "::1".parse().unwrap())), "::1");
         // The vectorised test agrees with the table for every byte, alone and among others.
         for c in 0..=255u8 {
             assert_eq!(all_plain(&[c]), PLAIN[c as usize], "byte {c:#x}");

@@ -6,8 +6,7 @@
 //! never touches it. An entry is removed when its count returns to zero, so memory follows
 //! the connections open now.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::collections::hash_map::{Entry, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -17,35 +16,50 @@ const SHARDS: usize = 32;
 #[derive(Default)]
 pub struct ClientCounts {
     shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
-    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The shard of `ip`'s count. A multiplicative mix, not a keyed hash: it only spreads
+/// clients over the locks, and each shard's map hashes with its own keyed hasher, so a
+/// client choosing its addresses can crowd one lock but cannot degrade a map. (Hashing for
+/// the shard with SipHash as well cost two of the five SipHash runs a connection made
+/// here.)
+fn shard_of(ip: &IpAddr) -> usize {
+    let x = match ip {
+        IpAddr::V4(a) => u64::from(u32::from(*a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(*a);
+            (v as u64) ^ ((v >> 64) as u64)
+        }
+    };
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % SHARDS
 }
 
 impl ClientCounts {
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        &self.shards[self.hasher.hash_one(ip) as usize % SHARDS]
-    }
-
     /// Counts a connection from `ip` if it has fewer than `max` open; the hold releases it.
     pub fn try_open(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ClientHold> {
-        let mut map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            if *n == 0 {
-                map.remove(&ip);
+        let shard = shard_of(&ip);
+        let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        match map.entry(ip) {
+            Entry::Occupied(mut e) if *e.get() < max => *e.get_mut() += 1,
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(e) if max > 0 => {
+                e.insert(1);
             }
-            return None;
+            Entry::Vacant(_) => return None,
         }
-        *n += 1;
         Some(ClientHold {
             counts: self.clone(),
             ip,
+            shard,
         })
     }
 
     /// Connections open from `ip` now.
     #[cfg(test)]
     pub fn open(&self, ip: IpAddr) -> u32 {
-        let map = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.shards[shard_of(&ip)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.get(&ip).copied().unwrap_or(0)
     }
 }
@@ -54,19 +68,19 @@ impl ClientCounts {
 pub struct ClientHold {
     counts: Arc<ClientCounts>,
     ip: IpAddr,
+    shard: usize,
 }
 
 impl Drop for ClientHold {
     fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .shard(&self.ip)
+        let mut map = self.counts.shards[self.shard]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
+        // One lookup for the decrement and the removal at zero.
+        if let Entry::Occupied(mut e) = map.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
             }
         }
     }
@@ -75,6 +89,19 @@ impl Drop for ClientHold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_spread_v4_and_v6_clients() {
+        let mut used = [0u32; SHARDS];
+        for i in 0..=255u8 {
+            used[shard_of(&IpAddr::from([10, 0, 0, i]))] += 1;
+            used[shard_of(&IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i)]))] += 1;
+        }
+        assert!(
+            used.iter().all(|&n| n > 0),
+            "every shard takes some of 512 neighbouring clients: {used:?}"
+        );
+    }
 
     #[test]
     fn caps_per_address_and_forgets_closed_ones() {
@@ -92,8 +119,13 @@ mod tests {
         drop(_h3);
         assert_eq!(c.open(a), 0);
         assert!(
-            c.shard(&a).lock().unwrap().get(&a).is_none(),
+            c.shards[shard_of(&a)].lock().unwrap().get(&a).is_none(),
             "entry removed at zero"
+        );
+        assert!(c.try_open(a, 0).is_none(), "a cap of 0 admits nobody");
+        assert!(
+            c.shards[shard_of(&a)].lock().unwrap().get(&a).is_none(),
+            "and leaves no entry behind"
         );
     }
 }

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::watch::{join, watch, ConnWatch, Deadlines, Fired, Watched};
-use super::Control;
+use super::{boxed_in_place, pinned_in_place, Control};
 use crate::admission::ClientAddr;
 use crate::proxy::cancel::cancelled;
 use crate::proxy::http::{ConnCtx, HttpRoute, Scheme};
@@ -115,7 +115,7 @@ pub(super) fn run(
     };
     // Boxed before the task's future is built, so that the task does not keep room for the
     // arguments it hands on: a future keeps what it captures for its whole life.
-    let first = Box::pin(serve(stream, client, route, ctl.clone()));
+    let first = pinned_in_place(|| serve(stream, client, route, ctl.clone()));
     async move {
         between_bursts(first.await, &ctl).await;
         active.dec();
@@ -142,7 +142,7 @@ where
                 return;
             }
             let Some(p) = next.take() else { return };
-            next = Box::pin(p.burst(ctl)).await;
+            next = pinned_in_place(|| p.burst(ctl)).await;
         }
     }
 }
@@ -185,16 +185,7 @@ async fn serve(
         Some((tls, tls_metrics)) => {
             // Boxed, handshake and all: a TLS stream and its handshake are large, and
             // inline they would size every plain connection's task too.
-            Box::pin(serve_tls(
-                stream,
-                client,
-                tls,
-                tls_metrics,
-                route,
-                &cur,
-                ctl,
-            ))
-            .await;
+            pinned_in_place(|| serve_tls(stream, client, tls, tls_metrics, route, &cur, ctl)).await;
             None
         }
     }
@@ -303,18 +294,15 @@ where
             // spawn moves the stream's future several times on its way into the task's cell
             // (3 KB each time, inline); a box is moved as a pointer. (HTTP/1 keeps the future
             // inline: hyper holds it in one box per connection, reused by every request.)
-            let svc =
-                service_fn(move |req| Box::pin(crate::proxy::http::serve(req, svc_cx.clone())));
+            let svc = service_fn(move |req| {
+                let cx = svc_cx.clone();
+                pinned_in_place(move || crate::proxy::http::serve(req, cx))
+            });
             // Boxed, as the HTTP/1 one is: inline, it would size every connection's task.
-            let mut c = Box::pin(cur.h2.serve_connection(TokioIo::new(io), svc));
-            let end = Box::pin(drive(
-                c.as_mut(),
-                |c| c.graceful_shutdown(),
-                &cx,
-                ctl,
-                d,
-                false,
-            ))
+            let mut c = pinned_in_place(|| cur.h2.serve_connection(TokioIo::new(io), svc));
+            let end = pinned_in_place(|| {
+                drive(c.as_mut(), |c| c.graceful_shutdown(), &cx, ctl, d, false)
+            })
             .await;
             ended(&cx, end);
             None
@@ -447,7 +435,7 @@ where
     loop {
         // Boxed: dropping it at a park gives back all of hyper's memory, not just its
         // buffers.
-        let mut c = Box::new(cur.h1.serve_connection(io, svc.clone()).with_upgrades());
+        let mut c = boxed_in_place(|| cur.h1.serve_connection(io, svc.clone()).with_upgrades());
         // The watchdog boxed too: only the socket outlives this burst.
         match Box::pin(drive(
             Pin::new(&mut *c),

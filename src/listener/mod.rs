@@ -15,8 +15,10 @@ mod clients;
 mod http_conn;
 pub mod watch;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -434,8 +436,10 @@ impl Acceptor {
                     r.metrics.connections.inc();
                     r.metrics.active.inc();
                     let active = r.metrics.active.clone();
-                    let relay = crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop);
-                    Either::Left(Box::pin(relay).map(move |()| {
+                    let relay = pinned_in_place(|| {
+                        crate::proxy::tcp::serve(stream, client, r, ctl.hard_stop)
+                    });
+                    Either::Left(relay.map(move |()| {
                         active.dec();
                         drop(keep);
                     }))
@@ -447,4 +451,22 @@ impl Acceptor {
         };
         crate::backend::PerPoll::new(admit.then(OptionFuture::from).map(drop))
     }
+}
+
+/// Boxes the value `make` returns, built inside the allocation. `Box::new(v)` evaluates `v`
+/// first, so a large value (a connection's or a request's future: 1–3.4 KiB) is built on
+/// the stack and then copied into the box whole, a `memcpy` of its full size; allocating
+/// first lets the compiler write the few fields it initialises straight into the box.
+pub(crate) fn boxed_in_place<T>(make: impl FnOnce() -> T) -> Box<T> {
+    // `Box::new_uninit` would say this directly, but is newer than the crate's MSRV.
+    let mut b = Box::new(std::mem::MaybeUninit::<T>::uninit());
+    b.write(make());
+    // SAFETY: `write` initialised the contents, and `MaybeUninit<T>` has `T`'s layout, so
+    // the allocation is one a `Box<T>` may own and free.
+    unsafe { Box::from_raw(Box::into_raw(b).cast::<T>()) }
+}
+
+/// [`boxed_in_place`], pinned: for a future that is polled where it was built.
+pub(crate) fn pinned_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(boxed_in_place(make))
 }

@@ -34,7 +34,9 @@ so that the origins (which share the load core with wrk) parse the same requests
 
 Scenarios are MODE-BODY-cCONNECTIONS: `http` and `tcp` run wrk; `h2` (not in the default set,
 e.g. `--scenarios h2-small-c20`) runs h2load with h2 clients without TLS, 100 streams open on
-each connection, p99 taken from h2load's per-request log. Behind every proxy the servers
+each connection, p99 taken from h2load's per-request log. BODY `small` is a 3-byte
+response, `16k` 16 KiB, and `close` a small response with `Connection: close`: a new client
+connection for every request (`http-close-c50`, `tcp-close-c50`; not in the default set). Behind every proxy the servers
 speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`). `instructions` takes
 the same modes (`--modes http,tcp,h2`; h2 with 10 streams open on each of 10 connections).
 
@@ -408,12 +410,19 @@ def parse_h2load(out, log):
     return rps, total, p99, errors
 
 
+def wrk_headers(body):
+    """wrk's extra arguments for a scenario's BODY: `close` asks for a small response on a
+    connection of its own, and wrk reconnects after each."""
+    return ["-H", "Connection: close"] if body == "close" else []
+
+
 def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
     path = "/bytes/16384" if body == "16k" else "/"
     url = f"http://127.0.0.1:{port}{path}"
     if mode == "h2":
         return run_h2load(args, conns, url, pids, load_cpu, wrk_threads)
     wrk = ["wrk", f"-t{wrk_threads}", f"-c{conns}", "--timeout", "5s", "--latency"]
+    wrk += wrk_headers(body)
     if load_cpu is not None:
         wrk = ["taskset", "-c", str(load_cpu)] + wrk
     if args.warmup:
@@ -754,6 +763,7 @@ def kernel(args):
                 try:
                     pids = measured_pids(p)
                     wrk = ["taskset", "-c", "1", "wrk", "-t1", f"-c{c[1:]}", "--timeout", "5s"]
+                    wrk += wrk_headers(body)
                     url = f"http://127.0.0.1:{port}{path}"
                     subprocess.run(wrk + ["-d2s", url], capture_output=True, check=True)
                     events = "syscalls:sys_enter_*," + ",".join(e for e, _ in KERNEL_EVENTS)

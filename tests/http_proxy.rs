@@ -140,6 +140,50 @@ async fn h2_prior_knowledge_client_reaches_http1_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_or_an_h2_preface_that_arrives_in_pieces_is_told_apart_and_served() {
+    // The listener reads a connection's first bytes to tell h2's preface from HTTP/1 and
+    // hands them to the codec: nothing may be lost or read twice, however they arrive.
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(50));
+
+    // HTTP/1 whose first piece is a prefix of the preface ("P"), then the rest.
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    pause().await;
+    s.write_all(b"OST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhel")
+        .await
+        .unwrap();
+    pause().await;
+    s.write_all(b"lo").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "served: {head}");
+
+    // HTTP/1 in two pieces, the first not a prefix of the preface.
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"GE").await.unwrap();
+    pause().await;
+    s.write_all(b"T / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "first request: {head}");
+
+    // h2's preface split inside, then SETTINGS: the server answers with h2's SETTINGS.
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    pause().await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut frame))
+        .await
+        .expect("the server's first frame")
+        .unwrap();
+    assert_eq!(frame[3], 4, "an h2 SETTINGS frame: {frame:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_and_hop_by_hop_removal() {
     let o = fleet(1).await;
     let cfg = http_config(&servers(&[&o[0]]), "", NO_HEALTH)

@@ -66,30 +66,31 @@ enum Silent {
     Closed,
 }
 
-/// Waits for the first bytes (without consuming them) and tells h2's preface from HTTP/1.
-async fn sniff(stream: &TcpStream, limit: Duration) -> Result<Proto, Silent> {
+/// Bytes read from a plain connection before its protocol is known (a small request's
+/// whole head, usually); hyper reads the rest.
+const FIRST_READ: usize = 1024;
+
+/// Reads the first bytes and tells h2's preface from HTTP/1; returns them, for hyper to
+/// read first (through [`Watched::unread`]). Reading rather than peeking: a peek left the
+/// bytes in the socket for hyper's own read to fetch again, a system call more on every
+/// connection.
+async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes), Silent> {
     let deadline = Instant::now() + limit;
-    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
             Err(_) => return Err(Silent::Timeout),
             Ok(Err(_)) | Ok(Ok(0)) => return Err(Silent::Closed),
-            Ok(Ok(n)) => n,
-        };
+            Ok(Ok(_)) => {}
+        }
+        let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok(Proto::H1);
+            return Ok((Proto::H1, buf.freeze()));
         }
         if n == H2_PREFACE.len() {
-            return Ok(Proto::H2);
+            return Ok((Proto::H2, buf.freeze()));
         }
-        // A prefix of the preface so far. peek leaves the bytes in the socket, which stays
-        // readable, so pause before looking again instead of spinning.
-        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(5)))
-            .await
-            .is_err()
-        {
-            return Err(Silent::Timeout);
-        }
+        // A prefix of the preface so far: the next read waits for more.
     }
 }
 
@@ -159,18 +160,20 @@ async fn serve(
     let cur = route.load_full();
     match &cur.tls {
         None => {
+            let mut stream = stream;
             let sniffed = tokio::select! {
-                p = sniff(&stream, cur.listener.timeouts.first_byte) => p,
+                p = sniff(&mut stream, cur.listener.timeouts.first_byte) => p,
                 _ = cancelled(&ctl.hard_stop) => Err(Silent::Closed),
             };
             match sniffed {
-                Ok(proto) => {
+                Ok((proto, first)) => {
                     let conn = Conn {
                         client,
                         proto,
                         scheme: Scheme::Http,
                         client_cert: None,
                         fd: stream.as_raw_fd(),
+                        first,
                     };
                     serve_http(stream, conn, route, &cur, ctl).await
                 }
@@ -222,6 +225,7 @@ async fn serve_tls(
                     .client_cert
                     .and_then(|c| HeaderValue::from_str(&c).ok()),
                 fd,
+                first: Bytes::new(),
             };
             between_bursts(serve_http(stream, conn, route, cur, ctl).await, ctl).await;
         }
@@ -242,6 +246,8 @@ struct Conn {
     client_cert: Option<HeaderValue>,
     /// The client's TCP socket (under TLS, the one beneath it).
     fd: RawFd,
+    /// Bytes already read from the connection, which hyper reads first.
+    first: Bytes,
 }
 
 /// Serves HTTP on a connection (plain or TLS) under its deadlines, until it ends or (HTTP/1)
@@ -273,7 +279,12 @@ where
         // See the field: HTTP/1 only.
         client_fd: (conn.proto == Proto::H1).then_some(conn.fd),
     });
-    let io = Watched::new(io, watch_state);
+    let mut io = Watched::new(io, watch_state);
+    if !conn.first.is_empty() {
+        // The head began with these bytes: its read deadline runs from here.
+        io.unread = conn.first;
+        io.watch.read_some();
+    }
     let d = Deadlines {
         idle: t.keepalive_idle,
         head: t.header_read,

@@ -255,6 +255,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
             let n = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..n]);
             self.unread.advance(n);
+            if self.unread.is_empty() {
+                // Emptied, a `Bytes` still holds its whole buffer: let it go now rather
+                // than for the rest of the connection's life.
+                self.unread = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

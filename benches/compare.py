@@ -410,6 +410,11 @@ def parse_h2load(out, log):
     return rps, total, p99, errors
 
 
+def scenario_path(body):
+    """The path a scenario's BODY asks for: 16 KiB, or the origin's 3-byte answer."""
+    return "/bytes/16384" if body == "16k" else "/"
+
+
 def wrk_headers(body):
     """wrk's extra arguments for a scenario's BODY: `close` asks for a small response on a
     connection of its own, and wrk reconnects after each."""
@@ -417,7 +422,7 @@ def wrk_headers(body):
 
 
 def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
-    path = "/bytes/16384" if body == "16k" else "/"
+    path = scenario_path(body)
     url = f"http://127.0.0.1:{port}{path}"
     if mode == "h2":
         return run_h2load(args, conns, url, pids, load_cpu, wrk_threads)
@@ -757,7 +762,7 @@ def kernel(args):
         origins = start_origins(procs, work, args.origin, 1)
         for scen in args.scenarios:
             mode, body, c = scen.split("-")
-            path = "/bytes/16384" if body == "16k" else "/"
+            path = scenario_path(body)
             for target in args.targets:
                 p, port = start_target(procs, work, target, mode, origins, 0, 1)
                 try:

@@ -139,42 +139,45 @@ async fn h2_prior_knowledge_client_reaches_http1_origin() {
     assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
 }
 
+/// Connects to `addr` and writes `pieces`, pausing between them so that each arrives on
+/// its own.
+async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        s.write_all(piece).await.unwrap();
+    }
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_or_an_h2_preface_that_arrives_in_pieces_is_told_apart_and_served() {
     // The listener reads a connection's first bytes to tell h2's preface from HTTP/1 and
     // hands them to the codec: nothing may be lost or read twice, however they arrive.
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
-    let pause = || tokio::time::sleep(std::time::Duration::from_millis(50));
 
     // HTTP/1 whose first piece is a prefix of the preface ("P"), then the rest.
-    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"P").await.unwrap();
-    pause().await;
-    s.write_all(b"OST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhel")
-        .await
-        .unwrap();
-    pause().await;
-    s.write_all(b"lo").await.unwrap();
+    let pieces: [&[u8]; 3] = [
+        b"P",
+        b"OST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhel",
+        b"lo",
+    ];
+    let mut s = send_in_pieces(p.addr("web"), &pieces).await;
     let head = read_head(&mut s).await;
     assert!(head.starts_with("http/1.1 200"), "served: {head}");
 
     // HTTP/1 in two pieces, the first not a prefix of the preface.
-    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"GE").await.unwrap();
-    pause().await;
-    s.write_all(b"T / HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
+    let pieces: [&[u8]; 2] = [b"GE", b"T / HTTP/1.1\r\nHost: test\r\n\r\n"];
+    let mut s = send_in_pieces(p.addr("web"), &pieces).await;
     let head = read_head(&mut s).await;
     assert!(head.starts_with("http/1.1 200"), "first request: {head}");
 
     // h2's preface split inside, then SETTINGS: the server answers with h2's SETTINGS.
-    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    pause().await;
-    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
-    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let pieces: [&[u8]; 2] = [b"PRI * HTTP/2.0\r\n", b"\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"];
+    let mut s = send_in_pieces(p.addr("web"), &pieces).await;
     let mut frame = [0u8; 9];
     tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut frame))
         .await

@@ -448,14 +448,16 @@ where
         // buffers.
         let mut c = boxed_in_place(|| cur.h1.serve_connection(io, svc.clone()).with_upgrades());
         // The watchdog boxed too: only the socket outlives this burst.
-        match Box::pin(drive(
-            Pin::new(&mut *c),
-            |c| c.graceful_shutdown(),
-            cx,
-            ctl,
-            d,
-            park,
-        ))
+        match pinned_in_place(|| {
+            drive(
+                Pin::new(&mut *c),
+                |c| c.graceful_shutdown(),
+                cx,
+                ctl,
+                d,
+                park,
+            )
+        })
         .await
         {
             End::Parked => {}

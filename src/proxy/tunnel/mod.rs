@@ -305,13 +305,8 @@ mod tests {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
             let idle = Duration::from_millis(100);
-            relay_tcp(
-                &mut a,
-                &mut b,
-                idle,
-                Stops::either(&CancellationToken::new()),
-            )
-            .await
+            let never = CancellationToken::new();
+            relay_tcp(&mut a, &mut b, idle, Stops::either(&never)).await
         });
         exchange(&mut c, &mut s, b"abc", b"de").await;
         let cut = tokio::time::timeout(LIMIT, relay)
@@ -331,13 +326,8 @@ mod tests {
         // then they alternate: a direction that missed its wake would stall the exchange.
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            relay_tcp(
-                &mut a,
-                &mut b,
-                LIMIT,
-                Stops::either(&CancellationToken::new()),
-            )
-            .await
+            let never = CancellationToken::new();
+            relay_tcp(&mut a, &mut b, LIMIT, Stops::either(&never)).await
         });
         let run = async {
             let mut buf = [0u8; 4];
@@ -376,13 +366,8 @@ mod tests {
     async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            relay(
-                &mut a,
-                &mut b,
-                LIMIT,
-                Stops::either(&CancellationToken::new()),
-            )
-            .await
+            let never = CancellationToken::new();
+            relay(&mut a, &mut b, LIMIT, Stops::either(&never)).await
         });
         // The server ends its side first; the client keeps sending after seeing that EOF.
         s.write_all(b"bye").await.unwrap();

@@ -391,6 +391,18 @@ def parse_wrk(out):
 H2_STREAMS = 100
 
 
+# What a desktop browser sends with a plain page request on HTTP/1.1, besides Host: every
+# request carries `Connection: keep-alive`, which a proxy must read and remove (RFC 9110
+# §7.6.1).
+BROWSER_HEADERS = [
+    "Connection: keep-alive",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-GB,en;q=0.5",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+]
+
+
 def parse_h2load(out, log):
     """req/s, requests, p99 (ms, from h2load's per-request log) and errors of an h2load run."""
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
@@ -675,6 +687,9 @@ def instructions(args):
                 # h2load opens a new connection for the next request when the server
                 # closes one: each request pays for a connection, through the proxy too.
                 client += ["-H", "Connection: close"]
+            if args.browser and mode != "tcp":
+                for h in BROWSER_HEADERS:
+                    client += ["-H", h]
             r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
@@ -841,6 +856,10 @@ def main():
     ins.add_argument("--close", action="store_true",
                      help="every request on a connection of its own (`Connection: close`; with "
                      "--modes http,tcp): what accepting, serving and closing a connection costs")
+    ins.add_argument("--browser", action="store_true",
+                     help="requests with the header lines a browser sends on HTTP/1.1 "
+                     "(`Connection: keep-alive`, User-Agent, Accept, Accept-Language, "
+                     "Accept-Encoding) instead of h2load's three")
     ins.add_argument("--native", action="store_true",
                      help="no valgrind: run the same --low requests at full speed and print req/s "
                      "(behind the Python origin this shows what its two writes cost in waiting)")

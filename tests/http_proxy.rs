@@ -218,6 +218,51 @@ async fn forwarding_headers_and_hop_by_hop_removal() {
     );
 }
 
+/// What browsers send with every HTTP/1.1 request: `Connection: keep-alive` (read in the
+/// proxy's first scan of the head and removed without a second reading), and the same
+/// connection then carries the next request, whose Connection field lists a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browsers_keep_alive_field_is_removed_and_a_listed_name_on_the_same_connection_too() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    for (connection, extra) in [
+        ("keep-alive", "Keep-Alive: timeout=5\r\nTE: trailers\r\n"),
+        ("Keep-Alive, X-Private", "X-Private: secret\r\n"),
+        ("keep-alive", ""),
+    ] {
+        let req = format!(
+            "GET /headers HTTP/1.1\r\nHost: shop.test\r\nConnection: {connection}\r\n\
+             {extra}Accept-Language: en-GB\r\nUser-Agent: Mozilla/5.0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{connection}: {head}");
+        let seen = String::from_utf8_lossy(&body);
+        assert!(seen.contains("host: shop.test"), "{connection}: {seen}");
+        assert!(
+            seen.contains("accept-language: en-GB"),
+            "{connection}: {seen}"
+        );
+        assert!(
+            seen.contains("user-agent: Mozilla/5.0"),
+            "{connection}: {seen}"
+        );
+        for gone in ["\nconnection:", "\nkeep-alive:", "x-private", "deflate"] {
+            assert!(
+                !seen.to_lowercase().contains(gone),
+                "{connection}: {gone} in {seen}"
+            );
+        }
+        // TE is hop-by-hop too; a client that takes trailers is said to upstream afresh.
+        assert_eq!(
+            seen.contains("\nte: trailers"),
+            extra.contains("TE"),
+            "{seen}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_gives_502() {
     // A port that was bound and released: nothing listens there now.

@@ -18,7 +18,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Whether `name` is hop-by-hop whatever `Connection` says: the names [`classify`] calls
-/// [`Class::Hop`], compared as names. Every response's names go through this, and a
+/// [`Class::Hop`], `Connection`, `Upgrade` or `Te`, compared as names. Every response's names go through this, and a
 /// comparison with a standard name is one of its tag, cheaper than spelling the name out
 /// for `classify` (about 30 instructions a response); the scan's test holds the two to the
 /// same list.
@@ -57,6 +57,16 @@ pub fn any_hop_by_hop(headers: &HeaderMap) -> bool {
 pub struct HeadScan {
     /// Some name is hop-by-hop by itself ([`any_hop_by_hop`]).
     pub hop: bool,
+    /// A Connection field lists a name of a field of its own ([`names_a_field`]), or is not
+    /// text: what is hop-by-hop then needs the full reading ([`strip_hop_by_hop`]). Browsers
+    /// send `Connection: keep-alive` with every HTTP/1.1 request, which lists none.
+    pub connection_names: bool,
+    /// A Connection field lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// An Upgrade field is present.
+    pub upgrade: bool,
+    /// A TE field is present.
+    pub te: bool,
     /// Some name is an inbound forwarding header or an underscore spelling of one (what
     /// [`strip_inbound_forwarding`] removes).
     pub forwarding: bool,
@@ -69,6 +79,9 @@ pub struct HeadScan {
 /// A name the scan picks out.
 enum Class {
     Hop,
+    Connection,
+    Upgrade,
+    Te,
     Forwarding,
     RequestId,
     Host,
@@ -81,6 +94,18 @@ impl HeadScan {
             match classify(name) {
                 None => {}
                 Some(Class::Hop) => scan.hop = true,
+                Some(Class::Connection) => {
+                    scan.hop = true;
+                    scan.read_connection(value);
+                }
+                Some(Class::Upgrade) => {
+                    scan.hop = true;
+                    scan.upgrade = true;
+                }
+                Some(Class::Te) => {
+                    scan.hop = true;
+                    scan.te = true;
+                }
                 Some(Class::Forwarding) => scan.forwarding = true,
                 Some(Class::RequestId) => scan.request_id = true,
                 Some(Class::Host) if scan.host.is_none() => scan.host = Some(value.clone()),
@@ -88,6 +113,28 @@ impl HeadScan {
             }
         }
         scan
+    }
+
+    /// Notes what one Connection field lists. Kept out of the scan's loop, which most heads
+    /// run without reaching it (inlined, it cost every head about 50 instructions).
+    #[inline(never)]
+    fn read_connection(&mut self, value: &HeaderValue) {
+        // A field that is not text is left to the full reading, which skips it.
+        let Ok(list) = value.to_str() else {
+            self.connection_names = true;
+            return;
+        };
+        for t in list
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+        {
+            if t.eq_ignore_ascii_case(b"upgrade") {
+                self.connection_upgrade = true;
+            } else if names_a_field(t) {
+                self.connection_names = true;
+            }
+        }
     }
 }
 
@@ -106,11 +153,12 @@ fn classify(name: &HeaderName) -> Option<Class> {
             .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
     };
     let class = match n.len() {
-        2 if n == b"te" => Class::Hop,
+        2 if n == b"te" => Class::Te,
         4 if n == b"host" => Class::Host,
-        7 if n == b"upgrade" => Class::Hop,
+        7 if n == b"upgrade" => Class::Upgrade,
         9 if fwd(b"forwarded") || fwd(b"x-real-ip") => Class::Forwarding,
-        10 if n == b"connection" || n == b"keep-alive" => Class::Hop,
+        10 if n == b"connection" => Class::Connection,
+        10 if n == b"keep-alive" => Class::Hop,
         12 if n == b"x-request-id" => Class::RequestId,
         14 if n == b"http2-settings" => Class::Hop,
         15 if fwd(b"x-forwarded-for") => Class::Forwarding,
@@ -121,6 +169,13 @@ fn classify(name: &HeaderName) -> Option<Class> {
         _ => return None,
     };
     Some(class)
+}
+
+/// Removes the headers that are hop-by-hop by their names alone: all [`strip_hop_by_hop`]
+/// has to do when no Connection field lists a name of its own ([`HeadScan`] tells), without
+/// reading the Connection fields again.
+pub fn strip_fixed_hop_by_hop(headers: &mut HeaderMap) {
+    remove_where(headers, fixed_hop_by_hop);
 }
 
 /// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
@@ -612,6 +667,74 @@ mod tests {
         h.append(header::HOST, HeaderValue::from_static("first"));
         h.append(header::HOST, HeaderValue::from_static("second"));
         assert_eq!(HeadScan::of(&h).host.unwrap(), "first");
+    }
+
+    #[test]
+    fn the_scan_reads_what_connection_lists_and_its_short_strip_matches_the_full_one() {
+        /// Connection fields, other fields, whether a name is listed, whether upgrade is.
+        type Head<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool, bool);
+        let heads: &[Head] = &[
+            (&["keep-alive"], &[], false, false),
+            (&["Close"], &[("te", "trailers")], false, false),
+            (
+                &[" keep-alive , close ,"],
+                &[("keep-alive", "timeout=5")],
+                false,
+                false,
+            ),
+            (&["Upgrade"], &[("upgrade", "websocket")], false, true),
+            (&["keep-alive, x-secret"], &[("x-secret", "1")], true, false),
+            (
+                &["keep-alive", "x-second"],
+                &[("x-second", "1")],
+                true,
+                false,
+            ),
+            (&["upgrade, host"], &[("upgrade", "foo")], true, true),
+            (
+                &[],
+                &[("transfer-encoding", "chunked"), ("proxy-connection", "x")],
+                false,
+                false,
+            ),
+        ];
+        for &(connection, others, names, upgrade) in heads {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("example.test"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            for &c in connection {
+                h.append(header::CONNECTION, HeaderValue::from_static(c));
+            }
+            for &(n, v) in others {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+            let scan = HeadScan::of(&h);
+            assert!(scan.hop, "{connection:?}");
+            assert_eq!(scan.connection_names, names, "{connection:?}: names");
+            assert_eq!(scan.connection_upgrade, upgrade, "{connection:?}: upgrade");
+            assert_eq!(scan.upgrade, h.contains_key(header::UPGRADE));
+            assert_eq!(scan.te, h.contains_key(header::TE));
+            let mut full = h.clone();
+            strip_hop_by_hop(&mut full);
+            if !names {
+                let mut short = h.clone();
+                strip_fixed_hop_by_hop(&mut short);
+                assert_eq!(short, full, "{connection:?}");
+            }
+            assert!(full.contains_key(header::ACCEPT));
+            assert_eq!(
+                full.contains_key(header::HOST),
+                !connection.iter().any(|c| c.contains("host"))
+            );
+            assert!(!full.contains_key(header::CONNECTION));
+        }
+        // A Connection field that is not text goes to the full reading.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"close, \xff").unwrap(),
+        );
+        assert!(HeadScan::of(&h).connection_names);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::headers::{
-    asks_trailers, strip_hop_by_hop, strip_inbound_forwarding, wants_upgrade, Forwarding, HeadScan,
+    asks_trailers, strip_fixed_hop_by_hop, strip_hop_by_hop, strip_inbound_forwarding,
+    wants_upgrade, Forwarding, HeadScan,
 };
 use crate::proxy::ProxyError;
 use crate::route::X_REQUEST_ID;
@@ -99,10 +100,13 @@ pub(super) fn prepare<'a>(
     scan: HeadScan,
     request_id: Option<&'a HeaderValue>,
 ) -> Forwarding<'a> {
-    // TE is hop-by-hop: a head with none of those names cannot ask for trailers.
-    let trailers = scan.hop && asks_trailers(&parts.headers);
-    if scan.hop {
+    let trailers = scan.te && asks_trailers(&parts.headers);
+    // Most heads with a hop-by-hop name carry only `Connection: keep-alive` or `close`: the
+    // scan read that field already, so the names go without reading it again.
+    if scan.connection_names {
         strip_hop_by_hop(&mut parts.headers);
+    } else if scan.hop {
+        strip_fixed_hop_by_hop(&mut parts.headers);
     }
     if scan.forwarding {
         strip_inbound_forwarding(&mut parts.headers);
@@ -132,7 +136,7 @@ pub(super) fn prepare<'a>(
     }
     // A trusted sender's chain goes on, with the sender appended; anyone else's was removed.
     // Connection may have listed Host itself (then it is gone).
-    let host = if scan.hop {
+    let host = if scan.connection_names {
         parts.headers.get(header::HOST).cloned()
     } else {
         scan.host

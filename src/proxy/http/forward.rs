@@ -118,11 +118,10 @@ pub(super) fn forward<'a>(
     async move {
         let pool = &target.pool;
         let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
-        // Connection, Upgrade and TE are all hop-by-hop: one scan of the names tells whether
-        // any of the lookups for them can find something.
+        // Connection, Upgrade and TE are all hop-by-hop: one scan of the names (which reads
+        // what Connection lists) tells whether any of the lookups for them can find something.
         let scan = HeadScan::of(req.headers());
-        let upgrade = scan
-            .hop
+        let upgrade = (scan.upgrade && scan.connection_upgrade)
             .then(|| upgrade_of(&req, &route.listener.upgrades))
             .flatten();
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

@@ -239,15 +239,16 @@ async fn a_browsers_keep_alive_field_is_removed_and_a_listed_name_on_the_same_co
         let (head, body) = read_response(&mut s).await;
         assert!(head.starts_with("http/1.1 200"), "{connection}: {head}");
         let seen = String::from_utf8_lossy(&body);
-        assert!(seen.contains("host: shop.test"), "{connection}: {seen}");
-        assert!(
-            seen.contains("accept-language: en-GB"),
-            "{connection}: {seen}"
-        );
-        assert!(
-            seen.contains("user-agent: Mozilla/5.0"),
-            "{connection}: {seen}"
-        );
+        for kept in [
+            "host: shop.test",
+            "accept-language: en-GB",
+            "user-agent: Mozilla/5.0",
+        ] {
+            assert!(
+                seen.contains(kept),
+                "{connection}: {kept} missing from {seen}"
+            );
+        }
         for gone in ["\nconnection:", "\nkeep-alive:", "x-private", "deflate"] {
             assert!(
                 !seen.to_lowercase().contains(gone),

@@ -18,10 +18,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Whether `name` is hop-by-hop whatever `Connection` says: the names [`classify`] calls
-/// [`Class::Hop`], `Connection`, `Upgrade` or `Te`, compared as names. Every response's names go through this, and a
-/// comparison with a standard name is one of its tag, cheaper than spelling the name out
-/// for `classify` (about 30 instructions a response); the scan's test holds the two to the
-/// same list.
+/// [`Class::Hop`], `Connection`, `Upgrade` or `Te`, compared as names. Every response's
+/// names go through this, and a comparison with a standard name is one of its tag, cheaper
+/// than spelling the name out for `classify` (about 30 instructions a response); the scan's
+/// test holds the two to the same list.
 pub(crate) fn fixed_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE

@@ -264,6 +264,29 @@ async fn a_browsers_keep_alive_field_is_removed_and_a_listed_name_on_the_same_co
     }
 }
 
+/// HTTP clients speak first, so an HTTP listener has the kernel hand a connection on only
+/// once its first bytes are in (`TCP_DEFER_ACCEPT`): one that has said nothing is not yet
+/// fulcrum's, and the first read of one that has finds its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_takes_a_connection_once_the_client_has_spoken() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let accepted = || p.metric_value("fulcrum_listener_connections_total", &[("listener", "web")]);
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    // Time for a listener that does not defer to accept it; the kernel holds a silent
+    // connection back for longer (until its first SYN-ACK resend, after a second).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        accepted(),
+        0.0,
+        "a connection that has sent nothing is still the kernel's"
+    );
+    let (head, body) = raw_get(&mut s, "/").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!body.is_empty());
+    assert_eq!(accepted(), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_gives_502() {
     // A port that was bound and released: nothing listens there now.

@@ -127,6 +127,31 @@ async fn relays_one_mebibyte_each_way_byte_exact_with_half_close() {
     assert!(got == data, "echo is byte-exact");
 }
 
+/// A server that speaks first (SMTP, MySQL, SSH) is heard through an L4 listener before
+/// the client says anything. (Unlike an HTTP listener, an L4 listener does not ask the
+/// kernel to hold a connection back until the client sends; with that hold, which lets a
+/// silent connection through after about a second, this greeting comes late but still
+/// comes, so the HTTP side's test is the one that tells the two apart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_speaks_first_is_heard_before_the_client_sends_a_byte() {
+    let l = TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"220 ready\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let p = Proxy::start(&tcp_config(addr, "")).await;
+    let mut s = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut greeting))
+        .await
+        .expect("the server's greeting reaches a client that has sent nothing")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_half_close_reaches_client_while_client_keeps_sending() {
     // The server sends a greeting and closes its write side at once, then keeps reading.

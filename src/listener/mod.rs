@@ -94,6 +94,41 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// Whether the kernel hands a connection on to `accept` only once the client has sent
+/// something (`TCP_DEFER_ACCEPT`, up to [`DEFER_ACCEPT_SECS`]; after that, it is handed on
+/// anyway). On for HTTP listeners, whose clients speak first (a request, a TLS ClientHello
+/// or a PROXY header): the first read of every connection then finds its bytes, where
+/// otherwise it often ran before they came, found nothing, and cost a system call and a
+/// turn of the event loop. Off for L4 listeners, where the server may speak first (SMTP,
+/// MySQL, SSH). Set at each start, so a reload that turns a listener from one protocol to
+/// the other on the same socket gets it right. Best effort: without it, connections are
+/// served as before.
+fn defer_accept(listener: &TcpListener, on: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let secs: libc::c_int = if on { DEFER_ACCEPT_SECS } else { 0 };
+        // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from a c_int on the stack
+        // for the duration of the call, on a socket the listener owns.
+        unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (listener, on);
+}
+
+/// How long the kernel holds a silent new connection back from `accept` on an HTTP
+/// listener. Short: a client that connects and says nothing is still accepted after about
+/// this long (at the first SYN-ACK resend), and then meets the listener's own timeouts.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
 /// A running listener.
 pub struct Listener {
     /// Settings it was started with (the route holds the current ones).
@@ -116,6 +151,7 @@ impl Listener {
         route: Route,
         process: Arc<Semaphore>,
     ) -> Listener {
+        defer_accept(&listener, matches!(route, Route::Http(_)));
         // A socket bound by this process always has an address; 0 would only mislabel logs.
         let local_addr = listener
             .local_addr()

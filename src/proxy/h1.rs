@@ -36,7 +36,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::ReqBody;
-use super::headers::{fixed_hop_by_hop, listed_in_connection, names_a_field, Forwarding};
+use super::headers::{
+    connection_tokens, fixed_hop_by_hop, listed_in_connection, names_a_field, Forwarding,
+};
 
 /// Headers in a response head, at most (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -654,8 +656,7 @@ fn parse_head(
             // instructions a response.
             let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) };
             if name == header::CONNECTION {
-                for t in value.as_bytes().split(|&b| b == b',') {
-                    let t = t.trim_ascii();
+                for t in connection_tokens(value.as_bytes()) {
                     let (c, k) = (
                         t.eq_ignore_ascii_case(b"close"),
                         t.eq_ignore_ascii_case(b"keep-alive"),

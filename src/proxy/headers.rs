@@ -124,11 +124,7 @@ impl HeadScan {
             self.connection_names = true;
             return;
         };
-        for t in list
-            .as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-        {
+        for t in connection_tokens(list.as_bytes()) {
             if t.eq_ignore_ascii_case(b"upgrade") {
                 self.connection_upgrade = true;
             } else if names_a_field(t) {
@@ -205,11 +201,15 @@ pub(crate) fn names_a_field(token: &[u8]) -> bool {
         || token.eq_ignore_ascii_case(b"upgrade"))
 }
 
+/// The tokens of a Connection field's value, trimmed: the one reading of that list for
+/// requests ([`HeadScan`], [`strip_hop_by_hop`]) and responses (the HTTP/1.1 codec).
+pub(crate) fn connection_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// The field names a Connection field's value lists ([`names_a_field`]).
 pub(crate) fn listed_in_connection(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
+    connection_tokens(value)
         .filter(|t| names_a_field(t))
         .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
@@ -239,19 +239,6 @@ pub fn asks_trailers(headers: &HeaderMap) -> bool {
                     .eq_ignore_ascii_case("trailers")
             })
         })
-}
-
-/// Whether the request asks for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
 }
 
 /// The headers the proxy adds to one request, computed apart from its header map: the

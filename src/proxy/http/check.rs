@@ -16,8 +16,8 @@ use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::headers::{
-    asks_trailers, strip_fixed_hop_by_hop, strip_hop_by_hop, strip_inbound_forwarding,
-    wants_upgrade, Forwarding, HeadScan,
+    asks_trailers, strip_fixed_hop_by_hop, strip_hop_by_hop, strip_inbound_forwarding, Forwarding,
+    HeadScan,
 };
 use crate::proxy::ProxyError;
 use crate::route::X_REQUEST_ID;
@@ -53,9 +53,14 @@ pub(super) fn check(
     Ok(())
 }
 
-/// The `Upgrade` value to tunnel, when the request asks for one the listener allows.
-pub(super) fn upgrade_of(req: &Request<Incoming>, allowed: &[Box<str>]) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || !wants_upgrade(req.headers()) {
+/// The `Upgrade` value to tunnel, when the request asks for one (an Upgrade field, and
+/// `upgrade` in Connection: the head's scan read both) that the listener allows.
+pub(super) fn upgrade_of(
+    req: &Request<Incoming>,
+    scan: &HeadScan,
+    allowed: &[Box<str>],
+) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !(scan.upgrade && scan.connection_upgrade) {
         return None;
     }
     let v = req.headers().get(header::UPGRADE)?;

@@ -121,9 +121,7 @@ pub(super) fn forward<'a>(
         // Connection, Upgrade and TE are all hop-by-hop: one scan of the names (which reads
         // what Connection lists) tells whether any of the lookups for them can find something.
         let scan = HeadScan::of(req.headers());
-        let upgrade = (scan.upgrade && scan.connection_upgrade)
-            .then(|| upgrade_of(&req, &route.listener.upgrades))
-            .flatten();
+        let upgrade = upgrade_of(&req, &scan, &route.listener.upgrades);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 

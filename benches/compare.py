@@ -678,6 +678,10 @@ def instructions(args):
                 v = procs.start(cmd, log=f"{work}/native.log")
             else:
                 sim = ["--cache-sim=yes"] if args.cache_sim else []
+                if args.cache_sim and args.ll:
+                    # The last level as the given size (16-way, 64-byte lines): the core's own
+                    # L2 rather than the shared L3 callgrind would take from the machine.
+                    sim.append(f"--LL={args.ll},16,64")
                 v = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + sim + cmd,
                                 log=f"{work}/valgrind.log")
             wait_port(port, v, 60)
@@ -690,7 +694,7 @@ def instructions(args):
             if args.browser and mode != "tcp":
                 for h in BROWSER_HEADERS:
                     client += ["-H", h]
-            r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", "10", f"http://127.0.0.1:{port}/"],
+            r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", str(args.connections), f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
                 raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
@@ -843,6 +847,9 @@ def main():
     ins.add_argument("--modes", type=lambda s: s.split(","), default=["http", "tcp"],
                      help="http and tcp: HTTP/1.1 clients, one request at a time on each of 10 "
                      "connections; h2: h2 clients without TLS, 10 streams open on each")
+    ins.add_argument("--connections", type=int, default=10,
+                     help="client connections (default 10): with --cache-sim and --ll, 200 shows "
+                     "what each request touches that a busy core no longer holds in its cache")
     ins.add_argument("--low", type=int, default=2000)
     ins.add_argument("--high", type=int, default=12000)
     ins.add_argument("--origin", choices=["fulcrum", "python"], default="fulcrum",
@@ -853,6 +860,9 @@ def main():
     ins.add_argument("--cache-sim", action="store_true",
                      help="also simulate the caches (valgrind --cache-sim=yes): instruction-cache, "
                      "data-cache and last-level misses per request; slower")
+    ins.add_argument("--ll", type=int, metavar="BYTES",
+                     help="with --cache-sim: simulate a last-level cache of BYTES (say 1048576, "
+                     "this machine's L2 per core) instead of the machine's last level")
     ins.add_argument("--close", action="store_true",
                      help="every request on a connection of its own (`Connection: close`; with "
                      "--modes http,tcp): what accepting, serving and closing a connection costs")

@@ -759,6 +759,72 @@ async fn clients_that_leave_before_or_during_the_response_are_their_own_fault() 
     assert_eq!(gets_ok(&client(), &p.url("web", "/"), 5).await, 5);
 }
 
+/// hyper does not read a plain HTTP/1 connection while a request is in flight; the
+/// connection's watchdog notices a client that leaves then. Here on a kept-alive connection
+/// (its second request, read from the socket rather than from the first read that told
+/// HTTP/1 from h2), with a server that would take ten minutes: only noticing the client
+/// leave ends the request at the server. Bytes that arrive instead, a pipelined request,
+/// are no leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_kept_alive_connection_mid_request_is_noticed_a_pipelined_one_is_not() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let aborts = || p.metric_value("fulcrum_client_aborts_total", &[("phase", "response")]);
+
+    // Two requests, the second in the same write as the first, which takes a while.
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(
+        b"GET /sleep/200 HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_to_close(&mut s, LIMIT)
+        .await
+        .expect("both pipelined requests answered, then closed");
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("slept 200 ms"), "{text}");
+    assert_eq!(aborts(), 0.0, "a pipelined request is not a client leaving");
+
+    for rude in [false, true] {
+        let before = aborts();
+        let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        s.write_all(b"GET /sleep/600000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        wait_until("the request reached the origin", LIMIT, || async {
+            o[0].inflight() == 1
+        })
+        .await;
+        if rude {
+            // A reset rather than an end of stream.
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(s);
+        wait_until("the abort counted", LIMIT, || async {
+            aborts() == before + 1.0
+        })
+        .await;
+        wait_until("the request ended at the origin", LIMIT, || async {
+            o[0].inflight() == 0
+        })
+        .await;
+    }
+    assert_eq!(server_errors(&p), 0.0, "no server blamed");
+    assert_eq!(
+        p.server("o0").load.load(Ordering::SeqCst),
+        0,
+        "load released"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stalls_mid_body_is_cut_off_and_blamed() {
     let stalls = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part").await;

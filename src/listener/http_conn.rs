@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::watch::{join, watch, ConnWatch, Deadlines, Fired, Watched};
+use super::watch::{join, watch, ConnWatch, Deadlines, Fired, ReadinessHint, Watched};
 use super::{boxed_in_place, pinned_in_place, Control};
 use crate::admission::ClientAddr;
 use crate::proxy::cancel::cancelled;
@@ -132,7 +132,7 @@ fn between_bursts<'a, T>(
     ctl: &'a Control,
 ) -> impl Future<Output = ()> + Send + 'a
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
 {
     async move {
         // Waited on in place (`as_mut`), not moved out, so that the future keeps one slot
@@ -260,10 +260,16 @@ async fn serve_http<T>(
     ctl: &Control,
 ) -> Option<Parked<T>>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
 {
     let t = cur.listener.timeouts;
-    let watch_state = Arc::new(ConnWatch::new(conn.proto == Proto::H1));
+    let watch_state = ConnWatch::new(conn.proto == Proto::H1);
+    // Plain HTTP/1 only: the route runs hyper with `half_close` there (see `CloseWatch`).
+    let watch_state = Arc::new(if conn.proto == Proto::H1 && conn.scheme == Scheme::Http {
+        watch_state.with_close_watch(conn.fd)
+    } else {
+        watch_state
+    });
     let cx = Arc::new(ConnCtx {
         route,
         client: conn.client,
@@ -350,7 +356,7 @@ pub(super) struct Parked<T> {
 
 impl<T> Parked<T>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
 {
     /// Serves a burst of requests (a connection's first, or the one that woke it from a
     /// park) until the connection parks again or ends.
@@ -437,7 +443,7 @@ async fn serve_h1<T>(
     d: Deadlines,
 ) -> Result<TokioIo<Watched<T>>, End>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
 {
     let svc_cx = cx.clone();
     let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
@@ -518,6 +524,8 @@ impl From<Fired> for End {
             Fired::Idle => End::Closed,
             Fired::HeadTimeout => End::Cut(Rejection::HeaderTimeout),
             Fired::SendStall => End::Cut(Rejection::SendStall),
+            // Counted as the request's abort when hyper's connection drops it.
+            Fired::ClientGone => End::Closed,
         }
     }
 }

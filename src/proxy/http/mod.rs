@@ -177,6 +177,9 @@ impl HttpRoute {
     /// Terminates TLS with `tls` (`None`: plain HTTP).
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>, metrics: &Metrics) -> Self {
         self.tls = tls.map(|t| (t, TlsListenerMetrics::new(metrics, &self.listener.name)));
+        // Over TLS hyper looks for a client that leaves mid-request itself: a peek of the
+        // TCP socket beneath cannot tell a TLS close from data.
+        self.h1.half_close(self.tls.is_none());
         self
     }
 
@@ -214,6 +217,10 @@ fn h1_builder(l: &ListenerSettings) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .keep_alive(true)
+        // No read while a request is in flight: the connection's watchdog notices a client
+        // that leaves (`listener::watch::CloseWatch`). A TLS listener turns this back off
+        // (`with_tls`).
+        .half_close(true)
         // Head timing is the connection watchdog's (listener::watch): hyper's own timer
         // would also run while a keep-alive connection waits for its next request.
         .header_read_timeout(None)

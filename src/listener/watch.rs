@@ -178,10 +178,14 @@ impl CloseWatch {
     /// Whether the client has gone: the socket stirred since the last look, a request is
     /// in flight, and a peek finds the end of the stream or an error.
     fn client_gone(&self, inflight: bool) -> bool {
-        if !self.flag.stirred.load(Ordering::Acquire) {
+        // A load first: it is all most wakes pay. Then taken with a swap, so a stir that
+        // lands meanwhile (the runtime's I/O driver on another thread, in a test) is not
+        // lost.
+        if !self.flag.stirred.load(Ordering::Acquire)
+            || !self.flag.stirred.swap(false, Ordering::AcqRel)
+        {
             return false;
         }
-        self.flag.stirred.store(false, Ordering::Relaxed);
         inflight && peek_closed(self.fd)
     }
 }

@@ -638,6 +638,8 @@ H2_INSTRUCTION_STREAMS = 10
 
 
 def instructions(args):
+    if args.ll and not args.cache_sim:
+        raise SystemExit("compare.py instructions: --ll sizes the simulated cache; add --cache-sim")
     for c in (["h2load", "haproxy", "nginx"] + ([] if args.native else ["valgrind"])):
         if not shutil.which(c):
             raise SystemExit(f"compare.py: needs {c}")

@@ -733,3 +733,35 @@ async fn an_idle_https_keepalive_connection_parks_and_serves_again_on_the_same_s
     })
     .await;
 }
+
+/// Over TLS hyper itself looks for a client that leaves while its request is at a server
+/// (the watchdog's peek of the TCP socket cannot tell a TLS close from data): a request
+/// the server would answer in ten minutes ends there once its client is gone, counted as
+/// the client's abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_an_https_request_in_flight_is_noticed() {
+    let o = fleet(1).await;
+    let c = certs(&[&["a.test"]]);
+    let p = Proxy::start(&https_config(&servers(&[&o[0]]), &c.pairs(), "", "")).await;
+    let tcp = TcpStream::connect(p.addr("web")).await.unwrap();
+    let mut tls = TlsConnector::from(Arc::new(tls_client(&c.ca, &["http/1.1"])))
+        .connect(name("a.test"), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /sleep/600000 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    wait_until("the request reached the origin", LIMIT, || async {
+        o[0].inflight() == 1
+    })
+    .await;
+    drop(tls);
+    wait_until("the abort counted", LIMIT, || async {
+        p.metric_value("fulcrum_client_aborts_total", &[("phase", "response")]) == 1.0
+    })
+    .await;
+    wait_until("the request ended at the origin", LIMIT, || async {
+        o[0].inflight() == 0
+    })
+    .await;
+}

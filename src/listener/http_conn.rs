@@ -264,7 +264,8 @@ where
 {
     let t = cur.listener.timeouts;
     let watch_state = ConnWatch::new(conn.proto == Proto::H1);
-    // Plain HTTP/1 only: the route runs hyper with `half_close` there (see `CloseWatch`).
+    // Plain HTTP/1 only (see `CloseWatch`); hyper's connection is then built without its
+    // own look (`serve_h1`).
     let watch_state = Arc::new(if conn.proto == Proto::H1 && conn.scheme == Scheme::Http {
         watch_state.with_close_watch(conn.fd)
     } else {
@@ -449,10 +450,16 @@ where
     let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));
     // Parking only pays where the connection would otherwise stay open longer.
     let park = d.idle > PARK_AFTER;
+    // Whoever looks for a client that leaves mid-request: the watchdog, or else hyper.
+    let h1 = if cx.watch.watches_close() {
+        &cur.h1_watched
+    } else {
+        &cur.h1
+    };
     loop {
         // Boxed: dropping it at a park gives back all of hyper's memory, not just its
         // buffers.
-        let mut c = boxed_in_place(|| cur.h1.serve_connection(io, svc.clone()).with_upgrades());
+        let mut c = boxed_in_place(|| h1.serve_connection(io, svc.clone()).with_upgrades());
         // The watchdog boxed too: only the socket outlives this burst.
         match pinned_in_place(|| {
             drive(

@@ -105,21 +105,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// served as before.
 fn defer_accept(listener: &TcpListener, on: bool) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let secs: libc::c_int = if on { DEFER_ACCEPT_SECS } else { 0 };
-        // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from a c_int on the stack
-        // for the duration of the call, on a socket the listener owns.
-        unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_DEFER_ACCEPT,
-                (&secs as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    crate::proxy::set_tcp_option(
+        std::os::fd::AsRawFd::as_raw_fd(listener),
+        libc::TCP_DEFER_ACCEPT,
+        if on { DEFER_ACCEPT_SECS } else { 0 },
+    );
     #[cfg(not(target_os = "linux"))]
     let _ = (listener, on);
 }

@@ -72,6 +72,12 @@ impl ConnWatch {
         self
     }
 
+    /// Whether the watchdog looks for a client that leaves mid-request ([`CloseWatch`]), so
+    /// that hyper need not.
+    pub fn watches_close(&self) -> bool {
+        self.close.is_some()
+    }
+
     /// Whether the next shutdown of the socket is to be skipped (see [`Watched`]).
     pub fn set_parking(&self, on: bool) {
         self.parking.store(on, Ordering::Relaxed);
@@ -136,7 +142,8 @@ impl ConnWatch {
 /// head it has just parsed still shares that buffer (the request's URI and field values
 /// are slices of it), so every request cost a fresh 8 KiB buffer and the read that found
 /// nothing: about 570 instructions, 3 % of a small proxied request. Plain HTTP/1
-/// connections therefore run hyper with `half_close`, which skips that read, and are
+/// connections therefore run hyper with `half_close` (the route's `h1_watched`), which
+/// skips that read, and are
 /// watched this way instead:
 /// - each time hyper has read bytes, the socket's read readiness is polled with a waker of
 ///   this watch (no system call: the read just drained the socket, so the readiness is

@@ -44,20 +44,25 @@ pub(crate) fn read_readiness_empty(s: &tokio::net::TcpStream) -> bool {
 /// kernel would have sent it anyway.
 pub(crate) fn quick_ack(fd: std::os::fd::RawFd) {
     #[cfg(target_os = "linux")]
-    {
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from a c_int on the stack
-        // for the duration of the call; on an fd that is not a TCP socket it fails, harmlessly.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    set_tcp_option(fd, libc::TCP_QUICKACK, 1);
     #[cfg(not(target_os = "linux"))]
     let _ = fd;
+}
+
+/// Sets the integer TCP-level socket option `opt` of `fd` to `value`, best effort: what
+/// socket2 has no setter for (`TCP_QUICKACK` on a tokio stream's fd, `TCP_DEFER_ACCEPT`).
+/// A failure (an fd that is not a TCP socket, an option the kernel lacks) is ignored.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_tcp_option(fd: std::os::fd::RawFd, opt: libc::c_int, value: libc::c_int) {
+    // SAFETY: setsockopt(2) reads `size_of::<c_int>()` bytes from a c_int on the stack for
+    // the duration of the call; on an fd that is not a TCP socket it fails, harmlessly.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }

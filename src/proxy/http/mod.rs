@@ -119,8 +119,12 @@ pub struct HttpRoute {
     errors: [IntCounter; ProxyError::SERVER_SIDE.len()],
     /// Where request lines go, when the access log is on.
     pub access_log: Option<Arc<AccessLog>>,
-    /// HTTP/1.1 serving settings (limits from `[listener.limits]`).
+    /// HTTP/1.1 serving settings (limits from `[listener.limits]`), with hyper looking for a
+    /// client that leaves while a request is in flight (a read of the socket then).
     pub h1: http1::Builder,
+    /// The same without that read (`half_close`), for connections whose watchdog looks
+    /// instead (`listener::watch::CloseWatch`): the connection picks by whether it has one.
+    pub h1_watched: http1::Builder,
     /// h2 serving settings.
     pub h2: http2::Builder<StreamExec>,
     /// TLS termination, when the listener has `[listener.tls]`, and its handshake counters.
@@ -156,6 +160,11 @@ impl HttpRoute {
             metrics: ListenerMetrics::new(metrics, name),
             routes: RouteMetrics::new(metrics, name, &table),
             h1: h1_builder(&listener),
+            h1_watched: {
+                let mut b = h1_builder(&listener);
+                b.half_close(true);
+                b
+            },
             h2: h2_builder(&listener),
             admission: Arc::new(Admission::new(&listener, metrics, None)),
             table,
@@ -177,9 +186,6 @@ impl HttpRoute {
     /// Terminates TLS with `tls` (`None`: plain HTTP).
     pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>, metrics: &Metrics) -> Self {
         self.tls = tls.map(|t| (t, TlsListenerMetrics::new(metrics, &self.listener.name)));
-        // Over TLS hyper looks for a client that leaves mid-request itself: a peek of the
-        // TCP socket beneath cannot tell a TLS close from data.
-        self.h1.half_close(self.tls.is_none());
         self
     }
 
@@ -217,10 +223,6 @@ fn h1_builder(l: &ListenerSettings) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .keep_alive(true)
-        // No read while a request is in flight: the connection's watchdog notices a client
-        // that leaves (`listener::watch::CloseWatch`). A TLS listener turns this back off
-        // (`with_tls`).
-        .half_close(true)
         // Head timing is the connection watchdog's (listener::watch): hyper's own timer
         // would also run while a keep-alive connection waits for its next request.
         .header_read_timeout(None)

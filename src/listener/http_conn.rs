@@ -21,11 +21,11 @@ use bytes::Bytes;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::watch::{join, watch, ConnWatch, Deadlines, Fired, ReadinessHint, Watched};
+use super::watch::{join, watch, ClientSocket, ConnWatch, Deadlines, Fired, Watched};
 use super::{boxed_in_place, pinned_in_place, Control};
 use crate::admission::ClientAddr;
 use crate::proxy::cancel::cancelled;
@@ -132,7 +132,7 @@ fn between_bursts<'a, T>(
     ctl: &'a Control,
 ) -> impl Future<Output = ()> + Send + 'a
 where
-    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
+    T: ClientSocket + Send + 'static,
 {
     async move {
         // Waited on in place (`as_mut`), not moved out, so that the future keeps one slot
@@ -260,7 +260,7 @@ async fn serve_http<T>(
     ctl: &Control,
 ) -> Option<Parked<T>>
 where
-    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
+    T: ClientSocket + Send + 'static,
 {
     let t = cur.listener.timeouts;
     let watch_state = ConnWatch::new(conn.proto == Proto::H1);
@@ -357,7 +357,7 @@ pub(super) struct Parked<T> {
 
 impl<T> Parked<T>
 where
-    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
+    T: ClientSocket + Send + 'static,
 {
     /// Serves a burst of requests (a connection's first, or the one that woke it from a
     /// park) until the connection parks again or ends.
@@ -444,7 +444,7 @@ async fn serve_h1<T>(
     d: Deadlines,
 ) -> Result<TokioIo<Watched<T>>, End>
 where
-    T: AsyncRead + AsyncWrite + ReadinessHint + Unpin + Send + 'static,
+    T: ClientSocket + Send + 'static,
 {
     let svc_cx = cx.clone();
     let svc = service_fn(move |req| crate::proxy::http::serve(req, svc_cx.clone()));

@@ -221,20 +221,40 @@ fn peek_closed(fd: RawFd) -> bool {
     }
 }
 
-/// A client socket whose read readiness can be watched for a [`CloseWatch`].
-pub trait ReadinessHint {
-    /// Polls the read readiness with `cx`'s waker, to be woken by what arrives next. Does
-    /// nothing where readiness cannot be polled without reading.
+/// A client's stream, as a watched connection reads and writes it.
+pub trait ClientSocket: AsyncRead + AsyncWrite + Unpin {
+    /// Polls the read readiness with `cx`'s waker, to be woken by what arrives next, for a
+    /// [`CloseWatch`]. Does nothing where readiness cannot be polled without reading.
     fn hint_readable(&self, _cx: &mut Context<'_>) {}
-}
 
-impl ReadinessHint for tokio::net::TcpStream {
-    fn hint_readable(&self, cx: &mut Context<'_>) {
-        let _ = self.poll_read_ready(cx);
+    /// Reads into `buf`: the stream's `poll_read`, or a cheaper way to the same result.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_read(cx, buf)
+    }
+
+    /// Writes some of `data`: the stream's `poll_write`, or a cheaper way to the same
+    /// result.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, data)
     }
 }
 
-impl<S> ReadinessHint for tokio_rustls::server::TlsStream<S> {}
+/// Plain TCP reads and writes without glibc's cancellation wrapper (`crate::proxy::sock`).
+impl ClientSocket for tokio::net::TcpStream {
+    fn hint_readable(&self, cx: &mut Context<'_>) {
+        let _ = self.poll_read_ready(cx);
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        crate::proxy::sock::poll_recv(self, cx, buf)
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        crate::proxy::sock::poll_send(self, cx, data)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket for tokio_rustls::server::TlsStream<S> {}
 
 /// The deadlines a connection is held to.
 #[derive(Clone, Copy, Debug)]
@@ -388,7 +408,7 @@ impl<T> Watched<T> {
     }
 }
 
-impl<T: ReadinessHint> Watched<T> {
+impl<T: ClientSocket> Watched<T> {
     /// After hyper has read bytes: watch the socket for what comes next, in case hyper
     /// reads nothing more for a while (see [`CloseWatch`]).
     #[inline]
@@ -400,7 +420,7 @@ impl<T: ReadinessHint> Watched<T> {
     }
 }
 
-impl<T: AsyncRead + ReadinessHint + Unpin> AsyncRead for Watched<T> {
+impl<T: ClientSocket> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -419,7 +439,7 @@ impl<T: AsyncRead + ReadinessHint + Unpin> AsyncRead for Watched<T> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let r = self.io.poll_recv(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.watch.read_some();
             self.arm(cx);
@@ -469,7 +489,7 @@ fn gather<'a>(
     Some(unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<u8>(), total) })
 }
 
-impl<T: AsyncWrite + Unpin> Watched<T> {
+impl<T: ClientSocket> Watched<T> {
     fn note<R>(&self, r: &Poll<io::Result<R>>) {
         match r {
             Poll::Pending => self.watch.write_blocked(),
@@ -478,13 +498,13 @@ impl<T: AsyncWrite + Unpin> Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: ClientSocket> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        let r = self.io.poll_send(cx, buf);
         self.note(&r);
         r
     }
@@ -496,7 +516,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let mut room = [const { MaybeUninit::uninit() }; GATHER];
         let r = match gather(bufs, &mut room) {
-            Some(buf) => Pin::new(&mut self.io).poll_write(cx, buf),
+            Some(buf) => self.io.poll_send(cx, buf),
             None => Pin::new(&mut self.io).poll_write_vectored(cx, bufs),
         };
         self.note(&r);
@@ -564,6 +584,18 @@ mod tests {
             Poll::Ready(Ok(()))
         }
     }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl ClientSocket for Recorder {}
 
     #[tokio::test]
     async fn small_slices_go_out_as_one_write_and_large_ones_as_they_are() {

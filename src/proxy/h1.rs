@@ -66,7 +66,7 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tcp(s) => super::sock::poll_recv(s, cx, buf),
             Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
@@ -79,7 +79,7 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tcp(s) => super::sock::poll_send(s, cx, buf),
             Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }

@@ -10,6 +10,7 @@ pub(crate) mod h1;
 pub(crate) mod headers;
 pub(crate) mod http;
 pub mod proxy_protocol;
+pub(crate) mod sock;
 pub(crate) mod tcp;
 pub mod tunnel;
 pub(crate) mod upstream;

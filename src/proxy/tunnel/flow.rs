@@ -87,12 +87,12 @@ impl Side for &mut TcpStream {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let mut rb = ReadBuf::new(buf);
-        ready!(Pin::new(&mut **self).poll_read(cx, &mut rb))?;
+        ready!(crate::proxy::sock::poll_recv(self, cx, &mut rb))?;
         Poll::Ready(Ok(rb.filled().len()))
     }
 
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut **self).poll_write(cx, data)
+        crate::proxy::sock::poll_send(self, cx, data)
     }
 
     fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

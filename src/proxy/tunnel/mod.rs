@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::flow::{Flow, Side, Stream};
 pub use self::upgraded::{relay_upgraded_as, relay_upgraded_to, ClientIo, TcpInside};
+use crate::proxy::cancel::Which;
 
 /// Bytes moved by a relay: (client → server, server → client), i.e. (a → b, b → a).
 pub type Moved = (u64, u64);
@@ -148,8 +149,10 @@ async fn run<A: Side, B: Side>(
         biased;
         r = copy => r.err().map(RelayEnd::Io),
         _ = idle_for(&ticks, idle) => Some(RelayEnd::Idle),
-        _ = crate::proxy::cancel::cancelled(stops.shutdown) => Some(RelayEnd::Cancelled),
-        _ = crate::proxy::cancel::cancelled(stops.drain) => Some(RelayEnd::Drained),
+        which = crate::proxy::cancel::first_of(stops.shutdown, stops.drain) => Some(match which {
+            Which::First => RelayEnd::Cancelled,
+            Which::Second => RelayEnd::Drained,
+        }),
     };
     let moved = (ab.moved, ba.moved);
     match end {

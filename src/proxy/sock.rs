@@ -1,12 +1,12 @@
 //! Reads and writes on a tokio TCP stream, with the system call made directly.
 //!
 //! glibc's `recv` and `send` are thread-cancellation points. Once a process has started a
-//! second thread (fulcrum always has: the signal handler, the blocking pool), each call
-//! turns the thread's asynchronous cancellation on before the system call and off after
-//! it: two atomic read-modify-writes and about 45 instructions more per call, under
-//! callgrind 59 instructions a `recv` against the 10 of single-threaded nginx. fulcrum
-//! never cancels a thread, so that work buys nothing. rustix makes the same system calls
-//! without it.
+//! second thread (fulcrum always has: connections are served on worker threads, apart from
+//! the control plane's), each call turns the thread's asynchronous cancellation on before
+//! the system call and off after it: two atomic read-modify-writes and about 45
+//! instructions more per call, under callgrind 59 instructions a `recv` against the 10 of
+//! single-threaded nginx. fulcrum never cancels a thread, so that work buys nothing. rustix
+//! makes the same system calls without it.
 //!
 //! Readiness is kept as tokio keeps it in its own `poll_read` and `poll_write`: a read or
 //! write that finds the socket drained (`EAGAIN`) clears it, and so does one that moved

@@ -78,8 +78,10 @@ pub enum Which {
 /// poll reads that mark, one atomic load. Its cost is one allocation per relay.
 pub fn first_of<'a>(first: &'a CancellationToken, second: &'a CancellationToken) -> FirstOf<'a> {
     FirstOf {
-        tokens: [first, second],
-        waits: [first.cancelled(), second.cancelled()],
+        first,
+        second,
+        first_wait: first.cancelled(),
+        second_wait: second.cancelled(),
         mark: None,
     }
 }
@@ -105,9 +107,12 @@ impl Wake for Mark {
 pin_project_lite::pin_project! {
     /// The future of [`first_of`].
     pub struct FirstOf<'a> {
-        tokens: [&'a CancellationToken; 2],
+        first: &'a CancellationToken,
+        second: &'a CancellationToken,
         #[pin]
-        waits: [WaitForCancellationFuture<'a>; 2],
+        first_wait: WaitForCancellationFuture<'a>,
+        #[pin]
+        second_wait: WaitForCancellationFuture<'a>,
         mark: Option<(Arc<Mark>, Waker)>,
     }
 }
@@ -115,9 +120,9 @@ pin_project_lite::pin_project! {
 impl FirstOf<'_> {
     /// The token that has fired, if one has (takes each token's lock).
     fn fired(&self) -> Option<Which> {
-        if self.tokens[0].is_cancelled() {
+        if self.first.is_cancelled() {
             Some(Which::First)
-        } else if self.tokens[1].is_cancelled() {
+        } else if self.second.is_cancelled() {
             Some(Which::Second)
         } else {
             None
@@ -147,13 +152,11 @@ impl Future for FirstOf<'_> {
         let this = self.project();
         let waker = &this.mark.as_ref().expect("set above").1;
         let mut own = Context::from_waker(waker);
-        // SAFETY: a structural projection of a pinned array; its elements are never moved.
-        let waits = unsafe { this.waits.get_unchecked_mut() };
-        for (i, w) in waits.iter_mut().enumerate() {
-            // SAFETY: the element lives in the pinned array and is never moved out of it.
-            if unsafe { Pin::new_unchecked(w) }.poll(&mut own).is_ready() {
-                return Poll::Ready(if i == 0 { Which::First } else { Which::Second });
-            }
+        if this.first_wait.poll(&mut own).is_ready() {
+            return Poll::Ready(Which::First);
+        }
+        if this.second_wait.poll(&mut own).is_ready() {
+            return Poll::Ready(Which::Second);
         }
         Poll::Pending
     }

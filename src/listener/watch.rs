@@ -15,14 +15,14 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::backend::now_ms;
+use crate::proxy::cancel::Mark;
 
 /// Activity of one client connection, in process milliseconds (`backend::now_ms`).
 pub struct ConnWatch {
@@ -63,7 +63,7 @@ impl ConnWatch {
     /// a request is in flight (`half_close`): the watchdog notices its client leaving
     /// instead (see [`CloseWatch`]).
     pub fn with_close_watch(mut self, fd: RawFd) -> Self {
-        let flag = Arc::new(CloseFlag::default());
+        let flag = Arc::new(Mark::default());
         self.close = Some(CloseWatch {
             fd,
             waker: Waker::from(flag.clone()),
@@ -158,39 +158,18 @@ impl ConnWatch {
 /// close from data), and so do h2 connections (h2 reads all the time).
 pub struct CloseWatch {
     fd: RawFd,
-    flag: Arc<CloseFlag>,
+    flag: Arc<Mark>,
     /// Wakes `flag`: the waker the socket's readiness is polled with.
     waker: Waker,
-}
-
-/// What the readiness waker of a [`CloseWatch`] sets, and the task it wakes.
-#[derive(Default)]
-struct CloseFlag {
-    stirred: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for CloseFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.stirred.store(true, Ordering::Release);
-        self.task.wake();
-    }
 }
 
 impl CloseWatch {
     /// Whether the client has gone: the socket stirred since the last look, a request is
     /// in flight, and a peek finds the end of the stream or an error.
     fn client_gone(&self, inflight: bool) -> bool {
-        // A load first: it is all most wakes pay. Then taken with a swap, so a stir that
-        // lands meanwhile (the runtime's I/O driver on another thread, in a test) is not
-        // lost.
-        if !self.flag.stirred.load(Ordering::Acquire)
-            || !self.flag.stirred.swap(false, Ordering::AcqRel)
-        {
+        // Most wakes pay one load here. The mark is set by the readiness waker, which the
+        // runtime's I/O driver may wake from another thread (in a test).
+        if !self.flag.take() {
             return false;
         }
         inflight && peek_closed(self.fd)
@@ -414,7 +393,7 @@ impl<T: ClientSocket> Watched<T> {
     #[inline]
     fn arm(&self, cx: &mut Context<'_>) {
         if let Some(c) = &self.watch.close {
-            c.flag.task.register(cx.waker());
+            c.flag.register(cx.waker());
             self.io.hint_readable(&mut Context::from_waker(&c.waker));
         }
     }

@@ -86,11 +86,27 @@ pub fn first_of<'a>(first: &'a CancellationToken, second: &'a CancellationToken)
     }
 }
 
-/// The mark a token's firing leaves, and the task it wakes.
+/// A mark that a waker of its own sets, and the task that waker then wakes: how a future
+/// polled on every wake of its task learns, with one atomic load, that one particular
+/// source woke it (a token that fired, a client socket that stirred).
 #[derive(Default)]
-struct Mark {
-    fired: AtomicBool,
+pub(crate) struct Mark {
+    set: AtomicBool,
     task: AtomicWaker,
+}
+
+impl Mark {
+    /// The task a wake of the mark wakes.
+    pub(crate) fn register(&self, task: &Waker) {
+        self.task.register(task);
+    }
+
+    /// Whether the mark was set since it was last taken; clears it. A load first, which is
+    /// all an unmarked poll pays; then a swap, so a wake from another thread that lands in
+    /// between is not lost.
+    pub(crate) fn take(&self) -> bool {
+        self.set.load(Ordering::Acquire) && self.set.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl Wake for Mark {
@@ -99,7 +115,7 @@ impl Wake for Mark {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
+        self.set.store(true, Ordering::Release);
         self.task.wake();
     }
 }
@@ -135,12 +151,12 @@ impl Future for FirstOf<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Which> {
         if let Some((mark, _)) = &self.mark {
-            if !mark.fired.swap(false, Ordering::Acquire) {
+            if !mark.take() {
                 return Poll::Pending;
             }
         } else {
             let mark = Arc::new(Mark::default());
-            mark.task.register(cx.waker());
+            mark.register(cx.waker());
             let waker = Waker::from(mark.clone());
             *self.as_mut().project().mark = Some((mark, waker));
         }

@@ -24,15 +24,6 @@ fn with_listener(cfg: String, extra: &str) -> String {
     cfg.replacen("pool = \"app\"\n", &format!("pool = \"app\"\n{extra}\n"), 1)
 }
 
-/// Sum of a server-side failure counter over every server and kind of pool "app".
-fn server_errors(p: &Proxy) -> f64 {
-    let text = p.f.metrics().render();
-    text.lines()
-        .filter(|l| l.starts_with("fulcrum_server_errors_total{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 fn ejections(p: &Proxy) -> f64 {
     let text = p.f.metrics().render();
     text.lines()

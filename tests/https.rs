@@ -737,7 +737,7 @@ async fn an_idle_https_keepalive_connection_parks_and_serves_again_on_the_same_s
 /// Over TLS hyper itself looks for a client that leaves while its request is at a server
 /// (the watchdog's peek of the TCP socket cannot tell a TLS close from data): a request
 /// the server would answer in ten minutes ends there once its client is gone, counted as
-/// the client's abort.
+/// the client's abort, with no server blamed and its load released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_an_https_request_in_flight_is_noticed() {
     let o = fleet(1).await;
@@ -764,4 +764,12 @@ async fn a_client_leaving_an_https_request_in_flight_is_noticed() {
         o[0].inflight() == 0
     })
     .await;
+    assert_eq!(server_errors(&p), 0.0, "no server blamed");
+    assert_eq!(
+        p.server("o0")
+            .load
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "load released"
+    );
 }

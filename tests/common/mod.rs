@@ -969,3 +969,13 @@ pub fn skip_unless_ci(why: Option<&str>) -> bool {
         Some(why) => panic!("CI must run this test, but {why}"),
     }
 }
+
+/// Sum of `fulcrum_server_errors_total` over every server and kind: failures charged to
+/// servers.
+pub fn server_errors(p: &Proxy) -> f64 {
+    let text = p.f.metrics().render();
+    text.lines()
+        .filter(|l| l.starts_with("fulcrum_server_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}

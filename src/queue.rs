@@ -71,18 +71,38 @@ pub async fn admit<'p>(
     chosen: &'p Server,
     tried: &[BackendIdx],
 ) -> Result<(&'p Server, LoadGuard), QueueError> {
-    let q = &pool.queue;
+    match admit_now(pool, chosen, tried) {
+        Some(found) => Ok(found),
+        None => queue(pool, tried).await,
+    }
+}
+
+/// [`admit`] without the wait: a slot on `chosen` or another eligible server not in
+/// `tried`, if one is free now. The request path tries this first and builds the waiting
+/// future only when it returns `None`, so the common case writes none of that future's
+/// state.
+pub fn admit_now<'p>(
+    pool: &'p Pool,
+    chosen: &'p Server,
+    tried: &[BackendIdx],
+) -> Option<(&'p Server, LoadGuard)> {
     let Some(max) = chosen.settings.max_conns else {
-        return Ok((chosen, LoadGuard::new(chosen.state.clone())));
+        return Some((chosen, LoadGuard::new(chosen.state.clone())));
     };
-    if let Some(g) = LoadGuard::try_limited(&chosen.state, max, &q.waiters) {
-        return Ok((chosen, g));
+    if let Some(g) = LoadGuard::try_limited(&chosen.state, max, &pool.queue.waiters) {
+        return Some((chosen, g));
     }
-    if let Some(found) = any_free(pool, tried) {
-        return Ok(found);
-    }
+    any_free(pool, tried)
+}
+
+/// [`admit`]'s wait, once [`admit_now`] found no free slot: in the pool's queue until a
+/// slot frees, the queue is full or the wait times out (both refusals are counted).
+pub async fn queue<'p>(
+    pool: &'p Pool,
+    tried: &[BackendIdx],
+) -> Result<(&'p Server, LoadGuard), QueueError> {
     wait(pool, tried).await.inspect_err(|e| {
-        q.rejections.inc();
+        pool.queue.rejections.inc();
         tracing::debug!(pool = %pool.name(), error = %e, "request refused: no server slot");
     })
 }

@@ -324,15 +324,25 @@ impl ServerUpstream {
         Duration::from_millis(self.connect_ms.load(Ordering::Relaxed))
     }
 
+    /// An idle HTTP/1.1 connection, if the pool holds one: [`checkout`](Self::checkout)
+    /// without a future, for the request path to try first. (An h2 connection may have to
+    /// wait for a stream, so it goes through `checkout`.)
+    pub fn checkout_idle(self: &Arc<Self>) -> Option<Lease> {
+        if self.protocol != UpstreamProtocol::Http1 {
+            return None;
+        }
+        self.take_idle().map(|idle| Lease {
+            sender: Sender::H1(Some(idle.conn)),
+            home: self.clone(),
+            reused: true,
+        })
+    }
+
     /// A connection ready to send: an idle one if any, else a new one.
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => match self.take_idle() {
-                Some(idle) => Ok(Lease {
-                    sender: Sender::H1(Some(idle.conn)),
-                    home: self.clone(),
-                    reused: true,
-                }),
+            UpstreamProtocol::Http1 => match self.checkout_idle() {
+                Some(lease) => Ok(lease),
                 None => self.connect().await,
             },
             UpstreamProtocol::H2 => {
@@ -513,7 +523,9 @@ impl Lease {
                 let Some(r) = req.take() else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
-                match tx.try_send_request(r).await {
+                // Boxed: an h2 exchange's future is larger than the HTTP/1.1 one, and inline it
+                // would size every request's state (the h2 client allocates per request anyway).
+                match Box::pin(tx.try_send_request(r)).await {
                     Ok(resp) => Ok(resp.map(UpBody::H2)),
                     Err(mut e) => {
                         *req = e.take_message();

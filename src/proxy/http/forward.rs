@@ -6,7 +6,9 @@
 //! and the cause is not local (EMFILE, EADDRNOTAVAIL...). The `response_header` timer starts
 //! once the request has been sent whole, so a slow upload is never a slow server.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, Uri};
@@ -98,13 +100,13 @@ fn client_fault(body: Option<&BodyState>) -> Option<ProxyError> {
     }
 }
 
-/// Sends `req` to a server of the route's pool, retrying on others where safe. `request_id`
-/// is an X-Request-ID the proxy made for it. `body_slot` learns the request body's state as
-/// soon as the body is wrapped.
+/// Sends the request in `slot` to a server of the route's pool, retrying on others where
+/// safe. `request_id` is an X-Request-ID the proxy made for it. `body_slot` learns the
+/// request body's state as soon as the body is wrapped.
 // Not an `async fn`: see the comment on its block.
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 pub(super) fn forward<'a>(
-    mut req: Request<Incoming>,
+    slot: &'a mut Option<Request<Incoming>>,
     who: &'a (ClientAddr, ForwardChain),
     target: &'a Target,
     rewrites: Option<&'a Rewrites>,
@@ -113,73 +115,92 @@ pub(super) fn forward<'a>(
     request_id: Option<&'a HeaderValue>,
     body_slot: &'a mut Option<Arc<BodyState>>,
 ) -> impl std::future::Future<Output = Result<Response<RespBody>, ProxyError>> + 'a {
-    // A block rather than an `async fn`: an `async fn` copies each argument from the
-    // future's start state into its body's own (the request is 264 bytes).
+    // A block rather than an `async fn`, which would copy each argument from the future's
+    // start state into its body's own.
     async move {
         let pool = &target.pool;
         let host_rewrite = rewrites.is_some_and(|rw| rw.host_rewrite);
-        // Connection, Upgrade and TE are all hop-by-hop: one scan of the names (which reads
-        // what Connection lists) tells whether any of the lookups for them can find something.
-        let scan = HeadScan::of(req.headers());
-        let upgrade = upgrade_of(&req, &scan, &route.listener.upgrades);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
+        // The head is taken apart, checked and rewritten in this block, which ends before the
+        // first await. A local that is borrowed stays in the future's state for as long as
+        // it is in scope, even once moved out: in scope across the awaits, the request and its
+        // parts would take 490 bytes more there, written by every request. What the block
+        // finds is assigned to locals declared outside it, in place.
+        let (key, mut server, mut why, forwarding, state, client_upgrade, replay, mut pending);
+        {
+            let mut req = slot
+                .take()
+                .expect("the request is in its slot until it is forwarded");
+            // Connection, Upgrade and TE are all hop-by-hop: one scan of the names (which reads
+            // what Connection lists) tells whether any of the lookups for them can find
+            // something.
+            let scan = HeadScan::of(req.headers());
+            let upgrade = upgrade_of(&req, &scan, &route.listener.upgrades);
+            client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let (mut parts, body) = req.into_parts();
 
-        let key = pick_key(pool, &parts, &who.0);
-        let sticky = pool
-            .settings
-            .sticky_cookie
-            .as_ref()
-            .and_then(|name| cookie(&parts.headers, name))
-            .and_then(|id| pool.sticky_target(id));
-        let (mut server, mut why) = match sticky {
-            Some(s) => (s, Selection::Sticky),
-            None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
-        };
+            key = pick_key(pool, &parts, &who.0);
+            let sticky = pool
+                .settings
+                .sticky_cookie
+                .as_ref()
+                .and_then(|name| cookie(&parts.headers, name))
+                .and_then(|id| pool.sticky_target(id));
+            (server, why) = match sticky {
+                Some(s) => (s, Selection::Sticky),
+                None => pool.pick(&key).ok_or(ProxyError::NoServer)?,
+            };
 
-        let forwarding = prepare(
-            &mut parts,
-            route,
-            pool,
-            cx,
-            who,
-            upgrade.as_ref(),
-            BodyShape::of(&body),
-            scan,
-            request_id,
-        );
-        let state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
-        let body = match &state {
-            Some(st) => {
-                *body_slot = Some(st.clone());
-                let t = &route.listener;
-                ReqBody::Client(Box::new(ClientBody::new(
-                    body,
-                    BodyLimits {
-                        max: t.limits.max_request_body,
-                        read_idle: t.timeouts.body_read,
-                        min_rate: t.limits.min_body_rate,
-                    },
-                    st.clone(),
-                    cx.client_fd,
-                )))
-            }
-            None => ReqBody::Empty,
-        };
-        // Only a request without a body can be sent again after it reached a server, and only
-        // if its method is idempotent; keep a copy of its head for that case, unless the pool
-        // could never retry it elsewhere (no retries, or no other server).
-        let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
-        let replay =
-            (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
-                .then(|| copy_head(&parts));
-        let mut pending = Some(Request::from_parts(parts, body));
+            forwarding = prepare(
+                &mut parts,
+                route,
+                pool,
+                cx,
+                who,
+                upgrade.as_ref(),
+                BodyShape::of(&body),
+                scan,
+                request_id,
+            );
+            state = (!body.is_end_stream()).then(|| Arc::new(BodyState::default()));
+            let body = match &state {
+                Some(st) => {
+                    *body_slot = Some(st.clone());
+                    let t = &route.listener;
+                    ReqBody::Client(Box::new(ClientBody::new(
+                        body,
+                        BodyLimits {
+                            max: t.limits.max_request_body,
+                            read_idle: t.timeouts.body_read,
+                            min_rate: t.limits.min_body_rate,
+                        },
+                        st.clone(),
+                        cx.client_fd,
+                    )))
+                }
+                None => ReqBody::Empty,
+            };
+            // Only a request without a body can be sent again after it reached a server, and
+            // only if its method is idempotent; keep a copy of its head for that case, unless
+            // the pool could never retry it elsewhere (no retries, or no other server).
+            let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
+            // Boxed: an `Option<Parts>` is 224 bytes, and even `None` is written whole (copied
+            // in from a constant), into state a busy core's cache seldom still holds.
+            replay =
+                (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
+                    .then(|| Box::new(copy_head(&parts)));
+            pending = Some(Request::from_parts(parts, body));
+        }
 
         let mut attempts = Attempts::new(pool.settings.retries);
         pool.budget.note_request();
         loop {
             // A slot on this server (or, if it is full, another one), else a bounded wait: 503.
-            let (admitted, load) = queue::admit(pool, server, attempts.tried()).await?;
+            // Each wait is a future only when the thing waited for is not there already:
+            // built, a future is written into this one's state (a few hundred bytes each).
+            let (admitted, load) = match queue::admit_now(pool, server, attempts.tried()) {
+                Some(got) => got,
+                None => queue::queue(pool, attempts.tried()).await?,
+            };
             if admitted.idx != server.idx {
                 // The queue moved the request to a server with a free slot.
                 why = Selection::Queue;
@@ -190,7 +211,11 @@ pub(super) fn forward<'a>(
             let pool_load = pool.enter();
             let up = &target.upstreams[server.idx.get()];
 
-            let failure = match up.checkout().await {
+            let checked_out = match up.checkout_idle() {
+                Some(lease) => Ok(lease),
+                None => up.checkout().await,
+            };
+            let failure = match checked_out {
                 Err(ConnectError::Local(e)) => {
                     route.metrics.local_error(&e);
                     tracing::debug!(pool = %pool.name(), server = %server.state.name, error = %e, "connect failed for a local reason");
@@ -382,10 +407,19 @@ async fn send(
             }
             (&mut timer).await;
         };
-        let mut r = tokio::select! {
-            biased;
-            r = lease.send(req, forwarding) => Some(r),
-            _ = sent_then_timeout => None,
+        // Two pinned futures polled in turn rather than a `select!`, which builds the pair
+        // aside and copies it in whole (over 400 bytes, mostly space for states not yet
+        // entered) into state a busy core's cache seldom still holds.
+        let mut r = {
+            let mut exchange = std::pin::pin!(lease.send(req, forwarding));
+            let mut deadline = std::pin::pin!(sent_then_timeout);
+            std::future::poll_fn(|c| {
+                if let Poll::Ready(r) = exchange.as_mut().poll(c) {
+                    return Poll::Ready(Some(r));
+                }
+                deadline.as_mut().poll(c).map(|()| None)
+            })
+            .await
         };
         if let Some(Ok(resp)) = &mut r {
             server

@@ -471,12 +471,20 @@ impl Drop for Serving {
 // Not an `async fn`: see the comment on its block.
 #[allow(clippy::manual_async_fn)]
 pub fn serve(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     cx: Arc<ConnCtx>,
 ) -> impl Future<Output = Result<Response<RespBody>, Infallible>> {
-    // A block rather than an `async fn`, which would copy the request (264 bytes) from the
-    // future's start state into its body's own.
+    // The request stays in this slot until forwarding takes it, so that the forwarding
+    // future holds a pointer to it rather than a second copy (264 bytes, written and read
+    // again by every request, in memory of the connection's own that a busy core's cache
+    // holds for few of many connections).
+    let mut slot = Some(req);
+    // A block rather than an `async fn`, which would copy the request from the future's
+    // start state into its body's own.
     async move {
+        let Some(req) = slot.as_mut() else {
+            unreachable!("the request is in its slot until forwarding takes it")
+        };
         let mut serving = Serving::begin(cx.clone());
         let route = cx.route.load_full();
         // Read once per poll of the connection's task (see `backend::poll_ns`): the
@@ -489,24 +497,21 @@ pub fn serve(
             Ok((c, _)) => *c,
             Err(_) => cx.client,
         };
-        let request_id = request_id(&req, &route, &cx);
-        let head = route
-            .access_log
-            .as_ref()
-            .map(|_| RequestHead::capture(&req));
+        let request_id = request_id(req, &route, &cx);
+        let head = route.access_log.as_ref().map(|_| RequestHead::capture(req));
         let mut label = "(none)";
         let mut pool = None;
         // Admit, check and route in place; only forwarding is a future of its own (one layer
         // fewer than a future for all of it: each layer moves the request in and the response
         // out, a few hundred bytes each time).
-        let result = match decide(&mut req, &admitted, &route, &mut label) {
+        let result = match decide(req, &admitted, &route, &mut label) {
             Err(e) => Err(e),
             Ok((routing::Routed::Answer(r), _)) => Ok(*r),
             Ok((routing::Routed::Forward(target, rewrites), who)) => {
                 pool = Some(&target.pool.settings.name);
                 let made = request_id.as_ref().filter(|id| id.made).map(|id| &id.value);
                 let mut r = forward::forward(
-                    req,
+                    &mut slot,
                     who,
                     target,
                     rewrites,

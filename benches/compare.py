@@ -647,12 +647,15 @@ def instructions(args):
     work = tempfile.mkdtemp(prefix="fulcrum-callgrind-")
     rows = []
     try:
-        origin = free_port()
-        if args.origin == "python":
-            p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
-        else:
-            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
-        wait_port(origin, p)
+        # One origin, as the shared harness's callgrind.sh has; --servers N puts N in the pool,
+        # as `load` does with three (a pool of more than one server lets a request be retried).
+        origins = [free_port() for _ in range(args.servers)]
+        for origin in origins:
+            if args.origin == "python":
+                p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
+            else:
+                p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
+            wait_port(origin, p)
 
         def count(target, mode, n):
             port = free_port()
@@ -660,18 +663,18 @@ def instructions(args):
                 binary, variant = fulcrum_target(target)
                 path = f"{work}/f.toml"
                 with open(path, "w") as f:
-                    f.write(fulcrum_config(work, variant, mode, port, [origin], 1).replace(
+                    f.write(fulcrum_config(work, variant, mode, port, origins, 1).replace(
                         'kind = "tcp"\ninterval = "2s"', 'kind = "none"'))
                 cmd = [binary, "run", "--config", path, "--log-level", "warn"]
             elif target == "haproxy":
                 path = f"{work}/h.cfg"
                 with open(path, "w") as f:
-                    f.write(haproxy_config(mode, port, [origin], 1).replace(" check inter 2s", ""))
+                    f.write(haproxy_config(mode, port, origins, 1).replace(" check inter 2s", ""))
                 cmd = ["haproxy", "-db", "-f", path]
             elif target == "nginx":
                 path = f"{work}/n.conf"
                 with open(path, "w") as f:
-                    f.write(nginx_config(work, mode, port, [origin], 1))
+                    f.write(nginx_config(work, mode, port, origins, 1))
                 cmd = ["nginx", "-p", work, "-c", path]
             else:
                 raise SystemExit(f"compare.py instructions: unknown target {target}")
@@ -852,6 +855,10 @@ def main():
     ins.add_argument("--connections", type=int, default=10,
                      help="client connections (default 10): with --cache-sim and --ll, 200 shows "
                      "what each request touches that a busy core no longer holds in its cache")
+    ins.add_argument("--servers", type=int, default=1,
+                     help="origins in the pool (default 1, as the shared harness has; `load` runs "
+                     "3): with more than one, fulcrum keeps what it needs to retry a request "
+                     "elsewhere")
     ins.add_argument("--low", type=int, default=2000)
     ins.add_argument("--high", type=int, default=12000)
     ins.add_argument("--origin", choices=["fulcrum", "python"], default="fulcrum",

@@ -200,8 +200,39 @@ async fn a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&reset_pool(&r, &o[0]), NO_PASSIVE, NO_HEALTH)).await;
     let c = client();
-    let ok = gets_ok(&c, &p.url("web", "/"), 6).await;
-    assert_eq!(ok, 6, "every GET answered by the healthy server");
+    // The demo origin answers /headers with the fields it received (and names the path and
+    // query it saw in `x-path`): a GET sent again must reach the healthy server as it reached
+    // the first, its own field and query kept and the proxy's fields added once, not once
+    // per attempt.
+    for i in 0..6 {
+        let req = http::Request::get(p.url("web", &format!("/headers?try={i}")))
+            .header("x-probe", format!("probe-{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send(&c, req).await.expect("the proxy answers");
+        assert_eq!(resp.status, 200, "GET {i} answered by the healthy server");
+        let seen = resp.text().to_ascii_lowercase();
+        assert_eq!(
+            resp.headers.get("x-path").and_then(|v| v.to_str().ok()),
+            Some(format!("/headers?try={i}").as_str()),
+            "path and query kept"
+        );
+        let lines = |start: &str| seen.lines().filter(|l| l.starts_with(start)).count();
+        assert_eq!(
+            lines(&format!("x-probe: probe-{i}")),
+            1,
+            "the client's field once: {seen}"
+        );
+        for field in [
+            "host:",
+            "x-forwarded-for:",
+            "x-forwarded-proto:",
+            "x-forwarded-host:",
+            "x-request-id:",
+        ] {
+            assert_eq!(lines(field), 1, "{field} once: {seen}");
+        }
+    }
     assert!(
         r.hits() >= 1,
         "some GETs reached the resetting server first"

@@ -397,6 +397,44 @@ fn last_coding_is_chunked(v: &HeaderValue) -> bool {
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
+/// A request on its way to a server, and how far it has got.
+pub struct Outgoing {
+    /// The request. An HTTP/1.1 exchange takes the body out when the first byte is written,
+    /// then keeps the head if `keep` says so and drops it otherwise; an h2 exchange takes
+    /// the request whole and gives it back only if none of it was sent.
+    pub req: Option<Request<ReqBody>>,
+    /// Some of it was written: it has reached a server.
+    pub written: bool,
+    /// Keep the head once written, to send it again elsewhere (a retry of a request without
+    /// a body). Kept, it needs no copy made beforehand for the chance of a retry.
+    pub keep: bool,
+}
+
+impl Outgoing {
+    pub fn new(req: Request<ReqBody>, keep: bool) -> Outgoing {
+        Outgoing {
+            req: Some(req),
+            written: false,
+            keep,
+        }
+    }
+
+    /// Here and never written: it may go to any server, on any connection.
+    pub fn unsent(&self) -> bool {
+        self.req.is_some() && !self.written
+    }
+
+    /// After it reached a server, makes it ready to go again: true if its head was kept (its
+    /// body is empty then, as only a request without one is kept).
+    pub fn rewind(&mut self) -> bool {
+        if self.req.is_none() {
+            return false;
+        }
+        self.written = false;
+        true
+    }
+}
+
 /// The request's way out, as far as it has got.
 struct Out {
     framing: ReqFraming,
@@ -412,12 +450,13 @@ struct Out {
 }
 
 impl Out {
-    /// Writes until the request is sent whole, or the socket or the body must wait. `unsent`
-    /// holds the request until its first byte is written; then its body is taken from it.
+    /// Writes until the request is sent whole, or the socket or the body must wait. Until the
+    /// first byte is written, `sending` holds the request; then its body is taken from it
+    /// (`None`: that is done already).
     fn poll_send(
         &mut self,
         conn: &mut Conn,
-        unsent: &mut Option<Request<ReqBody>>,
+        mut sending: Option<&mut Outgoing>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
         loop {
@@ -438,13 +477,18 @@ impl Out {
                     Ok(n) => n,
                     Err(e) => return Poll::Ready(Err(Error::Io(e))),
                 };
-                if let Some(req) = unsent {
-                    // The first byte is out: from here on the request cannot be handed back.
-                    // Its body is taken out and the rest dropped in place (taking the whole
-                    // request out of `unsent` would move all of it first).
-                    let body = std::mem::replace(req.body_mut(), ReqBody::Empty);
-                    self.body = (!body.is_end_stream()).then_some(body);
-                    *unsent = None;
+                if let Some(o) = sending.take().filter(|o| !o.written) {
+                    // The first byte is out: from here on the request has reached the server.
+                    // Its body is taken out, and the rest kept or dropped in place (taking
+                    // the whole request out would move all of it first).
+                    if let Some(req) = o.req.as_mut() {
+                        let body = std::mem::replace(req.body_mut(), ReqBody::Empty);
+                        self.body = (!body.is_end_stream()).then_some(body);
+                    }
+                    o.written = true;
+                    if !o.keep {
+                        o.req = None;
+                    }
                 }
                 let from_head = n.min(conn.wr.len() - self.at);
                 self.at += from_head;
@@ -499,19 +543,20 @@ impl Out {
     }
 }
 
-/// Sends the request in `req` on `conn` and reads the response head. The request stays in
-/// `req` until its first byte is written, so that a connection that fails before that
-/// leaves it there to be sent elsewhere (and it is not moved about meanwhile). The request
+/// Sends the request in `outgoing` on `conn` and reads the response head. It stays in
+/// `outgoing`, unwritten, until its first byte is written, so that a connection that fails
+/// before that leaves it there to be sent elsewhere (and it is not moved about meanwhile).
+/// Its head stays there after that too if `outgoing.keep` says so. The request
 /// body keeps going out while the head is awaited, and after it if the server answered
 /// first (a server may stream its answer as it reads, or refuse an upload early); the
 /// connection is reused only if the request went out whole. A 1xx other than 101 is
 /// skipped.
 pub async fn send(
     mut conn: Box<Conn>,
-    req: &mut Option<Request<ReqBody>>,
+    outgoing: &mut Outgoing,
     forwarding: &Forwarding<'_>,
 ) -> Result<Response<RespIn>, Error> {
-    let Some(r) = req.as_ref() else {
+    let Some(r) = outgoing.req.as_ref().filter(|_| !outgoing.written) else {
         return Err(Error::Closed);
     };
     let head_req = r.method() == Method::HEAD;
@@ -528,7 +573,7 @@ pub async fn send(
     };
     let head = std::future::poll_fn(|cx| {
         if !out.done {
-            if let Poll::Ready(Err(e)) = out.poll_send(&mut conn, req, cx) {
+            if let Poll::Ready(Err(e)) = out.poll_send(&mut conn, Some(&mut *outgoing), cx) {
                 return Poll::Ready(Err(e));
             }
         }
@@ -896,7 +941,7 @@ impl RespIn {
         let (Some(out), Some(conn)) = (self.out.as_mut(), self.conn.as_mut()) else {
             return Ok(());
         };
-        match out.poll_send(conn, &mut None, cx) {
+        match out.poll_send(conn, None, cx) {
             Poll::Ready(Ok(())) => self.out = None,
             Poll::Ready(Err(Error::RequestBody)) => return Err(Error::RequestBody),
             Poll::Ready(Err(_)) => {

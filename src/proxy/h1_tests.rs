@@ -74,9 +74,12 @@ async fn exchange(
     c: Box<Conn>,
     req: Request<ReqBody>,
 ) -> Result<(StatusCode, Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
-    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req), &Forwarding::default()))
-        .await
-        .expect("answered")?;
+    let resp = tokio::time::timeout(
+        LIMIT,
+        send(c, &mut Outgoing::new(req, false), &Forwarding::default()),
+    )
+    .await
+    .expect("answered")?;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut data = Vec::new();
@@ -202,7 +205,7 @@ async fn header_values_come_through_byte_for_byte_with_tabs_and_obs_text() {
         LIMIT,
         send(
             conn(addr).await,
-            &mut Some(get("/")),
+            &mut Outgoing::new(get("/"), false),
             &Forwarding::default(),
         ),
     )
@@ -221,7 +224,11 @@ async fn head_of(answer: &'static [u8], req: Request<ReqBody>) -> Response<RespI
     let (addr, _got) = scripted(vec![answer]).await;
     tokio::time::timeout(
         LIMIT,
-        send(conn(addr).await, &mut Some(req), &Forwarding::default()),
+        send(
+            conn(addr).await,
+            &mut Outgoing::new(req, false),
+            &Forwarding::default(),
+        ),
     )
     .await
     .expect("answered")
@@ -384,11 +391,14 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
         .body(body)
         .unwrap();
     let c = conn(addr).await;
-    let resp = tokio::time::timeout(LIMIT, send(c, &mut Some(req), &Forwarding::default()))
-        .await
-        .unwrap()
-        .ok()
-        .unwrap();
+    let resp = tokio::time::timeout(
+        LIMIT,
+        send(c, &mut Outgoing::new(req, false), &Forwarding::default()),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
     assert_eq!(
         resp.status(),
         StatusCode::OK,
@@ -507,7 +517,12 @@ async fn a_sever_reaches_whichever_task_waits_on_the_connection_now() {
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
         let again = again.expect("reusable");
         let second = tokio::spawn(async move {
-            let resp = send(again, &mut Some(get("/2")), &Forwarding::default()).await?;
+            let resp = send(
+                again,
+                &mut Outgoing::new(get("/2"), false),
+                &Forwarding::default(),
+            )
+            .await?;
             let mut body = resp.into_body();
             while let Some(frame) = body.frame().await {
                 frame?;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -503,10 +503,12 @@ impl Lease {
         self.reused
     }
 
-    /// Sends the request in `req`; if not a byte of it could be written, it is left there.
+    /// Sends the request in `out`; if not a byte of it could be written, it is left there,
+    /// unwritten. On HTTP/1.1 its head is left there after it was written too, if `out.keep`
+    /// asks for it; an h2 exchange keeps nothing of a request it sent.
     pub async fn send(
         &mut self,
-        req: &mut Option<Request<ReqBody>>,
+        out: &mut h1::Outgoing,
         forwarding: &Forwarding<'_>,
     ) -> Result<Response<UpBody>, UpError> {
         match &mut self.sender {
@@ -514,21 +516,24 @@ impl Lease {
                 let Some(c) = conn.take() else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
-                match h1::send(c, req, forwarding).await {
+                match h1::send(c, out, forwarding).await {
                     Ok(resp) => Ok(resp.map(UpBody::H1)),
                     Err(e) => Err(UpError::H1(e)),
                 }
             }
             Sender::H2(tx) => {
-                let Some(r) = req.take() else {
+                let Some(r) = out.req.take().filter(|_| !out.written) else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
+                // Taken whole: if the client does not give it back, it was sent.
+                out.written = true;
                 // Boxed: an h2 exchange's future is larger than the HTTP/1.1 one, and inline it
                 // would size every request's state (the h2 client allocates per request anyway).
                 match Box::pin(tx.try_send_request(r)).await {
                     Ok(resp) => Ok(resp.map(UpBody::H2)),
                     Err(mut e) => {
-                        *req = e.take_message();
+                        out.req = e.take_message();
+                        out.written = out.req.is_none();
                         Err(UpError::H2(e.into_error()))
                     }
                 }
@@ -576,6 +581,7 @@ impl Lease {
 mod tests {
     use super::*;
     use crate::config::{ServerOrigin, ServerSettings};
+    use http::Request;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -637,7 +643,7 @@ mod tests {
     async fn get(lease: &mut Lease) -> String {
         let req = Request::get("/").body(ReqBody::Empty).unwrap();
         let resp = lease
-            .send(&mut Some(req), &Forwarding::default())
+            .send(&mut h1::Outgoing::new(req, false), &Forwarding::default())
             .await
             .expect("sent");
         let mut body = resp.into_body();

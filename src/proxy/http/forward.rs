@@ -27,6 +27,7 @@ use crate::proxy::attempts::Attempts;
 use crate::proxy::body::{
     BodyEnd, BodyLimits, BodyState, ClientBody, IdleSince, ReqBody, RespBody,
 };
+use crate::proxy::h1::Outgoing;
 use crate::proxy::headers::{cookie, Forwarding, HeadScan};
 use crate::proxy::upstream::{ConnectError, Lease, ServerUpstream, UpBody, UpError};
 use crate::proxy::ProxyError;
@@ -180,15 +181,20 @@ pub(super) fn forward<'a>(
                 None => ReqBody::Empty,
             };
             // Only a request without a body can be sent again after it reached a server, and
-            // only if its method is idempotent; keep a copy of its head for that case, unless
-            // the pool could never retry it elsewhere (no retries, or no other server).
-            let may_replay = pool.settings.retries > 0 && pool.servers.len() > 1;
+            // only if its method is idempotent; its head is kept for that case, unless the
+            // pool could never retry it elsewhere (no retries, or no other server). An
+            // HTTP/1.1 exchange leaves the head it wrote where it was; an h2 one takes the
+            // request whole, so for h2 a copy is made beforehand.
+            let may_replay = pool.settings.retries > 0
+                && pool.servers.len() > 1
+                && idempotent(&parts.method)
+                && state.is_none()
+                && upgrade.is_none();
             // Boxed: an `Option<Parts>` is 224 bytes, and even `None` is written whole (copied
             // in from a constant), into state a busy core's cache seldom still holds.
-            replay =
-                (may_replay && idempotent(&parts.method) && state.is_none() && upgrade.is_none())
-                    .then(|| Box::new(copy_head(&parts)));
-            pending = Some(Request::from_parts(parts, body));
+            replay = (may_replay && pool.settings.upstream_protocol == UpstreamProtocol::H2)
+                .then(|| Box::new(copy_head(&parts)));
+            pending = Outgoing::new(Request::from_parts(parts, body), may_replay);
         }
 
         let mut attempts = Attempts::new(pool.settings.retries);
@@ -230,6 +236,7 @@ pub(super) fn forward<'a>(
                 }
                 Ok(lease) => {
                     let req = pending
+                        .req
                         .as_mut()
                         .expect("a request is pending at each attempt");
                     if let Some(uri) = uri_for(req.uri(), up, pool.settings.upstream_protocol) {
@@ -280,19 +287,25 @@ pub(super) fn forward<'a>(
                                 return Err(f.error);
                             }
                             fail(pool, server, f.kind);
-                            // A request still pending was never written: safe to send anywhere.
-                            if pending.is_none() {
+                            // A request never written is safe to send anywhere; one that
+                            // reached a server only if its head was kept for that.
+                            if !pending.unsent() {
                                 if f.error == ProxyError::Timeout {
                                     return Err(ProxyError::Timeout);
                                 }
-                                match &replay {
-                                    Some(head) => {
-                                        pending = Some(Request::from_parts(
-                                            copy_head(head),
-                                            ReqBody::Empty,
-                                        ))
+                                if !pending.rewind() {
+                                    match &replay {
+                                        Some(head) => {
+                                            pending = Outgoing::new(
+                                                Request::from_parts(
+                                                    copy_head(head),
+                                                    ReqBody::Empty,
+                                                ),
+                                                false,
+                                            )
+                                        }
+                                        None => return Err(f.error),
                                     }
-                                    None => return Err(f.error),
                                 }
                             }
                             f.error
@@ -380,13 +393,13 @@ async fn read_short_rest(
 }
 
 /// Sends the request in `req` on `lease`; a pooled connection that fails before the request
-/// was written is replaced once by a fresh one. The request stays in `req` for as long as
-/// it has not been written. The `response_header` timer starts when the request has been
+/// was written is replaced once by a fresh one. The request stays in `req`, unwritten, for
+/// as long as none of it has been written. The `response_header` timer starts when the request has been
 /// sent whole; the head's latency is recorded for the server.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     mut lease: Lease,
-    req: &mut Option<Request<ReqBody>>,
+    req: &mut Outgoing,
     forwarding: &Forwarding<'_>,
     up: &Arc<ServerUpstream>,
     (route, cx): (&HttpRoute, &ConnCtx),
@@ -442,7 +455,7 @@ async fn send(
         };
         match r {
             Ok(resp) => return Ok((resp, lease)),
-            Err(_) if req.is_some() && lease.reused() => {
+            Err(_) if req.unsent() && lease.reused() => {
                 lease = match up.connect().await {
                     Ok(l) => l,
                     Err(ConnectError::Local(err)) => {

@@ -650,7 +650,15 @@ def instructions(args):
         # One origin, as the shared harness's callgrind.sh has; --servers N puts N in the pool,
         # as `load` does with three (a pool of more than one server lets a request be retried).
         origins = [free_port() for _ in range(args.servers)]
-        for origin in origins:
+        if args.origin == "nginx":
+            # The load harness's origin: one nginx worker on every port.
+            path = f"{work}/origin.conf"
+            with open(path, "w") as f:
+                f.write(origin_nginx_config(work, origins))
+            p = procs.start(["nginx", "-p", work, "-c", path], log=f"{work}/origin.log")
+            for origin in origins:
+                wait_port(origin, p)
+        for origin in origins if args.origin != "nginx" else []:
             if args.origin == "python":
                 p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
             else:
@@ -861,9 +869,10 @@ def main():
                      "elsewhere")
     ins.add_argument("--low", type=int, default=2000)
     ins.add_argument("--high", type=int, default=12000)
-    ins.add_argument("--origin", choices=["fulcrum", "python"], default="fulcrum",
-                     help="one `fulcrum origin` (head and body in one write, the default), or "
-                     "the shared harness's Python server (head and body in two writes)")
+    ins.add_argument("--origin", choices=["fulcrum", "python", "nginx"], default="fulcrum",
+                     help="one `fulcrum origin` (head and body in one write, the default), "
+                     "the shared harness's Python server (head and body in two writes), or "
+                     "the load harness's nginx worker (with --servers 3: what `load` runs)")
     ins.add_argument("--keep", metavar="DIR", help="keep callgrind's output files in DIR, named "
                      "TARGET.MODE.REQUESTS.PID (read them with callgrind_annotate)")
     ins.add_argument("--cache-sim", action="store_true",

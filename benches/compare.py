@@ -658,12 +658,13 @@ def instructions(args):
             p = procs.start(["nginx", "-p", work, "-c", path], log=f"{work}/origin.log")
             for origin in origins:
                 wait_port(origin, p)
-        for origin in origins if args.origin != "nginx" else []:
-            if args.origin == "python":
-                p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
-            else:
-                p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
-            wait_port(origin, p)
+        else:
+            for origin in origins:
+                if args.origin == "python":
+                    p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
+                else:
+                    p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
+                wait_port(origin, p)
 
         def count(target, mode, n):
             port = free_port()

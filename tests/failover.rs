@@ -244,6 +244,78 @@ async fn a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
     );
 }
 
+/// An h2 server (without TLS) that reads each request's head and resets the stream: the
+/// request reached it, and no answer comes. Counts the requests.
+async fn h2_resetting_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        // A service error: hyper resets the stream (INTERNAL_ERROR).
+                        async {
+                            Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("reset"))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_h2_a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
+    // The h2 client takes a request whole and keeps nothing of one it sent: the retry is
+    // sent from the copy made beforehand, and must reach the healthy server as the first
+    // attempt reached the resetting one.
+    let (reset_addr, reset_hits) = h2_resetting_server().await;
+    let o = fleet(1).await;
+    let list = format!(
+        "{{ addr = \"{reset_addr}\", name = \"reset\" }}, {}",
+        servers(&[&o[0]])
+    );
+    let p = Proxy::start(&http_config(
+        &list,
+        &format!("upstream_protocol = \"h2\"\n{NO_PASSIVE}"),
+        NO_HEALTH,
+    ))
+    .await;
+    let c = client();
+    for i in 0..6 {
+        let req = http::Request::get(p.url("web", &format!("/headers?try={i}")))
+            .header("x-probe", format!("probe-{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send(&c, req).await.expect("the proxy answers");
+        assert_eq!(resp.status, 200, "GET {i} answered by the healthy server");
+        assert_eq!(
+            resp.headers.get("x-path").and_then(|v| v.to_str().ok()),
+            Some(format!("/headers?try={i}").as_str()),
+            "path and query kept"
+        );
+        let seen = resp.text().to_ascii_lowercase();
+        assert!(seen.contains(&format!("x-probe: probe-{i}")), "{seen}");
+    }
+    let resets = reset_hits.load(Ordering::SeqCst);
+    assert!(resets >= 1, "some GETs reached the resetting server first");
+    assert_eq!(
+        p.metric_value("fulcrum_retries_total", &[]) as u64,
+        resets,
+        "one retry per reset"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_stops_a_retry_storm_when_everything_fails() {
     let o = fleet(2).await;

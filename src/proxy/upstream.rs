@@ -338,13 +338,21 @@ impl ServerUpstream {
         })
     }
 
-    /// A connection ready to send: an idle one if any, else a new one.
+    /// A connection ready to send: an idle one if any, else a new one. (The request path
+    /// makes the two steps itself, so that the wait is a future only when it is needed.)
+    #[cfg(test)]
     pub async fn checkout(self: &Arc<Self>) -> Result<Lease, ConnectError> {
+        match self.checkout_idle() {
+            Some(lease) => Ok(lease),
+            None => self.checkout_waiting().await,
+        }
+    }
+
+    /// [`checkout`](Self::checkout) once [`checkout_idle`](Self::checkout_idle) found
+    /// nothing: the h2 connection when it can take another stream, else a new connection.
+    pub async fn checkout_waiting(self: &Arc<Self>) -> Result<Lease, ConnectError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => match self.checkout_idle() {
-                Some(lease) => Ok(lease),
-                None => self.connect().await,
-            },
+            UpstreamProtocol::Http1 => self.connect().await,
             UpstreamProtocol::H2 => {
                 if let Some(tx) = self.h2.load_full() {
                     if !tx.is_closed() {
@@ -522,18 +530,17 @@ impl Lease {
                 }
             }
             Sender::H2(tx) => {
+                // Taken whole: a request the client does not give back was sent, and is gone
+                // (`out.unsent()` is false then).
                 let Some(r) = out.req.take().filter(|_| !out.written) else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
-                // Taken whole: if the client does not give it back, it was sent.
-                out.written = true;
                 // Boxed: an h2 exchange's future is larger than the HTTP/1.1 one, and inline it
                 // would size every request's state (the h2 client allocates per request anyway).
                 match Box::pin(tx.try_send_request(r)).await {
                     Ok(resp) => Ok(resp.map(UpBody::H2)),
                     Err(mut e) => {
                         out.req = e.take_message();
-                        out.written = out.req.is_none();
                         Err(UpError::H2(e.into_error()))
                     }
                 }

@@ -219,7 +219,7 @@ pub(super) fn forward<'a>(
 
             let checked_out = match up.checkout_idle() {
                 Some(lease) => Ok(lease),
-                None => up.checkout().await,
+                None => up.checkout_waiting().await,
             };
             let failure = match checked_out {
                 Err(ConnectError::Local(e)) => {
@@ -393,9 +393,10 @@ async fn read_short_rest(
 }
 
 /// Sends the request in `req` on `lease`; a pooled connection that fails before the request
-/// was written is replaced once by a fresh one. The request stays in `req`, unwritten, for
-/// as long as none of it has been written. The `response_header` timer starts when the request has been
-/// sent whole; the head's latency is recorded for the server.
+/// was written is replaced once by a fresh one. The request stays in `req` until a byte of
+/// it is written (and its head after that, when it may be retried). The `response_header`
+/// timer starts when the request has been sent whole; the head's latency is recorded for
+/// the server.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     mut lease: Lease,

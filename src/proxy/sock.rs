@@ -16,6 +16,13 @@
 //! closure reports `WouldBlock`, so a short transfer is reported that way, with its count
 //! kept aside. The readiness event the clear applies to is the one read before the call,
 //! so an event that arrived during the call is not lost.
+//!
+//! A read or write is tried first and waits for readiness only when it could not move
+//! anything, where tokio's own asks for readiness before every call. A socket with bytes
+//! waiting is the common case on a busy connection, and the relay has usually just polled
+//! readiness itself: the second check cost about 70 instructions a call (−190 per L4
+//! request with a one-write origin, −85 per L7 request). The task's cooperative budget is
+//! taken and spent as tokio's calls do, so a relay that always finds bytes still yields.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -35,8 +42,8 @@ pub(crate) fn poll_recv(
     // are marked filled below.
     let room: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
     let want = room.len();
+    let coop = ready!(tokio::task::coop::poll_proceed(cx));
     let got = loop {
-        ready!(s.poll_read_ready(cx))?;
         let mut short = 0;
         let r = s.try_io(Interest::READABLE, || {
             let (_, n) = rustix::net::recv(s, &mut *room, RecvFlags::empty())?;
@@ -49,10 +56,13 @@ pub(crate) fn poll_recv(
         match r {
             Ok(n) => break n,
             Err(_) if short > 0 => break short,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Not ready, or drained: wait for readiness (which registers the waker), then
+            // try again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_read_ready(cx))?,
             Err(e) => return Poll::Ready(Err(e)),
         }
     };
+    coop.made_progress();
     // SAFETY: `recv` wrote `got` bytes (at most `want`) at the start of the unfilled part.
     unsafe { buf.assume_init(got) };
     buf.advance(got);
@@ -66,8 +76,8 @@ pub(crate) fn poll_send(
     cx: &mut Context<'_>,
     data: &[u8],
 ) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(s.poll_write_ready(cx))?;
+    let coop = ready!(tokio::task::coop::poll_proceed(cx));
+    let n = loop {
         let mut short = 0;
         let r = s.try_io(Interest::WRITABLE, || {
             let n = rustix::net::send(s, data, SendFlags::NOSIGNAL)?;
@@ -78,12 +88,14 @@ pub(crate) fn poll_send(
             Ok(n)
         });
         match r {
-            Ok(n) => return Poll::Ready(Ok(n)),
-            Err(_) if short > 0 => return Poll::Ready(Ok(short)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(n) => break n,
+            Err(_) if short > 0 => break short,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(s.poll_write_ready(cx))?,
             Err(e) => return Poll::Ready(Err(e)),
         }
-    }
+    };
+    coop.made_progress();
+    Poll::Ready(Ok(n))
 }
 
 #[cfg(test)]

@@ -199,6 +199,68 @@ mod tests {
         assert_eq!(recv(&near, 64).await.unwrap(), b"");
     }
 
+    /// A socket that always has bytes to read, or room to write, must not keep its task from
+    /// yielding: each read and write spends the task's cooperative budget, as tokio's own do,
+    /// so one poll of the task stops once the budget is spent, with bytes and room left.
+    #[tokio::test]
+    async fn reads_and_writes_spend_the_cooperative_budget() {
+        const LEN: usize = 4096;
+        let (near, mut far) = pair().await;
+        // On loopback the bytes are in `near`'s receive queue once the write returns.
+        far.write_all(&[7u8; LEN]).await.unwrap();
+        near.readable().await.unwrap();
+        // One byte at a time: a read that fills its buffer leaves readiness set, so only
+        // the budget can stop the loop before the bytes run out.
+        let reads = poll_fn(|cx| {
+            let mut n = 0;
+            loop {
+                let mut b = [0u8; 1];
+                let mut rb = ReadBuf::new(&mut b);
+                match poll_recv(&near, cx, &mut rb) {
+                    Poll::Ready(r) => {
+                        r.unwrap();
+                        n += 1;
+                    }
+                    Poll::Pending => return Poll::Ready(n),
+                }
+            }
+        })
+        .await;
+        assert!(reads > 0, "nothing read");
+        assert!(
+            reads < LEN,
+            "all {LEN} bytes read in one poll: no budget spent"
+        );
+        let mut rest = vec![0u8; LEN];
+        let more = near
+            .try_read(&mut rest)
+            .expect("bytes left behind the budget");
+        assert_eq!(reads + more, LEN);
+
+        // A fresh budget: it is the task's, renewed each time the task is polled.
+        tokio::task::yield_now().await;
+        near.writable().await.unwrap();
+        let writes = poll_fn(|cx| {
+            let mut n = 0;
+            loop {
+                match poll_send(&near, cx, b"x") {
+                    Poll::Ready(r) => {
+                        assert_eq!(r.unwrap(), 1);
+                        n += 1;
+                        assert!(n < LEN, "{n} writes in one poll: no budget spent");
+                    }
+                    Poll::Pending => return Poll::Ready(n),
+                }
+            }
+        })
+        .await;
+        assert!(writes > 0, "nothing written");
+        assert!(
+            near.try_write(b"y").is_ok(),
+            "the socket had room: the writes stopped for the budget"
+        );
+    }
+
     /// Writes until the socket's buffers are full, then waits; the peer's reading wakes the
     /// writer, and every byte arrives in order. A write to a reset connection is an error,
     /// not a signal.

@@ -300,10 +300,12 @@ def origin_nginx_config(work, origins):
     )
 
 
-def start_origins(procs, work, kind, cpu):
-    """Three origins on the load core: one nginx worker on three ports (`nginx`, the default,
-    as the shared harness runs them) or three `fulcrum origin` processes (`fulcrum`)."""
-    origins = [free_port() for _ in range(3)]
+def start_origins(procs, work, kind, cpu, n=3):
+    """`n` origins (on `cpu`, if given): one nginx worker on `n` ports (`nginx`, as the
+    shared harness runs them), `n` `fulcrum origin` processes (`fulcrum`), or `n` of the
+    shared harness's Python servers (`python`, which write a response's head and body
+    apart)."""
+    origins = [free_port() for _ in range(n)]
     if kind == "nginx":
         path = f"{work}/origin.conf"
         with open(path, "w") as f:
@@ -313,7 +315,11 @@ def start_origins(procs, work, kind, cpu):
             wait_port(o, p)
     else:
         for i, o in enumerate(origins):
-            p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"], cpu)
+            if kind == "python":
+                cmd = [sys.executable, "-c", PYTHON_ORIGIN, str(o)]
+            else:
+                cmd = [FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"]
+            p = procs.start(cmd, cpu)
             wait_port(o, p)
     return origins
 
@@ -649,22 +655,7 @@ def instructions(args):
     try:
         # One origin, as the shared harness's callgrind.sh has; --servers N puts N in the pool,
         # as `load` does with three (a pool of more than one server lets a request be retried).
-        origins = [free_port() for _ in range(args.servers)]
-        if args.origin == "nginx":
-            # The load harness's origin: one nginx worker on every port.
-            path = f"{work}/origin.conf"
-            with open(path, "w") as f:
-                f.write(origin_nginx_config(work, origins))
-            p = procs.start(["nginx", "-p", work, "-c", path], log=f"{work}/origin.log")
-            for origin in origins:
-                wait_port(origin, p)
-        else:
-            for origin in origins:
-                if args.origin == "python":
-                    p = procs.start([sys.executable, "-c", PYTHON_ORIGIN, str(origin)])
-                else:
-                    p = procs.start([FULCRUM, "origin", "--listen", f"127.0.0.1:{origin}"])
-                wait_port(origin, p)
+        origins = start_origins(procs, work, args.origin, None, args.servers)
 
         def count(target, mode, n):
             port = free_port()

@@ -194,6 +194,25 @@ async fn a_post_that_reached_a_server_which_reset_is_not_retried() {
     assert_eq!(p.metric_value("fulcrum_retries_total", &[]), 0.0);
 }
 
+/// GET number `i` of a retry test: `/headers?try={i}` with a field of its own
+/// (`x-probe: probe-{i}`), through the proxy's `web` listener. It must be answered 200 by a
+/// server that saw the path and query as sent (the demo origin names them in `x-path`);
+/// returns the fields that server received, as it lists them, lower-cased.
+async fn probe_get(c: &HttpClient, p: &Proxy, i: usize) -> String {
+    let req = http::Request::get(p.url("web", &format!("/headers?try={i}")))
+        .header("x-probe", format!("probe-{i}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send(c, req).await.expect("the proxy answers");
+    assert_eq!(resp.status, 200, "GET {i} answered by the healthy server");
+    assert_eq!(
+        resp.headers.get("x-path").and_then(|v| v.to_str().ok()),
+        Some(format!("/headers?try={i}").as_str()),
+        "path and query kept"
+    );
+    resp.text().to_ascii_lowercase()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
     let r = ResetServer::start().await;
@@ -205,18 +224,7 @@ async fn a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
     // the first, its own field and query kept and the proxy's fields added once, not once
     // per attempt.
     for i in 0..6 {
-        let req = http::Request::get(p.url("web", &format!("/headers?try={i}")))
-            .header("x-probe", format!("probe-{i}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send(&c, req).await.expect("the proxy answers");
-        assert_eq!(resp.status, 200, "GET {i} answered by the healthy server");
-        let seen = resp.text().to_ascii_lowercase();
-        assert_eq!(
-            resp.headers.get("x-path").and_then(|v| v.to_str().ok()),
-            Some(format!("/headers?try={i}").as_str()),
-            "path and query kept"
-        );
+        let seen = probe_get(&c, &p, i).await;
         let lines = |start: &str| seen.lines().filter(|l| l.starts_with(start)).count();
         assert_eq!(
             lines(&format!("x-probe: probe-{i}")),
@@ -293,18 +301,7 @@ async fn over_h2_a_get_that_reached_a_server_which_reset_is_retried_elsewhere() 
     .await;
     let c = client();
     for i in 0..6 {
-        let req = http::Request::get(p.url("web", &format!("/headers?try={i}")))
-            .header("x-probe", format!("probe-{i}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send(&c, req).await.expect("the proxy answers");
-        assert_eq!(resp.status, 200, "GET {i} answered by the healthy server");
-        assert_eq!(
-            resp.headers.get("x-path").and_then(|v| v.to_str().ok()),
-            Some(format!("/headers?try={i}").as_str()),
-            "path and query kept"
-        );
-        let seen = resp.text().to_ascii_lowercase();
+        let seen = probe_get(&c, &p, i).await;
         assert!(seen.contains(&format!("x-probe: probe-{i}")), "{seen}");
     }
     let resets = reset_hits.load(Ordering::SeqCst);

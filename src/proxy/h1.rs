@@ -419,9 +419,24 @@ impl Outgoing {
         }
     }
 
-    /// Here and never written: it may go to any server, on any connection.
+    /// The request, if it is here and was never written: it may go to any server, on any
+    /// connection.
+    pub fn unsent_req(&self) -> Option<&Request<ReqBody>> {
+        self.req.as_ref().filter(|_| !self.written)
+    }
+
+    /// Whether [`unsent_req`](Self::unsent_req) has the request.
     pub fn unsent(&self) -> bool {
-        self.req.is_some() && !self.written
+        self.unsent_req().is_some()
+    }
+
+    /// Takes the request out whole if it was never written (an h2 exchange sends it whole,
+    /// and gives it back only if none of it went out).
+    pub fn take_unsent(&mut self) -> Option<Request<ReqBody>> {
+        if self.written {
+            return None;
+        }
+        self.req.take()
     }
 
     /// After it reached a server, makes it ready to go again: true if its head was kept (its
@@ -556,7 +571,7 @@ pub async fn send(
     outgoing: &mut Outgoing,
     forwarding: &Forwarding<'_>,
 ) -> Result<Response<RespIn>, Error> {
-    let Some(r) = outgoing.req.as_ref().filter(|_| !outgoing.written) else {
+    let Some(r) = outgoing.unsent_req() else {
         return Err(Error::Closed);
     };
     let head_req = r.method() == Method::HEAD;

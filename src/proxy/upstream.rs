@@ -532,7 +532,7 @@ impl Lease {
             Sender::H2(tx) => {
                 // Taken whole: a request the client does not give back was sent, and is gone
                 // (`out.unsent()` is false then).
-                let Some(r) = out.req.take().filter(|_| !out.written) else {
+                let Some(r) = out.take_unsent() else {
                     return Err(UpError::H1(h1::Error::Closed));
                 };
                 // Boxed: an h2 exchange's future is larger than the HTTP/1.1 one, and inline it

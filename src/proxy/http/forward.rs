@@ -294,18 +294,13 @@ pub(super) fn forward<'a>(
                                     return Err(ProxyError::Timeout);
                                 }
                                 if !pending.rewind() {
-                                    match &replay {
-                                        Some(head) => {
-                                            pending = Outgoing::new(
-                                                Request::from_parts(
-                                                    copy_head(head),
-                                                    ReqBody::Empty,
-                                                ),
-                                                false,
-                                            )
-                                        }
-                                        None => return Err(f.error),
-                                    }
+                                    let Some(head) = &replay else {
+                                        return Err(f.error);
+                                    };
+                                    pending = Outgoing::new(
+                                        Request::from_parts(copy_head(head), ReqBody::Empty),
+                                        false,
+                                    );
                                 }
                             }
                             f.error

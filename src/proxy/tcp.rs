@@ -13,7 +13,6 @@ use std::time::Instant;
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::proxy_protocol;
 use super::tunnel::{self, Cut, RelayEnd};
@@ -162,12 +161,12 @@ enum Client {
 }
 
 /// Serves one client connection to its end: terminate TLS or read the SNI if the listener
-/// says so, reach a server (with retries), then relay.
-pub async fn serve(
+/// says so, reach a server (with retries), then relay until `ctl`'s hard stop at the latest.
+pub(crate) async fn serve(
     client: TcpStream,
     who: ClientAddr,
     route: Arc<TcpRoute>,
-    hard_stop: CancellationToken,
+    ctl: crate::listener::Control,
 ) {
     // The client as admission decided it (a trusted PROXY header's source, else the peer):
     // the balancing key, the access log's client and the PROXY header sent on.
@@ -259,7 +258,7 @@ pub async fn serve(
     // An operator's drain deadline closes the relay too (the server's sever token).
     let sever = server.state.sever_token();
     let stops = tunnel::Stops {
-        shutdown: &hard_stop,
+        shutdown: &ctl.hard_stop,
         drain: &sever,
     };
     let relayed = match &mut client {

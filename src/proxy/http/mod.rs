@@ -27,8 +27,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioTimer;
 use prometheus::IntCounter;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::body::{BodyEnd, BodyState, RespBody, ResponseEnd};
 use super::upstream::ServerUpstream;
@@ -302,10 +300,10 @@ pub struct ConnCtx {
     pub sender: crate::proxy::headers::Sender,
     /// Whether the connection speaks h2.
     pub h2: bool,
-    /// Tracks upgraded tunnels so shutdown waits for them.
-    pub tracker: TaskTracker,
-    /// Fires when the shutdown grace period is over.
-    pub hard_stop: CancellationToken,
+    /// The listener's signals: its tracker (an upgraded tunnel is a task of its own, which
+    /// stopping waits for) and its hard stop, which ends such a tunnel after the grace
+    /// period.
+    pub(crate) ctl: crate::listener::Control,
     /// Set when the listener drains (reload or shutdown): HTTP/1 responses then carry
     /// `Connection: close`, so the client moves on instead of meeting a closed connection.
     pub draining: AtomicBool,

@@ -94,9 +94,9 @@ fn tunnel_upgrade(
             .insert(Upstream(load.state().name.clone()));
     }
     let idle = route.listener.timeouts.tunnel_idle;
-    let stop = cx.hard_stop.clone();
+    let stop = cx.ctl.hard_stop.clone();
     let sever = load.state().sever_token();
-    cx.tracker.spawn(async move {
+    cx.ctl.tracker.spawn(async move {
         let _hold = (load, pool_load);
         let Some(server) = server_conn else {
             tracing::debug!("upgrade failed: the server's connection cannot switch protocols");

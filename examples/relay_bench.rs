@@ -82,7 +82,12 @@ async fn serve_relay(variant: String, up: SocketAddr) -> Result<(), String> {
             };
             let _ = c.set_nodelay(true);
             let _ = s.set_nodelay(true);
-            let stops = tunnel::Stops::either(&stop);
+            // Only the bench's own token ends a relay; the hard stop never fires here.
+            let never = tunnel::Signal::default();
+            let stops = tunnel::Stops {
+                shutdown: &never,
+                drain: &stop,
+            };
             let r = match variant.as_str() {
                 "copy" => copy_fixed(c, s, &stop).await,
                 "lazy" => {

@@ -22,11 +22,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::cancel::Signal;
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt, OptionFuture};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerSettings;
@@ -127,8 +127,8 @@ pub struct Listener {
     pub local_addr: SocketAddr,
     /// Its route.
     pub route: Route,
-    drain: CancellationToken,
-    hard_stop: CancellationToken,
+    /// The signals of each worker's connections (one, without workers).
+    ctls: Arc<[Control]>,
     tracker: TaskTracker,
 }
 
@@ -146,8 +146,6 @@ impl Listener {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let drain = CancellationToken::new();
-        let hard_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let clients = Arc::new(ClientCounts::default());
@@ -160,41 +158,41 @@ impl Listener {
             ctls,
             name: settings.name.clone(),
         };
-        let ctl = |drain, hard_stop| {
+        let ctl = || {
             Control(Arc::new(Signals {
-                drain,
-                hard_stop,
+                drain: Signal::default(),
+                hard_stop: Signal::default(),
                 tracker: tracker.clone(),
             }))
         };
-        match on_workers(listener) {
+        let ctls = match on_workers(listener) {
             // One accept loop per worker thread, each on its own duplicate of the socket,
             // registered with that worker's runtime: a connection stays where it was
             // accepted (see crate::workers).
             Ok(per_worker) => {
-                // Each worker's connections wait on child tokens of their own: a connection
-                // checks its tokens each time its task wakes, and a token's check takes its
-                // lock, which two workers would otherwise pass between their cores.
-                let ctls: Arc<[Control]> = crate::workers::handles()
-                    .iter()
-                    .map(|_| ctl(drain.child_token(), hard_stop.child_token()))
-                    .collect();
+                // Each worker's connections wait on signals of their own: a connection
+                // registers with its signals' waiter lists when it starts and leaves them
+                // when it ends, and one list would be a lock the workers pass between their
+                // cores.
+                let ctls: Arc<[Control]> =
+                    crate::workers::handles().iter().map(|_| ctl()).collect();
                 for (worker, listener) in per_worker {
                     worker.spawn(tracker.track_future(acceptor(listener, ctls.clone()).run()));
                 }
+                ctls
             }
             Err(listener) => {
-                let ctls: Arc<[Control]> = Arc::new([ctl(drain.clone(), hard_stop.clone())]);
-                tracker.spawn(acceptor(listener, ctls).run());
+                let ctls: Arc<[Control]> = Arc::new([ctl()]);
+                tracker.spawn(acceptor(listener, ctls.clone()).run());
+                ctls
             }
-        }
+        };
         tracing::info!(listener = %settings.name, addr = %local_addr, protocol = ?settings.protocol, "listening");
         Listener {
             settings,
             local_addr,
             route,
-            drain,
-            hard_stop,
+            ctls,
             tracker,
         }
     }
@@ -202,13 +200,15 @@ impl Listener {
     /// Stops accepting and asks open connections to finish; waits up to `grace`, then
     /// closes what is left. Returns whether everything finished in time.
     pub async fn stop(&self, grace: Duration) -> bool {
-        self.drain.cancel();
+        self.begin_drain();
         self.tracker.close();
         let clean = tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok();
         if !clean {
-            self.hard_stop.cancel();
+            for c in self.ctls.iter() {
+                c.hard_stop.fire();
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
         }
         clean
@@ -217,7 +217,9 @@ impl Listener {
     /// Stops accepting and asks open connections to finish, without waiting: `stop`
     /// completes the job. A reload calls this before another accept loop takes the socket.
     pub fn begin_drain(&self) {
-        self.drain.cancel();
+        for c in self.ctls.iter() {
+            c.drain.fire();
+        }
     }
 }
 
@@ -270,19 +272,17 @@ fn on_workers(
 /// What a connection task needs to know of its listener's life: a handle to the
 /// [`Signals`] of the worker it runs on.
 ///
-/// Shared, not copied: every clone of a `CancellationToken` and every drop of one takes the
-/// token's lock, about 45 instructions each, and an HTTP connection used to hold five
-/// (two in its task, two in its serving, one for its requests). A clone of this is one
-/// reference count.
+/// Shared, not copied: a clone is one reference count. (The cancellation tokens this used
+/// to copy took their lock for each clone and each drop, ten times per HTTP connection.)
 #[derive(Clone)]
 pub(crate) struct Control(Arc<Signals>);
 
 /// The signals a listener gives the connections of one worker.
 pub(crate) struct Signals {
     /// Fires when the listener drains (reload or shutdown).
-    pub drain: CancellationToken,
+    pub drain: Signal,
     /// Fires when the grace period is over.
-    pub hard_stop: CancellationToken,
+    pub hard_stop: Signal,
     /// Tracks connection tasks, so stopping waits for them.
     pub tracker: TaskTracker,
 }
@@ -320,11 +320,11 @@ impl Acceptor {
     }
 
     async fn run(self) {
-        let drain = self.ctl(crate::workers::current()).drain.clone();
+        let ctl = self.ctl(crate::workers::current()).clone();
         // One wait for the whole loop, registered with the token on its first poll: a
         // `drain.cancelled()` in each select registered and unregistered a waiter (the
         // token's lock, twice) twice for every connection accepted.
-        let stop = crate::proxy::cancel::cancelled(&drain);
+        let stop = crate::proxy::cancel::cancelled(&ctl.drain);
         tokio::pin!(stop);
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failing = false;

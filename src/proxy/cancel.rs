@@ -1,15 +1,18 @@
-//! Waiting for a [`CancellationToken`] inside a `select!` that every I/O event of a
-//! connection wakes.
+//! Waiting for a stop (a [`CancellationToken`] or a [`Signal`]) inside a `select!` that
+//! every I/O event of a connection wakes.
 //!
 //! `token.cancelled()` re-registers its waker on each poll, taking the token's waiter lock
 //! every time: a few hundred instructions per wake of a busy relay or keep-alive
 //! connection, for a signal that fires once in the connection's life. [`cancelled`]
-//! registers once, on its first poll, and afterwards only asks `is_cancelled` (which takes
-//! the token's node lock, but registers nothing): the waker it registered belongs to the
-//! task that polls it, which is woken when the token fires whichever branch of its
-//! `select!` it happens to be in. (Noting the wake in a waker of its own, to skip even that
-//! lock, saved 24–73 instructions per request and nothing on the wall clock for one token;
-//! an L4 relay polls two on every wake, and [`first_of`] does this for them.)
+//! registers once, on its first poll, and afterwards only asks whether the stop has fired:
+//! the waker it registered belongs to the task that polls it, which is woken when the stop
+//! fires whichever branch of its `select!` it happens to be in. (Noting the wake in a waker
+//! of its own, to skip even that question, saved 24–73 instructions per request and nothing
+//! on the wall clock for one token; an L4 relay polls two on every wake, and [`first_of`]
+//! does this for them.)
+//!
+//! A listener's drain and hard stop are [`Signal`]s, which every connection asks on every
+//! wake: asking a token takes its lock, asking a signal is one atomic load.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,37 +21,125 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
-
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// Completes when `token` is cancelled. Must be polled from one task for its whole life
-/// (as a `select!` branch is): the waker of its first poll is the one woken.
-pub fn cancelled(token: &CancellationToken) -> Cancelled<'_> {
+/// Something a task can wait on to stop: it fires once and stays fired.
+pub trait Stop {
+    /// The future of [`Stop::wait`].
+    type Wait<'a>: Future<Output = ()>
+    where
+        Self: 'a;
+    /// Whether it has fired.
+    fn fired(&self) -> bool;
+    /// Completes once it has fired: at once if it already has, else when it fires, as
+    /// long as the future was built before that (polled or not).
+    fn wait(&self) -> Self::Wait<'_>;
+}
+
+impl Stop for CancellationToken {
+    type Wait<'a> = WaitForCancellationFuture<'a>;
+
+    fn fired(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn wait(&self) -> WaitForCancellationFuture<'_> {
+        self.cancelled()
+    }
+}
+
+/// A stop fired once, from any thread, and waited on by many tasks: a listener's drain or
+/// hard stop for the connections of one worker.
+///
+/// What a connection does with its listener's stops is share them, ask them on every wake,
+/// and wait on them once; a [`CancellationToken`] takes its lock for each of the three (and
+/// keeps a tree of children this does not need). Here sharing is the owner's reference
+/// count, asking is one atomic load, and only the wait takes a lock: that of the
+/// [`Notify`] its waiters register with.
+#[derive(Default)]
+pub struct Signal {
+    fired: AtomicBool,
+    waiters: Notify,
+}
+
+impl Signal {
+    /// Fires the signal and wakes every task waiting on it; a second call does nothing.
+    pub fn fire(&self) {
+        // Set before the waiters are woken, so a woken task finds it set; a wait built
+        // after `notify_waiters` finds it set instead of waiting for a second call.
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            self.waiters.notify_waiters();
+        }
+    }
+}
+
+impl Stop for Signal {
+    type Wait<'a> = SignalWait<'a>;
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    fn wait(&self) -> SignalWait<'_> {
+        SignalWait {
+            signal: self,
+            notified: self.waiters.notified(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Signal`]'s [`Stop::wait`].
+    pub struct SignalWait<'a> {
+        signal: &'a Signal,
+        // Built with the future: `notify_waiters` wakes it from then on, polled or not.
+        #[pin]
+        notified: Notified<'a>,
+    }
+}
+
+impl Future for SignalWait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.signal.fired() {
+            return Poll::Ready(());
+        }
+        this.notified.poll(cx)
+    }
+}
+
+/// Completes when `stop` fires. Must be polled from one task for its whole life (as a
+/// `select!` branch is): the waker of its first poll is the one woken.
+pub fn cancelled<S: Stop>(stop: &S) -> Cancelled<'_, S> {
     Cancelled {
-        token,
-        wait: token.cancelled(),
+        stop,
+        wait: stop.wait(),
         registered: false,
     }
 }
 
 pin_project_lite::pin_project! {
     /// The future of [`cancelled`]. The waiter lives inside it, not in a box of its own: a
-    /// parked connection waits on a token for as long as it is open, and an allocation per
-    /// waiter would cost more than the waiter's own 72 bytes.
-    pub struct Cancelled<'a> {
-        token: &'a CancellationToken,
+    /// parked connection waits on a stop for as long as it is open, and an allocation per
+    /// waiter would cost more than the waiter itself.
+    pub struct Cancelled<'a, S: Stop> {
+        stop: &'a S,
         #[pin]
-        wait: WaitForCancellationFuture<'a>,
+        wait: S::Wait<'a>,
         registered: bool,
     }
 }
 
-impl Future for Cancelled<'_> {
+impl<S: Stop> Future for Cancelled<'_, S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        if this.token.is_cancelled() {
+        if this.stop.fired() {
             return Poll::Ready(());
         }
         if !*this.registered {
@@ -59,7 +150,7 @@ impl Future for Cancelled<'_> {
     }
 }
 
-/// Which of [`first_of`]'s two tokens fired.
+/// Which of [`first_of`]'s two stops fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
     /// The first.
@@ -68,20 +159,20 @@ pub enum Which {
     Second,
 }
 
-/// Completes when either token is cancelled, with which one (the first when both are).
+/// Completes when either stop fires, with which one (the first when both have).
 /// Must be polled from one task for its whole life, as [`cancelled`].
 ///
-/// For a relay, whose every wake polls both of its stops: [`cancelled`] would take each
-/// token's node lock on every poll (`is_cancelled`), two locks per wake and about 150
-/// instructions of a small L4 request's 3.2k. This registers a waker of its own with both
-/// tokens on its first poll; a token that fires marks it and wakes the task, and every other
-/// poll reads that mark, one atomic load. Its cost is one allocation per relay.
-pub fn first_of<'a>(first: &'a CancellationToken, second: &'a CancellationToken) -> FirstOf<'a> {
+/// For a relay, whose every wake polls both of its stops, one of them a server's sever
+/// token: [`cancelled`] would take the token's lock on every poll (`is_cancelled`), about
+/// 75 instructions of a small L4 request's 3.2k. This registers a waker of its own with
+/// both stops on its first poll; a stop that fires marks it and wakes the task, and every
+/// other poll reads that mark, one atomic load. Its cost is one allocation per relay.
+pub fn first_of<'a, A: Stop, B: Stop>(first: &'a A, second: &'a B) -> FirstOf<'a, A, B> {
     FirstOf {
         first,
         second,
-        first_wait: first.cancelled(),
-        second_wait: second.cancelled(),
+        first_wait: first.wait(),
+        second_wait: second.wait(),
         mark: None,
     }
 }
@@ -122,23 +213,23 @@ impl Wake for Mark {
 
 pin_project_lite::pin_project! {
     /// The future of [`first_of`].
-    pub struct FirstOf<'a> {
-        first: &'a CancellationToken,
-        second: &'a CancellationToken,
+    pub struct FirstOf<'a, A: Stop, B: Stop> {
+        first: &'a A,
+        second: &'a B,
         #[pin]
-        first_wait: WaitForCancellationFuture<'a>,
+        first_wait: A::Wait<'a>,
         #[pin]
-        second_wait: WaitForCancellationFuture<'a>,
+        second_wait: B::Wait<'a>,
         mark: Option<(Arc<Mark>, Waker)>,
     }
 }
 
-impl FirstOf<'_> {
-    /// The token that has fired, if one has (takes each token's lock).
+impl<A: Stop, B: Stop> FirstOf<'_, A, B> {
+    /// The stop that has fired, if one has (a token's lock, a signal's load).
     fn fired(&self) -> Option<Which> {
-        if self.first.is_cancelled() {
+        if self.first.fired() {
             Some(Which::First)
-        } else if self.second.is_cancelled() {
+        } else if self.second.fired() {
             Some(Which::Second)
         } else {
             None
@@ -146,7 +237,7 @@ impl FirstOf<'_> {
     }
 }
 
-impl Future for FirstOf<'_> {
+impl<A: Stop, B: Stop> Future for FirstOf<'_, A, B> {
     type Output = Which;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Which> {
@@ -163,8 +254,8 @@ impl Future for FirstOf<'_> {
         if let Some(which) = self.fired() {
             return Poll::Ready(which);
         }
-        // First poll, or a wake without a token cancelled (none is expected): (re)register
-        // the mark's waker with both tokens.
+        // First poll, or a wake without a stop fired (none is expected): (re)register the
+        // mark's waker with both stops.
         let this = self.project();
         let waker = &this.mark.as_ref().expect("set above").1;
         let mut own = Context::from_waker(waker);
@@ -205,6 +296,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_signal_fires_a_wait_registered_once_while_other_branches_keep_waking() {
+        let signal = Arc::new(Signal::default());
+        let s = signal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.fire();
+        });
+        let wait = cancelled(&*signal);
+        tokio::pin!(wait);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => ticks += 1,
+            }
+            assert!(ticks < 10_000, "never fired");
+        }
+        assert!(signal.fired());
+    }
+
+    /// A wait polled before the signal fires is woken; one built before but never polled,
+    /// and one built after, are ready at their first poll; firing twice is harmless.
+    #[test]
+    fn a_signal_reaches_every_wait_built_before_or_after_it_fired() {
+        let signal = Signal::default();
+        let noted = Arc::new(Noted(AtomicBool::new(false)));
+        let waker = Waker::from(noted.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut polled = std::pin::pin!(cancelled(&signal));
+        let mut unpolled = std::pin::pin!(signal.wait());
+        assert!(polled.as_mut().poll(&mut cx).is_pending());
+        assert!(polled.as_mut().poll(&mut cx).is_pending());
+        assert!(!noted.0.load(Ordering::SeqCst));
+        signal.fire();
+        assert!(
+            noted.0.load(Ordering::SeqCst),
+            "the waiting task was not woken"
+        );
+        assert!(polled.as_mut().poll(&mut cx).is_ready());
+        assert!(unpolled.as_mut().poll(&mut cx).is_ready());
+        signal.fire();
+        let mut after = std::pin::pin!(cancelled(&signal));
+        assert!(after.as_mut().poll(&mut cx).is_ready());
+        let mut late = std::pin::pin!(signal.wait());
+        assert!(late.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
     async fn an_already_cancelled_token_is_ready_at_once() {
         let token = CancellationToken::new();
         token.cancel();
@@ -220,10 +359,11 @@ mod tests {
         }
     }
 
-    /// Polls `first_of(a, b)` by hand with a waker of the test's own, cancels one of them,
-    /// and checks that the task's waker was woken and the future then says which.
+    /// Polls `first_of(a, b)` by hand with a waker of the test's own, fires one of them (a
+    /// relay's two: the listener's hard stop, a signal, and a server's sever token), and
+    /// checks that the task's waker was woken and the future then says which.
     fn fire_one(which: Which) {
-        let (a, b) = (CancellationToken::new(), CancellationToken::new());
+        let (a, b) = (Signal::default(), CancellationToken::new());
         let noted = Arc::new(Noted(AtomicBool::new(false)));
         let waker = Waker::from(noted.clone());
         let mut cx = Context::from_waker(&waker);
@@ -233,7 +373,7 @@ mod tests {
         assert!(f.as_mut().poll(&mut cx).is_pending());
         assert!(!noted.0.load(Ordering::SeqCst));
         match which {
-            Which::First => a.cancel(),
+            Which::First => a.fire(),
             Which::Second => b.cancel(),
         }
         assert!(noted.0.load(Ordering::SeqCst), "the task was not woken");

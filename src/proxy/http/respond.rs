@@ -94,7 +94,7 @@ fn tunnel_upgrade(
             .insert(Upstream(load.state().name.clone()));
     }
     let idle = route.listener.timeouts.tunnel_idle;
-    let stop = cx.ctl.hard_stop.clone();
+    let ctl = cx.ctl.clone();
     let sever = load.state().sever_token();
     cx.ctl.tracker.spawn(async move {
         let _hold = (load, pool_load);
@@ -111,7 +111,7 @@ fn tunnel_upgrade(
         };
         let (server, to_client) = (*server).into_parts();
         let stops = tunnel::Stops {
-            shutdown: &stop,
+            shutdown: &ctl.hard_stop,
             drain: &sever,
         };
         match tunnel::relay_upgraded_to(client, server, to_client, idle, stops).await {

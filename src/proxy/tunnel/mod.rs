@@ -55,24 +55,15 @@ impl RelayEnd {
     }
 }
 
+pub use crate::proxy::cancel::Signal;
+
 /// What cuts a relay short from outside.
 #[derive(Clone, Copy)]
 pub struct Stops<'a> {
-    /// The process's hard stop (the grace period of a shutdown ran out).
-    pub shutdown: &'a CancellationToken,
+    /// The listener's hard stop (the grace period of a shutdown ran out).
+    pub shutdown: &'a Signal,
     /// The drain deadline of the server relayed to (its sever token).
     pub drain: &'a CancellationToken,
-}
-
-impl<'a> Stops<'a> {
-    /// One token for both stops (a relay with no server to drain: a benchmark, a test).
-    /// Its end is reported as a shutdown.
-    pub fn either(token: &'a CancellationToken) -> Stops<'a> {
-        Stops {
-            shutdown: token,
-            drain: token,
-        }
-    }
 }
 
 /// A relay that ended before both directions finished, with the bytes it had moved by then.
@@ -259,7 +250,10 @@ mod tests {
     /// drain deadline (true), and returns how the relay ended.
     async fn cut_by(drain: bool) -> Cut {
         let (mut c, mut a, mut b, mut s) = ends().await;
-        let (shutdown, deadline) = (CancellationToken::new(), CancellationToken::new());
+        let (shutdown, deadline) = (
+            std::sync::Arc::new(Signal::default()),
+            CancellationToken::new(),
+        );
         let relay = {
             let (shutdown, deadline) = (shutdown.clone(), deadline.clone());
             tokio::spawn(async move {
@@ -274,7 +268,7 @@ mod tests {
         if drain {
             deadline.cancel();
         } else {
-            shutdown.cancel();
+            shutdown.fire();
         }
         tokio::time::timeout(LIMIT, relay)
             .await
@@ -308,8 +302,12 @@ mod tests {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
             let idle = Duration::from_millis(100);
-            let never = CancellationToken::new();
-            relay_tcp(&mut a, &mut b, idle, Stops::either(&never)).await
+            let never = (Signal::default(), CancellationToken::new());
+            let stops = Stops {
+                shutdown: &never.0,
+                drain: &never.1,
+            };
+            relay_tcp(&mut a, &mut b, idle, stops).await
         });
         exchange(&mut c, &mut s, b"abc", b"de").await;
         let cut = tokio::time::timeout(LIMIT, relay)
@@ -329,8 +327,12 @@ mod tests {
         // then they alternate: a direction that missed its wake would stall the exchange.
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            let never = CancellationToken::new();
-            relay_tcp(&mut a, &mut b, LIMIT, Stops::either(&never)).await
+            let never = (Signal::default(), CancellationToken::new());
+            let stops = Stops {
+                shutdown: &never.0,
+                drain: &never.1,
+            };
+            relay_tcp(&mut a, &mut b, LIMIT, stops).await
         });
         let run = async {
             let mut buf = [0u8; 4];
@@ -369,8 +371,12 @@ mod tests {
     async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            let never = CancellationToken::new();
-            relay(&mut a, &mut b, LIMIT, Stops::either(&never)).await
+            let never = (Signal::default(), CancellationToken::new());
+            let stops = Stops {
+                shutdown: &never.0,
+                drain: &never.1,
+            };
+            relay(&mut a, &mut b, LIMIT, stops).await
         });
         // The server ends its side first; the client keeps sending after seeing that EOF.
         s.write_all(b"bye").await.unwrap();

@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proxy::cancel::Signal;
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt, OptionFuture};
 use tokio::net::{TcpListener, TcpStream};
@@ -30,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerSettings;
+use crate::proxy::cancel::Signal;
 use crate::proxy::http::HttpRoute;
 use crate::proxy::tcp::TcpRoute;
 use crate::proxy::Rejection;

@@ -320,11 +320,10 @@ impl Acceptor {
     }
 
     async fn run(self) {
-        let ctl = self.ctl(crate::workers::current()).clone();
-        // One wait for the whole loop, registered with the token on its first poll: a
-        // `drain.cancelled()` in each select registered and unregistered a waiter (the
-        // token's lock, twice) twice for every connection accepted.
-        let stop = crate::proxy::cancel::cancelled(&ctl.drain);
+        // One wait for the whole loop, registered with the signal on its first poll: a
+        // `drain.cancelled()` in each select registered and unregistered a waiter (a lock,
+        // twice) twice for every connection accepted.
+        let stop = crate::proxy::cancel::cancelled(&self.ctl(crate::workers::current()).drain);
         tokio::pin!(stop);
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failing = false;

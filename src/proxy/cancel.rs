@@ -274,15 +274,19 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test]
-    async fn fires_after_registering_once_while_other_branches_keep_waking() {
-        let token = CancellationToken::new();
-        let t = token.clone();
+    /// Waits on `stop` through `cancelled` in a `select!` whose other branch, a 1 ms timer,
+    /// keeps waking the task, until `fire` (run 50 ms in, on another task) fires it: the
+    /// wait registered on its first poll is what ends the loop.
+    async fn fires_while_other_branches_keep_waking<S: Stop + Send + Sync + 'static>(
+        stop: Arc<S>,
+        fire: fn(&S),
+    ) {
+        let s = stop.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            t.cancel();
+            fire(&s);
         });
-        let wait = cancelled(&token);
+        let wait = cancelled(&*stop);
         tokio::pin!(wait);
         let mut ticks = 0u32;
         loop {
@@ -292,28 +296,19 @@ mod tests {
             }
             assert!(ticks < 10_000, "never fired");
         }
-        assert!(token.is_cancelled());
+        assert!(stop.fired());
+    }
+
+    #[tokio::test]
+    async fn fires_after_registering_once_while_other_branches_keep_waking() {
+        let token = Arc::new(CancellationToken::new());
+        fires_while_other_branches_keep_waking(token, CancellationToken::cancel).await;
     }
 
     #[tokio::test]
     async fn a_signal_fires_a_wait_registered_once_while_other_branches_keep_waking() {
         let signal = Arc::new(Signal::default());
-        let s = signal.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            s.fire();
-        });
-        let wait = cancelled(&*signal);
-        tokio::pin!(wait);
-        let mut ticks = 0u32;
-        loop {
-            tokio::select! {
-                _ = &mut wait => break,
-                _ = tokio::time::sleep(Duration::from_millis(1)) => ticks += 1,
-            }
-            assert!(ticks < 10_000, "never fired");
-        }
-        assert!(signal.fired());
+        fires_while_other_branches_keep_waking(signal, Signal::fire).await;
     }
 
     /// A wait polled before the signal fires is woken; one built before but never polled,

@@ -66,6 +66,21 @@ pub struct Stops<'a> {
     pub drain: &'a CancellationToken,
 }
 
+/// Stops that nothing fires (tests of relays with no listener or server behind them).
+#[cfg(test)]
+#[derive(Default)]
+struct NeverStops(Signal, CancellationToken);
+
+#[cfg(test)]
+impl NeverStops {
+    fn stops(&self) -> Stops<'_> {
+        Stops {
+            shutdown: &self.0,
+            drain: &self.1,
+        }
+    }
+}
+
 /// A relay that ended before both directions finished, with the bytes it had moved by then.
 #[derive(Debug)]
 pub struct Cut {
@@ -302,12 +317,8 @@ mod tests {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
             let idle = Duration::from_millis(100);
-            let never = (Signal::default(), CancellationToken::new());
-            let stops = Stops {
-                shutdown: &never.0,
-                drain: &never.1,
-            };
-            relay_tcp(&mut a, &mut b, idle, stops).await
+            let never = NeverStops::default();
+            relay_tcp(&mut a, &mut b, idle, never.stops()).await
         });
         exchange(&mut c, &mut s, b"abc", b"de").await;
         let cut = tokio::time::timeout(LIMIT, relay)
@@ -327,12 +338,8 @@ mod tests {
         // then they alternate: a direction that missed its wake would stall the exchange.
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            let never = (Signal::default(), CancellationToken::new());
-            let stops = Stops {
-                shutdown: &never.0,
-                drain: &never.1,
-            };
-            relay_tcp(&mut a, &mut b, LIMIT, stops).await
+            let never = NeverStops::default();
+            relay_tcp(&mut a, &mut b, LIMIT, never.stops()).await
         });
         let run = async {
             let mut buf = [0u8; 4];
@@ -371,12 +378,8 @@ mod tests {
     async fn the_generic_relay_passes_half_close_both_ways_and_counts() {
         let (mut c, mut a, mut b, mut s) = ends().await;
         let relay = tokio::spawn(async move {
-            let never = (Signal::default(), CancellationToken::new());
-            let stops = Stops {
-                shutdown: &never.0,
-                drain: &never.1,
-            };
-            relay(&mut a, &mut b, LIMIT, stops).await
+            let never = NeverStops::default();
+            relay(&mut a, &mut b, LIMIT, never.stops()).await
         });
         // The server ends its side first; the client keeps sending after seeing that EOF.
         s.write_all(b"bye").await.unwrap();

@@ -261,15 +261,8 @@ mod tests {
                             Unwrapped::Other(_) => None,
                         };
                         let (ca, sa) = (ahead(&c), ahead(&s));
-                        let never = (
-                            crate::proxy::tunnel::Signal::default(),
-                            tokio_util::sync::CancellationToken::new(),
-                        );
-                        let stops = Stops {
-                            shutdown: &never.0,
-                            drain: &never.1,
-                        };
-                        let r = relay_sides(c, s, IDLE, stops).await;
+                        let never = crate::proxy::tunnel::NeverStops::default();
+                        let r = relay_sides(c, s, IDLE, never.stops()).await;
                         let _ = tx.unwrap().send((ca, sa, r));
                     });
                     Ok::<_, Infallible>(

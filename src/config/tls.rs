@@ -287,7 +287,7 @@ pub(super) fn upstream_tls(
     raw: &Spanned<RawUpstreamTls>,
 ) -> Result<UpstreamTls, ConfigError> {
     let t = raw.get_ref();
-    let verify = t.verify.as_ref().map_or(true, |v| *v.get_ref());
+    let verify = t.verify.as_ref().is_none_or(|v| *v.get_ref());
     if let (false, Some(ca)) = (verify, &t.ca_file) {
         return Err(cx.err(
             ca.span(),

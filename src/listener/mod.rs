@@ -538,12 +538,10 @@ impl Acceptor {
 /// the stack and then copied into the box whole, a `memcpy` of its full size; allocating
 /// first lets the compiler write the few fields it initialises straight into the box.
 pub(crate) fn boxed_in_place<T>(make: impl FnOnce() -> T) -> Box<T> {
-    // `Box::new_uninit` would say this directly, but is newer than the crate's MSRV.
-    let mut b = Box::new(std::mem::MaybeUninit::<T>::uninit());
+    let mut b = Box::<T>::new_uninit();
     b.write(make());
-    // SAFETY: `write` initialised the contents, and `MaybeUninit<T>` has `T`'s layout, so
-    // the allocation is one a `Box<T>` may own and free.
-    unsafe { Box::from_raw(Box::into_raw(b).cast::<T>()) }
+    // SAFETY: `write` initialised the contents.
+    unsafe { b.assume_init() }
 }
 
 /// [`boxed_in_place`], pinned: for a future that is polled where it was built.

@@ -347,7 +347,7 @@ impl Finish {
             if self
                 .request
                 .as_ref()
-                .map_or(true, |s| s.end() == BodyEnd::Done)
+                .is_none_or(|s| s.end() == BodyEnd::Done)
             {
                 if let Some(conn) = body.take_reusable() {
                     lease.restore(conn);

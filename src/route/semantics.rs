@@ -19,7 +19,7 @@ pub fn matches(route: &RouteSettings, req: &RequestView) -> bool {
         && route
             .methods
             .as_ref()
-            .map_or(true, |m| m.contains(req.method))
+            .is_none_or(|m| m.contains(req.method))
         && route.headers.iter().all(|h| h.matches(req.headers))
 }
 

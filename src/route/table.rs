@@ -70,11 +70,9 @@ impl Route {
     /// The predicates the index does not decide.
     #[inline]
     fn rest_matches(&self, req: &RequestView) -> bool {
-        self.methods
-            .as_ref()
-            .map_or(true, |m| m.contains(req.method))
+        self.methods.as_ref().is_none_or(|m| m.contains(req.method))
             && self.headers.iter().all(|h| h.matches(req.headers))
-            && self.regex.as_ref().map_or(true, |r| r.is_match(req.path))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(req.path))
     }
 }
 

@@ -100,7 +100,7 @@ pub(super) fn health(cx: &Ctx, h: &RawHealth) -> Result<HealthSettings, ConfigEr
     let timeout = cx.dur(&h.timeout, "timeout", Duration::from_secs(1))?;
     let initial_up = cx.choice(&h.initial_state, "initial_state", &["down", "up"])? == Some("up");
     let flap_damping = match &h.flap_damping {
-        Some(f) if f.enabled.as_ref().map_or(true, |e| *e.get_ref()) => {
+        Some(f) if f.enabled.as_ref().is_none_or(|e| *e.get_ref()) => {
             let num = |v: &Option<Spanned<f64>>, key: &str, d: f64| -> Result<f64, ConfigError> {
                 match v {
                     None => Ok(d),

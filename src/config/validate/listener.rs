@@ -198,7 +198,7 @@ fn listener(
         bind,
         protocol,
         pool,
-        request_id: l.request_id.as_ref().map_or(true, |b| *b.get_ref()),
+        request_id: l.request_id.as_ref().is_none_or(|b| *b.get_ref()),
         routes: routing.routes,
         split_key: routing.split_key,
         error_pages: routing.error_pages,

@@ -287,6 +287,25 @@ async fn an_http_listener_takes_a_connection_once_the_client_has_spoken() {
     assert_eq!(accepted(), 1.0);
 }
 
+/// A connection that stays silent past the kernel's hold is handed on with nothing to read:
+/// its first read finds nothing and waits, and the request that comes later is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_its_client_spoke_is_served_when_it_does() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let accepted = || p.metric_value("fulcrum_listener_connections_total", &[("listener", "web")]);
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    wait_until(
+        "the kernel hands the silent connection on",
+        std::time::Duration::from_secs(10),
+        || async { accepted() == 1.0 },
+    )
+    .await;
+    let (head, body) = raw_get(&mut s, "/").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!body.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_gives_502() {
     // A port that was bound and released: nothing listens there now.

@@ -455,3 +455,95 @@ async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
     }
     assert_eq!(seen, ["open 1", "eof 1", "open 2"]);
 }
+
+/// `runtime.max_connections` is one cap for every listener, and a reload resizes it in
+/// place. At 1: a listener with no client waiting holds no slot, so the slot a client gives
+/// back goes to the next client of another listener; and a client of a second listener
+/// waits while a client of the first is relayed. Raised to 2, the waiting client is served
+/// at once. Lowered to 1 again with both open, a new client waits until both have ended
+/// (the first to end gives its slot back to the cap, not to the new client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
+    let (server, mut events) = logging_echo_server().await;
+    let config = |max: usize| {
+        format!(
+            "[runtime]\nmax_connections = {max}\n{}\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n",
+            tcp_config(server, "")
+        )
+    };
+    let p = Proxy::start(&config(1)).await;
+    let echo = |mut s: TcpStream, msg: &'static [u8]| async move {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+        s
+    };
+    let relayed = |listener: &'static str, msg: &'static [u8]| {
+        let addr = p.addr(listener);
+        async move {
+            tokio::time::timeout(LIMIT, echo(TcpStream::connect(addr).await.unwrap(), msg))
+                .await
+                .unwrap_or_else(|_| panic!("a client of {listener} is relayed"))
+        }
+    };
+    // Connected (the kernel completes the handshake) and sending, left to wait.
+    let waiting = |s: TcpStream, msg: &'static [u8]| tokio::spawn(echo(s, msg));
+    let connect = |listener: &str| TcpStream::connect(p.addr(listener));
+    let end = |s: TcpStream| async move {
+        let (_, mut w) = s.into_split();
+        w.shutdown().await.unwrap();
+    };
+    // Waits for the server's next `n` events.
+    async fn next(events: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            seen.push(
+                tokio::time::timeout(LIMIT, events.recv())
+                    .await
+                    .expect("the server's events")
+                    .unwrap(),
+            );
+        }
+        seen
+    }
+    // Nothing more reaches the server for half a second: ample time for a proxy that
+    // ignored the cap to get there.
+    async fn quiet(events: &mut mpsc::UnboundedReceiver<String>) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(e) = events.try_recv() {
+            panic!("a client over the cap reached the server: {e}");
+        }
+    }
+
+    // The slot goes from client to client; the other listener, with nobody waiting, takes
+    // no part.
+    end(relayed("relay", b"one").await).await;
+    assert_eq!(next(&mut events, 2).await, ["open 1", "eof 1"]);
+    let second = relayed("relay", b"two").await;
+    assert_eq!(next(&mut events, 1).await, ["open 2"]);
+    let third = waiting(connect("other").await.unwrap(), b"three");
+    quiet(&mut events).await;
+
+    // Raised: the waiting client is served while the other is still open.
+    p.reload_with(&config(2)).await.unwrap();
+    let third = tokio::time::timeout(LIMIT, third)
+        .await
+        .expect("the waiting client is relayed once the cap is raised")
+        .unwrap();
+    assert_eq!(next(&mut events, 1).await, ["open 3"]);
+
+    // Lowered with both open: the first to end only brings the count down to the new cap.
+    p.reload_with(&config(1)).await.unwrap();
+    let fourth = waiting(connect("relay").await.unwrap(), b"four");
+    quiet(&mut events).await;
+    end(second).await;
+    assert_eq!(next(&mut events, 1).await, ["eof 2"]);
+    quiet(&mut events).await;
+    end(third).await;
+    assert_eq!(next(&mut events, 2).await, ["eof 3", "open 4"]);
+    tokio::time::timeout(LIMIT, fourth)
+        .await
+        .expect("the last client is relayed once both have ended")
+        .unwrap();
+}

@@ -77,11 +77,18 @@ const FIRST_READ: usize = 1024;
 async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes), Silent> {
     let deadline = Instant::now() + limit;
     let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
+    let mut first = Some(read_now(stream, &mut buf));
     loop {
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) => return Err(Silent::Timeout),
-            Ok(Err(_)) | Ok(Ok(0)) => return Err(Silent::Closed),
-            Ok(Ok(_)) => {}
+        let read = match first.take() {
+            Some(r) if !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) => r,
+            _ => match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Err(_) => return Err(Silent::Timeout),
+                Ok(r) => r,
+            },
+        };
+        match read {
+            Err(_) | Ok(0) => return Err(Silent::Closed),
+            Ok(_) => {}
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
@@ -92,6 +99,22 @@ async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes)
         }
         // A prefix of the preface so far: the next read waits for more.
     }
+}
+
+/// Reads what the socket has into `buf`'s spare room, without asking the runtime first.
+///
+/// A connection is registered with the runtime when it is accepted, and the runtime learns
+/// that its bytes are there only at the next turn of its event loop; asked before that, it
+/// says to wait. An HTTP listener's connections are accepted once the client has sent
+/// (`TCP_DEFER_ACCEPT`), so the first read finds the request at once. A read that finds
+/// nothing (`WouldBlock`) leaves the waiting to the runtime, whose readiness this did not
+/// touch: the registration reports what arrives.
+fn read_now(stream: &TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+    let room = buf.spare_capacity_mut();
+    let (_, n) = rustix::net::recv(stream, room, rustix::net::RecvFlags::empty())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Serves one client connection to its end: TLS first if the listener terminates it, then

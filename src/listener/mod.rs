@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{Either, FutureExt, OptionFuture};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -223,17 +225,41 @@ impl Listener {
     }
 }
 
+/// A listening socket as an accept loop holds it: registered with the runtime it accepts
+/// on, and asked for readiness apart from accepting (see [`Acceptor::run`]).
+type Listening = AsyncFd<std::net::TcpListener>;
+
+/// Registers `l` with the current runtime's reactor, for readiness to read (a connection
+/// waiting).
+fn listening(l: std::net::TcpListener) -> io::Result<Listening> {
+    // SAFETY: a std listener owns its descriptor until it is dropped, and `as_raw_fd`
+    // always returns that one; the `AsyncFd` owns the listener and never swaps it.
+    Ok(unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }?)
+}
+
+/// Accepts a waiting connection, non-blocking and closed on exec as tokio's own accept
+/// makes it, but not yet registered with a reactor: that is done by the worker that serves
+/// it, so one handed to another worker is registered once, not registered here and
+/// deregistered again.
+fn accept(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::SocketFlags;
+    let (fd, peer) =
+        rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = peer
+        .and_then(|p| SocketAddr::try_from(p).ok())
+        .ok_or_else(|| io::Error::other("an accepted connection without an IP peer address"))?;
+    Ok((std::net::TcpStream::from(fd), peer))
+}
+
 /// The listening socket duplicated for each worker thread and registered with its runtime
 /// (`Ok`); the socket back, to accept where we are, when no workers run or none could take
 /// it (`Err`). `Ok` with no worker means the socket itself was lost; that is logged.
 fn on_workers(
     listener: TcpListener,
-) -> Result<Vec<(&'static tokio::runtime::Handle, TcpListener)>, TcpListener> {
+) -> Result<Vec<(&'static tokio::runtime::Handle, Listening)>, Listening> {
     let workers = crate::workers::handles();
-    if workers.is_empty() {
-        return Err(listener);
-    }
     let addr = listener.local_addr().ok();
+    // Off tokio's own registration (which can only accept) and still non-blocking.
     let std = match listener.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -242,11 +268,20 @@ fn on_workers(
             return Ok(Vec::new());
         }
     };
+    if workers.is_empty() {
+        return match listening(std) {
+            Ok(l) => Err(l),
+            Err(e) => {
+                tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
+                Ok(Vec::new())
+            }
+        };
+    }
     let mut out = Vec::with_capacity(workers.len());
     for w in workers {
         let registered = std.try_clone().and_then(|dup| {
             let _in_worker = w.enter();
-            TcpListener::from_std(dup)
+            listening(dup)
         });
         match registered {
             Ok(l) => out.push((w, l)),
@@ -258,7 +293,7 @@ fn on_workers(
     }
     if out.is_empty() {
         // No worker could take it: accept where we are.
-        return match TcpListener::from_std(std) {
+        return match listening(std) {
             Ok(l) => Err(l),
             Err(e) => {
                 tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
@@ -303,7 +338,7 @@ enum Incoming {
 }
 
 struct Acceptor {
-    listener: TcpListener,
+    listener: Listening,
     route: Route,
     limit: Arc<Semaphore>,
     process: Arc<Semaphore>,
@@ -319,6 +354,16 @@ impl Acceptor {
         &self.ctls[w.unwrap_or(0) % self.ctls.len()]
     }
 
+    /// Accepts until the listener drains. A connection is accepted only with room for it,
+    /// in the process and in this listener; until then it waits in the kernel's backlog.
+    ///
+    /// The loop asks for room only once a connection is waiting, and gives it back when the
+    /// accept finds none (another worker's loop took it). The caps are semaphores that hand
+    /// room out in the order it was asked for: a loop that asked while nothing was waiting
+    /// for it would stand in that queue, or hold the room it got, ahead of the clients of
+    /// every other listener. With the process's cap reached, an idle listener's loop held
+    /// the last slot while a busy one's clients waited behind it, and a cap lowered by a
+    /// reload let a connection in before it took effect.
     async fn run(self) {
         // One wait for the whole loop, registered with the signal on its first poll: a
         // `drain.cancelled()` in each select registered and unregistered a waiter (a lock,
@@ -328,12 +373,27 @@ impl Acceptor {
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failing = false;
         loop {
-            // Room in the process, then in this listener; until then new connections wait
-            // in the kernel backlog. Taken at once when there is room (an atomic each),
-            // waited for otherwise.
+            // A connection waiting: known without a system call while connections keep
+            // coming. Each wait spends the task's cooperative budget when it finds one
+            // (as tokio's own accept does), so a steady stream of connections cannot keep
+            // this worker's other tasks waiting.
+            tokio::select! {
+                // Drain first: once a reload has handed this socket to a new accept loop,
+                // no further connection may land on this one.
+                biased;
+                _ = &mut stop => break,
+                r = self.listener.readable() => if let Err(e) = r {
+                    // The registration is gone (the runtime is shutting down).
+                    tracing::error!(listener = %self.name, error = %e, "cannot wait for connections");
+                    break;
+                },
+            }
+            // Then room in the process and in this listener: an atomic each when there is
+            // room, a wait otherwise.
             let permits = match self.try_permits() {
                 Some(p) => p,
                 None => tokio::select! {
+                    biased;
                     _ = &mut stop => break,
                     p = async {
                         let process = self.process.clone().acquire_owned().await.ok()?;
@@ -345,14 +405,7 @@ impl Acceptor {
                     },
                 },
             };
-            let accepted = tokio::select! {
-                // Drain first: once a reload has handed this socket to a new accept loop,
-                // no further connection may land on this one.
-                biased;
-                _ = &mut stop => break,
-                a = self.listener.accept() => a,
-            };
-            match accepted {
+            match self.listener.try_io(Interest::READABLE, accept) {
                 Ok((stream, peer)) => {
                     if failing {
                         failing = false;
@@ -364,9 +417,13 @@ impl Acceptor {
                     // twice (rustc keeps the capture and the awaited value apart).
                     self.dispatch(stream, peer, permits);
                 }
+                // Taken by another worker's loop meanwhile: the room goes back, and the
+                // readiness was cleared, so the next wait is for the next connection.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     // EMFILE and friends: back off (doubling, capped) instead of spinning,
                     // and never end the loop. Logged once per episode, counted every time.
+                    drop(permits);
                     self.metrics_local_error(&e);
                     if !failing {
                         failing = true;
@@ -398,7 +455,12 @@ impl Acceptor {
     /// task holds the box: spawned inline, it was copied into the task whole, and the task's
     /// stage rewritten whole three times (when it ends, its output is stored and then
     /// taken), about 600 instructions of `memcpy` a connection against one allocation.
-    fn dispatch<P: Send + 'static>(&self, stream: TcpStream, peer: SocketAddr, permits: P) {
+    fn dispatch<P: Send + 'static>(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        permits: P,
+    ) {
         let here = crate::workers::current();
         let to = here.map(crate::workers::pick);
         let keep = (permits, to.map(crate::workers::Occupancy::on));
@@ -406,27 +468,31 @@ impl Acceptor {
             .filter(|&t| Some(t) != here)
             .and_then(|t| crate::workers::handles().get(t));
         let Some(worker) = elsewhere else {
+            // Registered now rather than when its task first runs: the event loop turns in
+            // between, so the first read usually finds the bytes already reported (an HTTP
+            // connection is accepted once the client has sent; see `defer_accept`) instead
+            // of waiting a turn for them (+1.1k instructions per HTTP connection).
+            let stream = match TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics_local_error(&e);
+                    tracing::debug!(client = %peer, error = %e, "an accepted connection could not be registered");
+                    return;
+                }
+            };
             let ctl = self.ctl(here);
             ctl.tracker.spawn(pinned_in_place(|| {
                 self.connection(Incoming::Here(stream), peer, keep, ctl)
             }));
             return;
         };
-        // Off this worker's reactor, onto the other's when its task first runs.
-        match stream.into_std() {
-            Ok(s) => {
-                let ctl = self.ctl(to);
-                let conn = pinned_in_place(|| {
-                    ctl.tracker
-                        .track_future(self.connection(Incoming::Moved(s), peer, keep, ctl))
-                });
-                worker.spawn(conn);
-            }
-            Err(e) => {
-                self.metrics_local_error(&e);
-                tracing::debug!(client = %peer, error = %e, "connection lost while handed to another worker");
-            }
-        }
+        // Registered with the other worker's reactor when its task first runs.
+        let ctl = self.ctl(to);
+        let conn = pinned_in_place(|| {
+            ctl.tracker
+                .track_future(self.connection(Incoming::Moved(stream), peer, keep, ctl))
+        });
+        worker.spawn(conn);
     }
 
     fn metrics_local_error(&self, e: &io::Error) {

@@ -291,9 +291,11 @@ impl Fulcrum {
     }
 
     /// Resizes the process-wide connection cap. Growing adds permits at once; shrinking
-    /// takes back free permits at once and the rest as connections close.
+    /// takes back free permits at once and the rest as connections close: the first
+    /// permits given back after this call, ahead of every connection still waiting for one.
     fn resize_connection_cap(&self, size: usize) {
         use std::sync::atomic::Ordering;
+        use std::task::{Context, Poll, Waker};
         let inner = &self.inner;
         let old = inner.connections_size.swap(size, Ordering::AcqRel);
         if size > old {
@@ -301,14 +303,27 @@ impl Fulcrum {
         } else if size < old {
             let rest = (old - size) - inner.connections.forget_permits(old - size);
             if rest > 0 {
-                let sem = inner.connections.clone();
-                let stop = inner.shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        p = sem.acquire_many_owned(rest as u32) => if let Ok(p) = p { p.forget() },
-                        _ = stop.cancelled() => {}
+                // Queued now, not when a task gets to it: the semaphore hands permits out
+                // in the order they were asked for, and a connection that asked in between
+                // would get the next one. The task's first poll replaces the waker (and
+                // finds any permits handed over before it).
+                let mut debt = Box::pin(inner.connections.clone().acquire_many_owned(rest as u32));
+                match debt.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(p) => {
+                        if let Ok(p) = p {
+                            p.forget();
+                        }
                     }
-                });
+                    Poll::Pending => {
+                        let stop = inner.shutdown.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                p = debt => if let Ok(p) = p { p.forget() },
+                                _ = stop.cancelled() => {}
+                            }
+                        });
+                    }
+                }
             }
         }
     }

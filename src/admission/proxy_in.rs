@@ -335,8 +335,15 @@ async fn read_inner(
     let mut taken = 0;
     loop {
         // Peek never consumes: whatever follows the header stays in the socket. Each peek
-        // after a read sees only bytes not yet seen, so this loop never spins.
-        let n = stream.peek(&mut buf[taken..]).await?;
+        // after a read sees only bytes not yet seen, so this loop never spins. The socket is
+        // asked first: on a new connection the runtime has not yet seen the bytes that the
+        // sender usually wrote with its handshake (see `sock::recv_now`).
+        let n = match crate::proxy::sock::recv_now_into(stream, &mut buf[taken..], true) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stream.peek(&mut buf[taken..]).await?
+            }
+            r => r?,
+        };
         if n == 0 {
             return Err(ProxyInError::Closed);
         }
@@ -346,13 +353,13 @@ async fn read_inner(
                 let rest = buf.get_mut(taken..consumed).ok_or(ProxyInError::Invalid(
                     Reject::Malformed("header shorter than read"),
                 ))?;
-                stream.read_exact(rest).await?;
+                take(stream, rest).await?;
                 return Ok(src);
             }
             Parse::Invalid(r) => return Err(ProxyInError::Invalid(r)),
             Parse::NeedMore => {
                 // Every byte seen so far belongs to the header: take it, wait for more.
-                stream.read_exact(&mut buf[taken..taken + n]).await?;
+                take(stream, &mut buf[taken..taken + n]).await?;
                 taken += n;
                 if taken == cap {
                     return Err(ProxyInError::Invalid(Reject::TooLong));
@@ -360,6 +367,20 @@ async fn read_inner(
             }
         }
     }
+}
+
+/// Takes `buf.len()` bytes that a peek saw off the socket: at once from the socket itself
+/// (they are there, whatever the runtime has seen yet), through the runtime for any rest.
+async fn take(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let got = match crate::proxy::sock::recv_now_into(stream, buf, false) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if got < buf.len() {
+        stream.read_exact(&mut buf[got..]).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -101,17 +101,11 @@ async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes)
     }
 }
 
-/// Reads what the socket has into `buf`'s spare room, without asking the runtime first.
-///
-/// A connection is registered with the runtime when it is accepted, and the runtime learns
-/// that its bytes are there only at the next turn of its event loop; asked before that, it
-/// says to wait. An HTTP listener's connections are accepted once the client has sent
-/// (`TCP_DEFER_ACCEPT`), so the first read finds the request at once. A read that finds
-/// nothing (`WouldBlock`) leaves the waiting to the runtime, whose readiness this did not
-/// touch: the registration reports what arrives.
+/// Reads what the socket has into `buf`'s spare room, without asking the runtime first
+/// (see [`crate::proxy::sock::recv_now`]): the first read of a connection an HTTP listener
+/// accepted finds the request at once instead of waiting a turn of the event loop.
 fn read_now(stream: &TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
-    let room = buf.spare_capacity_mut();
-    let (_, n) = rustix::net::recv(stream, room, rustix::net::RecvFlags::empty())?;
+    let n = crate::proxy::sock::recv_now(stream, buf.spare_capacity_mut())?;
     // SAFETY: `recv` initialised the first `n` bytes of the spare room.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)

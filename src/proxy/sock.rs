@@ -98,6 +98,31 @@ pub(crate) fn poll_send(
     Poll::Ready(Ok(n))
 }
 
+/// Reads what `s` has into `room` without asking the runtime whether it has anything, and
+/// without touching the runtime's record of the socket's readiness.
+///
+/// A socket accepted and registered by fulcrum starts with no readiness recorded: the
+/// runtime learns that bytes are waiting only at the next turn of its event loop, and until
+/// then a read through it waits. Where bytes are all but certain to be there (an HTTP
+/// listener hands a connection on once its client has sent: `TCP_DEFER_ACCEPT`), the first
+/// read asks the socket itself; on `WouldBlock` the caller waits as usual, and the
+/// registration reports what arrives.
+pub(crate) fn recv_now(s: &TcpStream, room: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    let (_, n) = rustix::net::recv(s, room, RecvFlags::empty())?;
+    Ok(n)
+}
+
+/// [`recv_now`] into an initialised buffer; with `peek`, leaving the bytes in the socket.
+pub(crate) fn recv_now_into(s: &TcpStream, buf: &mut [u8], peek: bool) -> io::Result<usize> {
+    let flags = if peek {
+        RecvFlags::PEEK
+    } else {
+        RecvFlags::empty()
+    };
+    let (n, _) = rustix::net::recv(s, buf, flags)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -412,40 +412,19 @@ async fn logging_echo_server() -> (SocketAddr, mpsc::UnboundedReceiver<String>) 
     (addr, rx)
 }
 
-/// With `max_connections = 1`, a second client waits in the kernel's backlog while the
-/// first is relayed, and is served once the first has ended: the server meets the second
-/// connection only after the first's end of stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
-    let (server, mut events) = logging_echo_server().await;
-    let p = Proxy::start(&tcp_config(server, "max_connections = 1")).await;
-    let echo = |mut s: TcpStream, msg: &'static [u8]| async move {
-        s.write_all(msg).await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        s.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, msg);
-        s
-    };
-    let first = tokio::time::timeout(
-        LIMIT,
-        echo(TcpStream::connect(p.addr("relay")).await.unwrap(), b"one"),
-    )
-    .await
-    .expect("the first client is relayed");
-    // The second connects (the kernel completes the handshake) and sends; while the first
-    // is open, the proxy does not take it. Half a second gives a proxy that ignored the
-    // cap ample time to reach the server.
-    let second = TcpStream::connect(p.addr("relay")).await.unwrap();
-    let second = tokio::spawn(echo(second, b"two"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, mut w) = first.into_split();
-    w.shutdown().await.unwrap();
-    let _second = tokio::time::timeout(LIMIT, second)
-        .await
-        .expect("the second client is relayed once the first has ended")
-        .unwrap();
+/// Sends `msg` on `s` and reads it back, echoed through the proxy.
+async fn echoed(mut s: TcpStream, msg: &'static [u8]) -> TcpStream {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, msg);
+    s
+}
+
+/// The logging server's next `n` events.
+async fn next_events(events: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < n {
         seen.push(
             tokio::time::timeout(LIMIT, events.recv())
                 .await
@@ -453,7 +432,49 @@ async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
                 .unwrap(),
         );
     }
-    assert_eq!(seen, ["open 1", "eof 1", "open 2"]);
+    seen
+}
+
+/// Nothing more reaches the logging server for half a second: ample time for a proxy that
+/// ignored a connection cap to get there.
+async fn quiet(events: &mut mpsc::UnboundedReceiver<String>) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Ok(e) = events.try_recv() {
+        panic!("a client over the cap reached the server: {e}");
+    }
+}
+
+/// Ends the client's side of `s` (a FIN through the proxy to the server).
+async fn end(s: TcpStream) {
+    let (_, mut w) = s.into_split();
+    w.shutdown().await.unwrap();
+}
+
+/// With `max_connections = 1`, a second client waits in the kernel's backlog while the
+/// first is relayed, and is served once the first has ended: the server meets the second
+/// connection only after the first's end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
+    let (server, mut events) = logging_echo_server().await;
+    let p = Proxy::start(&tcp_config(server, "max_connections = 1")).await;
+    let first = tokio::time::timeout(
+        LIMIT,
+        echoed(TcpStream::connect(p.addr("relay")).await.unwrap(), b"one"),
+    )
+    .await
+    .expect("the first client is relayed");
+    // The second connects (the kernel completes the handshake) and sends; while the first
+    // is open, the proxy does not take it.
+    let second = TcpStream::connect(p.addr("relay")).await.unwrap();
+    let second = tokio::spawn(echoed(second, b"two"));
+    assert_eq!(next_events(&mut events, 1).await, ["open 1"]);
+    quiet(&mut events).await;
+    end(first).await;
+    let _second = tokio::time::timeout(LIMIT, second)
+        .await
+        .expect("the second client is relayed once the first has ended")
+        .unwrap();
+    assert_eq!(next_events(&mut events, 2).await, ["eof 1", "open 2"]);
 }
 
 /// `runtime.max_connections` is one cap for every listener, and a reload resizes it in
@@ -472,56 +493,24 @@ async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
         )
     };
     let p = Proxy::start(&config(1)).await;
-    let echo = |mut s: TcpStream, msg: &'static [u8]| async move {
-        s.write_all(msg).await.unwrap();
-        let mut got = vec![0u8; msg.len()];
-        s.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, msg);
-        s
-    };
+    let connect = |listener: &str| TcpStream::connect(p.addr(listener));
     let relayed = |listener: &'static str, msg: &'static [u8]| {
         let addr = p.addr(listener);
         async move {
-            tokio::time::timeout(LIMIT, echo(TcpStream::connect(addr).await.unwrap(), msg))
+            tokio::time::timeout(LIMIT, echoed(TcpStream::connect(addr).await.unwrap(), msg))
                 .await
                 .unwrap_or_else(|_| panic!("a client of {listener} is relayed"))
         }
     };
     // Connected (the kernel completes the handshake) and sending, left to wait.
-    let waiting = |s: TcpStream, msg: &'static [u8]| tokio::spawn(echo(s, msg));
-    let connect = |listener: &str| TcpStream::connect(p.addr(listener));
-    let end = |s: TcpStream| async move {
-        let (_, mut w) = s.into_split();
-        w.shutdown().await.unwrap();
-    };
-    // Waits for the server's next `n` events.
-    async fn next(events: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
-        let mut seen = Vec::new();
-        while seen.len() < n {
-            seen.push(
-                tokio::time::timeout(LIMIT, events.recv())
-                    .await
-                    .expect("the server's events")
-                    .unwrap(),
-            );
-        }
-        seen
-    }
-    // Nothing more reaches the server for half a second: ample time for a proxy that
-    // ignored the cap to get there.
-    async fn quiet(events: &mut mpsc::UnboundedReceiver<String>) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Ok(e) = events.try_recv() {
-            panic!("a client over the cap reached the server: {e}");
-        }
-    }
+    let waiting = |s: TcpStream, msg: &'static [u8]| tokio::spawn(echoed(s, msg));
 
     // The slot goes from client to client; the other listener, with nobody waiting, takes
     // no part.
     end(relayed("relay", b"one").await).await;
-    assert_eq!(next(&mut events, 2).await, ["open 1", "eof 1"]);
+    assert_eq!(next_events(&mut events, 2).await, ["open 1", "eof 1"]);
     let second = relayed("relay", b"two").await;
-    assert_eq!(next(&mut events, 1).await, ["open 2"]);
+    assert_eq!(next_events(&mut events, 1).await, ["open 2"]);
     let third = waiting(connect("other").await.unwrap(), b"three");
     quiet(&mut events).await;
 
@@ -531,17 +520,17 @@ async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
         .await
         .expect("the waiting client is relayed once the cap is raised")
         .unwrap();
-    assert_eq!(next(&mut events, 1).await, ["open 3"]);
+    assert_eq!(next_events(&mut events, 1).await, ["open 3"]);
 
     // Lowered with both open: the first to end only brings the count down to the new cap.
     p.reload_with(&config(1)).await.unwrap();
     let fourth = waiting(connect("relay").await.unwrap(), b"four");
     quiet(&mut events).await;
     end(second).await;
-    assert_eq!(next(&mut events, 1).await, ["eof 2"]);
+    assert_eq!(next_events(&mut events, 1).await, ["eof 2"]);
     quiet(&mut events).await;
     end(third).await;
-    assert_eq!(next(&mut events, 2).await, ["eof 3", "open 4"]);
+    assert_eq!(next_events(&mut events, 2).await, ["eof 3", "open 4"]);
     tokio::time::timeout(LIMIT, fourth)
         .await
         .expect("the last client is relayed once both have ended")

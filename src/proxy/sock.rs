@@ -98,22 +98,32 @@ pub(crate) fn poll_send(
     Poll::Ready(Ok(n))
 }
 
-/// Reads what `s` has into `room` without asking the runtime whether it has anything, and
-/// without touching the runtime's record of the socket's readiness.
+/// Reads what `s` has into `room` without waiting for the runtime to learn of it.
 ///
 /// A socket accepted and registered by fulcrum starts with no readiness recorded: the
 /// runtime learns that bytes are waiting only at the next turn of its event loop, and until
-/// then a read through it waits. Where bytes are all but certain to be there (an HTTP
-/// listener hands a connection on once its client has sent: `TCP_DEFER_ACCEPT`), the first
-/// read asks the socket itself; on `WouldBlock` the caller waits as usual, and the
-/// registration reports what arrives.
+/// then a read through it waits. Where bytes are likely there (an HTTP listener hands a
+/// connection on once its client has sent: `TCP_DEFER_ACCEPT`; an L4 client has usually
+/// sent by the time its server is connected), the first read asks the socket itself.
+///
+/// Only while the runtime has nothing recorded: a read here leaves its record as it is, and
+/// a record of bytes this read took would cost the next read an `EAGAIN` system call. So
+/// when the runtime already knows of bytes, or when the socket has none, this says
+/// `WouldBlock`, and the caller reads through the runtime as usual; the registration
+/// reports what arrives.
 pub(crate) fn recv_now(s: &TcpStream, room: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    if !super::read_readiness_empty(s) {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
     let (_, n) = rustix::net::recv(s, room, RecvFlags::empty())?;
     Ok(n)
 }
 
 /// [`recv_now`] into an initialised buffer; with `peek`, leaving the bytes in the socket.
 pub(crate) fn recv_now_into(s: &TcpStream, buf: &mut [u8], peek: bool) -> io::Result<usize> {
+    if !super::read_readiness_empty(s) {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
     let flags = if peek {
         RecvFlags::PEEK
     } else {

@@ -62,6 +62,11 @@ pub(super) trait Side {
     fn quiet(&self) -> bool {
         false
     }
+    /// Reads into `buf` without asking the runtime first (see
+    /// [`crate::proxy::sock::recv_now`]); `None` from a side that cannot.
+    fn recv_now(&mut self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
+        None
+    }
     /// Reads into `buf`; `Ok(0)` is the end of the stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
     /// Writes some of `data`.
@@ -83,6 +88,10 @@ impl Side for &mut TcpStream {
     /// See [`crate::proxy::read_readiness_empty`]: only this direction reads the socket.
     fn quiet(&self) -> bool {
         crate::proxy::read_readiness_empty(self)
+    }
+
+    fn recv_now(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(crate::proxy::sock::recv_now_into(self, buf, false))
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -153,9 +162,21 @@ pub(super) struct Flow {
     waiting: bool,
     /// The end has been passed on: nothing more to do.
     pub(super) done: bool,
+    /// The source was accepted just now: its first read asks the socket, not the runtime,
+    /// which has not been told yet what the socket holds (see [`Flow::fresh`]).
+    fresh: bool,
 }
 
 impl Flow {
+    /// A direction whose source is a connection accepted just now. The runtime learns what
+    /// such a socket holds at the next turn of its event loop; the client's first bytes are
+    /// usually there already, and asking the runtime first would wait that turn for them.
+    pub(super) fn fresh() -> Flow {
+        let mut f = Flow::default();
+        f.fresh = true;
+        f
+    }
+
     /// A direction that first sends `first`, then relays.
     pub(super) fn starting_with(first: Bytes) -> Flow {
         let mut f = Flow::default();
@@ -175,6 +196,17 @@ impl Flow {
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
+        }
+        if self.fresh {
+            // The first poll of a relay, before anything else is in flight.
+            self.fresh = false;
+            let mut buf = take();
+            match from.recv_now(&mut buf) {
+                // Nothing yet (or nothing this side can say): ask the runtime, below.
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => give(buf),
+                None => give(buf),
+                Some(r) => self.got(buf, r, ticks)?,
+            }
         }
         loop {
             if !self.first.is_empty() {
@@ -228,25 +260,36 @@ impl Flow {
             }
             let mut buf = take();
             match from.poll_recv(cx, &mut buf) {
-                Poll::Ready(Ok(0)) => {
-                    give(buf);
-                    ticks.fetch_add(1, Ordering::Relaxed);
-                    self.eof = true;
-                }
-                Poll::Ready(Ok(n)) => {
-                    ticks.fetch_add(1, Ordering::Relaxed);
-                    self.buf = Some(buf);
-                    (self.pos, self.end) = (0, n);
-                }
-                Poll::Ready(Err(e)) => {
-                    give(buf);
-                    return Poll::Ready(Err(e));
-                }
+                Poll::Ready(r) => self.got(buf, r, ticks)?,
                 Poll::Pending => {
                     give(buf);
                     self.waiting = true;
                     return self.flush_while_waiting(cx, to);
                 }
+            }
+        }
+    }
+
+    /// Takes in what a read into `buf` gave: bytes to write (the buffer is kept), the end
+    /// of the stream, or an error.
+    #[inline(always)]
+    fn got(&mut self, buf: Box<[u8]>, r: io::Result<usize>, ticks: &AtomicU64) -> io::Result<()> {
+        match r {
+            Ok(0) => {
+                give(buf);
+                ticks.fetch_add(1, Ordering::Relaxed);
+                self.eof = true;
+                Ok(())
+            }
+            Ok(n) => {
+                ticks.fetch_add(1, Ordering::Relaxed);
+                self.buf = Some(buf);
+                (self.pos, self.end) = (0, n);
+                Ok(())
+            }
+            Err(e) => {
+                give(buf);
+                Err(e)
             }
         }
     }
@@ -354,6 +397,46 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), step)
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+    }
+
+    /// A socket accepted outside the runtime and registered afterwards, as the listener
+    /// does, with `bytes` already waiting in it: the runtime has recorded nothing yet.
+    async fn accepted_with(bytes: &[u8]) -> (TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut far = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        // On loopback the bytes are in the accepted socket's queue once the write returns.
+        far.write_all(bytes).await.unwrap();
+        (TcpStream::from_std(s).unwrap(), far)
+    }
+
+    /// A fresh direction (a client just accepted) moves the bytes already in its socket on
+    /// its first poll; an ordinary one waits for the runtime to report them.
+    #[tokio::test]
+    async fn a_fresh_direction_reads_what_the_runtime_has_not_seen_yet() {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for (fresh, moved) in [(true, 5), (false, 0)] {
+            let (mut b, mut dst) = pair(false).await;
+            // Last: no await between its registration and the poll below.
+            let (mut a, _far) = accepted_with(b"hello").await;
+            let ticks = AtomicU64::new(0);
+            let mut flow = if fresh {
+                Flow::fresh()
+            } else {
+                Flow::default()
+            };
+            // Polled once, before anything lets the runtime turn.
+            let p = flow.poll(&mut cx, &mut &mut a, &mut &mut b, &ticks);
+            assert!(p.is_pending());
+            assert_eq!(flow.moved, moved, "fresh: {fresh}");
+            if fresh {
+                let mut got = [0u8; 5];
+                dst.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, b"hello");
+            }
+        }
     }
 
     #[tokio::test]

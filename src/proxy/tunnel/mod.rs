@@ -93,14 +93,15 @@ pub struct Cut {
 /// Relays between two TCP streams until both directions have ended (each side's EOF is
 /// passed on as a write shutdown to the other, so half-closed connections keep working),
 /// until no byte moves either way for `idle`, or until one of `stops` fires. However it
-/// ends, it reports the bytes it moved.
+/// ends, it reports the bytes it moved. `a` is a client connection accepted just now: its
+/// first read asks the socket, not the runtime ([`Flow::fresh`]).
 pub async fn relay_tcp(
     a: &mut TcpStream,
     b: &mut TcpStream,
     idle: Duration,
     stops: Stops<'_>,
 ) -> Result<Moved, Cut> {
-    run(a, b, Flow::default(), Flow::default(), idle, stops).await
+    run(a, b, Flow::fresh(), Flow::default(), idle, stops).await
 }
 
 /// [`relay_tcp`] for any two async streams (an upgraded connection, a TLS stream).

@@ -268,15 +268,6 @@ fn on_workers(
             return Ok(Vec::new());
         }
     };
-    if workers.is_empty() {
-        return match listening(std) {
-            Ok(l) => Err(l),
-            Err(e) => {
-                tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
-                Ok(Vec::new())
-            }
-        };
-    }
     let mut out = Vec::with_capacity(workers.len());
     for w in workers {
         let registered = std.try_clone().and_then(|dup| {
@@ -291,17 +282,17 @@ fn on_workers(
             }
         }
     }
-    if out.is_empty() {
-        // No worker could take it: accept where we are.
-        return match listening(std) {
-            Ok(l) => Err(l),
-            Err(e) => {
-                tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
-                Ok(Vec::new())
-            }
-        };
+    if !out.is_empty() {
+        return Ok(out);
     }
-    Ok(out)
+    // No workers, or none could take it: accept where we are.
+    match listening(std) {
+        Ok(l) => Err(l),
+        Err(e) => {
+            tracing::error!(addr = ?addr, error = %e, "cannot accept on a listener");
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// What a connection task needs to know of its listener's life: a handle to the
@@ -468,10 +459,10 @@ impl Acceptor {
             .filter(|&t| Some(t) != here)
             .and_then(|t| crate::workers::handles().get(t));
         let Some(worker) = elsewhere else {
-            // Registered now rather than when its task first runs: the event loop turns in
-            // between, so the first read usually finds the bytes already reported (an HTTP
-            // connection is accepted once the client has sent; see `defer_accept`) instead
-            // of waiting a turn for them (+1.1k instructions per HTTP connection).
+            // Registered with this worker's reactor here, as tokio's own accept did (one
+            // handed to another worker is registered where its task runs). Either way the
+            // runtime learns of bytes already waiting only at its next turn, so the first
+            // reads ask the socket itself (`sock::recv_now`).
             let stream = match TcpStream::from_std(stream) {
                 Ok(s) => s,
                 Err(e) => {

@@ -264,6 +264,11 @@ async fn a_browsers_keep_alive_field_is_removed_and_a_listed_name_on_the_same_co
     }
 }
 
+/// Connections the `web` listener has taken from the kernel so far.
+fn web_connections_accepted(p: &Proxy) -> f64 {
+    p.metric_value("fulcrum_listener_connections_total", &[("listener", "web")])
+}
+
 /// HTTP clients speak first, so an HTTP listener has the kernel hand a connection on only
 /// once its first bytes are in (`TCP_DEFER_ACCEPT`): one that has said nothing is not yet
 /// fulcrum's, and the first read of one that has finds its request.
@@ -271,7 +276,7 @@ async fn a_browsers_keep_alive_field_is_removed_and_a_listed_name_on_the_same_co
 async fn an_http_listener_takes_a_connection_once_the_client_has_spoken() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
-    let accepted = || p.metric_value("fulcrum_listener_connections_total", &[("listener", "web")]);
+    let accepted = || web_connections_accepted(&p);
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     // Time for a listener that does not defer to accept it; the kernel holds a silent
     // connection back for longer (until its first SYN-ACK resend, after a second).
@@ -293,7 +298,7 @@ async fn an_http_listener_takes_a_connection_once_the_client_has_spoken() {
 async fn a_connection_accepted_before_its_client_spoke_is_served_when_it_does() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
-    let accepted = || p.metric_value("fulcrum_listener_connections_total", &[("listener", "web")]);
+    let accepted = || web_connections_accepted(&p);
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     wait_until(
         "the kernel hands the silent connection on",

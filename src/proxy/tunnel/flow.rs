@@ -63,9 +63,9 @@ pub(super) trait Side {
         false
     }
     /// Reads into `buf` without asking the runtime first (see
-    /// [`crate::proxy::sock::recv_now`]); `None` from a side that cannot.
-    fn recv_now(&mut self, _buf: &mut [u8]) -> Option<io::Result<usize>> {
-        None
+    /// [`crate::proxy::sock::recv_now`]); `WouldBlock` from a side that cannot.
+    fn recv_now(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
     /// Reads into `buf`; `Ok(0)` is the end of the stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
@@ -90,8 +90,8 @@ impl Side for &mut TcpStream {
         crate::proxy::read_readiness_empty(self)
     }
 
-    fn recv_now(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        Some(crate::proxy::sock::recv_now_into(self, buf, false))
+    fn recv_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::proxy::sock::recv_now_into(self, buf, false)
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -203,9 +203,8 @@ impl Flow {
             let mut buf = take();
             match from.recv_now(&mut buf) {
                 // Nothing yet (or nothing this side can say): ask the runtime, below.
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => give(buf),
-                None => give(buf),
-                Some(r) => self.got(buf, r, ticks)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => give(buf),
+                r => self.got(buf, r, ticks)?,
             }
         }
         loop {

@@ -477,6 +477,15 @@ async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
     assert_eq!(next_events(&mut events, 2).await, ["eof 1", "open 2"]);
 }
 
+/// Two L4 listeners, "relay" and "other", in front of `server`, under a process-wide cap of
+/// `max` connections.
+fn two_listeners(server: SocketAddr, max: usize) -> String {
+    format!(
+        "[runtime]\nmax_connections = {max}\n{}\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n",
+        tcp_config(server, "")
+    )
+}
+
 /// `runtime.max_connections` is one cap for every listener, and a reload resizes it in
 /// place. At 1: a listener with no client waiting holds no slot, so the slot a client gives
 /// back goes to the next client of another listener; and a client of a second listener
@@ -486,12 +495,7 @@ async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
     let (server, mut events) = logging_echo_server().await;
-    let config = |max: usize| {
-        format!(
-            "[runtime]\nmax_connections = {max}\n{}\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n",
-            tcp_config(server, "")
-        )
-    };
+    let config = |max: usize| two_listeners(server, max);
     let p = Proxy::start(&config(1)).await;
     let connect = |listener: &str| TcpStream::connect(p.addr(listener));
     let relayed = |listener: &'static str, msg: &'static [u8]| {
@@ -535,4 +539,54 @@ async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
         .await
         .expect("the last client is relayed once both have ended")
         .unwrap();
+}
+
+/// At the process cap, listeners with clients waiting take turns: each slot given back goes
+/// to the listener that has waited longest for one, so a listener with a backlog cannot keep
+/// another's clients waiting until its own are all served. With cap 1, one client open and
+/// two more waiting on each listener, the four are served one listener, then the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_with_clients_waiting_take_turns_at_the_process_cap() {
+    let (server, mut events) = logging_echo_server().await;
+    let p = Proxy::start(&two_listeners(server, 1)).await;
+    let mut open = tokio::time::timeout(
+        LIMIT,
+        echoed(TcpStream::connect(p.addr("relay")).await.unwrap(), b"one"),
+    )
+    .await
+    .expect("the first client is relayed");
+    assert_eq!(next_events(&mut events, 1).await, ["open 1"]);
+    // Connected (the kernel completes the handshake) and sending, left to wait: the first
+    // listener's two before the other's.
+    let mut waiting = Vec::new();
+    for listener in ["relay", "relay", "other", "other"] {
+        let s = TcpStream::connect(p.addr(listener)).await.unwrap();
+        waiting.push((listener, tokio::spawn(echoed(s, b"waiting"))));
+    }
+    quiet(&mut events).await;
+
+    // One slot at a time: end the open client, and see which waiting one is served.
+    let mut served = Vec::new();
+    for n in 2..=5 {
+        end(open).await;
+        assert_eq!(
+            next_events(&mut events, 2).await,
+            [format!("eof {}", n - 1), format!("open {n}")]
+        );
+        let (relayed, i, _) = tokio::time::timeout(
+            LIMIT,
+            futures_util::future::select_all(waiting.iter_mut().map(|(_, task)| task)),
+        )
+        .await
+        .expect("a waiting client is relayed once a slot is free");
+        open = relayed.unwrap();
+        served.push(waiting.remove(i).0);
+    }
+    // Which listener's loop stood in the queue first is a race; that they alternate is not.
+    assert!(
+        served.windows(2).all(|w| w[0] != w[1]),
+        "served in the order {served:?}"
+    );
+    end(open).await;
+    assert_eq!(next_events(&mut events, 1).await, ["eof 5"]);
 }

@@ -4,7 +4,8 @@
 Three measures:
 
   benches/compare.py load [options]          wrk through each proxy; req/s, p99, CPU per request
-                                             (and the kernel's part of it) and peak RSS, medians
+                                             (and the kernel's part of it), peak RSS and the
+                                             RSS held halfway through the measured run, medians
                                              over interleaved rounds (each round starting with
                                              the next target), with ratios to HAProxy and nginx.
   benches/compare.py instructions [options]  user-space instructions per request under valgrind's
@@ -140,12 +141,29 @@ def cpu_fields(user_sys, total):
     return {"us_per_req": (user + system) * 1e6 / n, "sys_us_per_req": system * 1e6 / n}
 
 
-def peak_rss_mib(pid):
+def proc_rss_mib(pid, field="VmHWM"):
+    """`pid`'s peak RSS in MiB (`field="VmRSS"`: its RSS now)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def run_measured(cmd, pids, duration):
+    """Runs the measured load `cmd` (it lasts `duration` seconds) and returns its output and
+    the proxy's RSS halfway through: what it holds while serving, where the peak may be a
+    moment (the warm-up's connections replaced by the measured run's at once)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        p.wait(timeout=duration / 2)
+        held = float("nan")
+    except subprocess.TimeoutExpired:
+        held = sum(proc_rss_mib(pid, "VmRSS") for pid in pids)
+    out, err = p.communicate()
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, cmd, out, err)
+    return out, held
 
 
 def proxy_pid(p):
@@ -451,12 +469,12 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
     if args.warmup:
         subprocess.run(wrk + [f"-d{args.warmup}s", url], capture_output=True, check=True)
     before = cpu_used(pids)
-    out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True, check=True).stdout
+    out, held = run_measured(wrk + [f"-d{args.duration}s", url], pids, args.duration)
     cpu = cpu_used(pids, before)
     rps, total, p99, errors = parse_wrk(out)
-    rss = sum(peak_rss_mib(p) for p in pids)
+    rss = sum(proc_rss_mib(p) for p in pids)
     return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": rss,
-            "errors": errors, "requests": total}
+            "rss_held_mib": held, "errors": errors, "requests": total}
 
 
 def run_h2load(args, conns, url, pids, load_cpu, threads):
@@ -468,13 +486,13 @@ def run_h2load(args, conns, url, pids, load_cpu, threads):
         subprocess.run(h2 + ["-D", str(args.warmup), url], capture_output=True, check=True)
     with tempfile.NamedTemporaryFile(prefix="fulcrum-h2load-", suffix=".log") as log:
         before = cpu_used(pids)
-        out = subprocess.run(h2 + ["-D", str(args.duration), "--log-file", log.name, url],
-                             capture_output=True, text=True, check=True).stdout
+        out, held = run_measured(h2 + ["-D", str(args.duration), "--log-file", log.name, url],
+                                 pids, args.duration)
         cpu = cpu_used(pids, before)
         rps, total, p99, errors = parse_h2load(out, log.name)
-    rss = sum(peak_rss_mib(p) for p in pids)
+    rss = sum(proc_rss_mib(p) for p in pids)
     return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": rss,
-            "errors": errors, "requests": total}
+            "rss_held_mib": held, "errors": errors, "requests": total}
 
 
 def load(args):
@@ -511,7 +529,8 @@ def load(args):
                     print(f"round {rnd + 1} {scen:16} {target:18} {r['rps']:>10.0f} req/s "
                           f"p99 {r['p99_ms']:.2f} ms {r['us_per_req']:.2f} us/req "
                           f"(kernel {r['sys_us_per_req']:.2f}) "
-                          f"rss {r['rss_mib']:.1f} MiB errors {r['errors']}", file=sys.stderr)
+                          f"rss {r['rss_mib']:.1f} MiB (held {r['rss_held_mib']:.1f}) "
+                          f"errors {r['errors']}", file=sys.stderr)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
@@ -529,14 +548,15 @@ def worker_count(args):
 
 def report(results, args):
     keys = [("rps", "req/s", "{:.0f}"), ("p99_ms", "p99 ms", "{:.2f}"),
-            ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}")]
+            ("us_per_req", "µs/req", "{:.2f}"), ("rss_mib", "RSS MiB", "{:.1f}"),
+            ("rss_held_mib", "held RSS MiB", "{:.1f}")]
     workers = worker_count(args)
     lines = [f"{'unpinned' if args.unpinned else 'proxy pinned to core 0'}, {workers} worker{'s' if workers > 1 else ''} each; "
              f"{args.rounds} rounds x {args.duration}s; medians; ratios are to HAProxy / nginx"
              + ("; HAProxy and nginx add fulcrum's forwarding headers and request id"
                 if getattr(args, "same_headers", False) else ""), "",
-             "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | errors |",
-             "|---|---|---|---|---|---|---|"]
+             "| scenario | proxy | req/s | p99 ms | µs/req | peak RSS MiB | held RSS MiB | errors |",
+             "|---|---|---|---|---|---|---|---|"]
     for scen, by_target in results.items():
         med = {t: {k: statistics.median(r[k] for r in runs) for k, _, _ in keys}
                for t, runs in by_target.items()}
@@ -573,7 +593,8 @@ def report(results, args):
     if paired:
         lines += ["", "Median of the per-round ratios to HAProxy (lowest–highest round; rounds in which "
                   "it was level with HAProxy or ahead):", "",
-                  "| scenario | proxy | req/s | p99 | µs/req | peak RSS |", "|---|---|---|---|---|---|"] + paired
+                  "| scenario | proxy | req/s | p99 | µs/req | peak RSS | held RSS |",
+                  "|---|---|---|---|---|---|---|"] + paired
     lines += cpu_split_report(results)
     return "\n".join(lines)
 

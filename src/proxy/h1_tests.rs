@@ -542,3 +542,68 @@ async fn a_sever_reaches_whichever_task_waits_on_the_connection_now() {
         );
     }
 }
+
+/// A response head of `fields` fields of 200-byte values, and a 4-byte body.
+fn long_head(fields: usize) -> &'static [u8] {
+    let mut h = String::from("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n");
+    for i in 0..fields {
+        h.push_str(&format!("x-field-{i}: {}\r\n", "v".repeat(200)));
+    }
+    h.push_str("\r\nlong");
+    Box::leak(h.into_bytes().into_boxed_slice())
+}
+
+/// Sends a GET on `c`; returns the response's `x-field-*` values, its body, and the
+/// connection if it may be reused.
+async fn fields_of(c: Box<Conn>) -> (Vec<String>, Bytes, Option<Box<Conn>>) {
+    let resp = tokio::time::timeout(
+        LIMIT,
+        send(
+            c,
+            &mut Outgoing::new(get("/"), false),
+            &Forwarding::default(),
+        ),
+    )
+    .await
+    .expect("answered")
+    .unwrap();
+    let fields = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-field-"))
+        .map(|(_, v)| v.to_str().unwrap().to_owned())
+        .collect();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        data.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    (fields, Bytes::from(data), body.take_reusable())
+}
+
+/// A head is read into a small room that grows for a longer head and is taken back to its
+/// start between responses. On one connection: a 6 KiB head, then forty short responses
+/// (together several times the room), then a 16 KiB head, each read whole and the
+/// connection reused throughout.
+#[tokio::test]
+async fn long_heads_and_many_short_ones_on_one_connection_are_read_whole() {
+    let short: &'static [u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-pad: 0123456789abcdef0123456789abcdef0123456789abcdef\r\n\r\nshort";
+    let mut answers = vec![long_head(30)];
+    answers.extend(std::iter::repeat_n(short, 40));
+    answers.push(long_head(80));
+    let (addr, _got) = scripted(answers).await;
+
+    let (fields, body, c) = fields_of(conn(addr).await).await;
+    assert_eq!(fields, vec!["v".repeat(200); 30]);
+    assert_eq!(&body[..], b"long");
+    let mut c = c.expect("reusable after the long head");
+    for i in 0..40 {
+        let (_, body, again) = fields_of(c).await;
+        assert_eq!(&body[..], b"short", "response {i}");
+        c = again.unwrap_or_else(|| panic!("reusable after response {i}"));
+    }
+    let (fields, body, _) = fields_of(c).await;
+    assert_eq!(fields, vec!["v".repeat(200); 80]);
+    assert_eq!(&body[..], b"long");
+}

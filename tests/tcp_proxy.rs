@@ -421,6 +421,14 @@ async fn echoed(mut s: TcpStream, msg: &'static [u8]) -> TcpStream {
     s
 }
 
+/// A new client of `listener` whose `msg` comes back echoed, within the test's bound.
+async fn relayed(p: &Proxy, listener: &str, msg: &'static [u8]) -> TcpStream {
+    let s = TcpStream::connect(p.addr(listener)).await.unwrap();
+    tokio::time::timeout(LIMIT, echoed(s, msg))
+        .await
+        .unwrap_or_else(|_| panic!("a client of {listener} is relayed"))
+}
+
 /// The logging server's next `n` events.
 async fn next_events(events: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
@@ -457,12 +465,7 @@ async fn end(s: TcpStream) {
 async fn a_listener_at_max_connections_serves_the_next_client_when_one_ends() {
     let (server, mut events) = logging_echo_server().await;
     let p = Proxy::start(&tcp_config(server, "max_connections = 1")).await;
-    let first = tokio::time::timeout(
-        LIMIT,
-        echoed(TcpStream::connect(p.addr("relay")).await.unwrap(), b"one"),
-    )
-    .await
-    .expect("the first client is relayed");
+    let first = relayed(&p, "relay", b"one").await;
     // The second connects (the kernel completes the handshake) and sends; while the first
     // is open, the proxy does not take it.
     let second = TcpStream::connect(p.addr("relay")).await.unwrap();
@@ -498,22 +501,14 @@ async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
     let config = |max: usize| two_listeners(server, max);
     let p = Proxy::start(&config(1)).await;
     let connect = |listener: &str| TcpStream::connect(p.addr(listener));
-    let relayed = |listener: &'static str, msg: &'static [u8]| {
-        let addr = p.addr(listener);
-        async move {
-            tokio::time::timeout(LIMIT, echoed(TcpStream::connect(addr).await.unwrap(), msg))
-                .await
-                .unwrap_or_else(|_| panic!("a client of {listener} is relayed"))
-        }
-    };
     // Connected (the kernel completes the handshake) and sending, left to wait.
     let waiting = |s: TcpStream, msg: &'static [u8]| tokio::spawn(echoed(s, msg));
 
     // The slot goes from client to client; the other listener, with nobody waiting, takes
     // no part.
-    end(relayed("relay", b"one").await).await;
+    end(relayed(&p, "relay", b"one").await).await;
     assert_eq!(next_events(&mut events, 2).await, ["open 1", "eof 1"]);
-    let second = relayed("relay", b"two").await;
+    let second = relayed(&p, "relay", b"two").await;
     assert_eq!(next_events(&mut events, 1).await, ["open 2"]);
     let third = waiting(connect("other").await.unwrap(), b"three");
     quiet(&mut events).await;
@@ -549,12 +544,7 @@ async fn the_process_wide_cap_spans_listeners_and_a_reload_resizes_it() {
 async fn listeners_with_clients_waiting_take_turns_at_the_process_cap() {
     let (server, mut events) = logging_echo_server().await;
     let p = Proxy::start(&two_listeners(server, 1)).await;
-    let mut open = tokio::time::timeout(
-        LIMIT,
-        echoed(TcpStream::connect(p.addr("relay")).await.unwrap(), b"one"),
-    )
-    .await
-    .expect("the first client is relayed");
+    let mut open = relayed(&p, "relay", b"one").await;
     assert_eq!(next_events(&mut events, 1).await, ["open 1"]);
     // Connected (the kernel completes the handshake) and sending, left to wait: the first
     // listener's two before the other's.
@@ -573,13 +563,13 @@ async fn listeners_with_clients_waiting_take_turns_at_the_process_cap() {
             next_events(&mut events, 2).await,
             [format!("eof {}", n - 1), format!("open {n}")]
         );
-        let (relayed, i, _) = tokio::time::timeout(
+        let (done, i, _) = tokio::time::timeout(
             LIMIT,
             futures_util::future::select_all(waiting.iter_mut().map(|(_, task)| task)),
         )
         .await
         .expect("a waiting client is relayed once a slot is free");
-        open = relayed.unwrap();
+        open = done.unwrap();
         served.push(waiting.remove(i).0);
     }
     // Which listener's loop stood in the queue first is a race; that they alternate is not.

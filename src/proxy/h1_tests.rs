@@ -68,19 +68,21 @@ fn get(path: &str) -> Request<ReqBody> {
         .unwrap()
 }
 
-/// Sends `req` and reads the whole response: status, body, trailers, and the connection
-/// if it may be reused.
-async fn exchange(
-    c: Box<Conn>,
-    req: Request<ReqBody>,
-) -> Result<(StatusCode, Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
-    let resp = tokio::time::timeout(
+/// Sends `req` on `c` and returns the response head as `send` hands it on.
+async fn answered(c: Box<Conn>, req: Request<ReqBody>) -> Result<Response<RespIn>, Error> {
+    tokio::time::timeout(
         LIMIT,
         send(c, &mut Outgoing::new(req, false), &Forwarding::default()),
     )
     .await
-    .expect("answered")?;
-    let status = resp.status();
+    .expect("answered")
+}
+
+/// Reads a response's whole body: its data, its trailers, and the connection if it may be
+/// reused.
+async fn read_whole(
+    resp: Response<RespIn>,
+) -> Result<(Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
     let mut body = resp.into_body();
     let mut data = Vec::new();
     let mut trailers = None;
@@ -94,7 +96,19 @@ async fn exchange(
             Err(f) => trailers = f.into_trailers().ok(),
         }
     }
-    Ok((status, Bytes::from(data), trailers, body.take_reusable()))
+    Ok((Bytes::from(data), trailers, body.take_reusable()))
+}
+
+/// Sends `req` and reads the whole response: status, body, trailers, and the connection
+/// if it may be reused.
+async fn exchange(
+    c: Box<Conn>,
+    req: Request<ReqBody>,
+) -> Result<(StatusCode, Bytes, Option<HeaderMap>, Option<Box<Conn>>), Error> {
+    let resp = answered(c, req).await?;
+    let status = resp.status();
+    let (data, trailers, again) = read_whole(resp).await?;
+    Ok((status, data, trailers, again))
 }
 
 #[tokio::test]
@@ -201,17 +215,7 @@ async fn header_values_come_through_byte_for_byte_with_tabs_and_obs_text() {
         b"HTTP/1.1 200 OK\r\nx-a: one\ttwo\r\nx-b: caf\xc3\xa9 \xff\r\nx-c:\r\ncontent-length: 0\r\n\r\n",
     ])
     .await;
-    let resp = tokio::time::timeout(
-        LIMIT,
-        send(
-            conn(addr).await,
-            &mut Outgoing::new(get("/"), false),
-            &Forwarding::default(),
-        ),
-    )
-    .await
-    .expect("answered")
-    .unwrap();
+    let resp = answered(conn(addr).await, get("/")).await.unwrap();
     let h = resp.headers();
     assert_eq!(h["x-a"].as_bytes(), b"one\ttwo");
     assert_eq!(h["x-b"].as_bytes(), b"caf\xc3\xa9 \xff");
@@ -222,17 +226,7 @@ async fn header_values_come_through_byte_for_byte_with_tabs_and_obs_text() {
 /// The response head as `send` hands it on.
 async fn head_of(answer: &'static [u8], req: Request<ReqBody>) -> Response<RespIn> {
     let (addr, _got) = scripted(vec![answer]).await;
-    tokio::time::timeout(
-        LIMIT,
-        send(
-            conn(addr).await,
-            &mut Outgoing::new(req, false),
-            &Forwarding::default(),
-        ),
-    )
-    .await
-    .expect("answered")
-    .unwrap()
+    answered(conn(addr).await, req).await.unwrap()
 }
 
 fn names(resp: &Response<RespIn>) -> Vec<&str> {
@@ -556,29 +550,15 @@ fn long_head(fields: usize) -> &'static [u8] {
 /// Sends a GET on `c`; returns the response's `x-field-*` values, its body, and the
 /// connection if it may be reused.
 async fn fields_of(c: Box<Conn>) -> (Vec<String>, Bytes, Option<Box<Conn>>) {
-    let resp = tokio::time::timeout(
-        LIMIT,
-        send(
-            c,
-            &mut Outgoing::new(get("/"), false),
-            &Forwarding::default(),
-        ),
-    )
-    .await
-    .expect("answered")
-    .unwrap();
+    let resp = answered(c, get("/")).await.unwrap();
     let fields = resp
         .headers()
         .iter()
         .filter(|(n, _)| n.as_str().starts_with("x-field-"))
         .map(|(_, v)| v.to_str().unwrap().to_owned())
         .collect();
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(frame) = body.frame().await {
-        data.extend_from_slice(&frame.unwrap().into_data().unwrap());
-    }
-    (fields, Bytes::from(data), body.take_reusable())
+    let (data, _, again) = read_whole(resp).await.unwrap();
+    (fields, data, again)
 }
 
 /// A head is read into a small room that grows for a longer head and is taken back to its

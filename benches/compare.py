@@ -105,11 +105,11 @@ class Procs:
         self.procs.append(p)
         return p
 
-    def stop(self, p):
+    def stop(self, p, grace=5):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
             try:
-                p.wait(5)
+                p.wait(grace)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
@@ -730,7 +730,9 @@ def instructions(args):
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
                 raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
-            procs.stop(v)
+            # Under valgrind a process writes its counts as it exits, which can take longer
+            # than a plain process's stop: killed before that, it leaves none.
+            procs.stop(v, grace=5 if args.native else 60)
             if args.native:
                 return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", r.stdout).group(1))
             # Each event's total over the output files (one per process): Ir, the
@@ -752,6 +754,9 @@ def instructions(args):
                                     os.path.join(args.keep, f"{target}.{mode}.{n}.{name[len('cg.out.'):]}"))
                     else:
                         os.remove(os.path.join(work, name))
+            if "Ir" not in total:
+                raise RuntimeError(f"{target} {mode}: callgrind wrote no counts (the process ended "
+                                   "before it could write them)")
             return total
 
         for mode in args.modes:

@@ -587,3 +587,25 @@ async fn long_heads_and_many_short_ones_on_one_connection_are_read_whole() {
     assert_eq!(fields, vec!["v".repeat(200); 80]);
     assert_eq!(&body[..], b"long");
 }
+
+/// A connection that only ever gets short responses keeps a read buffer of about 2 KiB
+/// (`MIN_READ`), not the 8 KiB a body read reserves: the buffer is the connection's for its
+/// whole life, idle in the pool included.
+#[tokio::test]
+async fn short_responses_keep_the_read_buffer_small() {
+    let short: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nshort";
+    let (addr, _got) = scripted(vec![short; 60]).await;
+    let mut c = conn(addr).await;
+    for i in 0..60 {
+        let (_, body, again) = fields_of(c).await;
+        assert_eq!(&body[..], b"short", "response {i}");
+        c = again.unwrap_or_else(|| panic!("reusable after response {i}"));
+        // Room left from where the next read lands: at most the 2 KiB reserved (and no
+        // growth), where 8 KiB reserved for heads left up to 8 KiB.
+        assert!(
+            c.rd.capacity() <= 2 * MIN_READ,
+            "after response {i} the read buffer holds {} bytes",
+            c.rd.capacity()
+        );
+    }
+}

@@ -141,13 +141,19 @@ def cpu_fields(user_sys, total):
     return {"us_per_req": (user + system) * 1e6 / n, "sys_us_per_req": system * 1e6 / n}
 
 
-def proc_rss_mib(pid, field="VmHWM"):
-    """`pid`'s peak RSS in MiB (`field="VmRSS"`: its RSS now)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def rss_mib(pids, field="VmHWM"):
+    """The peak RSS of the processes `pids`, summed, in MiB (`field="VmRSS"`: their RSS
+    now)."""
+    total = 0.0
+    for pid in pids:
+        value = float("nan")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    value = int(line.split()[1]) / 1024
+                    break
+        total += value
+    return total
 
 
 def run_measured(cmd, pids, duration):
@@ -159,7 +165,7 @@ def run_measured(cmd, pids, duration):
         p.wait(timeout=duration / 2)
         held = float("nan")
     except subprocess.TimeoutExpired:
-        held = sum(proc_rss_mib(pid, "VmRSS") for pid in pids)
+        held = rss_mib(pids, "VmRSS")
     out, err = p.communicate()
     if p.returncode != 0:
         raise subprocess.CalledProcessError(p.returncode, cmd, out, err)
@@ -452,7 +458,7 @@ def measured(parsed, cpu, held, pids):
     rps, total, p99, errors = parsed
     # The kernel moves its high-water mark lazily, so a sample taken during the run can
     # read a little above it (12.5 against 12.4 MiB): the peak is at least the sample.
-    peak = max(sum(proc_rss_mib(p) for p in pids), held)
+    peak = max(rss_mib(pids), held)
     return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": peak,
             "rss_held_mib": held, "errors": errors, "requests": total}
 

@@ -401,19 +401,23 @@ def measured_pids(p):
 
 
 LAT = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+LAT50 = re.compile(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 def parse_wrk(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     m = LAT.search(out)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
+    p99 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else float("nan")
+    m = LAT50.search(out)
+    p50 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else float("nan")
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors += sum(int(x) for x in m.groups()) if m else 0
-    return rps, total, p99, errors
+    return rps, total, p99, errors, p50
 
 
 # h2 scenarios: streams each h2 client connection keeps open (HAProxy's default limit per
@@ -448,18 +452,20 @@ def parse_h2load(out, log):
             if len(cols) >= 3 and cols[1] != "-1":
                 took.append(int(cols[2]))
     took.sort()
-    p99 = took[min(len(took) - 1, int(len(took) * 0.99))] / 1000.0 if took else float("nan")
-    return rps, total, p99, errors
+    def at(q):
+        return took[min(len(took) - 1, int(len(took) * q))] / 1000.0 if took else float("nan")
+    return rps, total, at(0.99), errors, at(0.50)
 
 
 def measured(parsed, cpu, held, pids):
-    """One run's figures: the load tool's (req/s, requests, p99, errors), the proxy's CPU
-    over the run, the RSS it held halfway through, and its peak RSS read now."""
-    rps, total, p99, errors = parsed
+    """One run's figures: the load tool's (req/s, requests, p99, errors, median latency),
+    the proxy's CPU over the run, the RSS it held halfway through, and its peak RSS read
+    now."""
+    rps, total, p99, errors, p50 = parsed
     # The kernel moves its high-water mark lazily, so a sample taken during the run can
     # read a little above it (12.5 against 12.4 MiB): the peak is at least the sample.
     peak = max(rss_mib(pids), held)
-    return {"rps": rps, "p99_ms": p99, **cpu_fields(cpu, total), "rss_mib": peak,
+    return {"rps": rps, "p99_ms": p99, "p50_ms": p50, **cpu_fields(cpu, total), "rss_mib": peak,
             "rss_held_mib": held, "errors": errors, "requests": total}
 
 
@@ -608,7 +614,45 @@ def report(results, args):
                   "| scenario | proxy | req/s | p99 | µs/req | peak RSS | held RSS |",
                   "|---|---|---|---|---|---|---|"] + paired
     lines += cpu_split_report(results)
+    lines += tail_report(results)
     return "\n".join(lines)
+
+
+def tail_report(results):
+    """The shape of each proxy's latency: its median, its p99, and p99 over the median.
+    Under a closed-loop load (a fixed number of connections, each waiting for its answer)
+    a proxy that serves fewer requests a second makes every request wait longer, so its
+    p99 rises with its median; p99 over the median is what is left, how uneven its
+    service is. A p99 ratio to HAProxy is the median's ratio times this one's."""
+    def median_ratio(runs, base, f):
+        rs = [f(r) / f(b) for r, b in zip(runs, base) if f(b) > 0]
+        return f"{statistics.median(rs):.2f}×" if rs else "-"
+
+    def shape(r):
+        return r["p99_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("nan")
+
+    rows = []
+    for scen, by_target in results.items():
+        base = by_target.get("haproxy")
+        if base and not all(b.get("p50_ms", 0) > 0 for b in base):
+            base = None
+        for t, runs in by_target.items():
+            if not all(r.get("p50_ms", 0) > 0 for r in runs):
+                continue
+            ratios = ["-", "-", "-"]
+            if base and t != "haproxy":
+                ratios = [median_ratio(runs, base, lambda r: r["p99_ms"]),
+                          median_ratio(runs, base, lambda r: r["p50_ms"]), median_ratio(runs, base, shape)]
+            rows.append(f"| {scen} | {t} | {statistics.median(r['p50_ms'] for r in runs):.2f} | "
+                        f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
+                        f"{statistics.median(shape(r) for r in runs):.2f} | " + " | ".join(ratios) + " |")
+    if not rows:
+        return []
+    return ["", "Latency: the median and p99 (ms), p99 over the median (medians over the rounds); "
+            "then the median per-round ratios to HAProxy of the p99, of the median, and of p99 "
+            "over the median:", "",
+            "| scenario | proxy | p50 ms | p99 ms | p99/p50 | p99 | p50 | p99/p50 |",
+            "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def cpu_split_report(results):
@@ -841,7 +885,7 @@ def kernel(args):
                     time.sleep(0.3)
                     out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True,
                                          check=True).stdout
-                    _, total, _, _ = parse_wrk(out)
+                    _, total, _, _, _ = parse_wrk(out)
                     counts = {}
                     for line in perf.communicate()[1].splitlines():
                         f = line.split(",")

@@ -360,7 +360,26 @@ def fulcrum_target(target):
 
 
 def start_target(procs, work, target, mode, origins, cpu, workers, same_headers=False):
-    """Starts `target` for `mode`; returns (process, port, pids to measure)."""
+    """Starts `target` for `mode`; returns (process, port). The port is one that was free a
+    moment before; if a connection's local port took it in between (the proxy exits saying
+    the address is in use), the target is started again on another one."""
+    for attempt in range(3):
+        log = f"{work}/{target}.log"
+        start = os.path.getsize(log) if os.path.exists(log) else 0
+        try:
+            return start_target_once(procs, work, target, mode, origins, cpu, workers, same_headers)
+        except RuntimeError as e:
+            said = ""
+            if os.path.exists(log):
+                with open(log, "rb") as f:
+                    f.seek(start)
+                    said = f.read().decode(errors="replace")
+            if "in use" not in said or attempt == 2:
+                raise RuntimeError(f"{target}: {e}" + (f"; it said: {said.strip()[-500:]}" if said else "")) from None
+            print(f"{target}: its port was taken before it bound it; again on another", file=sys.stderr)
+
+
+def start_target_once(procs, work, target, mode, origins, cpu, workers, same_headers):
     port = free_port()
     if target.startswith("fulcrum"):
         path = f"{work}/{target}.{mode}.toml"
@@ -380,7 +399,11 @@ def start_target(procs, work, target, mode, origins, cpu, workers, same_headers=
         p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/{target}.log")
     else:
         raise SystemExit(f"unknown target {target}")
-    wait_port(port, p)
+    try:
+        wait_port(port, p)
+    except RuntimeError:
+        procs.stop(p)
+        raise
     time.sleep(0.3)
     return p, port
 

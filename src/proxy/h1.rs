@@ -164,6 +164,9 @@ pub struct Conn {
     io: Io,
     /// Bytes read from the server and not yet used.
     rd: BytesMut,
+    /// `rd` was grown past twice [`MIN_READ`] (for a body, or a long head): its
+    /// allocation is let go when the response ends cleanly (see [`RespIn::take_reusable`]).
+    grown: bool,
     /// The request head (and chunk framing) being written; its capacity is kept.
     wr: Vec<u8>,
     /// Fires when the server's connections are severed.
@@ -246,6 +249,7 @@ impl Conn {
         Box::new(Conn {
             io,
             rd: BytesMut::new(),
+            grown: false,
             wr: Vec::new(),
             sever,
             sever_wait: None,
@@ -325,7 +329,9 @@ impl Conn {
         // a body, the next one would only find the socket empty: a wasted system call per
         // response (3 reads instead of 2 for a 16 KiB body).
         if self.rd.capacity() - self.rd.len() < want.min(MIN_READ) {
-            self.rd.reserve((want + 1).clamp(MIN_READ, 4 * READ_CHUNK));
+            let more = (want + 1).clamp(MIN_READ, 4 * READ_CHUNK);
+            self.grown |= self.rd.len() + more > 2 * MIN_READ;
+            self.rd.reserve(more);
         }
         let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rd);
         match r {
@@ -878,7 +884,17 @@ impl RespIn {
     /// The connection, if the body ended cleanly and it may carry another request.
     pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
         if self.framing == Framing::Done && self.reuse && self.out.is_none() {
-            self.conn.take().filter(|c| c.rd.is_empty())
+            let mut c = self.conn.take().filter(|c| c.rd.is_empty())?;
+            // A buffer grown for a body or a long head would otherwise stay with the
+            // connection for life: idle in the pool (up to `upstream_idle`), and under
+            // every later head read, which walks through it. Given back now, its memory is
+            // the allocator's to hand to the next large read on any connection, while it
+            // is still in the cache; the next head gets its 2 KiB afresh.
+            if c.grown {
+                c.rd = BytesMut::new();
+                c.grown = false;
+            }
+            Some(c)
         } else {
             None
         }

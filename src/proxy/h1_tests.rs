@@ -609,3 +609,31 @@ async fn short_responses_keep_the_read_buffer_small() {
         );
     }
 }
+
+/// A response with a 16 KiB body grows the read buffer; the connection gives that back
+/// when the body ends, so the short responses after it read into 2 KiB again instead of
+/// walking through the large buffer (which an idle connection in the pool would also hold).
+#[tokio::test]
+async fn a_large_body_leaves_no_large_buffer_behind() {
+    let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 16384\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 16384));
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    let short: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nshort";
+    let mut answers = vec![big];
+    answers.extend(std::iter::repeat_n(short, 5));
+    let (addr, _got) = scripted(answers).await;
+    let c = conn(addr).await;
+    let (_, body, again) = fields_of(c).await;
+    assert_eq!(body.len(), 16384);
+    let mut c = again.expect("reusable after the large body");
+    for i in 0..5 {
+        let (_, body, again) = fields_of(c).await;
+        assert_eq!(&body[..], b"short", "short response {i}");
+        c = again.unwrap_or_else(|| panic!("reusable after short response {i}"));
+        assert!(
+            c.rd.capacity() <= 2 * MIN_READ,
+            "after short response {i} the read buffer holds {} bytes",
+            c.rd.capacity()
+        );
+    }
+}

@@ -588,26 +588,32 @@ async fn long_heads_and_many_short_ones_on_one_connection_are_read_whole() {
     assert_eq!(&body[..], b"long");
 }
 
+/// The short response every test below answers with.
+const SHORT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nshort";
+
+/// Reads `n` short responses on `c`, and checks after each that the room left from where
+/// the next read lands is at most the 2 KiB reserved for a head (no growth; 8 KiB reserved
+/// for heads, or a buffer kept from a body, would leave more).
+async fn shorts_leave_the_buffer_small(mut c: Box<Conn>, n: usize) {
+    for i in 0..n {
+        let (_, body, again) = fields_of(c).await;
+        assert_eq!(&body[..], b"short", "short response {i}");
+        c = again.unwrap_or_else(|| panic!("reusable after short response {i}"));
+        assert!(
+            c.rd.capacity() <= 2 * MIN_READ,
+            "after short response {i} the read buffer holds {} bytes",
+            c.rd.capacity()
+        );
+    }
+}
+
 /// A connection that only ever gets short responses keeps a read buffer of about 2 KiB
 /// (`MIN_READ`), not the 8 KiB a body read reserves: the buffer is the connection's for its
 /// whole life, idle in the pool included.
 #[tokio::test]
 async fn short_responses_keep_the_read_buffer_small() {
-    let short: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nshort";
-    let (addr, _got) = scripted(vec![short; 60]).await;
-    let mut c = conn(addr).await;
-    for i in 0..60 {
-        let (_, body, again) = fields_of(c).await;
-        assert_eq!(&body[..], b"short", "response {i}");
-        c = again.unwrap_or_else(|| panic!("reusable after response {i}"));
-        // Room left from where the next read lands: at most the 2 KiB reserved (and no
-        // growth), where 8 KiB reserved for heads left up to 8 KiB.
-        assert!(
-            c.rd.capacity() <= 2 * MIN_READ,
-            "after response {i} the read buffer holds {} bytes",
-            c.rd.capacity()
-        );
-    }
+    let (addr, _got) = scripted(vec![SHORT; 60]).await;
+    shorts_leave_the_buffer_small(conn(addr).await, 60).await;
 }
 
 /// A response with a 16 KiB body grows the read buffer; the connection gives that back
@@ -618,22 +624,10 @@ async fn a_large_body_leaves_no_large_buffer_behind() {
     let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 16384\r\n\r\n".to_vec();
     big.extend(std::iter::repeat_n(b'x', 16384));
     let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-    let short: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nshort";
     let mut answers = vec![big];
-    answers.extend(std::iter::repeat_n(short, 5));
+    answers.extend(std::iter::repeat_n(SHORT, 5));
     let (addr, _got) = scripted(answers).await;
-    let c = conn(addr).await;
-    let (_, body, again) = fields_of(c).await;
+    let (_, body, again) = fields_of(conn(addr).await).await;
     assert_eq!(body.len(), 16384);
-    let mut c = again.expect("reusable after the large body");
-    for i in 0..5 {
-        let (_, body, again) = fields_of(c).await;
-        assert_eq!(&body[..], b"short", "short response {i}");
-        c = again.unwrap_or_else(|| panic!("reusable after short response {i}"));
-        assert!(
-            c.rd.capacity() <= 2 * MIN_READ,
-            "after short response {i} the read buffer holds {} bytes",
-            c.rd.capacity()
-        );
-    }
+    shorts_leave_the_buffer_small(again.expect("reusable after the large body"), 5).await;
 }

@@ -47,6 +47,7 @@ wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client linux-perf.
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -423,24 +424,27 @@ def measured_pids(p):
 # load
 
 
-LAT = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", re.M)
-LAT50 = re.compile(r"^\s*50%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+# What a load tool's run gave: req/s, requests answered, latency percentiles (ms), errors.
+Load = collections.namedtuple("Load", "rps total p99 p50 errors")
+
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_percentile(out, q):
+    """The latency at percentile `q` (50, 99...) of wrk's `--latency` table, in ms."""
+    m = re.search(rf"^\s*{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    return float(m.group(1)) * UNIT_MS[m.group(2)] if m else float("nan")
 
 
 def parse_wrk(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    m = LAT.search(out)
-    p99 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else float("nan")
-    m = LAT50.search(out)
-    p50 = float(m.group(1)) * UNIT_MS[m.group(2)] if m else float("nan")
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors += sum(int(x) for x in m.groups()) if m else 0
-    return rps, total, p99, errors, p50
+    return Load(rps, total, wrk_percentile(out, 99), wrk_percentile(out, 50), errors)
 
 
 # h2 scenarios: streams each h2 client connection keeps open (HAProxy's default limit per
@@ -461,7 +465,7 @@ BROWSER_HEADERS = [
 
 
 def parse_h2load(out, log):
-    """req/s, requests, p99 (ms, from h2load's per-request log) and errors of an h2load run."""
+    """An h2load run's `Load` (the percentiles from its per-request log)."""
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
                   r"(\d+) errored, (\d+) timeout", out)
@@ -475,21 +479,20 @@ def parse_h2load(out, log):
             if len(cols) >= 3 and cols[1] != "-1":
                 took.append(int(cols[2]))
     took.sort()
+
     def at(q):
         return took[min(len(took) - 1, int(len(took) * q))] / 1000.0 if took else float("nan")
-    return rps, total, at(0.99), errors, at(0.50)
+    return Load(rps, total, at(0.99), at(0.50), errors)
 
 
-def measured(parsed, cpu, held, pids):
-    """One run's figures: the load tool's (req/s, requests, p99, errors, median latency),
-    the proxy's CPU over the run, the RSS it held halfway through, and its peak RSS read
-    now."""
-    rps, total, p99, errors, p50 = parsed
+def measured(load, cpu, held, pids):
+    """One run's figures: the load tool's (a `Load`), the proxy's CPU over the run, the RSS
+    it held halfway through, and its peak RSS read now."""
     # The kernel moves its high-water mark lazily, so a sample taken during the run can
     # read a little above it (12.5 against 12.4 MiB): the peak is at least the sample.
     peak = max(rss_mib(pids), held)
-    return {"rps": rps, "p99_ms": p99, "p50_ms": p50, **cpu_fields(cpu, total), "rss_mib": peak,
-            "rss_held_mib": held, "errors": errors, "requests": total}
+    return {"rps": load.rps, "p99_ms": load.p99, "p50_ms": load.p50, **cpu_fields(cpu, load.total),
+            "rss_mib": peak, "rss_held_mib": held, "errors": load.errors, "requests": load.total}
 
 
 def scenario_path(body):
@@ -641,18 +644,22 @@ def report(results, args):
     return "\n".join(lines)
 
 
+def median_ratio(runs, base, f, g=None):
+    """The median over the rounds of `f(run)` over `g(HAProxy's run)` (`g` defaults to `f`),
+    formatted, or "-" if there is none."""
+    g = g or f
+    rs = [f(r) / g(b) for r, b in zip(runs, base) if g(b) > 0]
+    return f"{statistics.median(rs):.2f}×" if rs else "-"
+
+
 def tail_report(results):
     """The shape of each proxy's latency: its median, its p99, and p99 over the median.
     Under a closed-loop load (a fixed number of connections, each waiting for its answer)
     a proxy that serves fewer requests a second makes every request wait longer, so its
     p99 rises with its median; p99 over the median is what is left, how uneven its
     service is. A p99 ratio to HAProxy is the median's ratio times this one's."""
-    def median_ratio(runs, base, f):
-        rs = [f(r) / f(b) for r, b in zip(runs, base) if f(b) > 0]
-        return f"{statistics.median(rs):.2f}×" if rs else "-"
-
     def shape(r):
-        return r["p99_ms"] / r["p50_ms"] if r["p50_ms"] > 0 else float("nan")
+        return r["p99_ms"] / r["p50_ms"]
 
     rows = []
     for scen, by_target in results.items():
@@ -684,10 +691,6 @@ def cpu_split_report(results):
     part is the same system calls and TCP segments for every proxy, so no proxy's own code
     can take it away: `floor`, its kernel part over HAProxy's whole CPU per request, is the
     lowest µs/req ratio it could reach if its own code cost nothing."""
-    def median_ratio(runs, base, f, g):
-        rs = [f(r) / g(b) for r, b in zip(runs, base) if g(b) > 0]
-        return f"{statistics.median(rs):.2f}×" if rs else "-"
-
     def user(r):
         return r["us_per_req"] - r["sys_us_per_req"]
 
@@ -704,8 +707,8 @@ def cpu_split_report(results):
             user_us = statistics.median(user(r) for r in runs)
             ratios = ["-", "-", "-"]
             if base and t != "haproxy":
-                ratios = [median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["sys_us_per_req"]),
-                          median_ratio(runs, base, user, user),
+                ratios = [median_ratio(runs, base, lambda r: r["sys_us_per_req"]),
+                          median_ratio(runs, base, user),
                           median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["us_per_req"])]
             share = sys_us / total if total else float("nan")
             rows.append(f"| {scen} | {t} | {total:.2f} | {sys_us:.2f} ({share:.0%}) | {user_us:.2f} | "
@@ -908,7 +911,7 @@ def kernel(args):
                     time.sleep(0.3)
                     out = subprocess.run(wrk + [f"-d{args.duration}s", url], capture_output=True, text=True,
                                          check=True).stdout
-                    _, total, _, _, _ = parse_wrk(out)
+                    total = parse_wrk(out).total
                     counts = {}
                     for line in perf.communicate()[1].splitlines():
                         f = line.split(",")

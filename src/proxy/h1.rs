@@ -53,8 +53,9 @@ const MIN_READ: usize = 2 * 1024;
 /// Room below which the read buffer is grown (or taken back to its start) before a response
 /// head's read.
 ///
-/// The buffer is the connection's for its whole life, idle in the pool included, and each
-/// read lands at its next free byte until the room left is below this. With 8 KiB reserved
+/// The buffer stays with the connection, idle in the pool included (unless a body or a long
+/// head grew it: see [`RespIn::take_reusable`]), and each read lands at its next free byte
+/// until the room left is below this. With 8 KiB reserved
 /// for heads (and 2 KiB as the mark), a connection's reads walked through 6 KiB of it
 /// before it was taken back to its start, and those pages stayed resident. Heads get
 /// [`MIN_READ`] (most are a few hundred bytes; a longer one grows it), taken back to its

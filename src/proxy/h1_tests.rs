@@ -608,8 +608,8 @@ async fn shorts_leave_the_buffer_small(mut c: Box<Conn>, n: usize) {
 }
 
 /// A connection that only ever gets short responses keeps a read buffer of about 2 KiB
-/// (`MIN_READ`), not the 8 KiB a body read reserves: the buffer is the connection's for its
-/// whole life, idle in the pool included.
+/// (`MIN_READ`), not the 8 KiB a body read reserves: the buffer stays with the connection,
+/// idle in the pool included.
 #[tokio::test]
 async fn short_responses_keep_the_read_buffer_small() {
     let (addr, _got) = scripted(vec![SHORT; 60]).await;

@@ -3,7 +3,8 @@
 //! acknowledged. On a keep-alive connection the kernel delays that ACK (up to 40 ms: the
 //! connection's two ends take turns, so it waits for data to carry the ACK), and each such
 //! message would take that long. The proxy acknowledges at once a response from a server,
-//! or a request from an HTTP/1 client, that came in part.
+//! or a request from an HTTP/1 client, that came in part; an L4 relay, which cannot tell
+//! where a message ends, does so for a peer it has seen wait for an ACK.
 //!
 //! Measured by the kernel's own count of ACKs sent late (`TcpExt: DelayedACKs`), in a
 //! network namespace of the test's own, so that nothing else on the machine adds to it.
@@ -89,6 +90,13 @@ type Pieces = &'static [&'static [u8]];
 const HEAD_THEN_BODY: Pieces = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"];
 /// A response in one write.
 const WHOLE: Pieces = &[b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"];
+/// A request without a body, in one write.
+const GET: Pieces = &[b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"];
+/// A request's head and body in two writes (the client's Nagle's algorithm is on).
+const POST_THEN_BODY: Pieces = &[
+    b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n",
+    b"0123456789",
+];
 
 /// A server: answers every whole request (head and body) on each connection with `answer`.
 fn serve(listener: TcpListener, answer: Pieces) {
@@ -119,12 +127,12 @@ fn skip() -> bool {
     skip_unless_ci(WHY.get_or_init(|| netns_unavailable("nagle")).as_deref())
 }
 
-/// Runs fulcrum in a namespace of its own in front of a server answering in `answer`,
-/// sends it `REQUESTS + 1` requests one after another on one connection, each written in
-/// `request`, and returns the delayed ACKs the kernel sent during the last `REQUESTS` (the
-/// first opens the server connection, whose first ACKs go out at once anyway: the kernel's
-/// quick-ACK start).
-fn late_acks(tag: &str, answer: Pieces, request: Pieces) -> u64 {
+/// Runs fulcrum (an HTTP listener, or with `l4` a TCP one) in a namespace of its own in
+/// front of a server answering in `answer`, sends it `REQUESTS + 1` requests one after
+/// another on one connection, each written in `request`, and returns the delayed ACKs the
+/// kernel sent during the last `REQUESTS` (the first opens the server connection, whose
+/// first ACKs go out at once anyway: the kernel's quick-ACK start).
+fn late_acks(tag: &str, l4: bool, answer: Pieces, request: Pieces) -> u64 {
     let ns = Netns::new(tag);
     let (tx, rx) = mpsc::channel();
     ns.spawn(move || {
@@ -133,10 +141,11 @@ fn late_acks(tag: &str, answer: Pieces, request: Pieces) -> u64 {
         serve(l, answer);
     });
     let origin: SocketAddr = rx.recv().unwrap();
-    let d = Daemon::spawn_in_netns(
-        &http_config(&format!("{{ addr = \"{origin}\" }}"), "", NO_HEALTH),
-        &ns.0,
-    );
+    let mut config = http_config(&format!("{{ addr = \"{origin}\" }}"), "", NO_HEALTH);
+    if l4 {
+        config = config.replace("protocol = \"http\"", "protocol = \"tcp\"");
+    }
+    let d = Daemon::spawn_in_netns(&config, &ns.0);
     let proxy = d.addrs["web"];
     let name = ns.0.clone();
     let acks = ns
@@ -178,7 +187,7 @@ fn a_response_written_in_two_pieces_is_not_held_back_by_delayed_acks() {
     if skip() {
         return;
     }
-    let acks = late_acks("r", HEAD_THEN_BODY, &[b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"]);
+    let acks = late_acks("r", false, HEAD_THEN_BODY, GET);
     // Held back, each response's head would be acknowledged late: one delayed ACK per
     // request at least (41 in 40 with the proxy's quick ACK left out). Acknowledged at
     // once, none but a stray (a thread descheduled for 40 ms on a busy machine).
@@ -190,10 +199,27 @@ fn a_request_written_in_two_pieces_is_not_held_back_by_delayed_acks() {
     if skip() {
         return;
     }
-    let request: Pieces = &[
-        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n",
-        b"0123456789",
-    ];
-    let acks = late_acks("q", WHOLE, request);
+    let acks = late_acks("q", false, WHOLE, POST_THEN_BODY);
+    assert!(acks < REQUESTS / 4, "{acks} late ACKs");
+}
+
+/// Through an L4 relay the first messages show the server's wait (the relay cannot tell a
+/// message that came in part from a whole one), so the first one or two are held back.
+#[test]
+fn an_l4_relay_learns_that_its_server_waits_for_acks() {
+    if skip() {
+        return;
+    }
+    let acks = late_acks("t", true, HEAD_THEN_BODY, GET);
+    // Without the relay's quick ACK: 80 in 40 (two a request).
+    assert!(acks < REQUESTS / 4, "{acks} late ACKs");
+}
+
+#[test]
+fn an_l4_relay_learns_that_its_client_waits_for_acks() {
+    if skip() {
+        return;
+    }
+    let acks = late_acks("c", true, WHOLE, POST_THEN_BODY);
     assert!(acks < REQUESTS / 4, "{acks} late ACKs");
 }

@@ -24,6 +24,13 @@ const BUF: usize = 32 * 1024;
 /// Reuse saved about 1 µs of relay CPU per small round trip over allocating each time.
 const KEEP: usize = 16;
 
+/// How long after the read that emptied the source its next bytes come, with nothing moved
+/// the other way in between, when the source waited for the ACK of what it had sent
+/// (milliseconds on the process clock, which lags by a kernel tick at most). Linux holds a
+/// delayed ACK for 40 ms at least and 200 ms at most; a pause outside this range is the
+/// peer's own.
+const HELD_BACK_MS: std::ops::RangeInclusive<u64> = 30..=250;
+
 thread_local! {
     /// Drained buffers kept for the next read on this thread, so a burst reuses an
     /// initialised buffer instead of allocating and zeroing one. Only this thread touches it,
@@ -75,6 +82,9 @@ pub(super) trait Side {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Ends the write direction (TCP: a FIN), leaving the read direction open.
     fn poll_close_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Acknowledges at once what has been read (see [`crate::proxy::quick_ack`]); nothing
+    /// for a side that is not a TCP socket of its own.
+    fn ack_now(&self) {}
 }
 
 /// A TCP stream: waits for readiness without a buffer, then reads and writes through its
@@ -112,6 +122,11 @@ impl Side for &mut TcpStream {
     fn poll_close_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // shutdown(Write): a FIN to the peer, reading stays open.
         Pin::new(&mut **self).poll_shutdown(cx)
+    }
+
+    fn ack_now(&self) {
+        use std::os::fd::AsRawFd;
+        crate::proxy::quick_ack(self.as_raw_fd());
     }
 }
 
@@ -165,6 +180,25 @@ pub(super) struct Flow {
     /// The source was accepted just now: its first read asks the socket, not the runtime,
     /// which has not been told yet what the socket holds (see [`Flow::fresh`]).
     fresh: bool,
+    /// What the reads of the source have shown of its writes (see [`Flow::note_read`]).
+    ack: AckWatch,
+}
+
+/// What a direction has seen of how its source writes, to tell one that waits for ACKs.
+#[derive(Default)]
+struct AckWatch {
+    /// The last read took all the source had.
+    emptied: bool,
+    /// How far the other direction had moved at the last read.
+    other_then: u64,
+    /// The source has written a message in pieces: reads that empty it are timed.
+    timing: bool,
+    /// When the last read that emptied the source came, if timed (process clock, ms; 0:
+    /// not timed).
+    emptied_at: u64,
+    /// The source has been seen waiting for an ACK: every read that empties it is
+    /// acknowledged at once.
+    each: bool,
 }
 
 impl Flow {
@@ -186,13 +220,15 @@ impl Flow {
 
     /// Moves bytes from `from` to `to` until the source ends (then shuts down `to`'s write
     /// side and is ready with `Ok`), an error, or nothing can move now (`Pending`). Every
-    /// completed read or write bumps `ticks`, which the idle watchdog watches.
+    /// completed read or write bumps `ticks`, which the idle watchdog watches. `other` is
+    /// how many bytes the other direction has moved so far.
     pub(super) fn poll<R: Side, W: Side>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
         ticks: &AtomicU64,
+        other: u64,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -204,7 +240,7 @@ impl Flow {
             match from.recv_now(&mut buf) {
                 // Nothing yet (or nothing this side can say): ask the runtime, below.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => give(buf),
-                r => self.got(buf, r, ticks)?,
+                r => self.got(buf, r, ticks, from, other)?,
             }
         }
         loop {
@@ -259,7 +295,7 @@ impl Flow {
             }
             let mut buf = take();
             match from.poll_recv(cx, &mut buf) {
-                Poll::Ready(r) => self.got(buf, r, ticks)?,
+                Poll::Ready(r) => self.got(buf, r, ticks, from, other)?,
                 Poll::Pending => {
                     give(buf);
                     self.waiting = true;
@@ -272,7 +308,14 @@ impl Flow {
     /// Takes in what a read into `buf` gave: bytes to write (the buffer is kept), the end
     /// of the stream, or an error.
     #[inline(always)]
-    fn got(&mut self, buf: Box<[u8]>, r: io::Result<usize>, ticks: &AtomicU64) -> io::Result<()> {
+    fn got<R: Side>(
+        &mut self,
+        buf: Box<[u8]>,
+        r: io::Result<usize>,
+        ticks: &AtomicU64,
+        from: &R,
+        other: u64,
+    ) -> io::Result<()> {
         match r {
             Ok(0) => {
                 give(buf);
@@ -282,6 +325,7 @@ impl Flow {
             }
             Ok(n) => {
                 ticks.fetch_add(1, Ordering::Relaxed);
+                self.note_read(from, n < buf.len(), other);
                 self.buf = Some(buf);
                 (self.pos, self.end) = (0, n);
                 Ok(())
@@ -291,6 +335,64 @@ impl Flow {
                 Err(e)
             }
         }
+    }
+
+    /// Notes a read that found bytes (`emptied`: and took all the source had), to spare a
+    /// source that waits for ACKs the delayed ACK on every message.
+    ///
+    /// A peer that leaves Nagle's algorithm on and writes a message in two small pieces (as
+    /// Python's http.server writes a response's head and body) sends the second only once
+    /// the first is acknowledged, and on a connection whose ends take turns the kernel
+    /// holds that ACK back for 40 ms or more (see [`crate::proxy::quick_ack`]). The HTTP
+    /// codecs know when a message came in part; a relay does not, so it watches for the
+    /// mark such a wait leaves. A source whose bytes go on after a read emptied it, with
+    /// nothing moved the other way in between (a reply would have carried the ACK), wrote
+    /// a message in pieces: from then on the reads that empty it are timed. When its next
+    /// bytes come [`HELD_BACK_MS`] after such a read, under the same condition, it waited
+    /// for an ACK, and from then on every read that empties it is acknowledged at once: one
+    /// `setsockopt` per such read, on this relay only. A source that writes each message
+    /// whole costs a few comparisons per read, and no clock read.
+    #[inline(always)]
+    fn note_read<R: Side>(&mut self, from: &R, emptied: bool, other: u64) {
+        let a = &mut self.ack;
+        if a.each || a.timing || (a.emptied && other == a.other_then) {
+            self.note_read_further(from, emptied, other);
+        } else {
+            (a.emptied, a.other_then) = (emptied, other);
+        }
+    }
+
+    /// The rest of [`Flow::note_read`], once the source has written a message in pieces.
+    #[cold]
+    #[inline(never)]
+    fn note_read_further<R: Side>(&mut self, from: &R, emptied: bool, other: u64) {
+        if self.ack.each {
+            if emptied {
+                from.ack_now();
+            }
+            return;
+        }
+        let mut now = 0;
+        if self.ack.emptied && other == self.ack.other_then {
+            if self.ack.timing {
+                now = crate::backend::now_ms();
+                if self.ack.emptied_at != 0
+                    && HELD_BACK_MS.contains(&now.saturating_sub(self.ack.emptied_at))
+                {
+                    self.ack.each = true;
+                    return;
+                }
+            } else {
+                self.ack.timing = true;
+            }
+        }
+        self.ack.emptied = emptied;
+        self.ack.other_then = other;
+        self.ack.emptied_at = match (emptied && self.ack.timing, now) {
+            (false, _) => 0,
+            (true, 0) => crate::backend::now_ms(),
+            (true, now) => now,
+        };
     }
 
     /// Writes some of `first` (when `buf` is `None`) or of `buf[pos..end]`.
@@ -386,7 +488,7 @@ mod tests {
         want: impl Fn(&Flow, &Poll<io::Result<()>>) -> bool,
     ) {
         let step = poll_fn(|cx| {
-            let p = flow.poll(cx, &mut &mut *a, &mut &mut *b, ticks);
+            let p = flow.poll(cx, &mut &mut *a, &mut &mut *b, ticks, 0);
             if want(flow, &p) {
                 Poll::Ready(())
             } else {
@@ -427,7 +529,7 @@ mod tests {
                 Flow::default()
             };
             // Polled once, before anything lets the runtime turn.
-            let p = flow.poll(&mut cx, &mut &mut a, &mut &mut b, &ticks);
+            let p = flow.poll(&mut cx, &mut &mut a, &mut &mut b, &ticks, 0);
             assert!(p.is_pending());
             assert_eq!(flow.moved, moved, "fresh: {fresh}");
             if fresh {

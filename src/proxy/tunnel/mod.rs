@@ -140,8 +140,8 @@ async fn run<A: Side, B: Side>(
     let copy = poll_fn(|cx| {
         // Both directions are polled on every wake: each registers its own interest, and an
         // error in either ends the relay, as with tokio's copy_bidirectional.
-        let ab_ready = ab.poll(cx, &mut a, &mut b, &ticks)?.is_ready();
-        let ba_ready = ba.poll(cx, &mut b, &mut a, &ticks)?.is_ready();
+        let ab_ready = ab.poll(cx, &mut a, &mut b, &ticks, ba.moved)?.is_ready();
+        let ba_ready = ba.poll(cx, &mut b, &mut a, &ticks, ab.moved)?.is_ready();
         if ab_ready && ba_ready {
             Poll::Ready(Ok::<(), io::Error>(()))
         } else {

@@ -366,29 +366,27 @@ impl Flow {
     #[cold]
     #[inline(never)]
     fn note_read_further<R: Side>(&mut self, from: &R, emptied: bool, other: u64) {
-        if self.ack.each {
+        let a = &mut self.ack;
+        if a.each {
             if emptied {
                 from.ack_now();
             }
             return;
         }
+        let split = a.emptied && other == a.other_then;
         let mut now = 0;
-        if self.ack.emptied && other == self.ack.other_then {
-            if self.ack.timing {
-                now = crate::backend::now_ms();
-                if self.ack.emptied_at != 0
-                    && HELD_BACK_MS.contains(&now.saturating_sub(self.ack.emptied_at))
-                {
-                    self.ack.each = true;
-                    return;
-                }
-            } else {
-                self.ack.timing = true;
+        if a.timing && split {
+            // Timed reads record when they emptied the source: `emptied_at` is when the
+            // wait began.
+            now = crate::backend::now_ms();
+            if HELD_BACK_MS.contains(&now.saturating_sub(a.emptied_at)) {
+                a.each = true;
+                return;
             }
         }
-        self.ack.emptied = emptied;
-        self.ack.other_then = other;
-        self.ack.emptied_at = match (emptied && self.ack.timing, now) {
+        a.timing |= split;
+        (a.emptied, a.other_then) = (emptied, other);
+        a.emptied_at = match (emptied && a.timing, now) {
             (false, _) => 0,
             (true, 0) => crate::backend::now_ms(),
             (true, now) => now,
@@ -538,6 +536,46 @@ mod tests {
                 assert_eq!(&got, b"hello");
             }
         }
+    }
+
+    /// A source that writes each message whole, answered in between, is never timed (no
+    /// clock read, no quick ACK: see [`Flow::note_read`]); one message in two pieces, with
+    /// no answer between them, starts the timing.
+    #[tokio::test]
+    async fn only_a_message_in_pieces_starts_the_ack_watch() {
+        let (mut src, mut a) = pair(false).await;
+        let (mut b, mut dst) = pair(false).await;
+        let ticks = AtomicU64::new(0);
+        let mut flow = Flow::default();
+        // Writes `piece`, then polls the direction (the other one having moved `other`
+        // bytes) until it has moved `piece` to `dst`.
+        let mut relay = async |piece: &[u8], other: u64, flow: &mut Flow| {
+            src.write_all(piece).await.unwrap();
+            let want = flow.moved + piece.len() as u64;
+            let moved = poll_fn(|cx| {
+                let _ = flow.poll(cx, &mut &mut a, &mut &mut b, &ticks, other);
+                if flow.moved == want {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(10), moved)
+                .await
+                .expect("relayed");
+            let mut got = vec![0u8; piece.len()];
+            dst.read_exact(&mut got).await.unwrap();
+        };
+        for answered in 1..=5 {
+            relay(b"a whole message", answered, &mut flow).await;
+        }
+        assert!(
+            !flow.ack.timing && !flow.ack.each,
+            "whole messages: not timed"
+        );
+        relay(b"a head, ", 5, &mut flow).await;
+        relay(b"then its body", 5, &mut flow).await;
+        assert!(flow.ack.timing, "a message in pieces: timed from now on");
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -180,6 +181,9 @@ pub struct Conn {
     /// Where the ACK of what the server sent since the proxy last wrote to it stands. See
     /// [`Conn::poll_fill`].
     ack: Ack,
+    /// The server is at a loopback address: it gets an ACK within the system call that
+    /// sends it, and what that ACK let it send is here when the call returns.
+    local: bool,
 }
 
 /// The kernel may hold back the ACK of what a server sent (delayed ACK: up to 40 ms on a
@@ -246,7 +250,7 @@ impl Conn {
     /// A connection over `io`; `sever` is a token of its own (a child of the server's).
     /// Boxed: it moves between the pool, the request and the response body, and a pointer
     /// moves cheaper than the struct.
-    pub fn new(io: Io, sever: CancellationToken) -> Box<Self> {
+    pub fn new(io: Io, server: SocketAddr, sever: CancellationToken) -> Box<Self> {
         Box::new(Conn {
             io,
             rd: BytesMut::new(),
@@ -256,6 +260,7 @@ impl Conn {
             sever_wait: None,
             names: NameCache::default(),
             ack: Ack::Even,
+            local: server.ip().is_loopback(),
         })
     }
 
@@ -334,6 +339,11 @@ impl Conn {
             self.grown |= self.rd.len() + more > 2 * MIN_READ;
             self.rd.reserve(more);
         }
+        if self.ack == Ack::Owed && self.local {
+            if let Some(r) = self.ack_and_read_now() {
+                return Poll::Ready(r);
+            }
+        }
         let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rd);
         match r {
             Poll::Ready(Ok(n)) if n > 0 && self.ack == Ack::Even => self.ack = Ack::Owed,
@@ -348,6 +358,37 @@ impl Conn {
             _ => {}
         }
         r
+    }
+
+    /// A server on this host that wrote a response in pieces: when the socket is drained
+    /// (a read now would wait), acknowledges what came and reads at once what the ACK let
+    /// the server send. On loopback the ACK reaches the server, and the server's next piece
+    /// comes back, inside the `setsockopt` call, so the response is read whole in this poll
+    /// instead of in a second wake-up of the task for the rest. No waker is registered, so
+    /// the readiness the runtime records for those bytes a moment later wakes nobody; it
+    /// costs the connection's next read, or its check when it is taken from the pool, one
+    /// `EAGAIN` system call. `None` when there is nothing to do here: the caller reads
+    /// through the runtime as usual (and acknowledges then if it still owes the ACK).
+    #[cold]
+    fn ack_and_read_now(&mut self) -> Option<io::Result<usize>> {
+        let Io::Tcp(s) = &self.io else {
+            return None;
+        };
+        if !super::read_readiness_empty(s) {
+            // Bytes (or a FIN) may be waiting: the read through the runtime takes them.
+            return None;
+        }
+        self.ack = Ack::Sent;
+        super::quick_ack(std::os::fd::AsRawFd::as_raw_fd(s));
+        match super::sock::recv_now(s, self.rd.spare_capacity_mut()) {
+            Ok(n) => {
+                // SAFETY: `recv` wrote `n` bytes at the start of the spare capacity.
+                unsafe { self.rd.set_len(self.rd.len() + n) };
+                Some(Ok(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Acknowledges at once what was read (see [`Ack`]).

@@ -58,7 +58,7 @@ async fn scripted(
 
 async fn conn(addr: SocketAddr) -> Box<Conn> {
     let s = TcpStream::connect(addr).await.unwrap();
-    Conn::new(Io::Tcp(s), CancellationToken::new())
+    Conn::new(Io::Tcp(s), addr, CancellationToken::new())
 }
 
 fn get(path: &str) -> Request<ReqBody> {
@@ -505,6 +505,7 @@ async fn a_sever_reaches_whichever_task_waits_on_the_connection_now() {
         let server = CancellationToken::new();
         let c = Conn::new(
             Io::Tcp(TcpStream::connect(addr).await.unwrap()),
+            addr,
             server.child_token(),
         );
         let (status, body, _, again) = tokio::spawn(exchange(c, get("/1"))).await.unwrap().unwrap();
@@ -630,4 +631,67 @@ async fn a_large_body_leaves_no_large_buffer_behind() {
     let (_, body, again) = fields_of(conn(addr).await).await;
     assert_eq!(body.len(), 16384);
     shorts_leave_the_buffer_small(again.expect("reusable after the large body"), 5).await;
+}
+
+/// A server on this host that writes a response's head and body apart, with Nagle's
+/// algorithm on, sends the body only once the head is acknowledged. The connection
+/// acknowledges the head when it needs the rest, and on loopback reads the body in the same
+/// poll: the ACK reached the server, and the body came back, inside the `setsockopt` call.
+/// Read through the runtime instead, the body would only be seen after another turn of the
+/// event loop (a second wake-up of the task for every such response).
+#[tokio::test]
+async fn a_local_servers_body_held_for_an_ack_is_read_in_the_same_poll() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (written_tx, written) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let (mut have, mut chunk) = (Vec::new(), [0u8; 4096]);
+        loop {
+            while let Some(p) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                have.drain(..p + 4);
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                    .unwrap();
+                s.write_all(b"hello").unwrap();
+                let _ = written_tx.send(());
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let mut c = conn(addr).await;
+    let (mut split, mut at_once) = (0, 0);
+    for _ in 0..20 {
+        let resp = answered(c, get("/")).await.unwrap();
+        // Both pieces written: the body is in the server's socket, held for the head's ACK
+        // (which the runtime cannot send: this thread holds it).
+        written.recv_timeout(LIMIT).expect("the server answered");
+        let mut body = resp.into_body();
+        if body.short_rest_pending(1024) {
+            split += 1;
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            at_once += usize::from(body.poll_short_rest(&mut cx).is_ready());
+        }
+        let mut data = Vec::new();
+        while let Some(frame) = tokio::time::timeout(LIMIT, body.frame()).await.unwrap() {
+            data.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(data, b"hello");
+        c = body.take_reusable().expect("reusable");
+    }
+    drop(c);
+    server.join().unwrap();
+    // The first heads may be acknowledged at once by the kernel itself (it starts a
+    // connection in its quick-ACK mode), their bodies then following unheld.
+    assert!(
+        split >= 10,
+        "only {split} of 20 bodies came apart from their heads"
+    );
+    assert!(
+        at_once * 2 >= split,
+        "{at_once} of {split} held-back bodies read in the poll that acknowledged the head"
+    );
 }

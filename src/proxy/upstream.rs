@@ -400,7 +400,7 @@ impl ServerUpstream {
         let sender = match self.tls.load_full() {
             None if self.protocol == UpstreamProtocol::Http1 => {
                 let sever = self.state.sever_token().child_token();
-                Sender::H1(Some(h1::Conn::new(h1::Io::Tcp(stream), sever)))
+                Sender::H1(Some(h1::Conn::new(h1::Io::Tcp(stream), self.addr, sever)))
             }
             tls => {
                 let hs = Box::pin(self.handshakes(stream, tls, limit));
@@ -441,6 +441,7 @@ impl ServerUpstream {
             let sever = self.state.sever_token().child_token();
             return Ok(Sender::H1(Some(h1::Conn::new(
                 h1::Io::Tls(Box::new(s)),
+                self.addr,
                 sever,
             ))));
         }

@@ -666,8 +666,9 @@ async fn a_local_servers_body_held_for_an_ack_is_read_in_the_same_poll() {
     let (mut split, mut at_once) = (0, 0);
     for _ in 0..20 {
         let resp = answered(c, get("/")).await.unwrap();
-        // Both pieces written: the body is in the server's socket, held for the head's ACK
-        // (which the runtime cannot send: this thread holds it).
+        // Both pieces written: the body waits in the server's socket for the head's ACK.
+        // Nothing acknowledges the head meanwhile: this thread blocks (no poll, no turn of
+        // the runtime), and the kernel's delayed ACK is 40 ms away.
         written.recv_timeout(LIMIT).expect("the server answered");
         let mut body = resp.into_body();
         if body.short_rest_pending(1024) {

@@ -121,7 +121,7 @@ fn serve(listener: TcpListener, answer: Pieces) {
     }
 }
 
-/// Whether to skip: the probe runs once for both tests (they run at the same time).
+/// Whether to skip: the probe runs once for all four tests (they run at the same time).
 fn skip() -> bool {
     static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     skip_unless_ci(WHY.get_or_init(|| netns_unavailable("nagle")).as_deref())

@@ -181,8 +181,9 @@ pub struct Conn {
     /// Where the ACK of what the server sent since the proxy last wrote to it stands. See
     /// [`Conn::poll_fill`].
     ack: Ack,
-    /// The server is at a loopback address: it gets an ACK within the system call that
-    /// sends it, and what that ACK let it send is here when the call returns.
+    /// A plain TCP connection to a loopback address: the server gets an ACK within the
+    /// system call that sends it, and what that ACK let it send is here when the call
+    /// returns, to be read straight from the socket (see [`Conn::ack_and_read_now`]).
     local: bool,
 }
 
@@ -251,6 +252,7 @@ impl Conn {
     /// Boxed: it moves between the pool, the request and the response body, and a pointer
     /// moves cheaper than the struct.
     pub fn new(io: Io, server: SocketAddr, sever: CancellationToken) -> Box<Self> {
+        let local = matches!(io, Io::Tcp(_)) && server.ip().is_loopback();
         Box::new(Conn {
             io,
             rd: BytesMut::new(),
@@ -260,7 +262,7 @@ impl Conn {
             sever_wait: None,
             names: NameCache::default(),
             ack: Ack::Even,
-            local: server.ip().is_loopback(),
+            local,
         })
     }
 
@@ -371,6 +373,7 @@ impl Conn {
     /// through the runtime as usual (and acknowledges then if it still owes the ACK).
     #[cold]
     fn ack_and_read_now(&mut self) -> Option<io::Result<usize>> {
+        // `local` is set only on plain TCP connections.
         let Io::Tcp(s) = &self.io else {
             return None;
         };
@@ -379,7 +382,7 @@ impl Conn {
             return None;
         }
         self.ack = Ack::Sent;
-        super::quick_ack(std::os::fd::AsRawFd::as_raw_fd(s));
+        self.ack_now();
         match super::sock::recv_now(s, self.rd.spare_capacity_mut()) {
             Ok(n) => {
                 // SAFETY: `recv` wrote `n` bytes at the start of the spare capacity.

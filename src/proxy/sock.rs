@@ -354,4 +354,21 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A read from a connection its peer reset returns the reset, as an error of that kind:
+    /// not a wait (the reset marks the socket readable, and the read must not take that
+    /// for `EAGAIN`), and not the end of the stream (a clean close reads as 0 bytes).
+    #[tokio::test]
+    async fn a_read_from_a_reset_connection_is_an_error() {
+        let (near, far) = pair().await;
+        socket2::SockRef::from(&far)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(far);
+        let r = tokio::time::timeout(LONG, recv(&near, 64))
+            .await
+            .expect("the reader was not woken by the reset");
+        let e = r.expect_err("a reset read as bytes or as the end");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    }
 }

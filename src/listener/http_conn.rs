@@ -77,7 +77,9 @@ const FIRST_READ: usize = 1024;
 async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes), Silent> {
     let deadline = Instant::now() + limit;
     let mut buf = bytes::BytesMut::with_capacity(FIRST_READ);
-    let mut first = Some(read_now(stream, &mut buf));
+    // Without asking the runtime first: the first read of a connection an HTTP listener
+    // accepted finds the request at once instead of waiting a turn of the event loop.
+    let mut first = Some(crate::proxy::sock::recv_now(stream, &mut buf));
     loop {
         let read = match first.take() {
             Some(r) if !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) => r,
@@ -99,16 +101,6 @@ async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes)
         }
         // A prefix of the preface so far: the next read waits for more.
     }
-}
-
-/// Reads what the socket has into `buf`'s spare room, without asking the runtime first
-/// (see [`crate::proxy::sock::recv_now`]): the first read of a connection an HTTP listener
-/// accepted finds the request at once instead of waiting a turn of the event loop.
-fn read_now(stream: &TcpStream, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
-    let n = crate::proxy::sock::recv_now(stream, buf.spare_capacity_mut())?;
-    // SAFETY: `recv` initialised the first `n` bytes of the spare room.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
 }
 
 /// Serves one client connection to its end: TLS first if the listener terminates it, then

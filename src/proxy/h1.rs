@@ -383,14 +383,9 @@ impl Conn {
         }
         self.ack = Ack::Sent;
         self.ack_now();
-        match super::sock::recv_now(s, self.rd.spare_capacity_mut()) {
-            Ok(n) => {
-                // SAFETY: `recv` wrote `n` bytes at the start of the spare capacity.
-                unsafe { self.rd.set_len(self.rd.len() + n) };
-                Some(Ok(n))
-            }
+        match super::sock::recv_now(s, &mut self.rd) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-            Err(e) => Some(Err(e)),
+            r => Some(r),
         }
     }
 

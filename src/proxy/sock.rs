@@ -98,7 +98,8 @@ pub(crate) fn poll_send(
     Poll::Ready(Ok(n))
 }
 
-/// Reads what `s` has into `room` without waiting for the runtime to learn of it.
+/// Reads what `s` has into `buf`'s spare room (after its bytes) without waiting for the
+/// runtime to learn of it.
 ///
 /// A socket accepted and registered by fulcrum starts with no readiness recorded: the
 /// runtime learns that bytes are waiting only at the next turn of its event loop, and until
@@ -111,11 +112,13 @@ pub(crate) fn poll_send(
 /// when the runtime already knows of bytes, or when the socket has none, this says
 /// `WouldBlock`, and the caller reads through the runtime as usual; the registration
 /// reports what arrives.
-pub(crate) fn recv_now(s: &TcpStream, room: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+pub(crate) fn recv_now(s: &TcpStream, buf: &mut bytes::BytesMut) -> io::Result<usize> {
     if !super::read_readiness_empty(s) {
         return Err(io::ErrorKind::WouldBlock.into());
     }
-    let (_, n) = rustix::net::recv(s, room, RecvFlags::empty())?;
+    let (_, n) = rustix::net::recv(s, buf.spare_capacity_mut(), RecvFlags::empty())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare room.
+    unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
 

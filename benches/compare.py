@@ -51,6 +51,7 @@ import collections
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -325,6 +326,23 @@ def origin_nginx_config(work, origins):
     )
 
 
+def process_tree(pid):
+    """`pid` and its descendants (an nginx master and its worker), as far as /proc tells."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+ORIGIN_PIDS = []
+
+
 def start_origins(procs, work, kind, cpu, n=3):
     """`n` origins (on `cpu`, if given): one nginx worker on `n` ports (`nginx`, as the
     shared harness runs them), `n` `fulcrum origin` processes (`fulcrum`), or `n` of the
@@ -338,6 +356,7 @@ def start_origins(procs, work, kind, cpu, n=3):
         p = procs.start(["nginx", "-p", work, "-c", path], cpu, f"{work}/origin.log")
         for o in origins:
             wait_port(o, p)
+        ORIGIN_PIDS[:] = process_tree(p.pid)
     else:
         for i, o in enumerate(origins):
             if kind == "python":
@@ -346,6 +365,7 @@ def start_origins(procs, work, kind, cpu, n=3):
                 cmd = [FULCRUM, "origin", "--listen", f"127.0.0.1:{o}", "--name", f"o{i}"]
             p = procs.start(cmd, cpu)
             wait_port(o, p)
+            ORIGIN_PIDS.append(p.pid)
     return origins
 
 
@@ -517,10 +537,36 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
         wrk = ["taskset", "-c", str(load_cpu)] + wrk
     if args.warmup:
         subprocess.run(wrk + [f"-d{args.warmup}s", url], capture_output=True, check=True)
-    before = cpu_used(pids)
+    before, side = cpu_used(pids), load_side()
     out, held = run_measured(wrk + [f"-d{args.duration}s", url], pids, args.duration)
     cpu = cpu_used(pids, before)
-    return measured(parse_wrk(out), cpu, held, pids)
+    r = measured(parse_wrk(out), cpu, held, pids)
+    return {**r, **load_side(side, r["requests"])}
+
+
+def load_side(before=None, requests=0):
+    """The CPU of the load's side, the origin's processes and the load tool (the one child
+    reaped in between), read before a run (no arguments) or, with `before`, per request
+    over it: µs of the origin's and of the load tool's CPU per request. Pinned, both share
+    core 1, so what the proxy's way of sending costs them shows here."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    now = (sum(cpu_used(ORIGIN_PIDS)), kids.ru_utime + kids.ru_stime,
+           sum(map(sleeps, ORIGIN_PIDS)) + kids.ru_nvcsw)
+    if before is None:
+        return now
+    n = max(requests, 1)
+    return {"origin_us_per_req": (now[0] - before[0]) * 1e6 / n,
+            "client_us_per_req": (now[1] - before[1]) * 1e6 / n,
+            "other_sleeps_per_req": (now[2] - before[2]) / n}
+
+
+def sleeps(pid):
+    """How often the process `pid` has blocked so far (voluntary context switches)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
 
 
 def run_h2load(args, conns, url, pids, load_cpu, threads):
@@ -640,8 +686,47 @@ def report(results, args):
                   "| scenario | proxy | req/s | p99 | µs/req | peak RSS | held RSS |",
                   "|---|---|---|---|---|---|---|"] + paired
     lines += cpu_split_report(results)
+    lines += load_side_report(results)
     lines += tail_report(results)
     return "\n".join(lines)
+
+
+def load_side_report(results):
+    """What each proxy's traffic costs the other side: the origin's and the load tool's CPU
+    per request (medians), their sum's median per-round ratio to HAProxy's, and how busy
+    the proxy and the other side were (CPU per request times req/s, in cores: pinned, the
+    proxy has core 0 and the other side core 1, and the one at 99-100 % is what caps
+    req/s and so, under a fixed number of connections, the median latency)."""
+    def both(r):
+        return r["origin_us_per_req"] + r["client_us_per_req"]
+
+    def busy(r, us):
+        return f"{statistics.median(us(x) * x['rps'] / 1e4 for x in r):.0f} %"
+
+    rows = []
+    for scen, by_target in results.items():
+        base = by_target.get("haproxy")
+        if base and not all("origin_us_per_req" in b for b in base):
+            base = None
+        for t, runs in by_target.items():
+            if not all("origin_us_per_req" in r for r in runs):
+                continue
+            ratio = median_ratio(runs, base, both) if base and t != "haproxy" else "-"
+            rows.append(f"| {scen} | {t} | {busy(runs, lambda r: r['us_per_req'])} | "
+                        f"{statistics.median(r['origin_us_per_req'] for r in runs):.2f} | "
+                        f"{statistics.median(r['client_us_per_req'] for r in runs):.2f} | "
+                        f"{statistics.median(both(r) for r in runs):.2f} | {ratio} | "
+                        f"{busy(runs, both)} | "
+                        f"{statistics.median(r.get('other_sleeps_per_req', float('nan')) for r in runs):.3f} |")
+    if not rows:
+        return []
+    return ["", "The other side: how busy the proxy was; the origin's and the load tool's CPU per "
+            "request (µs, medians over the rounds), the median per-round ratio of their sum to "
+            "the same behind HAProxy, how busy they were (pinned, they share core 1; the "
+            "side at 98-100 % caps req/s), and how often per request they blocked waiting "
+            "(voluntary context switches):", "",
+            "| scenario | proxy | proxy busy | origin µs/req | load tool µs/req | both | ratio | other side busy | its sleeps/req |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows
 
 
 def median_ratio(runs, base, f, g=None):

@@ -340,6 +340,8 @@ def process_tree(pid):
     return out
 
 
+# The origins' processes (an nginx master and its worker, or one process per origin), for
+# the load side's CPU.
 ORIGIN_PIDS = []
 
 
@@ -349,6 +351,7 @@ def start_origins(procs, work, kind, cpu, n=3):
     shared harness's Python servers (`python`, which write a response's head and body
     apart)."""
     origins = [free_port() for _ in range(n)]
+    ORIGIN_PIDS.clear()
     if kind == "nginx":
         path = f"{work}/origin.conf"
         with open(path, "w") as f:
@@ -545,10 +548,11 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
 
 
 def load_side(before=None, requests=0):
-    """The CPU of the load's side, the origin's processes and the load tool (the one child
-    reaped in between), read before a run (no arguments) or, with `before`, per request
-    over it: µs of the origin's and of the load tool's CPU per request. Pinned, both share
-    core 1, so what the proxy's way of sending costs them shows here."""
+    """The load's side: the origin's processes and the load tool (wrk or h2load, the one
+    child reaped in between). Read before a run (no arguments), it returns the counts so
+    far; with `before`, the run's per request: µs of the origin's and of the load tool's
+    CPU, and how often they blocked (voluntary context switches). Pinned, both share core
+    1, so what the proxy's way of sending costs them shows here."""
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     now = (sum(cpu_used(ORIGIN_PIDS)), kids.ru_utime + kids.ru_stime,
            sum(map(sleeps, ORIGIN_PIDS)) + kids.ru_nvcsw)
@@ -577,12 +581,13 @@ def run_h2load(args, conns, url, pids, load_cpu, threads):
     if args.warmup:
         subprocess.run(h2 + ["-D", str(args.warmup), url], capture_output=True, check=True)
     with tempfile.NamedTemporaryFile(prefix="fulcrum-h2load-", suffix=".log") as log:
-        before = cpu_used(pids)
+        before, side = cpu_used(pids), load_side()
         out, held = run_measured(h2 + ["-D", str(args.duration), "--log-file", log.name, url],
                                  pids, args.duration)
         cpu = cpu_used(pids, before)
         parsed = parse_h2load(out, log.name)
-    return measured(parsed, cpu, held, pids)
+    r = measured(parsed, cpu, held, pids)
+    return {**r, **load_side(side, r["requests"])}
 
 
 def load(args):

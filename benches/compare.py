@@ -146,16 +146,17 @@ def cpu_fields(user_sys, total):
 def rss_mib(pids, field="VmHWM"):
     """The peak RSS of the processes `pids`, summed, in MiB (`field="VmRSS"`: their RSS
     now)."""
-    total = 0.0
-    for pid in pids:
-        value = float("nan")
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    value = int(line.split()[1]) / 1024
-                    break
-        total += value
-    return total
+    return sum(proc_status(pid, field, float("nan")) / 1024 for pid in pids)
+
+
+def proc_status(pid, field, missing=0):
+    """The number after `field:` in /proc/PID/status (kB for the memory fields), or
+    `missing`."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return missing
 
 
 def run_measured(cmd, pids, duration):
@@ -555,7 +556,7 @@ def load_side(before=None, requests=0):
     1, so what the proxy's way of sending costs them shows here."""
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     now = (sum(cpu_used(ORIGIN_PIDS)), kids.ru_utime + kids.ru_stime,
-           sum(map(sleeps, ORIGIN_PIDS)) + kids.ru_nvcsw)
+           sum(proc_status(p, "voluntary_ctxt_switches") for p in ORIGIN_PIDS) + kids.ru_nvcsw)
     if before is None:
         return now
     n = max(requests, 1)
@@ -563,14 +564,6 @@ def load_side(before=None, requests=0):
             "client_us_per_req": (now[1] - before[1]) * 1e6 / n,
             "other_sleeps_per_req": (now[2] - before[2]) / n}
 
-
-def sleeps(pid):
-    """How often the process `pid` has blocked so far (voluntary context switches)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
 
 
 def run_h2load(args, conns, url, pids, load_cpu, threads):
@@ -696,6 +689,19 @@ def report(results, args):
     return "\n".join(lines)
 
 
+def each_target(results, has):
+    """(scenario, target, its runs, HAProxy's runs) for every target whose runs all have
+    what a table needs (`has(run)`); HAProxy's runs are None unless they all have it too,
+    and then the table gives no ratios."""
+    for scen, by_target in results.items():
+        base = by_target.get("haproxy")
+        if base and not all(has(b) for b in base):
+            base = None
+        for t, runs in by_target.items():
+            if all(has(r) for r in runs):
+                yield scen, t, runs, base
+
+
 def load_side_report(results):
     """What each proxy's traffic costs the other side: the origin's and the load tool's CPU
     per request (medians), their sum's median per-round ratio to HAProxy's, and how busy
@@ -709,20 +715,14 @@ def load_side_report(results):
         return f"{statistics.median(us(x) * x['rps'] / 1e4 for x in r):.0f} %"
 
     rows = []
-    for scen, by_target in results.items():
-        base = by_target.get("haproxy")
-        if base and not all("origin_us_per_req" in b for b in base):
-            base = None
-        for t, runs in by_target.items():
-            if not all("origin_us_per_req" in r for r in runs):
-                continue
-            ratio = median_ratio(runs, base, both) if base and t != "haproxy" else "-"
-            rows.append(f"| {scen} | {t} | {busy(runs, lambda r: r['us_per_req'])} | "
-                        f"{statistics.median(r['origin_us_per_req'] for r in runs):.2f} | "
-                        f"{statistics.median(r['client_us_per_req'] for r in runs):.2f} | "
-                        f"{statistics.median(both(r) for r in runs):.2f} | {ratio} | "
-                        f"{busy(runs, both)} | "
-                        f"{statistics.median(r.get('other_sleeps_per_req', float('nan')) for r in runs):.3f} |")
+    for scen, t, runs, base in each_target(results, lambda r: "origin_us_per_req" in r):
+        ratio = median_ratio(runs, base, both) if base and t != "haproxy" else "-"
+        rows.append(f"| {scen} | {t} | {busy(runs, lambda r: r['us_per_req'])} | "
+                    f"{statistics.median(r['origin_us_per_req'] for r in runs):.2f} | "
+                    f"{statistics.median(r['client_us_per_req'] for r in runs):.2f} | "
+                    f"{statistics.median(both(r) for r in runs):.2f} | {ratio} | "
+                    f"{busy(runs, both)} | "
+                    f"{statistics.median(r['other_sleeps_per_req'] for r in runs):.3f} |")
     if not rows:
         return []
     return ["", "The other side: how busy the proxy was; the origin's and the load tool's CPU per "
@@ -752,20 +752,14 @@ def tail_report(results):
         return r["p99_ms"] / r["p50_ms"]
 
     rows = []
-    for scen, by_target in results.items():
-        base = by_target.get("haproxy")
-        if base and not all(b.get("p50_ms", 0) > 0 for b in base):
-            base = None
-        for t, runs in by_target.items():
-            if not all(r.get("p50_ms", 0) > 0 for r in runs):
-                continue
-            ratios = ["-", "-", "-"]
-            if base and t != "haproxy":
-                ratios = [median_ratio(runs, base, lambda r: r["p99_ms"]),
-                          median_ratio(runs, base, lambda r: r["p50_ms"]), median_ratio(runs, base, shape)]
-            rows.append(f"| {scen} | {t} | {statistics.median(r['p50_ms'] for r in runs):.2f} | "
-                        f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
-                        f"{statistics.median(shape(r) for r in runs):.2f} | " + " | ".join(ratios) + " |")
+    for scen, t, runs, base in each_target(results, lambda r: r.get("p50_ms", 0) > 0):
+        ratios = ["-", "-", "-"]
+        if base and t != "haproxy":
+            ratios = [median_ratio(runs, base, lambda r: r["p99_ms"]),
+                      median_ratio(runs, base, lambda r: r["p50_ms"]), median_ratio(runs, base, shape)]
+        rows.append(f"| {scen} | {t} | {statistics.median(r['p50_ms'] for r in runs):.2f} | "
+                    f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
+                    f"{statistics.median(shape(r) for r in runs):.2f} | " + " | ".join(ratios) + " |")
     if not rows:
         return []
     return ["", "Latency: the median and p99 (ms), p99 over the median (medians over the rounds); "
@@ -785,24 +779,18 @@ def cpu_split_report(results):
         return r["us_per_req"] - r["sys_us_per_req"]
 
     rows = []
-    for scen, by_target in results.items():
-        base = by_target.get("haproxy")
-        if base and not all("sys_us_per_req" in b for b in base):
-            base = None
-        for t, runs in by_target.items():
-            if not all("sys_us_per_req" in r for r in runs):
-                continue
-            total = statistics.median(r["us_per_req"] for r in runs)
-            sys_us = statistics.median(r["sys_us_per_req"] for r in runs)
-            user_us = statistics.median(user(r) for r in runs)
-            ratios = ["-", "-", "-"]
-            if base and t != "haproxy":
-                ratios = [median_ratio(runs, base, lambda r: r["sys_us_per_req"]),
-                          median_ratio(runs, base, user),
-                          median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["us_per_req"])]
-            share = sys_us / total if total else float("nan")
-            rows.append(f"| {scen} | {t} | {total:.2f} | {sys_us:.2f} ({share:.0%}) | {user_us:.2f} | "
-                        + " | ".join(ratios) + " |")
+    for scen, t, runs, base in each_target(results, lambda r: "sys_us_per_req" in r):
+        total = statistics.median(r["us_per_req"] for r in runs)
+        sys_us = statistics.median(r["sys_us_per_req"] for r in runs)
+        user_us = statistics.median(user(r) for r in runs)
+        ratios = ["-", "-", "-"]
+        if base and t != "haproxy":
+            ratios = [median_ratio(runs, base, lambda r: r["sys_us_per_req"]),
+                      median_ratio(runs, base, user),
+                      median_ratio(runs, base, lambda r: r["sys_us_per_req"], lambda b: b["us_per_req"])]
+        share = sys_us / total if total else float("nan")
+        rows.append(f"| {scen} | {t} | {total:.2f} | {sys_us:.2f} ({share:.0%}) | {user_us:.2f} | "
+                    + " | ".join(ratios) + " |")
     if not rows:
         return []
     return ["", "CPU per request, the kernel's part and the proxy's own (medians; then the median "

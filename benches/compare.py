@@ -32,6 +32,9 @@ buffer. HAProxy checks its servers every 2 s like fulcrum does; nginx has no act
 fulcrum adds X-Forwarded-For, -Proto, -Host and X-Request-ID to each request (and returns the
 request id); HAProxy and nginx add nothing unless `--same-headers` asks them to add the same,
 so that the origins (which share the load core with wrk) parse the same requests behind all.
+`haproxy-b` is a second HAProxy, the same binary and config as `haproxy` on a port of its own,
+measured in the same rounds: a control. Its ratios to HAProxy are what the harness reads when
+two proxies are the same, so they show how far a figure moves by chance alone.
 
 Scenarios are MODE-BODY-cCONNECTIONS: `http` and `tcp` run wrk; `h2` (not in the default set,
 e.g. `--scenarios h2-small-c20`) runs h2load with h2 clients without TLS, 100 streams open on
@@ -412,7 +415,7 @@ def start_target_once(procs, work, target, mode, origins, cpu, workers, same_hea
         with open(path, "w") as f:
             f.write(fulcrum_config(work, variant, mode, port, origins, workers))
         p = procs.start([binary, "run", "--config", path, "--log-level", "warn"], cpu, f"{work}/{target}.log")
-    elif target in ("haproxy", "haproxy+log"):
+    elif target in ("haproxy", "haproxy+log", "haproxy-b"):
         path = f"{work}/{target}.{mode}.cfg"
         with open(path, "w") as f:
             f.write(haproxy_config(mode, port, origins, workers, same_headers, target.endswith("+log")))

@@ -568,7 +568,6 @@ def load_side(before=None, requests=0):
             "other_sleeps_per_req": (now[2] - before[2]) / n}
 
 
-
 def run_h2load(args, conns, url, pids, load_cpu, threads):
     """h2 without TLS: `conns` connections of H2_STREAMS streams each, for --duration."""
     h2 = ["h2load", "-c", str(conns), "-m", str(H2_STREAMS), "-t", str(threads)]
@@ -750,26 +749,32 @@ def tail_report(results):
     Under a closed-loop load (a fixed number of connections, each waiting for its answer)
     a proxy that serves fewer requests a second makes every request wait longer, so its
     p99 rises with its median; p99 over the median is what is left, how uneven its
-    service is. A p99 ratio to HAProxy is the median's ratio times this one's."""
+    service is. A p99 ratio to HAProxy is the median's ratio times this one's. p99 minus
+    the median is the same unevenness in milliseconds: a proxy with a lower median shows a
+    higher p99/p50 for the same absolute wait of its slowest requests."""
     def shape(r):
         return r["p99_ms"] / r["p50_ms"]
 
+    def excess(r):
+        return r["p99_ms"] - r["p50_ms"]
+
     rows = []
     for scen, t, runs, base in each_target(results, lambda r: r.get("p50_ms", 0) > 0):
-        ratios = ["-", "-", "-"]
+        ratios = ["-", "-", "-", "-"]
         if base and t != "haproxy":
             ratios = [median_ratio(runs, base, lambda r: r["p99_ms"]),
-                      median_ratio(runs, base, lambda r: r["p50_ms"]), median_ratio(runs, base, shape)]
+                      median_ratio(runs, base, lambda r: r["p50_ms"]), median_ratio(runs, base, shape),
+                      median_ratio(runs, base, excess)]
         rows.append(f"| {scen} | {t} | {statistics.median(r['p50_ms'] for r in runs):.2f} | "
                     f"{statistics.median(r['p99_ms'] for r in runs):.2f} | "
                     f"{statistics.median(shape(r) for r in runs):.2f} | " + " | ".join(ratios) + " |")
     if not rows:
         return []
     return ["", "Latency: the median and p99 (ms), p99 over the median (medians over the rounds); "
-            "then the median per-round ratios to HAProxy of the p99, of the median, and of p99 "
-            "over the median:", "",
-            "| scenario | proxy | p50 ms | p99 ms | p99/p50 | p99 | p50 | p99/p50 |",
-            "|---|---|---|---|---|---|---|---|"] + rows
+            "then the median per-round ratios to HAProxy of the p99, of the median, of p99 "
+            "over the median, and of p99 minus the median:", "",
+            "| scenario | proxy | p50 ms | p99 ms | p99/p50 | p99 | p50 | p99/p50 | p99−p50 |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows
 
 
 def cpu_split_report(results):

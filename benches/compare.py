@@ -40,9 +40,12 @@ Scenarios are MODE-BODY-cCONNECTIONS: `http` and `tcp` run wrk; `h2` (not in the
 e.g. `--scenarios h2-small-c20`) runs h2load with h2 clients without TLS, 100 streams open on
 each connection, p99 taken from h2load's per-request log. BODY `small` is a 3-byte
 response, `16k` 16 KiB, and `close` a small response with `Connection: close`: a new client
-connection for every request (`http-close-c50`, `tcp-close-c50`; not in the default set). Behind every proxy the servers
-speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx `listen ... http2`). `instructions` takes
-the same modes (`--modes http,tcp,h2`; h2 with 10 streams open on each of 10 connections).
+connection for every request (`http-close-c50`, `tcp-close-c50`; not in the default set).
+`postNk` (`http-post1k-c50`, `http-post16k-c50`; not in the default set) sends each request
+as a POST with an N KiB body, head and body in one write, and gets the small response.
+Behind every proxy the servers speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx
+`listen ... http2`). `instructions` takes the same modes (`--modes http,tcp,h2`; h2 with 10
+streams open on each of 10 connections), and `--post BYTES` for requests with a body.
 
 Needs wrk, haproxy, nginx (with the stream module) and, for `instructions` and the h2
 scenarios, h2load (valgrind for `instructions`, perf for `kernel`). Debian: apt-get install
@@ -50,6 +53,7 @@ wrk haproxy nginx libnginx-mod-stream valgrind nghttp2-client linux-perf.
 """
 
 import argparse
+import atexit
 import collections
 import json
 import os
@@ -295,7 +299,10 @@ def nginx_config(work, mode, port, origins, workers, same_headers=False, log=Fal
         # nginx+log: the combined format to a file, buffered the way nginx advises under load.
         access = f"{work}/nginx-access.log combined buffer=64k flush=1s" if log else "off"
         block = (
-            f"http {{ access_log {access}; {keep}upstream u {{ {ups} keepalive {idle}; }} "
+            # A request body is read whole before it goes on (nginx's default); held in
+            # memory up to 64 KiB rather than in a temporary file past 8 KiB (`post16k`).
+            f"http {{ access_log {access}; {keep}client_body_buffer_size 64k; "
+            f"upstream u {{ {ups} keepalive {idle}; }} "
             f"server {{ listen {listen}; location / {{ proxy_pass http://u; "
             f'proxy_http_version 1.1; proxy_set_header Connection ""; {extra}}} }} }}'
         )
@@ -527,10 +534,30 @@ def scenario_path(body):
     return "/bytes/16384" if body == "16k" else "/"
 
 
+# wrk's script for each `postNk` body, written on first use and removed when the run ends.
+POST_SCRIPTS = {}
+
+
 def wrk_headers(body):
     """wrk's extra arguments for a scenario's BODY: `close` asks for a small response on a
-    connection of its own, and wrk reconnects after each."""
-    return ["-H", "Connection: close"] if body == "close" else []
+    connection of its own, and wrk reconnects after each; `postN` (`post1k`, `post16k`)
+    sends each request as a POST with a body of N KiB (a wrk script written once per run),
+    answered by the origin's small `ok`."""
+    if body == "close":
+        return ["-H", "Connection: close"]
+    m = re.fullmatch(r"post(\d+)k", body)
+    if m and body in POST_SCRIPTS:
+        return ["-s", POST_SCRIPTS[body]]
+    if m:
+        fd, script = tempfile.mkstemp(prefix=f"fulcrum-wrk-{body}-", suffix=".lua")
+        with os.fdopen(fd, "w") as f:
+            f.write('wrk.method = "POST"\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+                    f'wrk.body = string.rep("x", {int(m.group(1)) * 1024})\n')
+        atexit.register(os.remove, script)
+        POST_SCRIPTS[body] = script
+        return ["-s", script]
+    return []
 
 
 def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
@@ -888,6 +915,12 @@ def instructions(args):
             if args.browser and mode != "tcp":
                 for h in BROWSER_HEADERS:
                     client += ["-H", h]
+            if args.post:
+                # Each request a POST with a body of --post bytes (h2load sends a file's).
+                body = os.path.join(work, "post-body")
+                with open(body, "wb") as f:
+                    f.write(b"x" * args.post)
+                client += ["-d", body]
             r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", str(args.connections), f"http://127.0.0.1:{port}/"],
                                capture_output=True, text=True)
             if f"{n} succeeded" not in r.stdout:
@@ -896,7 +929,7 @@ def instructions(args):
             # than a plain process's stop: killed before that, it leaves none.
             procs.stop(v, grace=5 if args.native else 60)
             if args.native:
-                return float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", r.stdout).group(1))
+                return float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", r.stdout).group(1))
             # Each event's total over the output files (one per process): Ir, the
             # instructions, and with --cache-sim the cache events (I1mr, D1mr, ...).
             total = {}
@@ -1074,6 +1107,9 @@ def main():
                      help="requests with the header lines a browser sends on HTTP/1.1 "
                      "(`Connection: keep-alive`, User-Agent, Accept, Accept-Language, "
                      "Accept-Encoding) instead of h2load's three")
+    ins.add_argument("--post", type=int, metavar="BYTES", default=0,
+                     help="every request a POST with a body of BYTES; with --origin nginx, which "
+                     "reads the body (`fulcrum origin` answers `/` without reading it)")
     ins.add_argument("--native", action="store_true",
                      help="no valgrind: run the same --low requests at full speed and print req/s "
                      "(behind the Python origin this shows what its two writes cost in waiting)")

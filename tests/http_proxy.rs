@@ -595,3 +595,113 @@ async fn bodies_written_apart_from_their_heads_arrive_whole_on_one_server_connec
         "every response ended cleanly, so one server connection carried them all"
     );
 }
+
+/// Data segments the socket has received so far (the kernel's `tcpi_data_segs_in`).
+fn data_segments_in(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the fd is open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
+
+/// A server that reads each request whole (head and Content-Length body) and answers with
+/// the number of TCP data segments the request took to arrive.
+async fn segment_counting_origin() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                let mut before = 0;
+                loop {
+                    let Some(end) = request_end(&buf, 0) else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    buf.drain(..end);
+                    let now = data_segments_in(&s);
+                    let body = (now - before).to_string();
+                    before = now;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_came_with_its_head_goes_to_the_server_in_the_same_segment() {
+    let (origin, task) = segment_counting_origin().await;
+    let p = Proxy::start(&http_config(
+        &format!("{{ addr = \"{origin}\", name = \"seg\" }}"),
+        "",
+        NO_HEALTH,
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    // The first request of a connection is read in part by the listener's look for an h2
+    // preface (up to 1 KiB), so it is a short one; after it each request, head and body in
+    // one write, reaches the proxy in one read.
+    for (i, size) in [10usize, 1024, 4000, 1].into_iter().enumerate() {
+        let mut req =
+            format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        req.extend_from_slice(&pattern(size));
+        s.write_all(&req).await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "1",
+            "request {i} ({size} bytes of body) reached the server in one segment, head and \
+             body written together"
+        );
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_waits_for_100_continue_gets_it_and_its_body_goes_through() {
+    let o = fleet(1).await;
+    let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The body is held back until the proxy asks for it.
+    let interim = tokio::time::timeout(std::time::Duration::from_secs(10), read_head(&mut s))
+        .await
+        .expect("no 100 Continue");
+    assert!(interim.starts_with("http/1.1 100"), "{interim}");
+    s.write_all(b"hello").await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"hello");
+}

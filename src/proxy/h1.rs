@@ -518,6 +518,24 @@ struct Out {
     body: Option<ReqBody>,
     /// Sent whole (last byte written).
     done: bool,
+    /// Whether the body's first bytes were looked for, to go out in the head's write.
+    ahead: Ahead,
+}
+
+/// The body bytes that go out in the head's write, when the client sent them with it: one
+/// system call and one segment fewer per such request, and the server reads head and body
+/// at once. (hyper hands an HTTP/1 request to the proxy with the body bytes that came in
+/// the head's read already in its channel; an h2 stream's DATA that came with its HEADERS
+/// likewise.)
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    /// Not looked for yet.
+    Unseen,
+    /// Looked for: none was there, or there is no body; the head goes out alone.
+    None,
+    /// `data` is the body's first frame, kept in the request's body as well until the
+    /// first byte is written, so that a request whose first write fails keeps it.
+    Taken,
 }
 
 impl Out {
@@ -530,6 +548,11 @@ impl Out {
         mut sending: Option<&mut Outgoing>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
+        if self.ahead == Ahead::Unseen {
+            if let Some(req) = sending.as_deref_mut().and_then(|o| o.req.as_mut()) {
+                self.ahead = self.look_ahead(conn, req.body_mut(), cx);
+            }
+        }
         loop {
             while self.at < conn.wr.len() || !self.data.is_empty() || !self.tail.is_empty() {
                 let head = &conn.wr[self.at..];
@@ -553,8 +576,14 @@ impl Out {
                     // Its body is taken out, and the rest kept or dropped in place (taking
                     // the whole request out would move all of it first).
                     if let Some(req) = o.req.as_mut() {
-                        let body = std::mem::replace(req.body_mut(), ReqBody::Empty);
-                        self.body = (!body.is_end_stream()).then_some(body);
+                        let mut body = std::mem::replace(req.body_mut(), ReqBody::Empty);
+                        if self.ahead == Ahead::Taken {
+                            // Its first frame is in `data`, being written.
+                            body.drop_ahead();
+                        }
+                        // Chunked, the body is polled to its end for the last chunk.
+                        let more = self.framing == ReqFraming::Chunked || !body.is_end_stream();
+                        self.body = more.then_some(body);
                     }
                     o.written = true;
                     if !o.keep {
@@ -612,6 +641,26 @@ impl Out {
             }
         }
     }
+
+    /// Before the head's first write: the body's first bytes, if they are here already, go
+    /// into the same write (in `data`, after the chunk-size line when chunked).
+    fn look_ahead(&mut self, conn: &mut Conn, body: &mut ReqBody, cx: &mut Context<'_>) -> Ahead {
+        if body.is_end_stream() {
+            return Ahead::None;
+        }
+        match body.poll_ahead(cx) {
+            Poll::Ready(Some(d)) if !d.is_empty() => {
+                if self.framing == ReqFraming::Chunked {
+                    use std::io::Write;
+                    let _ = write!(conn.wr, "{:x}\r\n", d.len());
+                    self.tail = b"\r\n";
+                }
+                self.data = d;
+                Ahead::Taken
+            }
+            _ => Ahead::None,
+        }
+    }
 }
 
 /// Sends the request in `outgoing` on `conn` and reads the response head. It stays in
@@ -641,6 +690,7 @@ pub async fn send(
         tail: b"",
         body: None,
         done: false,
+        ahead: Ahead::Unseen,
     };
     let head = std::future::poll_fn(|cx| {
         if !out.done {

@@ -409,9 +409,10 @@ async fn send(
         let started = crate::backend::poll_ns();
         let mut timer = cx.response_timer.take(timeout);
         let sent_then_timeout = async {
-            if let Some(b) = body {
+            // The wait for the head starts once the request has gone out whole (at once for
+            // a body that came with its head: it has ended by the first poll of this).
+            if let Some(b) = body.filter(|b| b.end() == BodyEnd::Sending) {
                 b.ended().await;
-                // The wait for the head starts once the request has gone out whole.
                 timer.restart(timeout);
             }
             (&mut timer).await;

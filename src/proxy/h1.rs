@@ -532,7 +532,7 @@ enum Ahead {
     /// Not looked for yet.
     Unseen,
     /// Looked for: none was there, or there is no body; the head goes out alone.
-    None,
+    Alone,
     /// `data` is the body's first frame, kept in the request's body as well until the
     /// first byte is written, so that a request whose first write fails keeps it.
     Taken,
@@ -646,7 +646,7 @@ impl Out {
     /// into the same write (in `data`, after the chunk-size line when chunked).
     fn look_ahead(&mut self, conn: &mut Conn, body: &mut ReqBody, cx: &mut Context<'_>) -> Ahead {
         if body.is_end_stream() {
-            return Ahead::None;
+            return Ahead::Alone;
         }
         match body.poll_ahead(cx) {
             Poll::Ready(Some(d)) if !d.is_empty() => {
@@ -658,7 +658,7 @@ impl Out {
                 self.data = d;
                 Ahead::Taken
             }
-            _ => Ahead::None,
+            _ => Ahead::Alone,
         }
     }
 }

@@ -538,7 +538,7 @@ def scenario_path(body):
 POST_SCRIPTS = {}
 
 
-def wrk_headers(body):
+def wrk_args(body):
     """wrk's extra arguments for a scenario's BODY: `close` asks for a small response on a
     connection of its own, and wrk reconnects after each; `postN` (`post1k`, `post16k`)
     sends each request as a POST with a body of N KiB (a wrk script written once per run),
@@ -566,7 +566,7 @@ def run_load(args, mode, body, conns, port, pids, load_cpu, wrk_threads):
     if mode == "h2":
         return run_h2load(args, conns, url, pids, load_cpu, wrk_threads)
     wrk = ["wrk", f"-t{wrk_threads}", f"-c{conns}", "--timeout", "5s", "--latency"]
-    wrk += wrk_headers(body)
+    wrk += wrk_args(body)
     if load_cpu is not None:
         wrk = ["taskset", "-c", str(load_cpu)] + wrk
     if args.warmup:
@@ -1019,7 +1019,7 @@ def kernel(args):
                 try:
                     pids = measured_pids(p)
                     wrk = ["taskset", "-c", "1", "wrk", "-t1", f"-c{c[1:]}", "--timeout", "5s"]
-                    wrk += wrk_headers(body)
+                    wrk += wrk_args(body)
                     url = f"http://127.0.0.1:{port}{path}"
                     subprocess.run(wrk + ["-d2s", url], capture_output=True, check=True)
                     events = "syscalls:sys_enter_*," + ",".join(e for e, _ in KERNEL_EVENTS)

@@ -338,8 +338,9 @@ impl ReqBody {
         })
     }
 
-    /// Drops the data frame [`poll_ahead`](Self::poll_ahead) kept, once its bytes are on
-    /// their way by other means.
+    /// Drops the data frame [`poll_ahead`](Self::poll_ahead) kept, if any, once its bytes
+    /// are on their way by other means (an empty one has nothing to send). A kept error or
+    /// trailers stay for `poll_frame`.
     pub fn drop_ahead(&mut self) {
         if let ReqBody::Client(b) = self {
             if matches!(&b.ahead, Some(Ok(f)) if f.is_data()) {

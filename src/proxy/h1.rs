@@ -518,24 +518,6 @@ struct Out {
     body: Option<ReqBody>,
     /// Sent whole (last byte written).
     done: bool,
-    /// Whether the body's first bytes were looked for, to go out in the head's write.
-    ahead: Ahead,
-}
-
-/// The body bytes that go out in the head's write, when the client sent them with it: one
-/// system call and one segment fewer per such request, and the server reads head and body
-/// at once. (hyper hands an HTTP/1 request to the proxy with the body bytes that came in
-/// the head's read already in its channel; an h2 stream's DATA that came with its HEADERS
-/// likewise.)
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ahead {
-    /// Not looked for yet.
-    Unseen,
-    /// Looked for: none was there, or there is no body; the head goes out alone.
-    Alone,
-    /// `data` is the body's first frame, kept in the request's body as well until the
-    /// first byte is written, so that a request whose first write fails keeps it.
-    Taken,
 }
 
 impl Out {
@@ -548,9 +530,11 @@ impl Out {
         mut sending: Option<&mut Outgoing>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
-        if self.ahead == Ahead::Unseen {
-            if let Some(req) = sending.as_deref_mut().and_then(|o| o.req.as_mut()) {
-                self.ahead = self.look_ahead(conn, req.body_mut(), cx);
+        // Until the first byte is written, the body's first bytes may join the head.
+        if self.data.is_empty() {
+            let unsent = sending.as_deref_mut().filter(|o| !o.written);
+            if let Some(req) = unsent.and_then(|o| o.req.as_mut()) {
+                self.look_ahead(conn, req.body_mut(), cx);
             }
         }
         loop {
@@ -577,10 +561,8 @@ impl Out {
                     // the whole request out would move all of it first).
                     if let Some(req) = o.req.as_mut() {
                         let mut body = std::mem::replace(req.body_mut(), ReqBody::Empty);
-                        if self.ahead == Ahead::Taken {
-                            // Its first frame is in `data`, being written.
-                            body.drop_ahead();
-                        }
+                        // A first frame kept by `look_ahead` is in `data`, being written.
+                        body.drop_ahead();
                         // Chunked, the body is polled to its end for the last chunk.
                         let more = self.framing == ReqFraming::Chunked || !body.is_end_stream();
                         self.body = more.then_some(body);
@@ -643,22 +625,26 @@ impl Out {
     }
 
     /// Before the head's first write: the body's first bytes, if they are here already, go
-    /// into the same write (in `data`, after the chunk-size line when chunked).
-    fn look_ahead(&mut self, conn: &mut Conn, body: &mut ReqBody, cx: &mut Context<'_>) -> Ahead {
+    /// into the same write (in `data`, after the chunk-size line when chunked). One system
+    /// call and one segment fewer per such request, and the server reads head and body at
+    /// once. hyper hands an HTTP/1 request over with the body bytes that came in the head's
+    /// read already in its channel (an h2 stream's DATA that came with its HEADERS likewise).
+    /// The frame stays kept in the request's body too until the first byte is written, so
+    /// that a request whose first write fails still has it for the next server.
+    fn look_ahead(&mut self, conn: &mut Conn, body: &mut ReqBody, cx: &mut Context<'_>) {
         if body.is_end_stream() {
-            return Ahead::Alone;
+            return;
         }
-        match body.poll_ahead(cx) {
-            Poll::Ready(Some(d)) if !d.is_empty() => {
-                if self.framing == ReqFraming::Chunked {
-                    use std::io::Write;
-                    let _ = write!(conn.wr, "{:x}\r\n", d.len());
-                    self.tail = b"\r\n";
-                }
-                self.data = d;
-                Ahead::Taken
+        if let Poll::Ready(Some(d)) = body.poll_ahead(cx) {
+            if d.is_empty() {
+                return;
             }
-            _ => Ahead::Alone,
+            if self.framing == ReqFraming::Chunked {
+                use std::io::Write;
+                let _ = write!(conn.wr, "{:x}\r\n", d.len());
+                self.tail = b"\r\n";
+            }
+            self.data = d;
         }
     }
 }
@@ -690,7 +676,6 @@ pub async fn send(
         tail: b"",
         body: None,
         done: false,
-        ahead: Ahead::Unseen,
     };
     let head = std::future::poll_fn(|cx| {
         if !out.done {

@@ -696,3 +696,60 @@ async fn a_local_servers_body_held_for_an_ack_is_read_in_the_same_poll() {
         "{at_once} of {split} held-back bodies read in the poll that acknowledged the head"
     );
 }
+
+#[tokio::test]
+async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
+    // The client's body, its one chunk in hyper's channel before the request is sent.
+    let (mut feed, incoming) = hyper_body_pair().await;
+    feed.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    let mut body = ReqBody::Client(Box::new(super::super::body::ClientBody::new(
+        incoming,
+        super::super::body::BodyLimits {
+            max: 1 << 20,
+            read_idle: LIMIT,
+            min_rate: 0,
+        },
+        std::sync::Arc::new(super::super::body::BodyState::default()),
+        None,
+    )));
+    let first = tokio::time::timeout(LIMIT, std::future::poll_fn(|cx| body.poll_ahead(cx)))
+        .await
+        .unwrap();
+    assert_eq!(first.as_deref(), Some(&b"hello"[..]));
+    // A server connection reset before the request: the first write fails, nothing sent.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (peer, _) = l.accept().await.unwrap();
+    socket2::SockRef::from(&peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(peer);
+    let mut b = [0u8; 1];
+    assert!(
+        !matches!(s.read(&mut b).await, Ok(n) if n > 0),
+        "the reset reached the client side"
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/up")
+        .header("host", "origin")
+        .header("content-length", "5")
+        .body(body)
+        .unwrap();
+    let mut out = Outgoing::new(req, false);
+    let c = Conn::new(Io::Tcp(s), addr, CancellationToken::new());
+    let r = tokio::time::timeout(LIMIT, send(c, &mut out, &Forwarding::default()))
+        .await
+        .unwrap();
+    assert!(r.is_err(), "a write to a reset connection fails");
+    let req = out
+        .take_unsent()
+        .expect("nothing was written: the request may go elsewhere");
+    let rest = tokio::time::timeout(LIMIT, req.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(rest, "hello", "the body's first bytes are still the body's");
+}

@@ -664,25 +664,34 @@ async fn a_body_that_came_with_its_head_goes_to_the_server_in_the_same_segment()
         NO_HEALTH,
     ))
     .await;
+    // Each request, head and body in one write, reaches the proxy in one read; the first
+    // of a connection too, though the listener's look for an h2 preface reads only its
+    // first 1 KiB (the rest is read on at once).
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    // The first request of a connection is read in part by the listener's look for an h2
-    // preface (up to 1 KiB), so it is a short one; after it each request, head and body in
-    // one write, reaches the proxy in one read.
-    for (i, size) in [10usize, 1024, 4000, 1].into_iter().enumerate() {
-        let mut req =
-            format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
-        req.extend_from_slice(&pattern(size));
-        s.write_all(&req).await.unwrap();
-        let (head, body) = read_response(&mut s).await;
-        assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
-        assert_eq!(
-            String::from_utf8_lossy(&body),
-            "1",
-            "request {i} ({size} bytes of body) reached the server in one segment, head and \
-             body written together"
-        );
+    for (i, size) in [4000usize, 10, 1024, 4000, 1].into_iter().enumerate() {
+        post_in_one_segment(&mut s, i, size).await;
     }
+    // A second connection, whose first request is the 7 KiB that fits hyper's first read.
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    post_in_one_segment(&mut s, 5, 7000).await;
     task.abort();
+}
+
+/// Posts `size` bytes, head and body in one write, and asserts that the server behind the
+/// proxy received the request in one segment.
+async fn post_in_one_segment(s: &mut TcpStream, i: usize, size: usize) {
+    let mut req =
+        format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    req.extend_from_slice(&pattern(size));
+    s.write_all(&req).await.unwrap();
+    let (head, body) = read_response(s).await;
+    assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "1",
+        "request {i} ({size} bytes of body) reached the server in one segment, head and \
+         body written together"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

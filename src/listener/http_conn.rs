@@ -67,7 +67,8 @@ enum Silent {
 }
 
 /// Bytes read from a plain connection before its protocol is known (a small request's
-/// whole head, usually); hyper reads the rest.
+/// whole head, usually). Small, because a connection waiting for its first byte holds this
+/// buffer; what a full read leaves is read on at once ([`read_on`]), hyper reads the rest.
 const FIRST_READ: usize = 1024;
 
 /// Reads the first bytes and tells h2's preface from HTTP/1; returns them, for hyper to
@@ -94,12 +95,35 @@ async fn sniff(stream: &mut TcpStream, limit: Duration) -> Result<(Proto, Bytes)
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
+            if buf.len() >= FIRST_READ {
+                read_on(stream, &mut buf);
+            }
             return Ok((Proto::H1, buf.freeze()));
         }
         if n == H2_PREFACE.len() {
             return Ok((Proto::H2, buf.freeze()));
         }
         // A prefix of the preface so far: the next read waits for more.
+    }
+}
+
+/// What a full first read may have left in the socket is read with it, up to this many
+/// bytes in all: hyper's first read buffer.
+const FIRST_READ_ON: usize = 8 * 1024;
+
+/// After a first read that filled [`FIRST_READ`]: reads, without waiting, what else has
+/// come (a body, a larger head), so that hyper's first parse has it with the head. A body
+/// that came with its head then goes to the server in the head's write, as on a
+/// keep-alive connection's later requests, instead of in a write and a segment of its own.
+/// Reads like [`sniff`]'s first read: past the runtime while it knows of no bytes, through
+/// it otherwise. A read that finds nothing, the end or an error leaves `buf` as it was, and
+/// hyper's own read meets whatever comes next.
+fn read_on(stream: &TcpStream, buf: &mut bytes::BytesMut) {
+    buf.reserve(FIRST_READ_ON.saturating_sub(buf.len()));
+    if let Err(e) = crate::proxy::sock::recv_now(stream, buf) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            let _ = stream.try_read_buf(buf);
+        }
     }
 }
 

@@ -4,12 +4,13 @@
 //! stage) can make the profile.
 //!
 //! `pgo_train FULCRUM_BIN [--seconds S] [--profiles DIR]` starts three HTTP/1.1 keep-alive origins in this
-//! process (`/bytes/16384` answers 16 KiB, anything else "ok\n", one write each) and replays
-//! the benchmarks' shape against them, S seconds a phase (default 3):
+//! process (`/bytes/16384` answers 16 KiB, anything else "ok\n" once it has read the request's
+//! body, one write each) and replays the benchmarks' shape against them, S seconds a phase
+//! (default 3):
 //! - four fulcrum processes, one worker each, configured as `benches/compare.py`'s targets
 //!   (plain, the access log on, 100 routes, a rate limit), each taking that script's
 //!   scenarios: HTTP/1 small at 50 and 200 connections, 16 KiB at 50, h2 at 20 connections
-//!   × 100 streams, L4 at 50;
+//!   × 100 streams, L4 at 50; the plain one also its POSTs of 1 KiB and 16 KiB at 50;
 //! - one with two HTTPS listeners (ECDSA P-256 and RSA-2048 certificates made here by rcgen),
 //!   taking `benches/tls-handshake.sh`'s: full handshakes with each certificate, resumed
 //!   handshakes and HTTPS keep-alive.
@@ -149,7 +150,8 @@ async fn train(bin: &Path, phase: Duration, profiles: Option<&Path>) -> bool {
 /// One process's phases, in order: the scenarios of `benches/compare.py load`, or those of
 /// `benches/tls-handshake.sh`; true if any failed.
 async fn phases(v: Variant, p: &Ports, certs: &Certs, d: Duration) -> bool {
-    let (small, big) = ("/", "/bytes/16384");
+    let (small, big) = (Ask::get("/"), Ask::get("/bytes/16384"));
+    let (post1k, post16k) = (Ask::post("/", 1024), Ask::post("/", BIG));
     let mut ok = if v == Variant::Tls {
         let full = certs.client(true, false);
         let resumed = certs.client(true, true);
@@ -164,15 +166,21 @@ async fn phases(v: Variant, p: &Ports, certs: &Certs, d: Duration) -> bool {
         .all(|ok| ok)
     } else {
         let c = Client::Plain;
-        [
+        let mut ok = [
             h1("http-small-c50", p.http, c.clone(), small, 50, d).await,
             h1("http-small-c200", p.http, c.clone(), small, 200, d).await,
             h1("http-16k-c50", p.http, c.clone(), big, 50, d).await,
             h2("h2-small-c20", p.http, 20, 100, d).await,
-            h1("tcp-small-c50", p.tcp, c, small, 50, d).await,
+            h1("tcp-small-c50", p.tcp, c.clone(), small, 50, d).await,
         ]
         .into_iter()
-        .all(|ok| ok)
+        .all(|ok| ok);
+        // The request-body path, once: the other variants change nothing on it.
+        if v == Variant::Plain {
+            ok &= h1("http-post1k-c50", p.http, c.clone(), post1k, 50, d).await;
+            ok &= h1("http-post16k-c50", p.http, c, post16k, 50, d).await;
+        }
+        ok
     };
     ok &= metrics(p.admin).await;
     !ok
@@ -229,6 +237,11 @@ async fn serve(mut s: TcpStream, answers: Arc<Answers>) {
     let mut buf = Vec::with_capacity(4096);
     loop {
         while let Some(end) = find(&buf, b"\r\n\r\n") {
+            // Answered once the whole body is in, as nginx's origin does a POST's.
+            let whole = end + 4 + content_length(&buf[..end]);
+            if buf.len() < whole {
+                break;
+            }
             let wants_big = buf[..end].starts_with(b"GET /bytes/16384 ");
             let answer = if wants_big {
                 &answers.big
@@ -238,7 +251,7 @@ async fn serve(mut s: TcpStream, answers: Arc<Answers>) {
             if s.write_all(answer).await.is_err() {
                 return;
             }
-            buf.drain(..end + 4);
+            buf.drain(..whole);
         }
         if buf.len() > 64 * 1024 {
             return;
@@ -252,6 +265,20 @@ async fn serve(mut s: TcpStream, answers: Arc<Answers>) {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A request head's `Content-Length`, 0 without one (the trainer's requests are never
+/// chunked).
+fn content_length(head: &[u8]) -> usize {
+    head.split(|&b| b == b'\n')
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            if !name.eq_ignore_ascii_case(b"content-length") {
+                return None;
+            }
+            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 // ------------------------------------------------------------------------------ the proxy
@@ -570,23 +597,54 @@ impl Tally {
     }
 }
 
-/// HTTP/1.1 keep-alive GETs of `path` over `conns` connections for `d`.
+/// What each request of a phase is: a GET of `path`, or a POST of `body` bytes to it (as
+/// `compare.py`'s wrk script sends one).
+#[derive(Clone, Copy)]
+struct Ask {
+    path: &'static str,
+    body: usize,
+}
+
+impl Ask {
+    fn get(path: &'static str) -> Ask {
+        Ask { path, body: 0 }
+    }
+
+    fn post(path: &'static str, body: usize) -> Ask {
+        Ask { path, body }
+    }
+
+    /// The request, head and body, for the proxy at `addr`; head and body go in one write.
+    fn request(self, addr: SocketAddr) -> Vec<u8> {
+        // As wrk and h2load ask: the address as the host, little else.
+        let Ask { path, body } = self;
+        let mut r = if body == 0 {
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\r\n")
+        } else {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
+            )
+        }
+        .into_bytes();
+        r.resize(r.len() + body, b'x');
+        r
+    }
+}
+
+/// HTTP/1.1 keep-alive requests over `conns` connections for `d`.
 async fn h1(
     name: &str,
     addr: SocketAddr,
     client: Client,
-    path: &str,
+    ask: Ask,
     conns: usize,
     d: Duration,
 ) -> bool {
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let until = started + d;
-    // As wrk and h2load ask: the address as the host, little else.
-    let request: Arc<[u8]> =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\r\n")
-            .into_bytes()
-            .into();
+    let request: Arc<[u8]> = ask.request(addr).into();
     let tasks: Vec<_> = (0..conns)
         .map(|_| {
             let (tally, client, request) = (tally.clone(), client.clone(), request.clone());
@@ -601,7 +659,7 @@ async fn h1(
                             tally.resumed.fetch_add(resumed as u64, Ordering::Relaxed);
                             conn = Some(c);
                         }
-                        get(conn.as_mut().unwrap(), &request, &mut buf).await
+                        exchange(conn.as_mut().unwrap(), &request, &mut buf).await
                     }
                     .await;
                     match result {
@@ -631,7 +689,7 @@ async fn h1(
 }
 
 /// One request and its whole response, which must be a 200 with a content-length.
-async fn get(s: &mut Box<dyn Io>, request: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+async fn exchange(s: &mut Box<dyn Io>, request: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
     s.write_all(request).await?;
     buf.clear();
     loop {
@@ -742,7 +800,7 @@ async fn metrics(admin: SocketAddr) -> bool {
     for _ in 0..20 {
         let r = async {
             let mut s: Box<dyn Io> = Box::new(TcpStream::connect(admin).await?);
-            get(&mut s, request, &mut buf).await
+            exchange(&mut s, request, &mut buf).await
         }
         .await;
         match r {

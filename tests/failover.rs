@@ -256,29 +256,23 @@ async fn a_get_that_reached_a_server_which_reset_is_retried_elsewhere() {
 /// request reached it, and no answer comes. Counts the requests.
 async fn h2_resetting_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-    let addr = l.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let h = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        // A service error: hyper resets the stream (INTERNAL_ERROR).
-                        async {
-                            Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("reset"))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
+    let (addr, _) = serve_each(move |s| {
+        let h = h.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    // A service error: hyper resets the stream (INTERNAL_ERROR).
+                    async { Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("reset")) }
+                });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         }
-    });
+    })
+    .await;
     (addr, hits)
 }
 

@@ -510,50 +510,47 @@ async fn head_then_body_origin() -> (
     std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let conns = std::sync::Arc::new(AtomicU64::new(0));
     let counted = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    let n: usize = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|p| p.trim_start_matches('/').parse().ok())
-                        .unwrap_or(0);
-                    let body = pattern(n);
-                    let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
-                    if s.write_all(head.as_bytes()).await.is_err() {
-                        return;
+    let (addr, _) = serve_each(move |mut s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
-                    pause().await;
-                    let (a, b) = body.split_at(n / 2);
-                    if s.write_all(a).await.is_err() {
-                        return;
-                    }
-                    pause().await;
-                    if s.write_all(b).await.is_err() {
-                        return;
-                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 4);
+                let n: usize = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse().ok())
+                    .unwrap_or(0);
+                let body = pattern(n);
+                let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
                 }
-            });
+                pause().await;
+                let (a, b) = body.split_at(n / 2);
+                if s.write_all(a).await.is_err() {
+                    return;
+                }
+                pause().await;
+                if s.write_all(b).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, conns)
 }
 
@@ -618,41 +615,32 @@ fn data_segments_in(s: &TcpStream) -> u32 {
 /// A server that reads each request whole (head and Content-Length body) and answers with
 /// the number of TCP data segments the request took to arrive.
 async fn segment_counting_origin() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    serve_each(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let mut before = 0;
         loop {
-            let Ok((mut s, _)) = l.accept().await else {
+            let Some(end) = request_end(&buf, 0) else {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
                 continue;
             };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 16384];
-                let mut before = 0;
-                loop {
-                    let Some(end) = request_end(&buf, 0) else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    buf.drain(..end);
-                    let now = data_segments_in(&s);
-                    let body = (now - before).to_string();
-                    before = now;
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            buf.drain(..end);
+            let now = data_segments_in(&s);
+            let body = (now - before).to_string();
+            before = now;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, task)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

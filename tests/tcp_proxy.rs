@@ -16,68 +16,60 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 /// An echo server: writes back what it reads, and closes its side after the client's EOF.
 async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind(ANY).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    let (addr, _) = serve_each(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
     addr
 }
 
 /// A server that reads a PROXY header (v1 or v2), reports what it parsed, then echoes.
 async fn proxy_protocol_server() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind(ANY).await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut first = [0u8; 12];
-                s.read_exact(&mut first[..5]).await.unwrap();
-                let parsed = if &first[..5] == b"PROXY" {
-                    let mut line = b"PROXY".to_vec();
-                    let mut b = [0u8; 1];
-                    while !line.ends_with(b"\r\n") {
-                        s.read_exact(&mut b).await.unwrap();
-                        line.push(b[0]);
-                    }
-                    String::from_utf8(line).unwrap().trim_end().to_string()
-                } else {
-                    s.read_exact(&mut first[5..]).await.unwrap();
-                    assert_eq!(
-                        first,
-                        [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
-                    );
-                    let mut hdr = [0u8; 4];
-                    s.read_exact(&mut hdr).await.unwrap();
-                    let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-                    let mut rest = vec![0u8; len];
-                    s.read_exact(&mut rest).await.unwrap();
-                    assert_eq!(hdr[0], 0x21, "v2 PROXY command");
-                    assert_eq!(hdr[1], 0x11, "TCP over IPv4");
-                    let ip = |b: &[u8]| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]);
-                    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-                    format!(
-                        "V2 {} {} {} {}",
-                        ip(&rest[0..4]),
-                        ip(&rest[4..8]),
-                        port(&rest[8..10]),
-                        port(&rest[10..12])
-                    )
-                };
-                tx.send(parsed).unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+    let (addr, _) = serve_each(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first[..5]).await.unwrap();
+            let parsed = if &first[..5] == b"PROXY" {
+                let mut line = b"PROXY".to_vec();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\r\n") {
+                    s.read_exact(&mut b).await.unwrap();
+                    line.push(b[0]);
+                }
+                String::from_utf8(line).unwrap().trim_end().to_string()
+            } else {
+                s.read_exact(&mut first[5..]).await.unwrap();
+                assert_eq!(
+                    first,
+                    [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+                );
+                let mut hdr = [0u8; 4];
+                s.read_exact(&mut hdr).await.unwrap();
+                let len = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+                let mut rest = vec![0u8; len];
+                s.read_exact(&mut rest).await.unwrap();
+                assert_eq!(hdr[0], 0x21, "v2 PROXY command");
+                assert_eq!(hdr[1], 0x11, "TCP over IPv4");
+                let ip = |b: &[u8]| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]);
+                let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                format!(
+                    "V2 {} {} {} {}",
+                    ip(&rest[0..4]),
+                    ip(&rest[4..8]),
+                    port(&rest[8..10]),
+                    port(&rest[10..12])
+                )
+            };
+            tx.send(parsed).unwrap();
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

@@ -478,6 +478,28 @@ pub fn server_with(o: &Origin, extra: &str) -> String {
     )
 }
 
+/// Listens on a loopback port of its own and runs `conn` on each connection it accepts,
+/// each in a task of its own, until the returned task is aborted (the servers below abort
+/// it when dropped). `conn` itself runs at the accept: what it does before the future it
+/// returns (counting the connection) is done before anything is read.
+pub async fn serve_each<F, Fut>(conn: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(conn(s));
+        }
+    });
+    (addr, task)
+}
+
 /// A small TCP server for heartbeat checks: answers each "PING\r\n" with "+PONG\r\n", and
 /// closes a connection after `replies_per_conn` answers (0: never).
 pub struct PingServer {
@@ -489,47 +511,41 @@ pub struct PingServer {
 
 impl PingServer {
     pub async fn start(replies_per_conn: u64) -> PingServer {
-        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-        let addr = l.local_addr().unwrap();
         let connections = Arc::new(AtomicU64::new(0));
         let pings = Arc::new(AtomicU64::new(0));
         let (c, p) = (connections.clone(), pings.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                c.fetch_add(1, Ordering::Relaxed);
-                let p = p.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 256];
-                    let mut replies = 0;
-                    loop {
-                        let n = match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
-                            let line: Vec<u8> = buf.drain(..end + 2).collect();
-                            if line.as_slice() != b"PING\r\n" {
-                                let _ = s.write_all(b"-ERR unknown\r\n").await;
-                                continue;
-                            }
-                            p.fetch_add(1, Ordering::Relaxed);
-                            if s.write_all(b"+PONG\r\n").await.is_err() {
-                                return;
-                            }
-                            replies += 1;
-                            if replies_per_conn > 0 && replies >= replies_per_conn {
-                                return;
-                            }
+        let (addr, task) = serve_each(move |mut s| {
+            c.fetch_add(1, Ordering::Relaxed);
+            let p = p.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 256];
+                let mut replies = 0;
+                loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                        let line: Vec<u8> = buf.drain(..end + 2).collect();
+                        if line.as_slice() != b"PING\r\n" {
+                            let _ = s.write_all(b"-ERR unknown\r\n").await;
+                            continue;
+                        }
+                        p.fetch_add(1, Ordering::Relaxed);
+                        if s.write_all(b"+PONG\r\n").await.is_err() {
+                            return;
+                        }
+                        replies += 1;
+                        if replies_per_conn > 0 && replies >= replies_per_conn {
+                            return;
                         }
                     }
-                });
+                }
             }
-        });
+        })
+        .await;
         PingServer {
             addr,
             connections,
@@ -553,23 +569,15 @@ pub struct SilentServer {
 
 impl SilentServer {
     pub async fn start() -> SilentServer {
-        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            return;
-                        }
-                    }
-                });
+        let (addr, task) = serve_each(|mut s| async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
             }
-        });
+        })
+        .await;
         SilentServer { addr, task }
     }
 }
@@ -591,47 +599,41 @@ pub struct ResetServer {
 
 impl ResetServer {
     pub async fn start() -> ResetServer {
-        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-        let addr = l.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let h = hits.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                let h = h.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let head_end = loop {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break p + 4;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + len {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+        let (addr, task) = serve_each(move |mut s| {
+            let h = h.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
-                    h.fetch_add(1, Ordering::Relaxed);
-                    // SO_LINGER 0: close with a RST, like a crashed server.
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                    drop(s);
-                });
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                h.fetch_add(1, Ordering::Relaxed);
+                // SO_LINGER 0: close with a RST, like a crashed server.
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
             }
-        });
+        })
+        .await;
         ResetServer { addr, hits, task }
     }
 
@@ -845,39 +847,33 @@ pub fn request_end(buf: &[u8], from: usize) -> Option<usize> {
 
 impl RawOrigin {
     pub async fn start(reply: &'static [u8]) -> RawOrigin {
-        let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
-        let addr = l.local_addr().unwrap();
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
         let (rec, conns) = (received.clone(), connections.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    continue;
-                };
-                conns.fetch_add(1, Ordering::SeqCst);
-                let rec = rec.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut done = 0;
-                    let mut chunk = [0u8; 16384];
-                    loop {
-                        let n = match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        buf.extend_from_slice(&chunk[..n]);
-                        rec.lock().unwrap().extend_from_slice(&chunk[..n]);
-                        while let Some(end) = request_end(&buf, done) {
-                            done = end;
-                            if s.write_all(reply).await.is_err() {
-                                return;
-                            }
+        let (addr, task) = serve_each(move |mut s| {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let rec = rec.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut done = 0;
+                let mut chunk = [0u8; 16384];
+                loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    rec.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    while let Some(end) = request_end(&buf, done) {
+                        done = end;
+                        if s.write_all(reply).await.is_err() {
+                            return;
                         }
                     }
-                });
+                }
             }
-        });
+        })
+        .await;
         RawOrigin {
             addr,
             received,

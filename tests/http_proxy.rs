@@ -662,6 +662,21 @@ async fn a_body_that_came_with_its_head_goes_to_the_server_in_the_same_segment()
     // A second connection, whose first request is the 7 KiB that fits hyper's first read.
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     post_in_one_segment(&mut s, 5, 7000).await;
+    // Parked while idle, a connection reads only a request's first 32 bytes when its client
+    // speaks again; hyper's read of the rest of the head takes the body with it.
+    let parked = || {
+        p.metric_value(
+            "fulcrum_listener_connections_parked",
+            &[("listener", "web")],
+        )
+    };
+    wait_until(
+        "both connections parked",
+        std::time::Duration::from_secs(20),
+        || async { parked() == 2.0 },
+    )
+    .await;
+    post_in_one_segment(&mut s, 6, 4000).await;
     task.abort();
 }
 

@@ -697,6 +697,117 @@ async fn post_in_one_segment(s: &mut TcpStream, i: usize, size: usize) {
     );
 }
 
+/// An origin that answers each request as soon as its head is in ("ok"), then reads the
+/// request's body to its end and keeps the connection for the next request, as nginx does
+/// on a `return`. Counts the body bytes it read.
+async fn answers_before_the_body_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let body = Arc::new(AtomicU64::new(0));
+    let b = body.clone();
+    let (addr, task) = serve_each(move |mut s| {
+        let b = b.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16384];
+            loop {
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let mut left: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                buf.drain(..end);
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    let k = left.min(buf.len());
+                    buf.drain(..k);
+                    left -= k;
+                    b.fetch_add(k as u64, Ordering::SeqCst);
+                    if left == 0 {
+                        break;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (addr, body, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_before_the_upload_ends_still_gets_all_of_it() {
+    use std::sync::atomic::Ordering;
+    let (origin, received, task) = answers_before_the_body_origin().await;
+    let p = Proxy::start(&http_config(
+        &format!("{{ addr = \"{origin}\", name = \"early\" }}"),
+        "",
+        NO_HEALTH,
+    ))
+    .await;
+    let s = TcpStream::connect(p.addr("web")).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // 1 MiB: far more than the sockets on the way hold, so the server's answer comes back
+    // while most of the body is still to be sent.
+    const SIZE: usize = 1 << 20;
+    for i in 0..2 {
+        let upload = tokio::spawn(async move {
+            let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {SIZE}\r\n\r\n");
+            wr.write_all(head.as_bytes()).await.unwrap();
+            wr.write_all(&pattern(SIZE)).await.unwrap();
+            wr
+        });
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = rd.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "request {i}: the connection closed after {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "request {i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        // The client's whole upload is taken, and the connection stays for the next request.
+        wr = upload.await.unwrap();
+        // The rest of the body goes out after the response: the server gets all of it.
+        let whole = (i + 1) as u64 * SIZE as u64;
+        wait_until(
+            "the server read the whole body",
+            std::time::Duration::from_secs(20),
+            || {
+                let r = received.load(Ordering::SeqCst);
+                async move { r == whole }
+            },
+        )
+        .await;
+    }
+    task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_waits_for_100_continue_gets_it_and_its_body_goes_through() {
     let o = fleet(1).await;

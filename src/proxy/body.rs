@@ -399,6 +399,22 @@ impl Finish {
     /// request's body went out whole too. `body` holds an HTTP/1.1 connection until then.
     pub fn release_connection(&mut self, body: &mut UpBody) {
         if let Some(mut lease) = self.lease.take() {
+            if let Some(upload) = body.take_upload() {
+                // The server answered before the request was sent whole (as nginx does on
+                // a `return`, or a server refusing an upload it then reads and discards):
+                // the rest goes on in a task of its own on this worker. Dropped here, the
+                // client's body would be left unread and hyper would close the client's
+                // connection on it, a reset that can cost the client the response. (Here
+                // the response has no body; the server's load goes with the response.)
+                let idle = self.read_idle;
+                tokio::spawn(async move {
+                    if let Some(conn) = upload.finish(idle).await {
+                        lease.restore(conn);
+                        lease.release();
+                    }
+                });
+                return;
+            }
             if self
                 .request
                 .as_ref()
@@ -428,10 +444,23 @@ impl Finish {
     }
 }
 
-/// Releases `finish` after a clean end of the response.
+/// Releases `finish` after a clean end of the response. A request still going out to a
+/// server that answered first keeps it (the connection, the server's load) until it is sent.
 fn finish_clean(finish: &mut Option<Finish>, body: &mut UpBody) {
-    if let Some(mut f) = finish.take() {
-        f.release_connection(body);
+    let Some(mut f) = finish.take() else {
+        return;
+    };
+    match body.take_upload() {
+        Some(upload) => {
+            tokio::spawn(async move {
+                let conn = upload.finish(f.read_idle).await;
+                if let (Some(conn), Some(mut lease)) = (conn, f.lease.take()) {
+                    lease.restore(conn);
+                    lease.release();
+                }
+            });
+        }
+        None => f.release_connection(body),
     }
 }
 

@@ -955,7 +955,58 @@ pub struct RespIn {
     conn: Option<Box<Conn>>,
 }
 
+/// The rest of a request whose server answered before it was sent whole, with the
+/// connection it goes out on ([`RespIn::take_upload`]).
+pub struct Upload {
+    out: Box<Out>,
+    conn: Box<Conn>,
+    /// The connection may carry another request once this one is sent whole.
+    reuse: bool,
+}
+
+impl Upload {
+    /// Sends the rest of the request, giving up after `idle` without progress (a server
+    /// that stopped reading what it had answered; a client too slow is cut off by its body's
+    /// own limits). Returns the connection if it may carry another request.
+    pub async fn finish(self, idle: std::time::Duration) -> Option<Box<Conn>> {
+        let Upload {
+            mut out,
+            mut conn,
+            reuse,
+        } = self;
+        loop {
+            let mark = |o: &Out, c: &Conn| (o.at, o.data.len(), o.tail.len(), c.wr.len());
+            let before = mark(&out, &conn);
+            let step = std::future::poll_fn(|cx| match out.poll_send(&mut conn, None, cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                // Moved (written, or a frame taken from the client): the wait starts over.
+                Poll::Pending if mark(&out, &conn) != before => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            });
+            match tokio::time::timeout(idle, step).await {
+                Ok(None) => {}
+                Ok(Some(Ok(()))) => return (reuse && conn.rd.is_empty()).then_some(conn),
+                Ok(Some(Err(_))) | Err(_) => return None,
+            }
+        }
+    }
+}
+
 impl RespIn {
+    /// After the response has ended, the rest of the request if it is still going out:
+    /// sent on by [`Upload::finish`], so that the client's body is taken to its end (its
+    /// connection kept, not reset with the body unread) and this connection can be reused.
+    pub fn take_upload(&mut self) -> Option<Upload> {
+        if self.framing != Framing::Done || self.out.is_none() || self.conn.is_none() {
+            return None;
+        }
+        Some(Upload {
+            out: self.out.take()?,
+            conn: self.conn.take()?,
+            reuse: self.reuse,
+        })
+    }
+
     /// The connection, if the body ended cleanly and it may carry another request.
     pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
         if self.framing == Framing::Done && self.reuse && self.out.is_none() {

@@ -159,6 +159,15 @@ impl UpBody {
             UpBody::H2(_) => None,
         }
     }
+
+    /// The rest of an HTTP/1.1 request still going out after its response ended
+    /// ([`h1::RespIn::take_upload`]).
+    pub fn take_upload(&mut self) -> Option<h1::Upload> {
+        match self {
+            UpBody::H1(b) => b.take_upload(),
+            UpBody::H2(_) => None,
+        }
+    }
 }
 
 impl Body for UpBody {

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use super::h1::Upload;
 use super::upstream::{Lease, UpBody, UpError};
 use crate::backend::{FailureKind, LoadGuard};
 use crate::health::passive::{self, Outcome};
@@ -406,13 +407,7 @@ impl Finish {
                 // client's body would be left unread and hyper would close the client's
                 // connection on it, a reset that can cost the client the response. (Here
                 // the response has no body; the server's load goes with the response.)
-                let idle = self.read_idle;
-                tokio::spawn(async move {
-                    if let Some(conn) = upload.finish(idle).await {
-                        lease.restore(conn);
-                        lease.release();
-                    }
-                });
+                send_rest(upload, self.read_idle, Some(lease), ());
                 return;
             }
             if self
@@ -451,17 +446,23 @@ fn finish_clean(finish: &mut Option<Finish>, body: &mut UpBody) {
         return;
     };
     match body.take_upload() {
-        Some(upload) => {
-            tokio::spawn(async move {
-                let conn = upload.finish(f.read_idle).await;
-                if let (Some(conn), Some(mut lease)) = (conn, f.lease.take()) {
-                    lease.restore(conn);
-                    lease.release();
-                }
-            });
-        }
+        Some(upload) => send_rest(upload, f.read_idle, f.lease.take(), f),
         None => f.release_connection(body),
     }
+}
+
+/// Sends the rest of a request whose server answered before it was sent whole, in a task of
+/// its own on this worker, and gives the connection back through `lease` once it is sent;
+/// `hold` (what the exchange still holds, such as the server's load) lives until then.
+fn send_rest(upload: Upload, idle: Duration, lease: Option<Lease>, hold: impl Send + 'static) {
+    tokio::spawn(async move {
+        let conn = upload.finish(idle).await;
+        if let (Some(conn), Some(mut lease)) = (conn, lease) {
+            lease.restore(conn);
+            lease.release();
+        }
+        drop(hold);
+    });
 }
 
 /// The server stopped sending mid-body (`upstream_read_idle`).

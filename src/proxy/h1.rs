@@ -303,6 +303,23 @@ impl Conn {
     /// neither closed it nor sent anything unasked since its last response (either would
     /// make the next response unreadable). Costs no system call while the socket has
     /// nothing to read.
+    /// This connection, fit to go back to the pool after a response: `None` if the server
+    /// sent bytes past it. A buffer grown for a body or a long head would otherwise stay
+    /// with the connection for life: idle in the pool (up to `upstream_idle`), and under
+    /// every later head read, which walks through it. Given back now, its memory is the
+    /// allocator's to hand to the next large read on any connection, while it is still in
+    /// the cache; the next head gets its 2 KiB afresh.
+    pub fn reusable(mut self: Box<Self>) -> Option<Box<Self>> {
+        if !self.rd.is_empty() {
+            return None;
+        }
+        if self.grown {
+            self.rd = BytesMut::new();
+            self.grown = false;
+        }
+        Some(self)
+    }
+
     pub fn is_usable(&mut self) -> bool {
         if !self.rd.is_empty() || self.severed() {
             return false;
@@ -985,7 +1002,7 @@ impl Upload {
             });
             match tokio::time::timeout(idle, step).await {
                 Ok(None) => {}
-                Ok(Some(Ok(()))) => return (reuse && conn.rd.is_empty()).then_some(conn),
+                Ok(Some(Ok(()))) => return conn.reusable().filter(|_| reuse),
                 Ok(Some(Err(_))) | Err(_) => return None,
             }
         }
@@ -1010,17 +1027,7 @@ impl RespIn {
     /// The connection, if the body ended cleanly and it may carry another request.
     pub fn take_reusable(&mut self) -> Option<Box<Conn>> {
         if self.framing == Framing::Done && self.reuse && self.out.is_none() {
-            let mut c = self.conn.take().filter(|c| c.rd.is_empty())?;
-            // A buffer grown for a body or a long head would otherwise stay with the
-            // connection for life: idle in the pool (up to `upstream_idle`), and under
-            // every later head read, which walks through it. Given back now, its memory is
-            // the allocator's to hand to the next large read on any connection, while it
-            // is still in the cache; the next head gets its 2 KiB afresh.
-            if c.grown {
-                c.rd = BytesMut::new();
-                c.grown = false;
-            }
-            Some(c)
+            self.conn.take()?.reusable()
         } else {
             None
         }

@@ -42,7 +42,8 @@ each connection, p99 taken from h2load's per-request log. BODY `small` is a 3-by
 response, `16k` 16 KiB, and `close` a small response with `Connection: close`: a new client
 connection for every request (`http-close-c50`, `tcp-close-c50`; not in the default set).
 `postNk` (`http-post1k-c50`, `http-post16k-c50`; not in the default set) sends each request
-as a POST with an N KiB body, head and body in one write, and gets the small response.
+as a POST with an N KiB body, head and body in one write, and gets the small response;
+`chunkNk` the same body sent chunked (`Transfer-Encoding: chunked`, 4 KiB chunks).
 Behind every proxy the servers speak HTTP/1.1 (HAProxy `bind ... proto h2`, nginx
 `listen ... http2`). `instructions` takes the same modes (`--modes http,tcp,h2`; h2 with 10
 streams open on each of 10 connections), and `--post BYTES` for requests with a body.
@@ -66,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -545,15 +547,30 @@ def wrk_args(body):
     answered by the origin's small `ok`."""
     if body == "close":
         return ["-H", "Connection: close"]
-    m = re.fullmatch(r"post(\d+)k", body)
+    m = re.fullmatch(r"(post|chunk)(\d+)k", body)
     if m and body in POST_SCRIPTS:
         return ["-s", POST_SCRIPTS[body]]
     if m:
+        size = int(m.group(2)) * 1024
         fd, script = tempfile.mkstemp(prefix=f"fulcrum-wrk-{body}-", suffix=".lua")
         with os.fdopen(fd, "w") as f:
-            f.write('wrk.method = "POST"\n'
-                    'wrk.headers["Content-Type"] = "application/octet-stream"\n'
-                    f'wrk.body = string.rep("x", {int(m.group(1)) * 1024})\n')
+            if m.group(1) == "post":
+                f.write('wrk.method = "POST"\n'
+                        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+                        f'wrk.body = string.rep("x", {size})\n')
+            else:
+                # wrk adds a Content-Length to any body it is given, so the chunked request
+                # is written whole, once, and handed out as it is for every request.
+                f.write(f'local size, left, parts = {size}, {size}, {{}}\n'
+                        'while left > 0 do\n'
+                        '  local n = math.min(left, 4096)\n'
+                        '  parts[#parts + 1] = string.format("%x\\r\\n", n) .. string.rep("x", n) .. "\\r\\n"\n'
+                        '  left = left - n\n'
+                        'end\n'
+                        'local req = "POST / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n"\n'
+                        '  .. "Content-Type: application/octet-stream\\r\\n"\n'
+                        '  .. "Transfer-Encoding: chunked\\r\\n\\r\\n" .. table.concat(parts) .. "0\\r\\n\\r\\n"\n'
+                        'request = function() return req end\n')
         atexit.register(os.remove, script)
         POST_SCRIPTS[body] = script
         return ["-s", script]
@@ -859,7 +876,56 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 H2_INSTRUCTION_STREAMS = 10
 
 
+def chunked_posts(port, n, conns, size, chunk):
+    """`n` POSTs of `size` bytes sent chunked, `chunk` bytes to a chunk, head and every chunk in
+    one write, one at a time on each of `conns` connections (h2load sends no chunked bodies).
+    Every response must be a 200."""
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c)
+                    for c in (b"x" * min(chunk, size - i) for i in range(0, size, chunk)))
+    req = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + body + b"0\r\n\r\n")
+    failed = []
+
+    def client(count):
+        s, buf = socket.create_connection(("127.0.0.1", port), timeout=30), b""
+        try:
+            for _ in range(count):
+                s.sendall(req)
+                while b"\r\n\r\n" not in buf:
+                    more = s.recv(65536)
+                    if not more:
+                        failed.append("closed")
+                        return
+                    buf += more
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    failed.append(head[:80])
+                    return
+                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                want = int(m.group(1)) if m else 0
+                while len(buf) < want:
+                    buf += s.recv(65536)
+                buf = buf[want:]
+                if re.search(rb"(?i)\r\nconnection: *close", head):
+                    # nginx ends a connection after 1,000 requests: go on on a new one.
+                    s.close()
+                    s, buf = socket.create_connection(("127.0.0.1", port), timeout=30), b""
+        finally:
+            s.close()
+
+    share = [n // conns + (1 if i < n % conns else 0) for i in range(conns)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in share]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise RuntimeError(f"chunked POSTs failed: {failed[:3]}")
+
+
 def instructions(args):
+    if args.chunked and not args.post:
+        raise SystemExit("compare.py instructions: --chunked needs --post BYTES")
     if args.ll and not args.cache_sim:
         raise SystemExit("compare.py instructions: --ll sizes the simulated cache; add --cache-sim")
     for c in (["h2load", "haproxy", "nginx"] + ([] if args.native else ["valgrind"])):
@@ -921,10 +987,13 @@ def instructions(args):
                 with open(body, "wb") as f:
                     f.write(b"x" * args.post)
                 client += ["-d", body]
-            r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", str(args.connections), f"http://127.0.0.1:{port}/"],
-                               capture_output=True, text=True)
-            if f"{n} succeeded" not in r.stdout:
-                raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
+            if args.chunked:
+                chunked_posts(port, n, args.connections, args.post, args.chunked)
+            else:
+                r = subprocess.run(["h2load"] + client + ["-n", str(n), "-c", str(args.connections),
+                                    f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
+                if f"{n} succeeded" not in r.stdout:
+                    raise RuntimeError(f"{target} {mode}: not every request succeeded:\n{r.stdout[-600:]}")
             # Under valgrind a process writes its counts as it exits, which can take longer
             # than a plain process's stop: killed before that, it leaves none.
             procs.stop(v, grace=5 if args.native else 60)
@@ -1100,6 +1169,10 @@ def main():
     ins.add_argument("--ll", type=int, metavar="BYTES",
                      help="with --cache-sim: simulate a last-level cache of BYTES (say 1048576, "
                      "this machine's L2 per core) instead of the machine's last level")
+    ins.add_argument("--chunked", type=int, metavar="BYTES", default=0,
+                     help="with --post: send each body chunked (Transfer-Encoding: chunked), BYTES "
+                     "to a chunk, from a small Python client (HTTP/1.1, one request at a time on "
+                     "each connection; --modes http)")
     ins.add_argument("--close", action="store_true",
                      help="every request on a connection of its own (`Connection: close`; with "
                      "--modes http,tcp): what accepting, serving and closing a connection costs")

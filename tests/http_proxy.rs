@@ -659,6 +659,11 @@ async fn a_body_that_came_with_its_head_goes_to_the_server_in_the_same_segment()
     for (i, size) in [4000usize, 10, 1024, 4000, 1].into_iter().enumerate() {
         post_in_one_segment(&mut s, i, size).await;
     }
+    // Chunked, the chunks that came together go together, with the last chunk: one chunk
+    // of 1 KiB, then four of 4 KiB (more than hyper's first read of the connection).
+    chunked_post_in_one_segment(&mut s, 10, 1024, 1024).await;
+    chunked_post_in_one_segment(&mut s, 11, 16 * 1024, 4096).await;
+    chunked_post_in_one_segment(&mut s, 12, 3000, 100).await;
     // A second connection, whose first request is the 7 KiB that fits hyper's first read.
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     post_in_one_segment(&mut s, 5, 7000).await;
@@ -686,7 +691,24 @@ async fn post_in_one_segment(s: &mut TcpStream, i: usize, size: usize) {
     let mut req =
         format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
     req.extend_from_slice(&pattern(size));
-    s.write_all(&req).await.unwrap();
+    send_in_one_segment(s, i, size, &req).await;
+}
+
+/// Posts `size` bytes chunked, `chunk` bytes to a chunk, the head, every chunk and the last
+/// one in one write, and asserts that the server behind the proxy received it in one segment.
+async fn chunked_post_in_one_segment(s: &mut TcpStream, i: usize, size: usize, chunk: usize) {
+    let mut req = b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in pattern(size).chunks(chunk) {
+        req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        req.extend_from_slice(piece);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    send_in_one_segment(s, i, size, &req).await;
+}
+
+async fn send_in_one_segment(s: &mut TcpStream, i: usize, size: usize, req: &[u8]) {
+    s.write_all(req).await.unwrap();
     let (head, body) = read_response(s).await;
     assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
     assert_eq!(

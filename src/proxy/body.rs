@@ -189,6 +189,9 @@ impl IdleWatch {
     }
 }
 
+/// One item of a request body as `poll_frame` hands it out.
+type BodyItem = Result<Frame<Bytes>, ReqBodyError>;
+
 /// A client's request body on its way upstream, bounded in size and time.
 pub struct ClientBody {
     inner: Incoming,
@@ -201,9 +204,25 @@ pub struct ClientBody {
     /// client that wrote the head and the body apart with Nagle's algorithm on is holding
     /// the body back until its head is acknowledged ([`crate::proxy::quick_ack`]).
     ack: Option<std::os::fd::RawFd>,
-    /// The next frame, read ahead ([`ReqBody::poll_ahead`]) and not yet taken: the next
+    /// The next frame, read ahead ([`ReqBody::poll_peek`]) and not yet taken: the next
     /// `poll_frame` returns it. Counted and checked against the limits when it was read.
-    ahead: Option<Result<Frame<Bytes>, ReqBodyError>>,
+    ahead: Option<BodyItem>,
+    /// Frames read ahead after `ahead`, in order (a chunked body's next chunks, an h2
+    /// stream's next DATA frames); empty, with nothing allocated, for a body that came in
+    /// one frame (`None`). Empty whenever `ahead` is.
+    more: Option<Vec<BodyItem>>,
+    /// `inner` was seen to end after the frames read ahead.
+    ended: bool,
+}
+
+/// A look at a request body's next frame that leaves it in the body ([`ReqBody::poll_peek`]).
+pub enum Peek {
+    /// Data: a handle to its bytes.
+    Data(Bytes),
+    /// The body ends before it.
+    End,
+    /// Trailers or an error: `poll_frame` returns it when its turn comes.
+    Other,
 }
 
 impl ClientBody {
@@ -222,7 +241,116 @@ impl ClientBody {
             watch: None,
             ack,
             ahead: None,
+            more: None,
+            ended: false,
         }
+    }
+
+    /// The next frame from the client, counted and checked against the limits. `arm`: on
+    /// `Pending` the body is waiting on the client, so its idle watch is armed (and the
+    /// client's socket acknowledged, the first time); without it, a `Pending` costs nothing
+    /// (the caller looks again soon: the frame may be in hyper's buffer already).
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        arm: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        if let Some(frame) = self.ahead.take() {
+            self.ahead = self.next_kept();
+            return Poll::Ready(Some(frame));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        self.poll_inner(cx, arm)
+    }
+
+    /// The next frame from `inner` (past any kept), counted and checked; `arm` as in
+    /// [`poll_next`](Self::poll_next).
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        arm: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.received += d.len() as u64;
+                    if self.received > self.limits.max {
+                        self.state.finish(BodyEnd::TooLarge);
+                        return Poll::Ready(Some(Err(ReqBodyError::TooLarge)));
+                    }
+                    if let Some(w) = &mut self.watch {
+                        w.progress();
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.state.finish(BodyEnd::Done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.state.finish(BodyEnd::ClientAbort);
+                Poll::Ready(Some(Err(ReqBodyError::Client(e))))
+            }
+            Poll::Ready(None) => {
+                self.state.finish(BodyEnd::Done);
+                Poll::Ready(None)
+            }
+            Poll::Pending if !arm => Poll::Pending,
+            Poll::Pending => {
+                let limits = self.limits;
+                if self.watch.is_none() {
+                    if let Some(fd) = self.ack {
+                        crate::proxy::quick_ack(fd);
+                    }
+                }
+                let w = self
+                    .watch
+                    .get_or_insert_with(|| IdleWatch::new(limits.read_idle));
+                match w.poll_expired(cx, limits.read_idle, (self.received, limits.min_rate)) {
+                    Poll::Ready(()) => {
+                        self.state.finish(BodyEnd::TooSlow);
+                        Poll::Ready(Some(Err(ReqBodyError::TooSlow)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    /// The frame kept after `ahead`, taken out (there are seldom more than a few).
+    fn next_kept(&mut self) -> Option<BodyItem> {
+        let more = self.more.as_mut().filter(|m| !m.is_empty())?;
+        Some(more.remove(0))
+    }
+
+    /// The `i`-th frame not yet taken, read from the client if it is the next one, and
+    /// kept. Never arms the idle watch: a look ahead does not wait.
+    fn poll_peek(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<Peek> {
+        let kept = usize::from(self.ahead.is_some()) + self.more.as_ref().map_or(0, |m| m.len());
+        // A Content-Length body whose last bytes are kept has ended.
+        self.ended |= i == kept && self.inner.is_end_stream();
+        if i == kept && !self.ended {
+            match ready!(self.poll_inner(cx, false)) {
+                Some(frame) if self.ahead.is_none() => self.ahead = Some(frame),
+                Some(frame) => self.more.get_or_insert_default().push(frame),
+                None => self.ended = true,
+            }
+        }
+        let item = if i == 0 {
+            self.ahead.as_ref()
+        } else {
+            self.more.as_ref().and_then(|m| m.get(i - 1))
+        };
+        Poll::Ready(match item {
+            Some(Ok(frame)) => frame
+                .data_ref()
+                .map_or(Peek::Other, |d| Peek::Data(d.clone())),
+            Some(Err(_)) => Peek::Other,
+            None if self.ended => Peek::End,
+            None => Peek::Other,
+        })
     }
 }
 
@@ -234,66 +362,24 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
-        let this = self.get_mut();
-        if let Some(frame) = this.ahead.take() {
-            return Poll::Ready(Some(frame));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.received += d.len() as u64;
-                    if this.received > this.limits.max {
-                        this.state.finish(BodyEnd::TooLarge);
-                        return Poll::Ready(Some(Err(ReqBodyError::TooLarge)));
-                    }
-                    if let Some(w) = &mut this.watch {
-                        w.progress();
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    this.state.finish(BodyEnd::Done);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.state.finish(BodyEnd::ClientAbort);
-                Poll::Ready(Some(Err(ReqBodyError::Client(e))))
-            }
-            Poll::Ready(None) => {
-                this.state.finish(BodyEnd::Done);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let limits = this.limits;
-                if this.watch.is_none() {
-                    if let Some(fd) = this.ack {
-                        crate::proxy::quick_ack(fd);
-                    }
-                }
-                let w = this
-                    .watch
-                    .get_or_insert_with(|| IdleWatch::new(limits.read_idle));
-                match w.poll_expired(cx, limits.read_idle, (this.received, limits.min_rate)) {
-                    Poll::Ready(()) => {
-                        this.state.finish(BodyEnd::TooSlow);
-                        Poll::Ready(Some(Err(ReqBodyError::TooSlow)))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
+        self.get_mut().poll_next(cx, true)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ahead.is_none() && self.inner.is_end_stream()
+        self.ahead.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        let ahead = match &self.ahead {
-            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
-            _ => 0,
-        };
+        let ahead: u64 = (self
+            .ahead
+            .iter()
+            .chain(self.more.iter().flat_map(|m| m.iter())))
+        .map(|f| match f {
+            Ok(frame) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => 0,
+        })
+        .sum();
         if ahead > 0 {
             // The upper bound first: `set_lower` panics on a lower bound above the upper.
             if let Some(u) = hint.upper() {
@@ -316,37 +402,54 @@ pub enum ReqBody {
 }
 
 impl ReqBody {
-    /// The body's first bytes, if they can be had now, without taking them: they stay the
-    /// body's next frame (a copy of the handle is returned), so a request whose first write
-    /// fails still has them for the next server. `None` when the body has ended or its next
-    /// frame is not data (trailers, an error: kept too, for `poll_frame` to return).
+    /// A look at the `i`-th frame not yet taken, without taking it: it stays in the body
+    /// (a handle to its bytes is returned), so a request whose first write fails still has
+    /// it for the next server. A frame not read yet is read from the client; `Pending` when
+    /// it is not here (nothing is armed: a look ahead does not wait).
     ///
-    /// A request's head and the body that came with it then go to the server in one write:
-    /// one system call and one segment fewer, and the server reads them at once.
-    pub fn poll_ahead(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let ReqBody::Client(b) = self else {
-            return Poll::Ready(None);
-        };
-        if b.ahead.is_none() {
-            match ready!(Pin::new(&mut **b).poll_frame(cx)) {
-                Some(frame) => b.ahead = Some(frame),
-                None => return Poll::Ready(None),
-            }
+    /// A request's head and the body frames that came with it then go to the server in one
+    /// write: fewer system calls and segments, and the server reads them at once.
+    pub fn poll_peek(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<Peek> {
+        match self {
+            ReqBody::Client(b) => b.poll_peek(i, cx),
+            ReqBody::Empty => Poll::Ready(Peek::End),
         }
-        Poll::Ready(match &b.ahead {
-            Some(Ok(frame)) => frame.data_ref().cloned(),
-            _ => None,
-        })
     }
 
-    /// Drops the data frame [`poll_ahead`](Self::poll_ahead) kept, if any, once its bytes
-    /// are on their way by other means (an empty one has nothing to send). A kept error or
-    /// trailers stay for `poll_frame`.
-    pub fn drop_ahead(&mut self) {
+    /// Whether the frames looked at with [`poll_peek`](Self::poll_peek) are all the body has
+    /// left: its end was seen after them, or its Content-Length is reached.
+    pub fn peeked_to_end(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.ended || b.inner.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    /// Drops the first `n` frames looked at with [`poll_peek`](Self::poll_peek), once their
+    /// bytes are on their way by other means; only data frames (a kept error or trailers
+    /// stay for `poll_frame`).
+    #[inline]
+    pub fn drop_ahead(&mut self, n: usize) {
         if let ReqBody::Client(b) = self {
-            if matches!(&b.ahead, Some(Ok(f)) if f.is_data()) {
-                b.ahead = None;
+            for _ in 0..n {
+                if !matches!(&b.ahead, Some(Ok(f)) if f.is_data()) {
+                    break;
+                }
+                b.ahead = b.next_kept();
             }
+        }
+    }
+
+    /// The next frame, if it is here; `Pending` without arming the body's idle watch: for a
+    /// caller gathering what has come, which looks again soon or waits through
+    /// `poll_frame`.
+    pub fn poll_frame_now(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReqBodyError>>> {
+        match self {
+            ReqBody::Client(b) => b.poll_next(cx, false),
+            ReqBody::Empty => Poll::Ready(None),
         }
     }
 }

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::body::ReqBody;
+use super::body::{Peek, ReqBody};
 use super::headers::{
     connection_tokens, fixed_hop_by_hop, listed_in_connection, names_a_field, Forwarding,
 };
@@ -317,6 +317,11 @@ impl Conn {
             self.rd = BytesMut::new();
             self.grown = false;
         }
+        // Likewise the write buffer, grown for a long head or body frames gathered into one
+        // write.
+        if self.wr.capacity() > READ_CHUNK {
+            self.wr = Vec::new();
+        }
         Some(self)
     }
 
@@ -523,21 +528,59 @@ impl Outgoing {
     }
 }
 
+/// Body bytes gathered into one write, at most (past this, the write goes out as it is).
+/// Frames are gathered only while more are here at once: a chunked body's chunks, an h2
+/// stream's DATA frames.
+const GATHER: usize = 32 * 1024;
+
 /// The request's way out, as far as it has got.
 struct Out {
     framing: ReqFraming,
     /// Written of `wr` so far.
     at: usize,
-    /// A body frame being written after `wr`, and what follows it ("\r\n" when chunked).
+    /// A body frame being written after `wr`, and what follows it ("\r\n" when chunked, and
+    /// the last chunk after it when the body ends with it).
     data: Bytes,
     tail: &'static [u8],
     /// The body, until its end.
     body: Option<ReqBody>,
     /// Sent whole (last byte written).
     done: bool,
+    /// Body frames in the write being gathered, and their bytes. The first goes out as it
+    /// is (`data`); with a second, both are copied into `wr`, so that the frames that are
+    /// here go out in one write.
+    frames: u32,
+    gathered: u32,
+    /// Before the first write: frames of the unsent request's body in the write (still the
+    /// body's, [`ReqBody::poll_peek`]), and whether the look ahead is over.
+    peeked: u32,
+    looked: bool,
+    /// The body's end is in the write (nothing of it is left to send after it).
+    sealed: bool,
+    /// The task was woken to look again for body frames, and has not had one since: a
+    /// chunked body's next chunk is often in hyper's buffer, handed over once the client's
+    /// connection has had its turn. Next time, wait.
+    yielded: bool,
 }
 
 impl Out {
+    fn new(framing: ReqFraming) -> Out {
+        Out {
+            framing,
+            at: 0,
+            data: Bytes::new(),
+            tail: b"",
+            body: None,
+            done: false,
+            frames: 0,
+            gathered: 0,
+            peeked: 0,
+            looked: false,
+            sealed: false,
+            yielded: false,
+        }
+    }
+
     /// Writes until the request is sent whole, or the socket or the body must wait. Until the
     /// first byte is written, `sending` holds the request; then its body is taken from it
     /// (`None`: that is done already).
@@ -547,11 +590,12 @@ impl Out {
         mut sending: Option<&mut Outgoing>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
-        // Until the first byte is written, the body's first bytes may join the head.
-        if self.data.is_empty() {
+        // Until the first byte is written, the body's first frames may join the head.
+        if !self.looked {
             let unsent = sending.as_deref_mut().filter(|o| !o.written);
-            if let Some(req) = unsent.and_then(|o| o.req.as_mut()) {
-                self.look_ahead(conn, req.body_mut(), cx);
+            match unsent.and_then(|o| o.req.as_mut()) {
+                Some(req) => ready!(self.look_ahead(conn, req.body_mut(), cx)),
+                None => self.looked = true,
             }
         }
         loop {
@@ -578,10 +622,11 @@ impl Out {
                     // the whole request out would move all of it first).
                     if let Some(req) = o.req.as_mut() {
                         let mut body = std::mem::replace(req.body_mut(), ReqBody::Empty);
-                        // A first frame kept by `look_ahead` is in `data`, being written.
-                        body.drop_ahead();
+                        // The frames looked at are in this write.
+                        body.drop_ahead(self.peeked as usize);
                         // Chunked, the body is polled to its end for the last chunk.
-                        let more = self.framing == ReqFraming::Chunked || !body.is_end_stream();
+                        let more = !self.sealed
+                            && (self.framing == ReqFraming::Chunked || !body.is_end_stream());
                         self.body = more.then_some(body);
                     }
                     o.written = true;
@@ -599,69 +644,176 @@ impl Out {
             }
             conn.wr.clear();
             self.at = 0;
-            let Some(body) = self.body.as_mut() else {
+            (self.frames, self.gathered) = (0, 0);
+            if self.body.is_none() {
                 self.done = true;
                 return Poll::Ready(Ok(()));
+            }
+            ready!(self.gather(conn, cx))?;
+        }
+    }
+
+    /// Takes the body frames that are here into the next write, up to [`GATHER`] bytes;
+    /// ready when there is something to write (or the body has ended), pending when the
+    /// body waits on the client.
+    fn gather(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            let gathering = self.frames > 0 || !conn.wr.is_empty();
+            let now = gathering || self.may_yield();
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
             };
-            match ready!(Pin::new(body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(d) if d.is_empty() => {}
-                    Ok(d) => {
-                        if self.framing == ReqFraming::Chunked {
-                            use std::io::Write;
-                            let _ = write!(conn.wr, "{:x}\r\n", d.len());
-                            self.tail = b"\r\n";
-                        }
-                        self.data = d;
-                    }
-                    Err(frame) => {
-                        if let (Ok(trailers), ReqFraming::Chunked) =
-                            (frame.into_trailers(), self.framing)
-                        {
-                            self.body = None;
-                            conn.wr.extend_from_slice(b"0\r\n");
-                            for (name, value) in &trailers {
-                                conn.wr.extend_from_slice(name.as_str().as_bytes());
-                                conn.wr.extend_from_slice(b": ");
-                                conn.wr.extend_from_slice(value.as_bytes());
-                                conn.wr.extend_from_slice(b"\r\n");
+            let r = if now {
+                body.poll_frame_now(cx)
+            } else {
+                Pin::new(body).poll_frame(cx)
+            };
+            match r {
+                Poll::Pending if self.may_yield() => return self.yield_once(cx),
+                Poll::Pending if gathering => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.yielded = false;
+                    match frame.into_data() {
+                        Ok(d) if d.is_empty() => {}
+                        Ok(d) => {
+                            if !self.add(&mut conn.wr, d) {
+                                return Poll::Ready(Ok(()));
                             }
-                            conn.wr.extend_from_slice(b"\r\n");
+                        }
+                        Err(frame) => {
+                            if let (Ok(trailers), ReqFraming::Chunked) =
+                                (frame.into_trailers(), self.framing)
+                            {
+                                self.body = None;
+                                self.flatten(&mut conn.wr);
+                                let wr = &mut conn.wr;
+                                wr.extend_from_slice(b"0\r\n");
+                                for (name, value) in &trailers {
+                                    wr.extend_from_slice(name.as_str().as_bytes());
+                                    wr.extend_from_slice(b": ");
+                                    wr.extend_from_slice(value.as_bytes());
+                                    wr.extend_from_slice(b"\r\n");
+                                }
+                                wr.extend_from_slice(b"\r\n");
+                                return Poll::Ready(Ok(()));
+                            }
                         }
                     }
-                },
-                Some(Err(_)) => return Poll::Ready(Err(Error::RequestBody)),
-                None => {
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Error::RequestBody)),
+                Poll::Ready(None) => {
                     self.body = None;
-                    if self.framing == ReqFraming::Chunked {
-                        conn.wr.extend_from_slice(b"0\r\n\r\n");
-                    }
+                    self.seal(&mut conn.wr);
+                    return Poll::Ready(Ok(()));
                 }
             }
         }
     }
 
-    /// Before the head's first write: the body's first bytes, if they are here already, go
-    /// into the same write (in `data`, after the chunk-size line when chunked). One system
-    /// call and one segment fewer per such request, and the server reads head and body at
-    /// once. hyper hands an HTTP/1 request over with the body bytes that came in the head's
-    /// read already in its channel (an h2 stream's DATA that came with its HEADERS likewise).
-    /// The frame stays kept in the request's body too until the first byte is written, so
-    /// that a request whose first write fails still has it for the next server.
-    fn look_ahead(&mut self, conn: &mut Conn, body: &mut ReqBody, cx: &mut Context<'_>) {
-        if body.is_end_stream() {
-            return;
-        }
-        if let Poll::Ready(Some(d)) = body.poll_ahead(cx) {
-            if d.is_empty() {
-                return;
+    /// Before the head's first write: the body frames that are here already go into the
+    /// same write (after their chunk-size lines when chunked), the body's end too if it is
+    /// known. One system call and one segment or more fewer per such request, and the
+    /// server reads head and body at once. hyper hands an HTTP/1 request over with the body
+    /// bytes that came in the head's read already in its channel (an h2 stream's DATA that
+    /// came with its HEADERS likewise). The frames stay in the request's body too until the
+    /// first byte is written, so that a request whose first write fails still has them for
+    /// the next server. A body not here yet is not waited for (but for one turn of the
+    /// client's connection when chunked: see [`Out::yielded`]).
+    fn look_ahead(
+        &mut self,
+        conn: &mut Conn,
+        body: &mut ReqBody,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        while self.peeked == 0 || self.gathered < GATHER as u32 {
+            if self.peeked == 0 && body.is_end_stream() {
+                break;
             }
+            match body.poll_peek(self.peeked as usize, cx) {
+                Poll::Pending if self.may_yield() => return self.yield_once(cx),
+                Poll::Pending | Poll::Ready(Peek::Other) => break,
+                Poll::Ready(Peek::End) => {
+                    self.seal(&mut conn.wr);
+                    break;
+                }
+                Poll::Ready(Peek::Data(d)) => {
+                    self.peeked += 1;
+                    self.yielded = false;
+                    let more = d.is_empty() || self.add(&mut conn.wr, d);
+                    if body.peeked_to_end() {
+                        self.seal(&mut conn.wr);
+                        break;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+        }
+        self.looked = true;
+        Poll::Ready(())
+    }
+
+    /// Whether a body that is not here should be looked for once more after a turn of the
+    /// client's connection ([`Out::yielded`]).
+    fn may_yield(&self) -> bool {
+        self.framing == ReqFraming::Chunked && !self.yielded
+    }
+
+    /// Wakes the task to look again after the client's connection has had its turn.
+    fn yield_once<T>(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Puts a body frame into the write: the first as it is (`data`), a later one copied
+    /// into `wr` (the first moved there too). Whether to look for more.
+    fn add(&mut self, wr: &mut Vec<u8>, d: Bytes) -> bool {
+        use std::io::Write;
+        self.gathered += d.len() as u32;
+        self.frames += 1;
+        if self.frames == 1 {
             if self.framing == ReqFraming::Chunked {
-                use std::io::Write;
-                let _ = write!(conn.wr, "{:x}\r\n", d.len());
+                let _ = write!(wr, "{:x}\r\n", d.len());
                 self.tail = b"\r\n";
             }
             self.data = d;
+        } else {
+            self.flatten(wr);
+            if self.framing == ReqFraming::Chunked {
+                let _ = write!(wr, "{:x}\r\n", d.len());
+                wr.extend_from_slice(&d);
+                wr.extend_from_slice(b"\r\n");
+            } else {
+                wr.extend_from_slice(&d);
+            }
+        }
+        self.gathered < GATHER as u32
+    }
+
+    /// Moves the frame in `data` (and its tail) into `wr`, for what follows it to go after.
+    fn flatten(&mut self, wr: &mut Vec<u8>) {
+        if !self.data.is_empty() || !self.tail.is_empty() {
+            wr.reserve(self.data.len() + self.tail.len() + GATHER.min(self.data.len() * 4));
+            wr.extend_from_slice(&self.data);
+            wr.extend_from_slice(self.tail);
+            self.data = Bytes::new();
+            self.tail = b"";
+        }
+    }
+
+    /// The body ends with this write: its last chunk goes after what is in it.
+    fn seal(&mut self, wr: &mut Vec<u8>) {
+        self.sealed = true;
+        if self.framing != ReqFraming::Chunked {
+            return;
+        }
+        if self.data.is_empty() {
+            wr.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            self.tail = b"\r\n0\r\n\r\n";
         }
     }
 }
@@ -686,14 +838,7 @@ pub async fn send(
     // The request about to go out acknowledges everything read before it.
     conn.ack = Ack::Even;
     let (framing, upgrade) = encode_head(&mut conn.wr, r, forwarding);
-    let mut out = Out {
-        framing,
-        at: 0,
-        data: Bytes::new(),
-        tail: b"",
-        body: None,
-        done: false,
-    };
+    let mut out = Out::new(framing);
     let head = std::future::poll_fn(|cx| {
         if !out.done {
             if let Poll::Ready(Err(e)) = out.poll_send(&mut conn, Some(&mut *outgoing), cx) {

@@ -699,9 +699,22 @@ async fn a_local_servers_body_held_for_an_ack_is_read_in_the_same_poll() {
 
 #[tokio::test]
 async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
-    // The client's body, its one chunk in hyper's channel before the request is sent.
+    // One chunk framed by a Content-Length; then three chunks sent on chunked, which the
+    // request's first write gathers (looked at, still the body's) before it fails.
+    first_write_fails_with_body("content-length", "5", b"5\r\nhello\r\n0\r\n\r\n", "hello").await;
+    first_write_fails_with_body(
+        "transfer-encoding",
+        "chunked",
+        b"5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n",
+        "hello, world",
+    )
+    .await;
+}
+
+async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole: &str) {
+    // The client's body, in hyper's buffer before the request is sent.
     let (mut feed, incoming) = hyper_body_pair().await;
-    feed.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    feed.write_all(wire).await.unwrap();
     let mut body = ReqBody::Client(Box::new(super::super::body::ClientBody::new(
         incoming,
         super::super::body::BodyLimits {
@@ -712,10 +725,10 @@ async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
         std::sync::Arc::new(super::super::body::BodyState::default()),
         None,
     )));
-    let first = tokio::time::timeout(LIMIT, std::future::poll_fn(|cx| body.poll_ahead(cx)))
+    let first = tokio::time::timeout(LIMIT, std::future::poll_fn(|cx| body.poll_peek(0, cx)))
         .await
         .unwrap();
-    assert_eq!(first.as_deref(), Some(&b"hello"[..]));
+    assert!(matches!(first, Peek::Data(d) if d == "hello"));
     // A server connection reset before the request: the first write fails, nothing sent.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -734,7 +747,7 @@ async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
         .method(Method::POST)
         .uri("/up")
         .header("host", "origin")
-        .header("content-length", "5")
+        .header(name, value)
         .body(body)
         .unwrap();
     let mut out = Outgoing::new(req, false);
@@ -751,5 +764,8 @@ async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
         .unwrap()
         .unwrap()
         .to_bytes();
-    assert_eq!(rest, "hello", "the body's first bytes are still the body's");
+    assert_eq!(
+        rest, whole,
+        "the body's frames looked at are still the body's"
+    );
 }

@@ -378,6 +378,39 @@ async fn slow_origin_gives_504() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_comes_after_its_head_starts_the_response_wait_when_it_ends() {
+    // The body comes 100 ms after its head, so the request's wait for the response head
+    // begins with the body still on its way, and must start its 300 ms once the body ends
+    // (the origin would answer after 3 s).
+    let o = fleet(1).await;
+    let p = Proxy::start(&response_header_300ms(&o)).await;
+    let heads: [(&[u8], &[u8], &[u8]); 2] = [
+        (b"Content-Length: 10\r\n", b"", b"0123456789"),
+        (
+            b"Transfer-Encoding: chunked\r\n",
+            b"5\r\nhello\r\n",
+            b"0\r\n\r\n",
+        ),
+    ];
+    for (framing, first, rest) in heads {
+        let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+        let mut req = b"POST /sleep/3000 HTTP/1.1\r\nHost: t\r\n".to_vec();
+        req.extend_from_slice(framing);
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(first);
+        s.write_all(&req).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        s.write_all(rest).await.unwrap();
+        let (head, _) = read_response(&mut s).await;
+        assert!(
+            head.starts_with("http/1.1 504"),
+            "{}: {head}",
+            String::from_utf8_lossy(framing)
+        );
+    }
+}
+
 /// A client connection keeps one `response_header` timer across its requests and moves its
 /// deadline for each: it must neither fire early on a later request nor stay spent after it
 /// fired once.

@@ -530,6 +530,13 @@ impl Lease {
         self.reused
     }
 
+    /// Whether the request's body goes out from the exchange's own future (HTTP/1.1: it is
+    /// written by whoever polls [`send`](Self::send)); an h2 request's body is sent by the
+    /// h2 connection's task.
+    pub fn sends_body_in_exchange(&self) -> bool {
+        matches!(self.sender, Sender::H1(_))
+    }
+
     /// Sends the request in `out`; if not a byte of it could be written, it is left there,
     /// unwritten. On HTTP/1.1 its head is left there after it was written too, if `out.keep`
     /// asks for it; an h2 exchange keeps nothing of a request it sent.

@@ -796,6 +796,9 @@ impl Out {
     /// Moves the frame in `data` (and its tail) into `wr`, for what follows it to go after.
     fn flatten(&mut self, wr: &mut Vec<u8>) {
         if !self.data.is_empty() || !self.tail.is_empty() {
+            // Room for this frame and, at once, for a few more of its size (up to `GATHER`):
+            // the frames that follow a first one usually match it (a client's chunk size),
+            // and growing the buffer frame by frame would copy what is gathered again.
             wr.reserve(self.data.len() + self.tail.len() + GATHER.min(self.data.len() * 4));
             wr.extend_from_slice(&self.data);
             wr.extend_from_slice(self.tail);

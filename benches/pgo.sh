@@ -4,9 +4,9 @@
 #   2. a training run through it, about a minute and a half: `examples/pgo_train.rs` serves
 #      origins and replays the benchmarks' scenarios on loopback: HTTP/1 (small and 16 KiB
 #      bodies, 50 and 200 connections), h2 and L4 through fulcrum plain, with the access log,
-#      with 100 routes and with a rate limit, POSTs of 1 and 16 KiB through the plain one,
-#      then `tls-handshake.sh`'s (full ECDSA and RSA handshakes, resumed handshakes, HTTPS
-#      keep-alive). It needs nothing but cargo;
+#      with 100 routes and with a rate limit, POSTs of 1 and 16 KiB (with a Content-Length,
+#      then chunked) through the plain one, then `tls-handshake.sh`'s (full ECDSA and RSA
+#      handshakes, resumed handshakes, HTTPS keep-alive). It needs nothing but cargo;
 #   3. the release build that uses the merged profile: target/pgo/release/fulcrum.
 # `target/release/fulcrum` is left as it is. Run the result like any build, or measure it:
 #   FULCRUM_BIN=target/pgo/release/fulcrum python3 benches/compare.py --no-build load

@@ -10,7 +10,8 @@
 //! - four fulcrum processes, one worker each, configured as `benches/compare.py`'s targets
 //!   (plain, the access log on, 100 routes, a rate limit), each taking that script's
 //!   scenarios: HTTP/1 small at 50 and 200 connections, 16 KiB at 50, h2 at 20 connections
-//!   × 100 streams, L4 at 50; the plain one also its POSTs of 1 KiB and 16 KiB at 50;
+//!   × 100 streams, L4 at 50; the plain one also its POSTs of 1 KiB and 16 KiB at 50, with
+//!   a `Content-Length`, then chunked in 4 KiB chunks (`chunk1k`, `chunk16k`);
 //! - one with two HTTPS listeners (ECDSA P-256 and RSA-2048 certificates made here by rcgen),
 //!   taking `benches/tls-handshake.sh`'s: full handshakes with each certificate, resumed
 //!   handshakes and HTTPS keep-alive.
@@ -152,6 +153,7 @@ async fn train(bin: &Path, phase: Duration, profiles: Option<&Path>) -> bool {
 async fn phases(v: Variant, p: &Ports, certs: &Certs, d: Duration) -> bool {
     let (small, big) = (Ask::get("/"), Ask::get("/bytes/16384"));
     let (post1k, post16k) = (Ask::post("/", 1024), Ask::post("/", BIG));
+    let (chunk1k, chunk16k) = (Ask::chunked("/", 1024), Ask::chunked("/", BIG));
     let mut ok = if v == Variant::Tls {
         let full = certs.client(true, false);
         let resumed = certs.client(true, true);
@@ -178,7 +180,9 @@ async fn phases(v: Variant, p: &Ports, certs: &Certs, d: Duration) -> bool {
         // The request-body path, once: the other variants change nothing on it.
         if v == Variant::Plain {
             ok &= h1("http-post1k-c50", p.http, c.clone(), post1k, 50, d).await;
-            ok &= h1("http-post16k-c50", p.http, c, post16k, 50, d).await;
+            ok &= h1("http-post16k-c50", p.http, c.clone(), post16k, 50, d).await;
+            ok &= h1("http-chunk1k-c50", p.http, c.clone(), chunk1k, 50, d).await;
+            ok &= h1("http-chunk16k-c50", p.http, c, chunk16k, 50, d).await;
         }
         ok
     };
@@ -238,10 +242,9 @@ async fn serve(mut s: TcpStream, answers: Arc<Answers>) {
     loop {
         while let Some(end) = find(&buf, b"\r\n\r\n") {
             // Answered once the whole body is in, as nginx's origin does a POST's.
-            let whole = end + 4 + content_length(&buf[..end]);
-            if buf.len() < whole {
+            let Some(whole) = request_end(&buf, end) else {
                 break;
-            }
+            };
             let wants_big = buf[..end].starts_with(b"GET /bytes/16384 ");
             let answer = if wants_big {
                 &answers.big
@@ -267,18 +270,27 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A request head's `Content-Length`, 0 without one (the trainer's requests are never
-/// chunked).
-fn content_length(head: &[u8]) -> usize {
-    head.split(|&b| b == b'\n')
-        .find_map(|line| {
+/// Where the request whose head ends at `buf[end]` (its blank line) ends, once its body is
+/// all in `buf`. A chunked body ends with its last chunk: the trainer's own bodies have no
+/// trailers, and their bytes (`x`) cannot look like one.
+fn request_end(buf: &[u8], end: usize) -> Option<usize> {
+    let (head, body) = (&buf[..end], end + 4);
+    let field = |want: &[u8]| {
+        head.split(|&b| b == b'\n').find_map(|line| {
             let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-            if !name.eq_ignore_ascii_case(b"content-length") {
-                return None;
-            }
-            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
+            name.eq_ignore_ascii_case(want)
+                .then(|| value[1..].trim_ascii())
         })
-        .unwrap_or(0)
+    };
+    if field(b"transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
+        // The body starts with a chunk-size line, so the last chunk follows a CRLF.
+        let last = find(&buf[body - 2..], b"\r\n0\r\n\r\n")?;
+        return Some(body - 2 + last + 7);
+    }
+    let length: usize = field(b"content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= body + length).then_some(body + length)
 }
 
 // ------------------------------------------------------------------------------ the proxy
@@ -598,36 +610,72 @@ impl Tally {
 }
 
 /// What each request of a phase is: a GET of `path`, or a POST of `body` bytes to it (as
-/// `compare.py`'s wrk script sends one).
+/// `compare.py`'s wrk script sends one), with a `Content-Length` or chunked in chunks of
+/// `chunk` bytes (its `chunkNk`: 4 KiB).
 #[derive(Clone, Copy)]
 struct Ask {
     path: &'static str,
     body: usize,
+    chunk: usize,
 }
 
 impl Ask {
     fn get(path: &'static str) -> Ask {
-        Ask { path, body: 0 }
+        Ask {
+            path,
+            body: 0,
+            chunk: 0,
+        }
     }
 
     fn post(path: &'static str, body: usize) -> Ask {
-        Ask { path, body }
+        Ask {
+            path,
+            body,
+            chunk: 0,
+        }
+    }
+
+    fn chunked(path: &'static str, body: usize) -> Ask {
+        Ask {
+            path,
+            body,
+            chunk: 4096,
+        }
     }
 
     /// The request, head and body, for the proxy at `addr`; head and body go in one write.
     fn request(self, addr: SocketAddr) -> Vec<u8> {
         // As wrk and h2load ask: the address as the host, little else.
-        let Ask { path, body } = self;
-        let mut r = if body == 0 {
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\r\n")
-        } else {
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\
-                 Content-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
-            )
+        let Ask { path, body, chunk } = self;
+        if body == 0 {
+            let get =
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\r\n");
+            return get.into_bytes();
         }
+        let framing = if chunk == 0 {
+            format!("Content-Length: {body}")
+        } else {
+            "Transfer-Encoding: chunked".to_string()
+        };
+        let mut r = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pgo_train\r\n\
+             Content-Type: application/octet-stream\r\n{framing}\r\n\r\n"
+        )
         .into_bytes();
-        r.resize(r.len() + body, b'x');
+        if chunk == 0 {
+            r.resize(r.len() + body, b'x');
+            return r;
+        }
+        let mut left = body;
+        while left > 0 {
+            let n = left.min(chunk);
+            r.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            r.resize(r.len() + n, b'x');
+            r.extend_from_slice(b"\r\n");
+            left -= n;
+        }
+        r.extend_from_slice(b"0\r\n\r\n");
         r
     }
 }

@@ -768,25 +768,30 @@ async fn h2_post_in_one_segment(
     // The response: HEADERS (`:status 200` is the static table's 8), then DATA to the end
     // of the stream; the server's SETTINGS are acknowledged, other frames skipped.
     let (mut status, mut data) = (None, Vec::new());
-    loop {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).await.unwrap();
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).await.unwrap();
-        match kind {
-            4 if flags & 0x1 == 0 => s.write_all(&h2_frame(4, 0x1, 0, &[])).await.unwrap(),
-            1 if on == stream => status = payload.first().copied(),
-            0 if on == stream => data.extend_from_slice(&payload),
-            7 => panic!("stream {stream}: the proxy sent GOAWAY: {payload:?}"),
-            _ => {}
+    let answer = async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            match kind {
+                4 if flags & 0x1 == 0 => s.write_all(&h2_frame(4, 0x1, 0, &[])).await.unwrap(),
+                1 if on == stream => status = payload.first().copied(),
+                0 if on == stream => data.extend_from_slice(&payload),
+                7 => panic!("stream {stream}: the proxy sent GOAWAY: {payload:?}"),
+                _ => {}
+            }
+            if on == stream && matches!(kind, 0 | 1) && flags & 0x1 != 0 {
+                break;
+            }
         }
-        if on == stream && matches!(kind, 0 | 1) && flags & 0x1 != 0 {
-            break;
-        }
-    }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), answer)
+        .await
+        .unwrap_or_else(|_| panic!("stream {stream}: no whole response"));
     assert_eq!(status, Some(0x88), "stream {stream}: a 200 (hpack index 8)");
     assert_eq!(
         String::from_utf8_lossy(&data),

@@ -769,3 +769,24 @@ async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole
         "the body's frames looked at are still the body's"
     );
 }
+
+#[test]
+fn one_write_gathers_at_most_gather_frames_body_frames_however_small() {
+    // A client sending 1-byte chunks: each is a frame, and the frames looked at before the
+    // first write are kept (and dropped one by one after it), so their number per write is
+    // bounded, not only their bytes. Unbounded, 30,000 such chunks took the proxy 1.3 s.
+    let mut out = Out::new(ReqFraming::Chunked);
+    let mut wr = Vec::new();
+    let mut gathered = 1;
+    while out.add(&mut wr, Bytes::from_static(b"x")) {
+        gathered += 1;
+        assert!(gathered <= 1000, "no bound on the frames in one write");
+    }
+    assert_eq!(gathered, GATHER_FRAMES as usize);
+    out.flatten(&mut wr);
+    assert_eq!(
+        wr,
+        b"1\r\nx\r\n".repeat(GATHER_FRAMES as usize),
+        "each chunk framed"
+    );
+}

@@ -409,6 +409,9 @@ async fn a_listener_changing_protocol_keeps_its_port() {
     let cfg = |protocol: &str| {
         format!(
             r#"
+[admin]
+bind = "127.0.0.1:0"
+
 [[listener]]
 name = "edge"
 bind = "127.0.0.1:0"

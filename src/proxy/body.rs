@@ -319,6 +319,11 @@ impl ClientBody {
         }
     }
 
+    /// Frames read ahead and not yet taken.
+    fn kept(&self) -> usize {
+        usize::from(self.ahead.is_some()) + self.more.as_ref().map_or(0, |m| m.len())
+    }
+
     /// The frame kept after `ahead`, taken out (there are seldom more than a few).
     fn next_kept(&mut self) -> Option<BodyItem> {
         let more = self.more.as_mut().filter(|m| !m.is_empty())?;
@@ -328,7 +333,7 @@ impl ClientBody {
     /// The `i`-th frame not yet taken, read from the client if it is the next one, and
     /// kept. Never arms the idle watch: a look ahead does not wait.
     fn poll_peek(&mut self, i: usize, cx: &mut Context<'_>) -> Poll<Peek> {
-        let kept = usize::from(self.ahead.is_some()) + self.more.as_ref().map_or(0, |m| m.len());
+        let kept = self.kept();
         // A Content-Length body whose last bytes are kept has ended.
         self.ended |= i == kept && self.inner.is_end_stream();
         if i == kept && !self.ended {
@@ -416,11 +421,13 @@ impl ReqBody {
         }
     }
 
-    /// Whether the frames looked at with [`poll_peek`](Self::poll_peek) are all the body has
-    /// left: its end was seen after them, or its Content-Length is reached.
-    pub fn peeked_to_end(&self) -> bool {
+    /// Whether the first `looked` frames (looked at with [`poll_peek`](Self::poll_peek)) are
+    /// all the body has left: none is kept after them, and the body's end was seen or its
+    /// Content-Length is reached. A body whose first write failed keeps every frame read
+    /// ahead, its end seen after the last, for its next attempt to look at again.
+    pub fn peeked_to_end(&self, looked: usize) -> bool {
         match self {
-            ReqBody::Client(b) => b.ended || b.inner.is_end_stream(),
+            ReqBody::Client(b) => looked >= b.kept() && (b.ended || b.inner.is_end_stream()),
             ReqBody::Empty => true,
         }
     }

@@ -747,7 +747,7 @@ impl Out {
                     self.peeked += 1;
                     self.yielded = false;
                     let more = d.is_empty() || self.add(&mut conn.wr, d);
-                    if body.peeked_to_end() {
+                    if body.peeked_to_end(self.peeked as usize) {
                         self.seal(&mut conn.wr);
                         break;
                     }

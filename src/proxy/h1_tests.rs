@@ -432,6 +432,22 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
 /// A real hyper `Incoming` body fed from the returned socket: a hyper server on loopback
 /// hands over the body of the one request the socket sends.
 async fn hyper_body_pair() -> (TcpStream, hyper::body::Incoming) {
+    let (addr, body) = body_server(false).await;
+    let mut feed = TcpStream::connect(addr).await.unwrap();
+    feed.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    (feed, body.await.unwrap())
+}
+
+/// A hyper server on loopback (HTTP/1.1, or h2 with `h2`) for one connection: the body of
+/// its first request is sent on the receiver; the request is never answered.
+async fn body_server(
+    h2: bool,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<hyper::body::Incoming>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -450,15 +466,18 @@ async fn hyper_body_pair() -> (TcpStream, hyper::body::Incoming) {
                 .await
             }
         });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-            .await;
+        let io = hyper_util::rt::TokioIo::new(s);
+        let _ = if h2 {
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+        };
     });
-    let mut feed = TcpStream::connect(addr).await.unwrap();
-    feed.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
-    (feed, rx.await.unwrap())
+    (addr, rx)
 }
 
 #[test]
@@ -698,24 +717,32 @@ async fn a_local_servers_body_held_for_an_ack_is_read_in_the_same_poll() {
 }
 
 #[tokio::test]
-async fn a_body_sent_with_the_head_is_still_whole_when_the_first_write_fails() {
-    // One chunk framed by a Content-Length; then three chunks sent on chunked, which the
-    // request's first write gathers (looked at, still the body's) before it fails.
-    first_write_fails_with_body("content-length", "5", b"5\r\nhello\r\n0\r\n\r\n", "hello").await;
-    first_write_fails_with_body(
-        "transfer-encoding",
-        "chunked",
-        b"5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n",
-        "hello, world",
-    )
-    .await;
+async fn a_body_sent_with_the_head_goes_whole_to_the_next_server_when_the_first_write_fails() {
+    // The body's frames are all here (read ahead to its end, as a first attempt that saw
+    // its end leaves them) before its first write fails; the next server must get all of
+    // them, framed as before, not the first frame then the end.
+    // HTTP/1: one chunk to a Content-Length; three chunks sent on chunked.
+    let (mut feed, incoming) = hyper_body_pair().await;
+    feed.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    retried_whole(client_body(incoming), Some(5), b"hello").await;
+    let (mut feed, incoming) = hyper_body_pair().await;
+    feed.write_all(b"5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    retried_whole(client_body(incoming), None, b"hello, world").await;
+    // h2: 3,000 bytes in ten DATA frames, with a content-length (the body ends when its
+    // last frame is taken) and without (it ends with the stream).
+    for length in [Some(3000), None] {
+        let whole: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let (h2, incoming) = h2_body(&whole, 300, length).await;
+        retried_whole(client_body(incoming), length, &whole).await;
+        drop(h2);
+    }
 }
 
-async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole: &str) {
-    // The client's body, in hyper's buffer before the request is sent.
-    let (mut feed, incoming) = hyper_body_pair().await;
-    feed.write_all(wire).await.unwrap();
-    let mut body = ReqBody::Client(Box::new(super::super::body::ClientBody::new(
+/// A request body read through [`ClientBody`], with generous limits.
+fn client_body(incoming: hyper::body::Incoming) -> ReqBody {
+    ReqBody::Client(Box::new(super::super::body::ClientBody::new(
         incoming,
         super::super::body::BodyLimits {
             max: 1 << 20,
@@ -724,11 +751,60 @@ async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole
         },
         std::sync::Arc::new(super::super::body::BodyState::default()),
         None,
-    )));
-    let first = tokio::time::timeout(LIMIT, std::future::poll_fn(|cx| body.poll_peek(0, cx)))
+    )))
+}
+
+/// An h2 client's request body as a hyper server hands it over: `whole` posted in DATA
+/// frames of `frame` bytes (with a content-length of `length`, if any). The returned client
+/// keeps the stream open.
+async fn h2_body(
+    whole: &[u8],
+    frame: usize,
+    length: Option<usize>,
+) -> (impl Sized, hyper::body::Incoming) {
+    let (addr, body) = body_server(true).await;
+    let (client, h2c) = h2::client::handshake(TcpStream::connect(addr).await.unwrap())
         .await
         .unwrap();
-    assert!(matches!(first, Peek::Data(d) if d == "hello"));
+    tokio::spawn(h2c);
+    let mut client = client.ready().await.unwrap();
+    let mut head = Request::post("http://t/up");
+    if let Some(n) = length {
+        head = head.header("content-length", n);
+    }
+    let (response, mut stream) = client.send_request(head.body(()).unwrap(), false).unwrap();
+    let pieces: Vec<&[u8]> = whole.chunks(frame).collect();
+    for (k, piece) in pieces.iter().enumerate() {
+        let d = Bytes::copy_from_slice(piece);
+        stream.send_data(d, k + 1 == pieces.len()).unwrap();
+    }
+    let incoming = tokio::time::timeout(LIMIT, body).await.unwrap().unwrap();
+    ((client, response, stream), incoming)
+}
+
+/// Reads `body` ahead to its end, fails its first write (a server that reset the
+/// connection), then sends the request to a server that reads it whole, and checks the
+/// body that server got: `length` its Content-Length, else chunked.
+async fn retried_whole(mut body: ReqBody, length: Option<usize>, whole: &[u8]) {
+    let (mut frames, mut seen) = (0, 0);
+    loop {
+        let peek = std::future::poll_fn(|cx| body.poll_peek(frames, cx));
+        match tokio::time::timeout(LIMIT, peek).await.unwrap() {
+            Peek::Data(d) => (frames, seen) = (frames + 1, seen + d.len()),
+            Peek::End => break,
+            Peek::Other => panic!("a frame other than data"),
+        }
+    }
+    assert_eq!(seen, whole.len(), "the whole body read ahead");
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/up")
+        .header("host", "origin");
+    req = match length {
+        Some(n) => req.header("content-length", n),
+        None => req.header("transfer-encoding", "chunked"),
+    };
+    let req = req.body(body).unwrap();
     // A server connection reset before the request: the first write fails, nothing sent.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -743,13 +819,6 @@ async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole
         !matches!(s.read(&mut b).await, Ok(n) if n > 0),
         "the reset reached the client side"
     );
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/up")
-        .header("host", "origin")
-        .header(name, value)
-        .body(body)
-        .unwrap();
     let mut out = Outgoing::new(req, false);
     let c = Conn::new(Io::Tcp(s), addr, CancellationToken::new());
     let r = tokio::time::timeout(LIMIT, send(c, &mut out, &Forwarding::default()))
@@ -759,15 +828,77 @@ async fn first_write_fails_with_body(name: &str, value: &str, wire: &[u8], whole
     let req = out
         .take_unsent()
         .expect("nothing was written: the request may go elsewhere");
-    let rest = tokio::time::timeout(LIMIT, req.into_body().collect())
+    // The next server reads the request whole (by its framing), then answers.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let body = &got[at + 4..];
+                let whole = match length {
+                    Some(n) => body.len() >= n,
+                    None => body.ends_with(b"0\r\n\r\n"),
+                };
+                if whole {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    return got.split_off(at + 4);
+                }
+            }
+            match s.read(&mut chunk).await.unwrap() {
+                0 => return got,
+                n => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let mut out = Outgoing::new(req, false);
+    let resp = tokio::time::timeout(LIMIT, answered_out(addr, &mut out))
         .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
+        .expect("the next server got the whole body and answered");
+    assert_eq!(resp, StatusCode::OK);
+    let got = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
+    let got = match length {
+        Some(_) => got,
+        None => dechunk(&got),
+    };
     assert_eq!(
-        rest, whole,
-        "the body's frames looked at are still the body's"
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(whole),
+        "the body the next server got ({length:?})"
     );
+}
+
+/// Sends `out`'s request on a new connection to `addr`; the response's status.
+async fn answered_out(addr: SocketAddr, out: &mut Outgoing) -> StatusCode {
+    let resp = send(conn(addr).await, out, &Forwarding::default())
+        .await
+        .unwrap();
+    resp.status()
+}
+
+/// A chunked body's data (extensions and trailers are not expected here).
+fn dechunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line = wire
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&wire[..line]).unwrap(), 16)
+            .expect("a hex size");
+        wire = &wire[line + 2..];
+        if size == 0 {
+            assert_eq!(wire, b"\r\n", "the last chunk ends the body");
+            return data;
+        }
+        data.extend_from_slice(&wire[..size]);
+        assert_eq!(&wire[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+        wire = &wire[size + 2..];
+    }
 }
 
 #[test]

@@ -721,26 +721,40 @@ async fn a_body_sent_with_the_head_goes_whole_to_the_next_server_when_the_first_
     // The body's frames are here before its first write fails: its first frame only (the
     // failing write's look ahead takes what follows), or all of them read ahead to its end
     // (as a first attempt that saw the end leaves them). The next server must get all of
-    // them, framed as before, not the first frame then the end.
-    for to_end in [false, true] {
+    // them, framed as before, not the first frame then the end; and read as a body (as
+    // an h2 server's exchange reads it), the kept frames come first, in order.
+    for (to_end, next) in [
+        (false, Next::Server),
+        (true, Next::Server),
+        (true, Next::Body),
+    ] {
         // HTTP/1: one chunk to a Content-Length; three chunks sent on chunked.
         let (mut feed, incoming) = hyper_body_pair().await;
         feed.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
-        retried_whole(client_body(incoming), to_end, Some(5), b"hello").await;
+        retried_whole(client_body(incoming), to_end, next, Some(5), b"hello").await;
         let (mut feed, incoming) = hyper_body_pair().await;
         feed.write_all(b"5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n")
             .await
             .unwrap();
-        retried_whole(client_body(incoming), to_end, None, b"hello, world").await;
+        retried_whole(client_body(incoming), to_end, next, None, b"hello, world").await;
         // h2: 3,000 bytes in ten DATA frames, with a content-length (the body ends when its
         // last frame is taken) and without (it ends with the stream).
         for length in [Some(3000), None] {
             let whole: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
             let (h2, incoming) = h2_body(&whole, 300, length).await;
-            retried_whole(client_body(incoming), to_end, length, &whole).await;
+            retried_whole(client_body(incoming), to_end, next, length, &whole).await;
             drop(h2);
         }
     }
+}
+
+/// Where [`retried_whole`] sends a request whose first write failed.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// To an HTTP/1.1 server, through [`send`].
+    Server,
+    /// Its body read to the end as an `http_body::Body`.
+    Body,
 }
 
 /// A request body read through [`ClientBody`], with generous limits.
@@ -786,9 +800,15 @@ async fn h2_body(
 }
 
 /// Reads `body`'s first frame (`to_end`: all of it) ahead, fails its first write (a server
-/// that reset the connection), then sends the request to a server that reads it whole, and
-/// checks the body that server got: `length` its Content-Length, else chunked.
-async fn retried_whole(mut body: ReqBody, to_end: bool, length: Option<usize>, whole: &[u8]) {
+/// that reset the connection), then sends the request on (`next`) and checks that the body
+/// got there whole: `length` its Content-Length, else chunked.
+async fn retried_whole(
+    mut body: ReqBody,
+    to_end: bool,
+    next: Next,
+    length: Option<usize>,
+    whole: &[u8],
+) {
     let (mut frames, mut seen) = (0, 0);
     loop {
         let peek = std::future::poll_fn(|cx| body.poll_peek(frames, cx));
@@ -836,6 +856,15 @@ async fn retried_whole(mut body: ReqBody, to_end: bool, length: Option<usize>, w
     let req = out
         .take_unsent()
         .expect("nothing was written: the request may go elsewhere");
+    if let Next::Body = next {
+        let rest = tokio::time::timeout(LIMIT, req.into_body().collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(rest, whole, "the body read on ({length:?})");
+        return;
+    }
     // The next server reads the request whole (by its framing), then answers.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

@@ -366,17 +366,7 @@ async fn a_streamed_chunked_upload_is_framed_and_a_server_that_answers_first_sti
     });
     // A body of unknown length from a channel: a real client body, fed piece by piece.
     let (mut feed, incoming) = hyper_body_pair().await;
-    let state = std::sync::Arc::new(super::super::body::BodyState::default());
-    let body = ReqBody::Client(Box::new(super::super::body::ClientBody::new(
-        incoming,
-        super::super::body::BodyLimits {
-            max: 1 << 20,
-            read_idle: LIMIT,
-            min_rate: 0,
-        },
-        state,
-        None,
-    )));
+    let body = client_body(incoming);
     let req = Request::builder()
         .method(Method::POST)
         .uri("/up")
@@ -892,11 +882,8 @@ async fn retried_whole(
             }
         }
     });
-    let mut out = Outgoing::new(req, false);
-    let resp = tokio::time::timeout(LIMIT, answered_out(addr, &mut out))
-        .await
-        .expect("the next server got the whole body and answered");
-    assert_eq!(resp, StatusCode::OK);
+    let resp = answered(conn(addr).await, req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     let got = tokio::time::timeout(LIMIT, server).await.unwrap().unwrap();
     let got = match length {
         Some(_) => got,
@@ -907,14 +894,6 @@ async fn retried_whole(
         String::from_utf8_lossy(whole),
         "the body the next server got ({length:?}, read ahead to its end: {to_end})"
     );
-}
-
-/// Sends `out`'s request on a new connection to `addr`; the response's status.
-async fn answered_out(addr: SocketAddr, out: &mut Outgoing) -> StatusCode {
-    let resp = send(conn(addr).await, out, &Forwarding::default())
-        .await
-        .unwrap();
-    resp.status()
 }
 
 /// A chunked body's data (extensions and trailers are not expected here).

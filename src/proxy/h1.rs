@@ -169,8 +169,12 @@ pub struct Conn {
     /// `rd` was grown past twice [`MIN_READ`] (for a body, or a long head): its
     /// allocation is let go when the response ends cleanly (see [`RespIn::take_reusable`]).
     grown: bool,
-    /// The request head (and chunk framing) being written; its capacity is kept.
+    /// The request head (and chunk framing, and small body frames) being written; its
+    /// capacity is kept.
     wr: Vec<u8>,
+    /// Body frames written from where they are, each after `wr[..at]` for its `at` (see
+    /// [`Out::add`]); its capacity is kept.
+    segs: Vec<(usize, Bytes)>,
     /// Fires when the server's connections are severed.
     sever: CancellationToken,
     /// Waits on `sever` with [`SeverRelay`]'s waker: set up the first time the connection
@@ -258,6 +262,7 @@ impl Conn {
             rd: BytesMut::new(),
             grown: false,
             wr: Vec::new(),
+            segs: Vec::new(),
             sever,
             sever_wait: None,
             names: NameCache::default(),
@@ -533,6 +538,16 @@ impl Outgoing {
 /// stream's DATA frames.
 const GATHER: usize = 32 * 1024;
 
+/// Body frames this long or longer are written from where they are (an `iovec` each), up
+/// to [`GATHER_SEGS`] a write; shorter ones are copied after the head, where a copy costs
+/// less than the kernel's work on one more `iovec`.
+const COPY_UNDER: usize = 1024;
+
+/// Body frames written from where they are in one write, at most: the write's `iovec`s
+/// (two a frame, and the framing after the last) fit a small array on the stack. Any more
+/// are copied.
+const GATHER_SEGS: usize = 16;
+
 /// Body frames in one write, at most, whatever their size. Before the first write the
 /// frames looked at stay in the body, and are dropped one by one once written: a client
 /// sending 1-byte chunks would otherwise have thousands kept per write, and their dropping
@@ -544,19 +559,16 @@ const GATHER_FRAMES: u32 = 64;
 /// The request's way out, as far as it has got.
 struct Out {
     framing: ReqFraming,
-    /// Written of `wr` so far.
+    /// Written of `conn.wr` so far.
     at: usize,
-    /// A body frame being written after `wr`, and what follows it ("\r\n" when chunked, and
-    /// the last chunk after it when the body ends with it).
-    data: Bytes,
-    tail: &'static [u8],
+    /// The next of `conn.segs` to write (what was written of it is gone from its front).
+    seg: usize,
     /// The body, until its end.
     body: Option<ReqBody>,
     /// Sent whole (last byte written).
     done: bool,
-    /// Body frames in the write being gathered, and their bytes. The first goes out as it
-    /// is (`data`); with a second, both are copied into `wr`, so that the frames that are
-    /// here go out in one write.
+    /// Body frames in the write being gathered, and their bytes: the frames that are here
+    /// go out in one write.
     frames: u32,
     gathered: u32,
     /// Before the first write: frames of the unsent request's body in the write (still the
@@ -576,8 +588,7 @@ impl Out {
         Out {
             framing,
             at: 0,
-            data: Bytes::new(),
-            tail: b"",
+            seg: 0,
             body: None,
             done: false,
             frames: 0,
@@ -607,19 +618,23 @@ impl Out {
             }
         }
         loop {
-            while self.at < conn.wr.len() || !self.data.is_empty() || !self.tail.is_empty() {
-                let head = &conn.wr[self.at..];
-                let bufs = [
-                    IoSlice::new(head),
-                    IoSlice::new(&self.data),
-                    IoSlice::new(self.tail),
-                ];
-                let r = if self.data.is_empty() && self.tail.is_empty() {
-                    Pin::new(&mut conn.io).poll_write(cx, head)
-                } else {
-                    Pin::new(&mut conn.io).poll_write_vectored(cx, &bufs)
+            while self.at < conn.wr.len() || self.seg < conn.segs.len() {
+                let (wr, io) = (&conn.wr, Pin::new(&mut conn.io));
+                let r = match &conn.segs[self.seg..] {
+                    [] => io.poll_write(cx, &wr[self.at..]),
+                    // One frame (most bodies that come in one piece): no array to fill.
+                    [(pos, d)] => {
+                        let (before, after) = (&wr[self.at..*pos], &wr[*pos..]);
+                        let bufs = [IoSlice::new(before), IoSlice::new(d), IoSlice::new(after)];
+                        io.poll_write_vectored(cx, &bufs)
+                    }
+                    segs => {
+                        let mut bufs = [IoSlice::new(&[]); 2 * GATHER_SEGS + 1];
+                        let k = iovecs(&mut bufs, wr, self.at, segs);
+                        io.poll_write_vectored(cx, &bufs[..k])
+                    }
                 };
-                let mut n = match ready!(r) {
+                let n = match ready!(r) {
                     Ok(0) => return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into()))),
                     Ok(n) => n,
                     Err(e) => return Poll::Ready(Err(Error::Io(e))),
@@ -642,16 +657,11 @@ impl Out {
                         o.req = None;
                     }
                 }
-                let from_head = n.min(conn.wr.len() - self.at);
-                self.at += from_head;
-                n -= from_head;
-                let from_data = n.min(self.data.len());
-                self.data.advance(from_data);
-                n -= from_data;
-                self.tail = &self.tail[n..];
+                self.wrote(&conn.wr, &mut conn.segs, n);
             }
             conn.wr.clear();
-            self.at = 0;
+            conn.segs.clear();
+            (self.at, self.seg) = (0, 0);
             (self.frames, self.gathered) = (0, 0);
             if self.body.is_none() {
                 self.done = true;
@@ -685,7 +695,7 @@ impl Out {
                     match frame.into_data() {
                         Ok(d) if d.is_empty() => {}
                         Ok(d) => {
-                            if !self.add(&mut conn.wr, d) {
+                            if !self.add(&mut conn.wr, &mut conn.segs, d) {
                                 return Poll::Ready(Ok(()));
                             }
                         }
@@ -694,7 +704,6 @@ impl Out {
                                 (frame.into_trailers(), self.framing)
                             {
                                 self.body = None;
-                                self.flatten(&mut conn.wr);
                                 let wr = &mut conn.wr;
                                 wr.extend_from_slice(b"0\r\n");
                                 for (name, value) in &trailers {
@@ -748,7 +757,7 @@ impl Out {
                 Poll::Ready(Peek::Data(d)) => {
                     self.peeked += 1;
                     self.yielded = false;
-                    let more = d.is_empty() || self.add(&mut conn.wr, d);
+                    let more = d.is_empty() || self.add(&mut conn.wr, &mut conn.segs, d);
                     if body.peeked_to_end(self.peeked as usize) {
                         self.seal(&mut conn.wr);
                         break;
@@ -776,57 +785,81 @@ impl Out {
         Poll::Pending
     }
 
-    /// Puts a body frame into the write: the first as it is (`data`), a later one copied
-    /// into `wr` (the first moved there too). Whether to look for more.
-    fn add(&mut self, wr: &mut Vec<u8>, d: Bytes) -> bool {
+    /// Accounts for `n` bytes written: of `wr` up to the next of `segs`, of that frame, and
+    /// so on.
+    fn wrote(&mut self, wr: &[u8], segs: &mut [(usize, Bytes)], mut n: usize) {
+        while n > 0 {
+            let upto = segs.get(self.seg).map_or(wr.len(), |s| s.0);
+            let from_wr = n.min(upto - self.at);
+            self.at += from_wr;
+            n -= from_wr;
+            let Some((_, d)) = segs.get_mut(self.seg).filter(|_| n > 0) else {
+                break;
+            };
+            let from_seg = n.min(d.len());
+            d.advance(from_seg);
+            n -= from_seg;
+            if d.is_empty() {
+                self.seg += 1;
+            }
+        }
+    }
+
+    /// Puts a body frame into the write, after its chunk-size line when chunked: a long
+    /// frame (up to [`GATHER_SEGS`] of them) written from where it is, with no copy, a short
+    /// one copied into `wr`. Whether to look for more.
+    fn add(&mut self, wr: &mut Vec<u8>, segs: &mut Vec<(usize, Bytes)>, d: Bytes) -> bool {
         use std::io::Write;
         self.gathered += d.len() as u32;
         self.frames += 1;
-        if self.frames == 1 {
-            if self.framing == ReqFraming::Chunked {
-                let _ = write!(wr, "{:x}\r\n", d.len());
-                self.tail = b"\r\n";
-            }
-            self.data = d;
+        let chunked = self.framing == ReqFraming::Chunked;
+        if chunked {
+            let _ = write!(wr, "{:x}\r\n", d.len());
+        }
+        if d.len() >= COPY_UNDER && segs.len() < GATHER_SEGS {
+            segs.push((wr.len(), d));
         } else {
-            self.flatten(wr);
-            if self.framing == ReqFraming::Chunked {
-                let _ = write!(wr, "{:x}\r\n", d.len());
-                wr.extend_from_slice(&d);
-                wr.extend_from_slice(b"\r\n");
-            } else {
-                wr.extend_from_slice(&d);
-            }
+            wr.extend_from_slice(&d);
+        }
+        if chunked {
+            wr.extend_from_slice(b"\r\n");
         }
         self.gathered < GATHER as u32 && self.frames < GATHER_FRAMES
-    }
-
-    /// Moves the frame in `data` (and its tail) into `wr`, for what follows it to go after.
-    fn flatten(&mut self, wr: &mut Vec<u8>) {
-        if !self.data.is_empty() || !self.tail.is_empty() {
-            // Room for this frame and, at once, for a few more of its size (up to `GATHER`):
-            // the frames that follow a first one usually match it (a client's chunk size),
-            // and growing the buffer frame by frame would copy what is gathered again.
-            wr.reserve(self.data.len() + self.tail.len() + GATHER.min(self.data.len() * 4));
-            wr.extend_from_slice(&self.data);
-            wr.extend_from_slice(self.tail);
-            self.data = Bytes::new();
-            self.tail = b"";
-        }
     }
 
     /// The body ends with this write: its last chunk goes after what is in it.
     fn seal(&mut self, wr: &mut Vec<u8>) {
         self.sealed = true;
-        if self.framing != ReqFraming::Chunked {
-            return;
-        }
-        if self.data.is_empty() {
+        if self.framing == ReqFraming::Chunked {
             wr.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            self.tail = b"\r\n0\r\n\r\n";
         }
     }
+}
+
+/// Fills `bufs` with what is left to write: `wr` from `at`, with each of `segs` after
+/// `wr[..its at]`. Returns how many it filled. `bufs` holds two for each of `segs`, and
+/// one for the end of `wr`.
+fn iovecs<'a>(
+    bufs: &mut [IoSlice<'a>],
+    wr: &'a [u8],
+    mut at: usize,
+    segs: &'a [(usize, Bytes)],
+) -> usize {
+    let mut k = 0;
+    for (pos, d) in segs {
+        if *pos > at {
+            bufs[k] = IoSlice::new(&wr[at..*pos]);
+            k += 1;
+        }
+        bufs[k] = IoSlice::new(d);
+        k += 1;
+        at = *pos;
+    }
+    if at < wr.len() {
+        bufs[k] = IoSlice::new(&wr[at..]);
+        k += 1;
+    }
+    k
 }
 
 /// Sends the request in `outgoing` on `conn` and reads the response head. It stays in
@@ -1148,7 +1181,10 @@ impl Upload {
             reuse,
         } = self;
         loop {
-            let mark = |o: &Out, c: &Conn| (o.at, o.data.len(), o.tail.len(), c.wr.len());
+            let mark = |o: &Out, c: &Conn| {
+                let seg = c.segs.get(o.seg).map_or(0, |s| s.1.len());
+                (o.at, o.seg, seg, c.wr.len(), c.segs.len())
+            };
             let before = mark(&out, &conn);
             let step = std::future::poll_fn(|cx| match out.poll_send(&mut conn, None, cx) {
                 Poll::Ready(r) => Poll::Ready(Some(r)),

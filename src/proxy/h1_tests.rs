@@ -923,17 +923,79 @@ fn one_write_gathers_at_most_gather_frames_body_frames_however_small() {
     // first write are kept (and dropped one by one after it), so their number per write is
     // bounded, not only their bytes. Unbounded, 30,000 such chunks took the proxy 1.3 s.
     let mut out = Out::new(ReqFraming::Chunked);
-    let mut wr = Vec::new();
+    let (mut wr, mut segs) = (Vec::new(), Vec::new());
     let mut gathered = 1;
-    while out.add(&mut wr, Bytes::from_static(b"x")) {
+    while out.add(&mut wr, &mut segs, Bytes::from_static(b"x")) {
         gathered += 1;
         assert!(gathered <= 1000, "no bound on the frames in one write");
     }
     assert_eq!(gathered, GATHER_FRAMES as usize);
-    out.flatten(&mut wr);
+    assert!(segs.is_empty(), "short frames are copied");
     assert_eq!(
         wr,
         b"1\r\nx\r\n".repeat(GATHER_FRAMES as usize),
         "each chunk framed"
     );
+}
+
+/// What the write of `out`'s gathered frames puts on the wire when the socket takes at
+/// most `step` bytes a call, as `Out::poll_send` writes it.
+fn written(out: &mut Out, wr: &[u8], segs: &mut [(usize, Bytes)], step: usize) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while out.at < wr.len() || out.seg < segs.len() {
+        let mut bufs = [IoSlice::new(&[]); 2 * GATHER_SEGS + 1];
+        let k = iovecs(&mut bufs, wr, out.at, &segs[out.seg..]);
+        let before = wire.len();
+        for b in &bufs[..k] {
+            let room = step - (wire.len() - before);
+            wire.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        let n = wire.len() - before;
+        assert!(n > 0, "nothing left to write, yet the write goes on");
+        out.wrote(wr, segs, n);
+    }
+    wire
+}
+
+#[test]
+fn gathered_frames_go_out_in_order_from_where_they_are_whatever_each_write_takes() {
+    // Long frames are written from where they are, short ones copied after the head, and
+    // past `GATHER_SEGS` long ones the rest are copied too. Whatever a write takes (a full
+    // socket takes part of one), the bytes follow in order, each frame once.
+    let sizes = [1, 5000, 100, COPY_UNDER, COPY_UNDER - 1, 4096, 3];
+    let many = [1500; GATHER_SEGS + 3];
+    for (framing, frames) in [
+        (ReqFraming::Chunked, &sizes[..]),
+        (ReqFraming::Raw, &sizes[..]),
+        (ReqFraming::Chunked, &many[..]),
+    ] {
+        for step in [1, 7, 1000, 4096, usize::MAX / 2] {
+            let mut out = Out::new(framing);
+            let (mut wr, mut segs) = (b"POST / HTTP/1.1\r\n\r\n".to_vec(), Vec::new());
+            let mut want = wr.clone();
+            for (i, &len) in frames.iter().enumerate() {
+                let d = Bytes::from(vec![b'a' + (i % 26) as u8; len]);
+                if framing == ReqFraming::Chunked {
+                    want.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+                }
+                want.extend_from_slice(&d);
+                if framing == ReqFraming::Chunked {
+                    want.extend_from_slice(b"\r\n");
+                }
+                out.add(&mut wr, &mut segs, d);
+            }
+            out.seal(&mut wr);
+            if framing == ReqFraming::Chunked {
+                want.extend_from_slice(b"0\r\n\r\n");
+            }
+            let long = frames.iter().filter(|&&l| l >= COPY_UNDER).count();
+            assert_eq!(segs.len(), long.min(GATHER_SEGS), "long frames not copied");
+            let wire = written(&mut out, &wr, &mut segs, step);
+            let chunked = framing == ReqFraming::Chunked;
+            assert!(
+                wire == want,
+                "chunked {chunked}, {step} bytes a write: wire differs"
+            );
+        }
+    }
 }

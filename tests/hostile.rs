@@ -432,6 +432,75 @@ async fn refused_framing_h2c_connect_duplicate_host_and_unlisted_upgrades() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_alone_is_refused_with_501() {
+    // hyper takes a body whose last coding is chunked and decodes only that: a coding under
+    // it (gzip) would reach the server as the body's bytes, under a head that no longer
+    // said so. Such a request is refused, and `chunked` alone goes on as the client spelt it.
+    let origin = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let p = Proxy::start(&http_config(
+        &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
+        "",
+        NO_HEALTH,
+    ))
+    .await;
+    let refused: [&[u8]; 3] = [
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ];
+    for te in refused {
+        let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+        let mut req = b"POST /refused HTTP/1.1\r\nHost: t\r\n".to_vec();
+        req.extend_from_slice(te);
+        req.extend_from_slice(b"\r\n3\r\nabc\r\n0\r\n\r\n");
+        s.write_all(&req).await.unwrap();
+        let (head, _) = read_response(&mut s).await;
+        let te = String::from_utf8_lossy(te);
+        assert!(head.starts_with("http/1.1 501"), "{te}: {head}");
+        assert!(head.contains("connection: close"), "{te}: {head}");
+    }
+    assert!(!origin.seen().contains("/refused"), "never forwarded");
+    assert_eq!(
+        p.metric_value(
+            "fulcrum_requests_rejected_total",
+            &[("reason", "transfer_coding")]
+        ),
+        3.0
+    );
+
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"POST /ok HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:  Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+    let seen = origin.seen().to_lowercase();
+    assert_eq!(seen.matches("transfer-encoding").count(), 1, "{seen}");
+    assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{seen}");
+
+    // With a Content-Length as well, Transfer-Encoding frames the body: the length never
+    // reaches the server, and the client's connection closes after the answer (RFC 9112
+    // §6.3: such a request may be an attempt at smuggling).
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"POST /both HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
+    assert!(
+        read_to_close(&mut s, LIMIT).await.is_some(),
+        "closed after it"
+    );
+    let seen = origin.seen().to_lowercase();
+    let both = &seen[seen.find("post /both").expect("forwarded")..];
+    assert!(!both.contains("content-length"), "{both}");
+    assert!(both.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{both}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_target_authority_wins_over_host_and_websocket_still_upgrades() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(&servers(&[&o[0]]), "", NO_HEALTH)).await;

@@ -64,6 +64,10 @@ pub enum ProxyError {
     /// CONNECT, which a reverse proxy does not serve.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A request body in a transfer coding other than chunked alone, which the proxy cannot
+    /// pass on as sent (RFC 9112 §6.1: 501).
+    #[error("transfer coding not implemented")]
+    TransferCoding,
     /// The client aborted its request body or went away.
     #[error("client went away")]
     ClientAbort,
@@ -112,6 +116,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::MethodNotAllowed
+            | ProxyError::TransferCoding
             | ProxyError::ClientAbort
             | ProxyError::Forbidden
             | ProxyError::RateLimited(_)
@@ -131,6 +136,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => Some(Rejection::BodyTooLarge),
             ProxyError::BodyTimeout => Some(Rejection::BodyTimeout),
             ProxyError::MethodNotAllowed => Some(Rejection::MethodNotAllowed),
+            ProxyError::TransferCoding => Some(Rejection::TransferCoding),
             _ => None,
         }
     }
@@ -150,6 +156,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::TransferCoding => "transfer_coding",
             ProxyError::ClientAbort => "client_abort",
             ProxyError::Forbidden => "forbidden",
             ProxyError::RateLimited(_) => "rate_limited",
@@ -172,6 +179,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -179,11 +187,15 @@ impl ProxyError {
     }
 
     /// Whether the client connection must close after this answer: the rest of a request
-    /// body the proxy stopped reading cannot be skipped safely.
+    /// body the proxy stopped reading cannot be skipped safely (nor one in a transfer coding
+    /// it does not read).
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
-            ProxyError::BodyTooLarge | ProxyError::BodyTimeout | ProxyError::ClientAbort
+            ProxyError::BodyTooLarge
+                | ProxyError::BodyTimeout
+                | ProxyError::ClientAbort
+                | ProxyError::TransferCoding
         )
     }
 
@@ -206,6 +218,9 @@ impl ProxyError {
             ProxyError::BodyTimeout => "408 Request Timeout: the request body was too slow\n",
             ProxyError::MethodNotAllowed => {
                 "405 Method Not Allowed: CONNECT is not served by this proxy\n"
+            }
+            ProxyError::TransferCoding => {
+                "501 Not Implemented: a request body's transfer coding must be chunked alone\n"
             }
             ProxyError::Forbidden => "403 Forbidden\n",
             ProxyError::RateLimited(_) => "429 Too Many Requests: slow down\n",
@@ -265,6 +280,8 @@ pub enum Rejection {
     BodyTimeout,
     /// CONNECT (405).
     MethodNotAllowed,
+    /// A transfer coding other than chunked alone (501).
+    TransferCoding,
     /// The client stopped reading its response for `send_stall` (connection closed).
     SendStall,
     /// Over `max_connections_per_client` (connection closed at accept).
@@ -273,7 +290,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, for pre-resolving metric handles (indexed by `as usize`).
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::BadRequest,
         Rejection::HeaderTooLarge,
         Rejection::HeaderTimeout,
@@ -281,6 +298,7 @@ impl Rejection {
         Rejection::BodyTooLarge,
         Rejection::BodyTimeout,
         Rejection::MethodNotAllowed,
+        Rejection::TransferCoding,
         Rejection::SendStall,
         Rejection::ClientConnections,
     ];
@@ -295,6 +313,7 @@ impl Rejection {
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::TransferCoding => "transfer_coding",
             Rejection::SendStall => "send_stall",
             Rejection::ClientConnections => "client_connections",
         }

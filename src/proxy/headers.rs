@@ -67,6 +67,8 @@ pub struct HeadScan {
     pub upgrade: bool,
     /// A TE field is present.
     pub te: bool,
+    /// A Transfer-Encoding field is present (hop-by-hop too).
+    pub transfer_encoding: bool,
     /// Some name is an inbound forwarding header or an underscore spelling of one (what
     /// [`strip_inbound_forwarding`] removes).
     pub forwarding: bool,
@@ -79,6 +81,7 @@ pub struct HeadScan {
 /// A name the scan picks out.
 enum Class {
     Hop,
+    TransferEncoding,
     Connection,
     Upgrade,
     Te,
@@ -94,6 +97,10 @@ impl HeadScan {
             match classify(name) {
                 None => {}
                 Some(Class::Hop) => scan.hop = true,
+                Some(Class::TransferEncoding) => {
+                    scan.hop = true;
+                    scan.transfer_encoding = true;
+                }
                 Some(Class::Connection) => {
                     scan.hop = true;
                     scan.read_connection(value);
@@ -160,7 +167,7 @@ fn classify(name: &HeaderName) -> Option<Class> {
         15 if fwd(b"x-forwarded-for") => Class::Forwarding,
         16 if n == b"proxy-connection" => Class::Hop,
         16 if fwd(b"x-forwarded-host") || fwd(b"x-forwarded-port") => Class::Forwarding,
-        17 if n == b"transfer-encoding" => Class::Hop,
+        17 if n == b"transfer-encoding" => Class::TransferEncoding,
         17 if fwd(b"x-forwarded-proto") => Class::Forwarding,
         _ => return None,
     };
@@ -169,9 +176,12 @@ fn classify(name: &HeaderName) -> Option<Class> {
 
 /// Removes the headers that are hop-by-hop by their names alone: all [`strip_hop_by_hop`]
 /// has to do when no Connection field lists a name of its own ([`HeadScan`] tells), without
-/// reading the Connection fields again.
-pub fn strip_fixed_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, fixed_hop_by_hop);
+/// reading the Connection fields again. With `keep_te`, Transfer-Encoding stays (a chunked
+/// body going on chunked: see `check::prepare`).
+pub fn strip_fixed_hop_by_hop(headers: &mut HeaderMap, keep_te: bool) {
+    remove_where(headers, |k| {
+        fixed_hop_by_hop(k) && !(keep_te && k == header::TRANSFER_ENCODING)
+    });
 }
 
 /// Removes hop-by-hop headers: the fixed set and any named in any `Connection` field.
@@ -648,6 +658,7 @@ mod tests {
             h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
             let scan = HeadScan::of(&h);
             assert_eq!(scan.hop, class == 'h', "{n}: hop");
+            assert_eq!(scan.transfer_encoding, n == "transfer-encoding", "{n}: TE");
             assert_eq!(scan.forwarding, class == 'f', "{n}: forwarding");
             assert_eq!(scan.request_id, class == 'r', "{n}: request id");
             assert_eq!(scan.host.is_some(), class == 'o', "{n}: host");
@@ -713,8 +724,14 @@ mod tests {
             strip_hop_by_hop(&mut full);
             if !names {
                 let mut short = h.clone();
-                strip_fixed_hop_by_hop(&mut short);
+                strip_fixed_hop_by_hop(&mut short, false);
                 assert_eq!(short, full, "{connection:?}");
+                // Kept for a chunked body going on chunked, Transfer-Encoding alone stays.
+                let mut kept = h.clone();
+                strip_fixed_hop_by_hop(&mut kept, true);
+                let te = kept.remove(header::TRANSFER_ENCODING);
+                assert_eq!(te.as_ref(), h.get(header::TRANSFER_ENCODING));
+                assert_eq!(kept, full, "{connection:?}");
             }
             assert!(full.contains_key(header::ACCEPT));
             assert_eq!(

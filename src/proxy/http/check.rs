@@ -31,11 +31,26 @@ pub(super) fn check(
         // A reverse proxy has no tunnel to offer (RFC 9110 §9.3.6).
         return Err(ProxyError::MethodNotAllowed);
     }
-    // A scan of the few names a head carries, where a lookup would hash Host.
-    let mut hosts = req.headers().iter().filter(|(k, _)| *k == header::HOST);
-    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
+    // A scan of the few names a head carries, where a lookup would hash Host and
+    // Transfer-Encoding.
+    let (mut hosts, mut codings) = (0, 0);
+    for (k, v) in req.headers() {
+        if k == header::HOST {
+            hosts += 1;
+        } else if k == header::TRANSFER_ENCODING {
+            // hyper took the body as chunked (its last coding is), and takes no other
+            // coding off: one under it would reach the server as the body's bytes, under a
+            // head that no longer says so. Only `chunked` alone, as nginx allows.
+            codings += if chunked_alone(v) { 1 } else { 2 };
+        }
+    }
+    if hosts > 1 {
         // RFC 9112 §3.2: more than one Host field is a bad request, never guessed at.
         return Err(ProxyError::BadRequest);
+    }
+    if codings > 1 {
+        // RFC 9112 §6.1: a transfer coding the recipient does not understand is a 501.
+        return Err(ProxyError::TransferCoding);
     }
     if let Some(authority) = req.uri().authority() {
         // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host; in h2 the
@@ -51,6 +66,11 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// Whether a Transfer-Encoding value is `chunked` and nothing else.
+fn chunked_alone(v: &HeaderValue) -> bool {
+    v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// The `Upgrade` value to tunnel, when the request asks for one (an Upgrade field, and
@@ -106,12 +126,17 @@ pub(super) fn prepare<'a>(
     request_id: Option<&'a HeaderValue>,
 ) -> Forwarding<'a> {
     let trailers = scan.te && asks_trailers(&parts.headers);
+    let h1 = pool.settings.upstream_protocol == UpstreamProtocol::Http1;
+    // A chunked body going on to an HTTP/1.1 server goes chunked: the client's
+    // `Transfer-Encoding: chunked` (checked to be that alone) stays, rather than taken out
+    // and put back.
+    let keep_te = h1 && body.chunked && scan.transfer_encoding && !scan.connection_names;
     // Most heads with a hop-by-hop name carry only `Connection: keep-alive` or `close`: the
     // scan read that field already, so the names go without reading it again.
     if scan.connection_names {
         strip_hop_by_hop(&mut parts.headers);
     } else if scan.hop {
-        strip_fixed_hop_by_hop(&mut parts.headers);
+        strip_fixed_hop_by_hop(&mut parts.headers, keep_te);
     }
     if scan.forwarding {
         strip_inbound_forwarding(&mut parts.headers);
@@ -160,7 +185,7 @@ pub(super) fn prepare<'a>(
                 let pq = parts.uri.path_and_query().cloned();
                 parts.uri = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
             }
-            if body.chunked {
+            if body.chunked && !keep_te {
                 // hyper would send a GET or HEAD body of unknown length as no body at all;
                 // framing it explicitly forwards it instead of dropping it.
                 parts.headers.insert(

@@ -18,6 +18,16 @@ use tokio::net::TcpStream;
 /// Generous: a loaded 2-core machine may be slow; a passing test is never slowed by it.
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// A config whose one pool is `origin` alone, named `raw`, with `extra` in the pool's table
+/// and no health checks.
+fn raw_config(origin: &RawOrigin, extra: &str) -> String {
+    http_config(
+        &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
+        extra,
+        NO_HEALTH,
+    )
+}
+
 /// Inserts listener tables (`[listener.limits]`, `[listener.timeouts]`, keys) into an
 /// `http_config` right after the listener's `pool` line.
 fn with_listener(cfg: String, extra: &str) -> String {
@@ -253,11 +263,7 @@ async fn slowloris_and_slow_bodies_are_cut_while_a_normal_client_is_served() {
 async fn head_and_body_limits_answer_431_and_413_without_troubling_the_server() {
     let origin = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     let cfg = with_listener(
-        http_config(
-            &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
-            "",
-            NO_HEALTH,
-        ),
+        raw_config(&origin, ""),
         "[listener.limits]\nmax_header_bytes = 8192\nmax_headers = 20\nmax_request_body = \"1KiB\"",
     );
     let p = Proxy::start(&cfg).await;
@@ -376,12 +382,7 @@ async fn a_client_that_stops_reading_is_cut_and_frees_its_server_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_framing_h2c_connect_duplicate_host_and_unlisted_upgrades() {
     let origin = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
-        "",
-        NO_HEALTH,
-    ))
-    .await;
+    let p = Proxy::start(&raw_config(&origin, "")).await;
     let addr = p.addr("web");
 
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -437,12 +438,7 @@ async fn a_transfer_coding_other_than_chunked_alone_is_refused_with_501() {
     // it (gzip) would reach the server as the body's bytes, under a head that no longer
     // said so. Such a request is refused, and `chunked` alone goes on as the client spelt it.
     let origin = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
-        "",
-        NO_HEALTH,
-    ))
-    .await;
+    let p = Proxy::start(&raw_config(&origin, "")).await;
     let refused: [&[u8]; 3] = [
         b"Transfer-Encoding: gzip, chunked\r\n",
         b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
@@ -533,12 +529,7 @@ async fn a_response_with_both_te_and_cl_is_reframed_and_a_malformed_one_is_a_502
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nb\r\nhello world\r\n0\r\n\r\n",
     )
     .await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", te_cl.addr),
-        "",
-        NO_HEALTH,
-    ))
-    .await;
+    let p = Proxy::start(&raw_config(&te_cl, "")).await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -561,12 +552,7 @@ async fn a_response_with_both_te_and_cl_is_reframed_and_a_malformed_one_is_a_502
     assert_eq!(r.text(), "hello world");
 
     let bad = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: banana\r\n\r\nok").await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", bad.addr),
-        "retries = 0",
-        NO_HEALTH,
-    ))
-    .await;
+    let p = Proxy::start(&raw_config(&bad, "retries = 0")).await;
     let r = get(&client(), &p.url("web", "/")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(
@@ -881,10 +867,9 @@ async fn a_client_leaving_a_kept_alive_connection_mid_request_is_noticed_a_pipel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_stalls_mid_body_is_cut_off_and_blamed() {
     let stalls = RawOrigin::start(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part").await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", stalls.addr),
+    let p = Proxy::start(&raw_config(
+        &stalls,
         "[pool.timeouts]\nupstream_read_idle = \"300ms\"",
-        NO_HEALTH,
     ))
     .await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();

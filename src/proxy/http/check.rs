@@ -33,7 +33,7 @@ pub(super) fn check(
     }
     // A scan of the few names a head carries, where a lookup would hash Host and
     // Transfer-Encoding.
-    let (mut hosts, mut codings) = (0, 0);
+    let (mut hosts, mut te_fields, mut other_coding) = (0, 0, false);
     for (k, v) in req.headers() {
         if k == header::HOST {
             hosts += 1;
@@ -41,14 +41,15 @@ pub(super) fn check(
             // hyper took the body as chunked (its last coding is), and takes no other
             // coding off: one under it would reach the server as the body's bytes, under a
             // head that no longer says so. Only `chunked` alone, as nginx allows.
-            codings += if chunked_alone(v) { 1 } else { 2 };
+            te_fields += 1;
+            other_coding |= !chunked_alone(v);
         }
     }
     if hosts > 1 {
         // RFC 9112 §3.2: more than one Host field is a bad request, never guessed at.
         return Err(ProxyError::BadRequest);
     }
-    if codings > 1 {
+    if te_fields > 1 || other_coding {
         // RFC 9112 §6.1: a transfer coding the recipient does not understand is a 501.
         return Err(ProxyError::TransferCoding);
     }

@@ -569,6 +569,44 @@ async fn a_response_with_both_te_and_cl_is_reframed_and_a_malformed_one_is_a_502
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_framed_by_more_than_chunked_alone_is_a_502_blamed_on_its_server() {
+    // Transfer-Encoding belongs to the server's connection: the client is given the body
+    // with the chunks taken off and no field saying how else it was coded. Passed on, a
+    // gzip coding would reach the client as plain body bytes, and a body chunked twice
+    // would keep one layer of chunks.
+    let forms: [&'static [u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nCODED\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nCODED\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\nCODED",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nCODED\r\n0\r\n\r\n",
+    ];
+    for form in forms {
+        let origin = RawOrigin::start(form).await;
+        let p = Proxy::start(&raw_config(&origin, "retries = 0")).await;
+        let r = get(&client(), &p.url("web", "/")).await;
+        let form = String::from_utf8_lossy(form);
+        assert_eq!(r.status, 502, "{form}: {}", r.text());
+        assert!(!r.text().contains("CODED"), "{form}: {}", r.text());
+        assert_eq!(
+            p.metric_value(
+                "fulcrum_server_errors_total",
+                &[("server", "raw"), ("kind", "protocol")]
+            ),
+            1.0,
+            "{form}"
+        );
+    }
+    // `chunked` alone, in any case and padded, is read and passed on.
+    let origin = RawOrigin::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding:  CHUNKED \r\n\r\n5\r\nplain\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = Proxy::start(&raw_config(&origin, "")).await;
+    let r = get(&client(), &p.url("web", "/")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "plain"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_and_te_trailers_survive_a_round_trip_to_an_h2_upstream() {
     let o = fleet(1).await;
     let p = Proxy::start(&http_config(

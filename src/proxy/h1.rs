@@ -994,7 +994,8 @@ fn parse_head(
         map.reserve(count.max(4));
         // What the framing and reuse depend on, noted on the way rather than looked up after.
         let (mut close, mut keep_alive_token) = (false, false);
-        let (mut te_chunked, mut has_te, mut length) = (false, false, None);
+        // Transfer-Encoding: how many fields, and whether any says more than `chunked`.
+        let (mut te_fields, mut other_coding, mut length) = (0u32, false, None);
         // Hop-by-hop fields belong to this connection alone (RFC 9110 §7.6.1): what this
         // codec needs of them is noted here, and they stay out of the response the client
         // is given, so `respond` finds nothing to strip (an origin's `Connection:
@@ -1026,8 +1027,11 @@ fn parse_head(
                     continue;
                 }
             } else if name == header::TRANSFER_ENCODING {
-                has_te = true;
-                te_chunked = last_coding_is_chunked(&value);
+                te_fields += 1;
+                other_coding |= !value
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked");
                 if !tunnel {
                     continue;
                 }
@@ -1042,6 +1046,7 @@ fn parse_head(
             }
             map.append(name, value);
         }
+        let has_te = te_fields > 0;
         if !tunnel {
             if has_te && length.is_some() {
                 // RFC 9112 §6.3: with both, Transfer-Encoding frames the body and
@@ -1054,7 +1059,9 @@ fn parse_head(
             }
         }
         let keep_alive = if version == Version::HTTP_10 {
-            keep_alive_token && !close
+            // Transfer-Encoding in HTTP/1.0 is faulty framing: the connection closes after
+            // it (RFC 9112 §6.1).
+            keep_alive_token && !close && !has_te
         } else {
             !close
         };
@@ -1069,11 +1076,16 @@ fn parse_head(
         {
             Framing::Length(0)
         } else if has_te {
-            if te_chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Eof
+            // Only `chunked` alone can be passed on: Transfer-Encoding is this connection's,
+            // so the client is given the body with the chunking taken off and no field
+            // saying how it was coded. A gzip (or any other coding) under or after the
+            // chunks would reach the client as the body's bytes, and chunked twice (RFC
+            // 9112 §6.1 forbids it) would leave one layer of chunks in the body. Refused as
+            // the server's fault, as HAProxy does; nginx 1.22 passes them on, coding lost.
+            if te_fields > 1 || other_coding {
+                return Err(Error::Protocol("unsupported transfer coding in response"));
             }
+            Framing::Chunked(Chunk::Size)
         } else if let Some(n) = length {
             Framing::Length(n)
         } else {

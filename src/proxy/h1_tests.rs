@@ -197,6 +197,13 @@ async fn ambiguous_or_broken_responses_are_protocol_errors() {
         b"HTTP/1.1 200 OK\r\nx-a: a\0b\r\ncontent-length: 0\r\n\r\n",
         // Obsolete line folding.
         b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 0\r\n\r\n",
+        // A body framed by more than `chunked` alone: its coding would be lost on the way
+        // to the client (Transfer-Encoding is hop-by-hop), or a layer of chunks left in it.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ] {
         let (addr, _got) = scripted(vec![answer]).await;
         let r = exchange(conn(addr).await, get("/")).await;
@@ -273,6 +280,7 @@ async fn a_close_before_the_whole_response_is_an_error_and_keep_alive_rules_hold
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
             b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
             b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: Chunked \r\n\r\n2\r\nok\r\n0\r\n\r\n",
         ] {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = [0u8; 1024];
@@ -295,6 +303,14 @@ async fn a_close_before_the_whole_response_is_an_error_and_keep_alive_rules_hold
         (&body[..], again.is_some()),
         (&b"ok"[..], false),
         "HTTP/1.0 without keep-alive"
+    );
+    // Transfer-Encoding in HTTP/1.0 is faulty framing: the body is read (`chunked` in any
+    // case, padded), and the connection goes even though the server said keep-alive.
+    let (_, body, _, again) = exchange(conn(addr).await, get("/")).await.unwrap();
+    assert_eq!(
+        (&body[..], again.is_some()),
+        (&b"ok"[..], false),
+        "HTTP/1.0 with Transfer-Encoding"
     );
 }
 

@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cidr", cidr),
     ("cookie_hash_key", cookie_hash_key),
     ("client_hello_sni", client_hello_sni),
+    ("upstream_response", upstream_response),
 ];
 
 /// A ClientHello's SNI (passthrough routing): never a panic; a name is DNS-shaped; `NotTls`
@@ -227,6 +228,215 @@ pub fn cookie_hash_key(data: &[u8]) {
                     .any(|v| v.windows(found.len()).any(|w| w == found.as_bytes())),
             "a cookie value comes from a Cookie header"
         );
+    }
+}
+
+/// A server's response, as the proxy's own HTTP/1.1 client (`proxy::h1`) reads it, with
+/// hyper's client reading the same bytes as a second opinion. Byte 0: bit 0 sends HEAD
+/// instead of GET. The rest is what the server writes, over loopback, before it closes its
+/// side. Must hold for every input:
+/// - the client never waits on a server that has closed (a hang is a finding);
+/// - a head it accepts carries no hop-by-hop field (they are the connection's), but for a
+///   101, and a body it accepts was framed by `chunked` alone if by Transfer-Encoding at
+///   all (any other coding would reach the client unannounced);
+/// - a body it reads whole is empty for HEAD, 204 and 304, and as long as the head's
+///   Content-Length says when there is one;
+/// - where both clients read a whole response, they agree on its status and body: two
+///   readings of the same bytes that differ are how requests get smuggled and responses
+///   mixed up between clients.
+pub fn upstream_response(data: &[u8]) {
+    let Some((&flags, server)) = data.split_first() else {
+        return;
+    };
+    // Larger answers only take longer to say the same.
+    if server.len() > 64 * 1024 {
+        return;
+    }
+    let head = flags & 1 == 1;
+    thread_local! {
+        // One runtime for every input: building one each time cost more than the input.
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+    }
+    RT.with(|rt| {
+        rt.block_on(async {
+            let hang = std::time::Duration::from_secs(10);
+            let ours = tokio::time::timeout(hang, upstream::ours(server, head))
+                .await
+                .expect("the proxy's client waits on a server that has closed");
+            let theirs = tokio::time::timeout(hang, upstream::hypers(server, head)).await;
+            if let Ok(read) = &ours {
+                upstream::check(read, head, server);
+            }
+            if let (Ok(a), Ok(Ok(b))) = (&ours, &theirs) {
+                if let (Ok(x), Ok(y)) = (&a.body, &b.body) {
+                    assert_eq!(a.status, b.status, "status read differently");
+                    assert_eq!(x, y, "body read differently (status {})", a.status);
+                }
+            }
+        })
+    });
+}
+
+/// The two clients of [`upstream_response`] over loopback.
+mod upstream {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr};
+
+    use bytes::Bytes;
+    use http::{header, HeaderMap, Method, Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::proxy::body::ReqBody;
+    use crate::proxy::h1::{send, Conn, Io, Outgoing};
+    use crate::proxy::headers::{fixed_hop_by_hop, Forwarding};
+
+    /// A response as read: its head, and its body whole (or the error that ended it).
+    pub struct Reading {
+        pub status: StatusCode,
+        pub headers: HeaderMap,
+        pub body: Result<Bytes, ()>,
+    }
+
+    /// A server on loopback that writes `bytes`, closes its side, and reads until the
+    /// client goes (so that unread request bytes never turn its close into a reset).
+    fn server(bytes: &[u8]) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("address");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        addr
+    }
+
+    fn request(head: bool) -> http::request::Builder {
+        let method = if head { Method::HEAD } else { Method::GET };
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .header(header::HOST, "origin")
+    }
+
+    /// The proxy's client. `Err` when it refused the head.
+    pub async fn ours(bytes: &[u8], head: bool) -> Result<Reading, ()> {
+        let addr = server(bytes);
+        let s = TcpStream::connect(addr).await.map_err(|_| ())?;
+        let conn = Conn::new(Io::Tcp(s), addr, CancellationToken::new());
+        let req = request(head).body(ReqBody::Empty).expect("request");
+        let resp = send(conn, &mut Outgoing::new(req, false), &Forwarding::default())
+            .await
+            .map_err(|_| ())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
+        Ok(Reading {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// hyper's client, as configured by default.
+    pub async fn hypers(bytes: &[u8], head: bool) -> Result<Reading, ()> {
+        let addr = server(bytes);
+        let s = TcpStream::connect(addr).await.map_err(|_| ())?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+            .await
+            .map_err(|_| ())?;
+        // Ended with this input: the runtime is shared by every input.
+        let _conn = AbortOnDrop(tokio::spawn(conn));
+        let req = request(head)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let resp = tx.send_request(req).await.map_err(|_| ())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
+        Ok(Reading {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// The Transfer-Encoding values of the final response head at the start of `bytes`
+    /// (interim 1xx heads skipped), as httparse reads it.
+    fn transfer_codings(mut bytes: &[u8]) -> Vec<String> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 128];
+            let mut r = httparse::Response::new(&mut fields);
+            let Ok(httparse::Status::Complete(n)) = r.parse(bytes) else {
+                return Vec::new();
+            };
+            if r.code.is_some_and(|c| (100..200).contains(&c) && c != 101) {
+                bytes = &bytes[n..];
+                continue;
+            }
+            return r
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .collect();
+        }
+    }
+
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    /// What must hold of any response the proxy's client accepted, from `bytes`.
+    pub fn check(r: &Reading, head: bool, bytes: &[u8]) {
+        if r.status != StatusCode::SWITCHING_PROTOCOLS {
+            for name in r.headers.keys() {
+                assert!(!fixed_hop_by_hop(name), "hop-by-hop {name} handed on");
+            }
+        }
+        let bodiless =
+            head || r.status == StatusCode::NO_CONTENT || r.status == StatusCode::NOT_MODIFIED;
+        if !bodiless {
+            // Transfer-Encoding is not handed on, so a body it frames may only have been
+            // chunked: any other coding would reach the client unannounced.
+            let codings = transfer_codings(bytes);
+            assert!(
+                codings.is_empty()
+                    || (codings.len() == 1
+                        && codings[0]
+                            .trim_matches(|c: char| c.is_ascii_whitespace())
+                            .eq_ignore_ascii_case("chunked")),
+                "a body framed by {codings:?} accepted"
+            );
+        }
+        let Ok(body) = &r.body else { return };
+        if bodiless {
+            assert!(body.is_empty(), "a body for HEAD, 204 or 304");
+            return;
+        }
+        let lengths: Vec<_> = r.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+        if let Some(v) = lengths.first() {
+            let text = v.to_str().expect("a length is ASCII");
+            let n: u64 = text
+                .split(',')
+                .next()
+                .and_then(|t| t.trim().parse().ok())
+                .expect("a Content-Length handed on is a number");
+            assert_eq!(
+                body.len() as u64,
+                n,
+                "the body is as long as its Content-Length"
+            );
+        }
     }
 }
 

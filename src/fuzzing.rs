@@ -423,8 +423,7 @@ mod upstream {
             assert!(body.is_empty(), "a body for HEAD, 204 or 304");
             return;
         }
-        let lengths: Vec<_> = r.headers.get_all(header::CONTENT_LENGTH).iter().collect();
-        if let Some(v) = lengths.first() {
+        if let Some(v) = r.headers.get(header::CONTENT_LENGTH) {
             let text = v.to_str().expect("a length is ASCII");
             let n: u64 = text
                 .split(',')

@@ -38,7 +38,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::body::{Peek, ReqBody};
 use super::headers::{
-    connection_tokens, fixed_hop_by_hop, listed_in_connection, names_a_field, Forwarding,
+    chunked_alone, connection_tokens, fixed_hop_by_hop, listed_in_connection, names_a_field,
+    Forwarding,
 };
 
 /// Headers in a response head, at most (hyper's default too).
@@ -1028,10 +1029,7 @@ fn parse_head(
                 }
             } else if name == header::TRANSFER_ENCODING {
                 te_fields += 1;
-                other_coding |= !value
-                    .as_bytes()
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"chunked");
+                other_coding |= !chunked_alone(&value);
                 if !tunnel {
                     continue;
                 }

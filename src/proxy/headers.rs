@@ -17,6 +17,13 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
+/// Whether a Transfer-Encoding value is `chunked` and nothing else (any case, padded): the
+/// one framing the proxy passes on in either direction, since Transfer-Encoding stays on
+/// its connection and any other coding would reach the other side unannounced.
+pub(crate) fn chunked_alone(v: &HeaderValue) -> bool {
+    v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+}
+
 /// Whether `name` is hop-by-hop whatever `Connection` says: the names [`classify`] calls
 /// [`Class::Hop`], `Connection`, `Upgrade` or `Te`, compared as names. Every response's
 /// names go through this, and a comparison with a standard name is one of its tag, cheaper

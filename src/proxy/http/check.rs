@@ -16,8 +16,8 @@ use crate::admission::{ClientAddr, ForwardChain};
 use crate::config::{ListenerLimits, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::headers::{
-    asks_trailers, strip_fixed_hop_by_hop, strip_hop_by_hop, strip_inbound_forwarding, Forwarding,
-    HeadScan,
+    asks_trailers, chunked_alone, strip_fixed_hop_by_hop, strip_hop_by_hop,
+    strip_inbound_forwarding, Forwarding, HeadScan,
 };
 use crate::proxy::ProxyError;
 use crate::route::X_REQUEST_ID;
@@ -67,11 +67,6 @@ pub(super) fn check(
         }
     }
     Ok(())
-}
-
-/// Whether a Transfer-Encoding value is `chunked` and nothing else.
-fn chunked_alone(v: &HeaderValue) -> bool {
-    v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// The `Upgrade` value to tunnel, when the request asks for one (an Upgrade field, and

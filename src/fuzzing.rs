@@ -326,6 +326,17 @@ mod upstream {
             .header(header::HOST, "origin")
     }
 
+    /// A response's head, and its body read to the end.
+    async fn reading<B: http_body::Body<Data = Bytes>>(resp: http::Response<B>) -> Reading {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
+        Reading {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// The proxy's client. `Err` when it refused the head.
     pub async fn ours(bytes: &[u8], head: bool) -> Result<Reading, ()> {
         let addr = server(bytes);
@@ -335,13 +346,7 @@ mod upstream {
         let resp = send(conn, &mut Outgoing::new(req, false), &Forwarding::default())
             .await
             .map_err(|_| ())?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
-        Ok(Reading {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(reading(resp).await)
     }
 
     /// hyper's client, as configured by default.
@@ -357,13 +362,7 @@ mod upstream {
             .body(http_body_util::Empty::<Bytes>::new())
             .expect("request");
         let resp = tx.send_request(req).await.map_err(|_| ())?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
-        Ok(Reading {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+        Ok(reading(resp).await)
     }
 
     /// The Transfer-Encoding values of the final response head at the start of `bytes`

@@ -385,9 +385,7 @@ async fn refused_framing_h2c_connect_duplicate_host_and_unlisted_upgrades() {
     let p = Proxy::start(&raw_config(&origin, "")).await;
     let addr = p.addr("web");
 
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").await.unwrap();
-    let (head, body) = read_response(&mut s).await;
+    let (_, head, body) = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").await;
     assert!(
         head.starts_with("http/1.1 200"),
         "served as plain HTTP/1.1: {head}"
@@ -401,26 +399,26 @@ async fn refused_framing_h2c_connect_duplicate_host_and_unlisted_upgrades() {
     );
     assert!(!seen.contains("http2-settings"), "{seen}");
 
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut s).await;
+    let (_, head, _) = raw_request(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 200"), "unlisted upgrade: {head}");
     assert!(!origin.seen().to_lowercase().contains("upgrade: foo"));
 
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut s).await;
+    let (_, head, _) = raw_request(
+        addr,
+        b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 405"), "CONNECT: {head}");
 
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut s).await;
+    let (_, head, _) = raw_request(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 400"), "duplicate Host: {head}");
     assert!(!origin.seen().contains("b.test"), "never forwarded");
     assert_eq!(
@@ -445,12 +443,10 @@ async fn a_transfer_coding_other_than_chunked_alone_is_refused_with_501() {
         b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
     ];
     for te in refused {
-        let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
         let mut req = b"POST /refused HTTP/1.1\r\nHost: t\r\n".to_vec();
         req.extend_from_slice(te);
         req.extend_from_slice(b"\r\n3\r\nabc\r\n0\r\n\r\n");
-        s.write_all(&req).await.unwrap();
-        let (head, _) = read_response(&mut s).await;
+        let (_, head, _) = raw_request(p.addr("web"), &req).await;
         let te = String::from_utf8_lossy(te);
         assert!(head.starts_with("http/1.1 501"), "{te}: {head}");
         assert!(head.contains("connection: close"), "{te}: {head}");
@@ -464,11 +460,11 @@ async fn a_transfer_coding_other_than_chunked_alone_is_refused_with_501() {
         3.0
     );
 
-    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"POST /ok HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:  Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut s).await;
+    let (_, head, body) = raw_request(
+        p.addr("web"),
+        b"POST /ok HTTP/1.1\r\nHost: t\r\nTransfer-Encoding:  Chunked \r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, b"ok");
     let seen = origin.seen().to_lowercase();
@@ -479,11 +475,11 @@ async fn a_transfer_coding_other_than_chunked_alone_is_refused_with_501() {
     // With a Content-Length as well, Transfer-Encoding frames the body: the length never
     // reaches the server, and the client's connection closes after the answer (RFC 9112
     // §6.3: such a request may be an attempt at smuggling).
-    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    s.write_all(b"POST /both HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut s).await;
+    let (mut s, head, body) = raw_request(
+        p.addr("web"),
+        b"POST /both HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, b"ok");
     assert!(

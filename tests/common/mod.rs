@@ -816,6 +816,19 @@ pub async fn raw_get(s: &mut tokio::net::TcpStream, path: &str) -> (String, Vec<
     read_response(s).await
 }
 
+/// Opens a connection to `addr`, writes `request` byte for byte, and reads the response;
+/// the connection comes back for whatever the test does with it next.
+pub async fn raw_request(
+    addr: SocketAddr,
+    request: &[u8],
+) -> (tokio::net::TcpStream, String, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write request");
+    let (head, body) = read_response(&mut s).await;
+    (s, head, body)
+}
+
 // ---- raw origins for framing tests -----------------------------------------------------
 
 /// A raw TCP origin that records every byte it receives and answers each complete request

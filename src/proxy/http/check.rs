@@ -182,8 +182,10 @@ pub(super) fn prepare<'a>(
                 parts.uri = pq.map_or_else(|| Uri::from_static("/"), Uri::from);
             }
             if body.chunked && !keep_te {
-                // hyper would send a GET or HEAD body of unknown length as no body at all;
-                // framing it explicitly forwards it instead of dropping it.
+                // The upstream codec frames a body chunked only when a Transfer-Encoding
+                // field says so; a body of unknown length whose field is not here (an h2
+                // client's, or one taken out with the fields Connection names) would
+                // otherwise go as no body at all.
                 parts.headers.insert(
                     header::TRANSFER_ENCODING,
                     HeaderValue::from_static("chunked"),

@@ -930,6 +930,73 @@ async fn a_server_that_stalls_mid_body_is_cut_off_and_blamed() {
     assert_eq!(p.server("raw").load.load(Ordering::SeqCst), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_body_that_comes_after_its_head_does_not_hold_the_head_back() {
+    // The server writes the head of a 5-byte response and sends the body only once the
+    // client has that head: a proxy that held the head back for the body would never hand
+    // it on before `upstream_read_idle`, and the body after that would be cut off as idle.
+    let got_head = Arc::new(tokio::sync::Notify::new());
+    let signal = got_head.clone();
+    let (addr, origin) = serve_each(move |mut s| {
+        let signal = signal.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while request_end(&buf, 0).is_none() {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                .await;
+            signal.notified().await;
+            let _ = s.write_all(b"later").await;
+            let _ = s.read(&mut chunk).await;
+        }
+    })
+    .await;
+    let p = Proxy::start(&http_config(
+        &format!("{{ addr = \"{addr}\", name = \"raw\" }}"),
+        "[pool.timeouts]\nupstream_read_idle = \"10s\"",
+        NO_HEALTH,
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, s.read(&mut chunk))
+            .await
+            .expect("the head arrives before its body")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    got_head.notify_one();
+    let rest = read_to_close(&mut s, LIMIT)
+        .await
+        .expect("the body follows, then the connection closes");
+    got.extend_from_slice(&rest);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.ends_with("\r\n\r\nlater"), "{text}");
+    assert_eq!(
+        p.metric_value(
+            "fulcrum_server_errors_total",
+            &[("server", "raw"), ("kind", "timeout")]
+        ),
+        0.0,
+        "a server that sends its body in time is not blamed"
+    );
+    origin.abort();
+}
+
 /// A metric of listener "web" (0 when absent).
 fn web_metric(p: &Proxy, name: &str) -> f64 {
     metric(&p.f.metrics().render(), name, &[("listener", "web")]).unwrap_or(0.0)

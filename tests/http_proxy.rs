@@ -597,7 +597,10 @@ async fn bodies_written_apart_from_their_heads_arrive_whole_on_one_server_connec
     ))
     .await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
-    // Short bodies are read whole before the head is passed on; a long one streams.
+    // The body comes 30 ms after its head, in two writes: a short one is awaited with its
+    // head for a moment (2 ms), then streams as a long one does. The head first, without
+    // waiting for its body, is tests/hostile.rs's
+    // `a_short_body_that_comes_after_its_head_does_not_hold_the_head_back`.
     for n in [1, 10, 5000, 16 * 1024, 100_000, 7] {
         let (head, body) = raw_get(&mut s, &format!("/{n}")).await;
         assert!(head.starts_with("http/1.1 200"), "{n}: {head}");
@@ -608,17 +611,6 @@ async fn bodies_written_apart_from_their_heads_arrive_whole_on_one_server_connec
         assert_eq!(body.len(), n, "/{n}");
         assert!(body == pattern(n), "/{n}: the body came through changed");
     }
-    // A short body goes out with its head, in one write: the first read gets both.
-    s.write_all(b"GET /10 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = vec![0u8; 4096];
-    let k = s.read(&mut first).await.unwrap();
-    assert!(
-        first[..k].ends_with(&pattern(10)),
-        "head and body in one piece: {:?}",
-        String::from_utf8_lossy(&first[..k])
-    );
     assert_eq!(
         conns.load(std::sync::atomic::Ordering::SeqCst),
         1,

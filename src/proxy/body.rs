@@ -630,8 +630,8 @@ struct Upstream {
 }
 
 /// Set on a server's response whose short body was awaited with its head and did not
-/// move for `upstream_read_idle` (see `forward::read_short_rest`): its idle wait began then,
-/// not when the body is first polled.
+/// move while awaited (see `forward::read_short_rest`): its idle wait began then, not when
+/// the body is first polled.
 #[derive(Clone, Copy, Debug)]
 pub struct IdleSince(pub Instant);
 

@@ -359,26 +359,34 @@ fn classify(e: &UpError) -> (FailureKind, ProxyError) {
 }
 
 /// A server's body at most this long (by Content-Length) that has not come with its head is
-/// read whole before the response is handed on. Many servers write a response's head and
-/// body apart; passing the head on alone costs a write to the client for each (a system
-/// call), a second flush in hyper and an idle timer for the body: 1.1k instructions per
-/// request. The client gets the head a moment later, once the body is here (microseconds
-/// from a server that wrote them back to back).
+/// awaited (for `SHORT_WAIT` at most) before the response is handed on. Many servers write a
+/// response's head and body apart; passing the head on alone costs a write to the client for
+/// each (a system call), a second flush in hyper and an idle timer for the body: 1.1k
+/// instructions per request. The client gets the head a moment later, with the body
+/// (microseconds from a server that wrote them back to back).
 const SHORT_BODY: u64 = 16 * 1024;
 
-/// Reads the rest of `b`'s short body, waiting `upstream_read_idle` at most, on `timer`
-/// (the request's response timer, restarted). When nothing at all came in that time,
-/// returns when the wait began, for the body's idle watch to count from: a stalled server
-/// is cut off one `upstream_read_idle` after its last byte, as it would be mid-stream.
+/// How long a short body is awaited with its head. A server that writes them back to back
+/// is far inside it; one that thinks between the two (or waits on its client) gets its
+/// head handed on after it, and the body streams as any other would. Waiting longer would
+/// only delay the head: the instructions saved are the same whatever the wait.
+const SHORT_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Reads the rest of `b`'s short body, waiting `SHORT_WAIT` (or `upstream_read_idle`, when
+/// shorter) at most, on `timer` (the request's response timer, restarted). When nothing at
+/// all came in that time, returns when the wait began, for the body's idle watch to count
+/// from: a stalled server is cut off one `upstream_read_idle` after its last byte, as it
+/// would be mid-stream.
 async fn read_short_rest(
     b: &mut crate::proxy::h1::RespIn,
     idle: std::time::Duration,
     timer: &mut ResponseWait,
 ) -> Option<tokio::time::Instant> {
     let had = b.buffered();
-    timer.restart(idle);
-    // The wait began when the timer was set, `idle` before its deadline: one clock read.
-    let since = timer.deadline - idle;
+    let wait = idle.min(SHORT_WAIT);
+    timer.restart(wait);
+    // The wait began when the timer was set, `wait` before its deadline: one clock read.
+    let since = timer.deadline - wait;
     let whole = tokio::select! {
         biased;
         () = std::future::poll_fn(|c| b.poll_short_rest(c)) => true,

@@ -598,7 +598,7 @@ async fn bodies_written_apart_from_their_heads_arrive_whole_on_one_server_connec
     .await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();
     // The body comes 30 ms after its head, in two writes: a short one is awaited with its
-    // head for a moment (2 ms), then streams as a long one does. The head first, without
+    // head for a moment (20 ms), then streams as a long one does. The head first, without
     // waiting for its body, is tests/hostile.rs's
     // `a_short_body_that_comes_after_its_head_does_not_hold_the_head_back`.
     for n in [1, 10, 5000, 16 * 1024, 100_000, 7] {

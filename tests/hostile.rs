@@ -21,8 +21,13 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// A config whose one pool is `origin` alone, named `raw`, with `extra` in the pool's table
 /// and no health checks.
 fn raw_config(origin: &RawOrigin, extra: &str) -> String {
+    raw_config_at(origin.addr, extra)
+}
+
+/// [`raw_config`] for a server of the test's own at `addr`.
+fn raw_config_at(addr: std::net::SocketAddr, extra: &str) -> String {
     http_config(
-        &format!("{{ addr = \"{}\", name = \"raw\" }}", origin.addr),
+        &format!("{{ addr = \"{addr}\", name = \"raw\" }}"),
         extra,
         NO_HEALTH,
     )
@@ -941,26 +946,23 @@ async fn a_short_body_that_comes_after_its_head_does_not_hold_the_head_back() {
         let signal = signal.clone();
         async move {
             let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while request_end(&buf, 0).is_none() {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+            if read_request(&mut s, &mut buf).await.is_none() {
+                return;
             }
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
                 .await;
             signal.notified().await;
             let _ = s.write_all(b"later").await;
-            let _ = s.read(&mut chunk).await;
+            // Open until the proxy closes its side.
+            buf.clear();
+            let _ = read_request(&mut s, &mut buf).await;
         }
     })
     .await;
-    let p = Proxy::start(&http_config(
-        &format!("{{ addr = \"{addr}\", name = \"raw\" }}"),
+    let p = Proxy::start(&raw_config_at(
+        addr,
         "[pool.timeouts]\nupstream_read_idle = \"10s\"",
-        NO_HEALTH,
     ))
     .await;
     let mut s = TcpStream::connect(p.addr("web")).await.unwrap();

@@ -642,16 +642,8 @@ fn data_segments_in(s: &TcpStream) -> u32 {
 async fn segment_counting_origin() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     serve_each(|mut s| async move {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 16384];
         let mut before = 0;
-        loop {
-            let Some(end) = request_end(&buf, 0) else {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                continue;
-            };
+        while let Some(end) = read_request(&mut s, &mut buf).await {
             buf.drain(..end);
             let now = data_segments_in(&s);
             let body = (now - before).to_string();

@@ -858,6 +858,22 @@ pub fn request_end(buf: &[u8], from: usize) -> Option<usize> {
     (rest.len() >= head_end + len).then_some(from + head_end + len)
 }
 
+/// Reads from `s` into `buf` until `buf` holds a complete request ([`request_end`] from its
+/// start); returns where that request ends, or `None` once the peer closes or fails first.
+pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = request_end(buf, 0) {
+            return Some(end);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 impl RawOrigin {
     pub async fn start(reply: &'static [u8]) -> RawOrigin {
         let received = Arc::new(std::sync::Mutex::new(Vec::new()));
